@@ -1,0 +1,53 @@
+# The two front doors: `make run` and `make test`. Both set up everything from nothing.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist
+# The machine's pip config lists local index folders that may be absent; their
+# warnings drown real errors, so we drop exactly those lines.
+PIPQ := grep -v 'is ignored: it is neither a file nor a directory' || true
+TORCH_CPU := torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup data run test lab bench clean help
+help:
+	@echo "make run   - set up (.venv, deps, data) and run the main job"
+	@echo "make test  - set up and run the whole test suite"
+	@echo "make lab   - set up and start JupyterLab with the project's kernel"
+	@echo "make bench - run the benchmarks in benchmarks/"
+
+setup: $(STAMP) data
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@# torch's CPU wheel first: a bare 'torch' requirement would pull a multi-GB CUDA build.
+	@$(PY) -c 'import torch' 2>/dev/null || { $(PY) -m pip install -q $(TORCH_CPU) 2>&1 | $(PIPQ); }
+	@$(PY) -m pip install -q -e '.[test]' 2>&1 | $(PIPQ)
+	@$(PY) -c 'import torch, qatlab, workbook' && touch $(STAMP)
+
+# Fashion-MNIST from Debian where apt is available; otherwise the loader uses
+# $$QATLAB_DATA or a checksum-verified download into the user's cache.
+data:
+	@if [ -z "$$QATLAB_DATA" ] && [ ! -f $(FMNIST)/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian package dataset-fashion-mnist"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; } \
+	    || echo "warning: apt could not install dataset-fashion-mnist; the loader will download it"; \
+	fi
+
+run: setup
+	$(VENV)/bin/workbook run $(ARGS)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lab: setup
+	$(PY) -m ipykernel install --user --name qatlab --display-name "qatlab (.venv)"
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: setup
+	$(VENV)/bin/workbook bench fakequant
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info lib/*.egg-info

@@ -1,0 +1,1 @@
+"""workbook: the experiment front end (CLI, Ray sweeps, papermill notebooks, reports)."""

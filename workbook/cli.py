@@ -1,0 +1,78 @@
+"""``workbook``: a thin CLI. Each command parses its arguments and calls one function."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed without a traceback, exit status 2."""
+
+
+def _not_built(what: str, issue: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        raise CommandError(f"'{what}' is not built yet ({issue}); see README.md for what exists")
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="workbook", description="qatlab experiment workbench")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the main job: sweep, notebooks, HTML reports")
+    run.add_argument("--spec", default="quick", help="spec name or YAML file (default: quick)")
+    run.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
+    run.add_argument("--out", default=None, help="output directory")
+    run.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE")
+    run.set_defaults(fn=_cmd("workbook.main_job", "run"))
+
+    bench = sub.add_parser("bench", help="run a benchmark and print its figures")
+    bench.add_argument("target", choices=["fakequant", "kernels", "sim"])
+    bench.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
+    bench.set_defaults(fn=_cmd("workbook.bench", "run"))
+
+    sweep = sub.add_parser("sweep", help="run an experiment spec on Ray")
+    sweep.add_argument("spec")
+    sweep.add_argument("--address", default=None)
+    sweep.add_argument("--out", default=None)
+    sweep.set_defaults(fn=_not_built("workbook sweep", "issue 4"))
+
+    report = sub.add_parser("report", help="(re)build HTML reports and the index")
+    report.add_argument("run_dirs", nargs="*")
+    report.set_defaults(fn=_not_built("workbook report", "issue 5"))
+
+    sim = sub.add_parser("sim", help="hardware simulators")
+    sim.add_argument("target", choices=["asic", "fpga"])
+    sim.set_defaults(fn=_not_built("workbook sim", "issues 6 and 7"))
+
+    export = sub.add_parser("export", help="export a trained model")
+    export.add_argument("format", choices=["onnx"])
+    export.add_argument("checkpoint")
+    export.add_argument("out")
+    export.set_defaults(fn=_not_built("workbook export", "issue 10"))
+    return p
+
+
+def _cmd(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    # Import lazily: `workbook --help` must not pay for torch and Ray.
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return int(getattr(importlib.import_module(module), name)(args) or 0)
+
+    return run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except CommandError as e:
+        print(f"workbook: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
