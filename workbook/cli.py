@@ -43,9 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dirs", nargs="*")
     report.set_defaults(fn=_not_built("workbook report", "issue 5"))
 
-    sim = sub.add_parser("sim", help="hardware simulators")
-    sim.add_argument("target", choices=["asic", "fpga"])
-    sim.set_defaults(fn=_not_built("workbook sim", "issues 6 and 7"))
+    sim = sub.add_parser("sim", help="hardware simulators (asic: systolic array, fpga: dataflow)")
+    sim_sub = sim.add_subparsers(dest="target", required=True, metavar="TARGET")
+    for target, helptext in (("asic", "TPU-style systolic array, SCALE-Sim compatible"), ("fpga", "FINN-style dataflow accelerator")):
+        sp = sim_sub.add_parser(target, help=helptext)
+        _sim_module(target).add_arguments(sp)
+        sp.set_defaults(fn=_cmd(f"workbook.sim_{target}", "run"))
 
     export = sub.add_parser("export", help="export a trained model")
     export.add_argument("format", choices=["onnx"])
@@ -53,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("out")
     export.set_defaults(fn=_not_built("workbook export", "issue 10"))
     return p
+
+
+def _sim_module(target: str):  # noqa: ANN202
+    import importlib
+
+    return importlib.import_module(f"workbook.sim_{target}")
 
 
 def _cmd(module: str, name: str) -> Callable[[argparse.Namespace], int]:

@@ -1,0 +1,1 @@
+"""Hardware cost models: workloads, a systolic-array ASIC and an FPGA dataflow accelerator."""

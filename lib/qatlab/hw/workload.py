@@ -1,0 +1,204 @@
+"""Layer workloads: the one layer list both simulators and the cost tables read.
+
+Sources: SCALE-Sim topology CSV files (conv and GEMM forms), Python objects, and
+(via :func:`from_intmodel`, added with the integer model) a converted network.
+
+Geometry follows SCALE-Sim: no padding is applied (a 32x32 input with a 3x3
+filter gives 30x30 outputs), so a padded layer is described by its padded input.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+class TopologyError(ValueError):
+    """A topology file that cannot be read; the message names the file, line and field."""
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One convolution (or GEMM, as a 1x1-output-width convolution) layer.
+
+    GEMM view: ``M = batch · ofmap_h · ofmap_w`` output pixels, ``K = filter_h ·
+    filter_w · channels`` reduction length, ``N = num_filters`` output channels.
+    ``sparsity = (n, m)``: n of every m weights are non-zero (SCALE-Sim's N:M).
+    """
+
+    name: str
+    ifmap_h: int
+    ifmap_w: int
+    filter_h: int
+    filter_w: int
+    channels: int
+    num_filters: int
+    stride_h: int = 1
+    stride_w: int = 1
+    batch: int = 1
+    w_bits: int = 8
+    a_bits: int = 8
+    sparsity: tuple[int, int] = (1, 1)
+    kind: str = "conv"  # conv | gemm (fully connected / matmul)
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        for f in ("ifmap_h", "ifmap_w", "filter_h", "filter_w", "channels", "num_filters", "stride_h", "stride_w", "batch", "w_bits", "a_bits"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"layer {self.name!r}: {f} must be a positive integer, got {v!r}")
+        if self.filter_h > self.ifmap_h or self.filter_w > self.ifmap_w:
+            raise ValueError(
+                f"layer {self.name!r}: filter {self.filter_h}x{self.filter_w} is larger than "
+                f"the (unpadded) input {self.ifmap_h}x{self.ifmap_w}"
+            )
+        n, m = self.sparsity
+        if not (1 <= n <= m):
+            raise ValueError(f"layer {self.name!r}: sparsity {n}:{m} must have 1 <= N <= M")
+        if self.kind not in ("conv", "gemm"):
+            raise ValueError(f"layer {self.name!r}: kind must be 'conv' or 'gemm', got {self.kind!r}")
+
+    @property
+    def ofmap_h(self) -> int:
+        return (self.ifmap_h - self.filter_h) // self.stride_h + 1
+
+    @property
+    def ofmap_w(self) -> int:
+        return (self.ifmap_w - self.filter_w) // self.stride_w + 1
+
+    @property
+    def M(self) -> int:  # noqa: N802 - the GEMM names are the domain's
+        return self.batch * self.ofmap_h * self.ofmap_w
+
+    @property
+    def K(self) -> int:  # noqa: N802
+        return self.filter_h * self.filter_w * self.channels
+
+    @property
+    def N(self) -> int:  # noqa: N802
+        return self.num_filters
+
+    @property
+    def macs(self) -> int:
+        return self.M * self.N * self.K
+
+    @property
+    def weights(self) -> int:
+        return self.K * self.N
+
+    @property
+    def density(self) -> float:
+        return self.sparsity[0] / self.sparsity[1]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["sparsity"] = f"{self.sparsity[0]}:{self.sparsity[1]}"
+        return d
+
+    @classmethod
+    def gemm(cls, name: str, M: int, N: int, K: int, **kw: object) -> "Layer":  # noqa: N803
+        """A GEMM ``[M, K] x [K, N]`` as SCALE-Sim encodes it: ifmap M x K, filter 1 x K, 1 channel."""
+        return cls(name, M, K, 1, K, 1, N, kind="gemm", **kw)  # type: ignore[arg-type]
+
+
+_CONV_FIELDS = ("IFMAP Height", "IFMAP Width", "Filter Height", "Filter Width", "Channels", "Num Filter", "Strides")
+
+
+def read_topology(path: str | os.PathLike[str]) -> list[Layer]:
+    """Read a SCALE-Sim topology CSV: conv form or GEMM form (``Layer, M, N, K`` header).
+
+    Conv rows: name, ifmap h, ifmap w, filter h, filter w, channels, filters, stride[, N:M].
+    GEMM rows: name, M, N, K[, N:M]. Like SCALE-Sim, a layer whose name contains ``DP``
+    is depthwise and expands into one single-channel layer per channel. Trailing
+    empty fields (SCALE-Sim's files end rows with a comma) are ignored.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise TopologyError(f"{p}: cannot read topology file: {e.strerror or e}") from e
+    rows = [r for r in csv.reader(text.splitlines())]
+    rows = [[c.strip() for c in r] for r in rows]
+    numbered = [(i + 1, r) for i, r in enumerate(rows) if any(r)]
+    if not numbered:
+        raise TopologyError(f"{p}: empty topology file")
+    _, header = numbered[0]
+    header = _trim(header)
+    gemm = [h.upper() for h in header[1:4]] == ["M", "N", "K"]
+    layers: list[Layer] = []
+    for lineno, row in numbered[1:]:
+        row = _trim(row)
+        where = f"{p}:{lineno}"
+        need = 4 if gemm else 8
+        if len(row) < need:
+            raise TopologyError(f"{where}: expected at least {need} fields, got {len(row)}: {','.join(row)}")
+        name = row[0]
+        if not name:
+            raise TopologyError(f"{where}: empty layer name")
+        extra = row[need:]
+        sparsity = _sparsity(extra[0], where) if extra else (1, 1)
+        try:
+            if gemm:
+                M, N, K = (_int(row[i], h, where) for i, h in zip((1, 2, 3), ("M", "N", "K")))  # noqa: N806
+                layers.append(Layer.gemm(name, M, N, K, sparsity=sparsity))
+                continue
+            vals = [_int(row[i + 1], h, where) for i, h in enumerate(_CONV_FIELDS)]
+            ih, iw, fh, fw, ch, nf, st = vals
+            if "DP" in name:
+                layers.extend(
+                    Layer(f"{name}Channel_{c}", ih, iw, fh, fw, 1, nf, st, st, sparsity=sparsity) for c in range(ch)
+                )
+            else:
+                layers.append(Layer(name, ih, iw, fh, fw, ch, nf, st, st, sparsity=sparsity))
+        except TopologyError:
+            raise
+        except ValueError as e:
+            raise TopologyError(f"{where}: {e}") from e
+    if not layers:
+        raise TopologyError(f"{p}: no layers after the header")
+    return layers
+
+
+def write_topology(layers: list[Layer], path: str | os.PathLike[str]) -> None:
+    """Write layers as a SCALE-Sim conv topology (atomically: temp file, then rename)."""
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write("Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides, Sparsity,\n")
+        for lay in layers:
+            if lay.stride_h != lay.stride_w:
+                raise ValueError(f"layer {lay.name!r}: SCALE-Sim topologies take one stride, got {lay.stride_h}x{lay.stride_w}")
+            if lay.batch != 1:
+                raise ValueError(f"layer {lay.name!r}: SCALE-Sim topologies have no batch, got batch {lay.batch}")
+            f.write(
+                f"{lay.name}, {lay.ifmap_h}, {lay.ifmap_w}, {lay.filter_h}, {lay.filter_w}, {lay.channels}, "
+                f"{lay.num_filters}, {lay.stride_h}, {lay.sparsity[0]}:{lay.sparsity[1]},\n"
+            )
+    os.replace(tmp, p)
+
+
+def _trim(row: list[str]) -> list[str]:
+    while row and row[-1] == "":
+        row = row[:-1]
+    return row
+
+
+def _int(text: str, fieldname: str, where: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise TopologyError(f"{where}: field {fieldname!r} must be an integer, got {text!r}") from None
+    if v < 1:
+        raise TopologyError(f"{where}: field {fieldname!r} must be positive, got {v}")
+    return v
+
+
+def _sparsity(text: str, where: str) -> tuple[int, int]:
+    parts = text.split(":")
+    if len(parts) != 2 or not all(s.strip().isdigit() for s in parts):
+        raise TopologyError(f"{where}: sparsity must look like N:M, got {text!r}")
+    n, m = int(parts[0]), int(parts[1])
+    if not 1 <= n <= m:
+        raise TopologyError(f"{where}: sparsity {text!r} must have 1 <= N <= M")
+    return n, m
