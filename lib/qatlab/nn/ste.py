@@ -1,0 +1,129 @@
+"""Straight-through estimators: fake quantization with the gradients QAT needs.
+
+Kinds (``STE_KINDS``):
+
+* ``identity``: gradient 1 everywhere (round and clamp both ignored).
+* ``clipped``:  gradient 1 inside the clip range, 0 outside (torch's native fake-quant).
+* ``lsq``:      learned step size (Esser et al., ICLR 2020): the scale is a parameter
+                whose gradient is scaled by ``g = 1/sqrt(numel · qmax)``; with an
+                asymmetric range the zero point is learned too (LSQ+, Bhalgat et al. 2020).
+* ``pact``:     learned activation clip α (Choi et al. 2018): ``y = clamp(x, 0, α)``
+                quantized on ``[0, α]``; ``∂y/∂α = 1`` where ``x ≥ α``.
+
+Each fused (native) path has a plain reference built from ``round_ste`` and
+``grad_scale``, and the tests compare values and gradients.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+STE_KINDS = ("identity", "clipped", "lsq", "pact")
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """round half to even forward, identity backward."""
+    return x + (torch.round(x) - x).detach()
+
+
+def grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
+    """Value of ``x``, gradient multiplied by ``g``."""
+    return (x - x * g).detach() + x * g
+
+
+def lsq_grad_factor(numel_per_scale: int, qmax: int) -> float:
+    """LSQ's gradient scale ``1/sqrt(N · Q_P)`` (N values share one scale)."""
+    return 1.0 / math.sqrt(max(1, numel_per_scale) * max(1, qmax))
+
+
+def _broadcast(p: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
+    if axis is None:
+        return p.reshape(())
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return p.reshape(shape)
+
+
+class _IdentitySTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, qmin, qmax, axis):  # type: ignore[override]
+        if axis is None:
+            return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
+        return torch.fake_quantize_per_channel_affine(x, scale, zero_point, axis, qmin, qmax)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        return g, None, None, None, None, None
+
+
+def fake_quant(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    axis: int | None = None,
+    ste: str = "clipped",
+) -> torch.Tensor:
+    """Fake quantization with fixed qparams (per tensor, or per channel along ``axis``)."""
+    scale = scale.detach().float()
+    zero_point = zero_point.detach().to(torch.int32)
+    if ste == "identity":
+        return _IdentitySTE.apply(x, scale, zero_point, qmin, qmax, axis)
+    if ste == "clipped":
+        if axis is None:
+            return torch.fake_quantize_per_tensor_affine(x, scale.reshape(()), zero_point.reshape(()), qmin, qmax)
+        return torch.fake_quantize_per_channel_affine(x, scale, zero_point, axis, qmin, qmax)
+    raise ValueError(f"ste {ste!r} takes learned parameters; use lsq_fake_quant or pact_fake_quant")
+
+
+def lsq_fake_quant(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    axis: int | None = None,
+    grad_factor: float = 1.0,
+) -> torch.Tensor:
+    """LSQ / LSQ+ via torch's fused learnable fake-quant kernels.
+
+    ``scale`` (and a float ``zero_point``, learned for LSQ+) receive gradients;
+    the forward pass rounds and clamps the zero point as the kernels do.
+    """
+    if axis is None:
+        return torch._fake_quantize_learnable_per_tensor_affine(
+            x, scale.reshape(1), zero_point.reshape(1).float(), qmin, qmax, grad_factor
+        )
+    return torch._fake_quantize_learnable_per_channel_affine(x, scale, zero_point.float(), axis, qmin, qmax, grad_factor)
+
+
+def lsq_fake_quant_reference(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    axis: int | None = None,
+    grad_factor: float = 1.0,
+) -> torch.Tensor:
+    """The paper's formulation, written out: the fused kernel must agree with it."""
+    s = _broadcast(grad_scale(scale, grad_factor), x, axis)
+    z_rounded = torch.round(zero_point.clamp(qmin, qmax))
+    z = _broadcast(grad_scale(zero_point + (z_rounded - zero_point).detach(), grad_factor), x, axis)
+    q = torch.clamp(round_ste(x * (1.0 / s)) + z, qmin, qmax)
+    return (q - z) * s
+
+
+def pact_fake_quant(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
+    """PACT: clip to ``[0, α]`` (α learned), quantize unsigned with scale ``α / (2^b − 1)``.
+
+    The quantizer is straight-through, so ``∂/∂α`` is the clip's: 1 where ``x ≥ α``.
+    """
+    qmax = 2**bits - 1
+    a = alpha.reshape(())
+    y = torch.minimum(torch.relu(x), a)
+    s = (a.detach() / qmax).clamp(min=1e-12)
+    yq = torch.fake_quantize_per_tensor_affine(y.detach(), s.float(), torch.zeros((), dtype=torch.int32), 0, qmax)
+    return y + (yq - y).detach()
