@@ -1,0 +1,193 @@
+"""The CPU reference executor: integer arithmetic only, the input quantized once.
+
+Convolutions and matmuls accumulate in int32 through ``torch._int_mm`` (int8 x int8
+-> int32) where both operands fit int8, else in int64 (checked back into int32).
+Requantization is ``qatlab.quant.requantize`` in the model's rounding mode.
+Im2col moves codes through float32, which holds every integer below 2^24 exactly.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from qatlab.quant import requantize
+from qatlab.quant.requant import multiply_by_quantized_multiplier
+
+from .model import ActQ, IntModel, IntOp
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+class AccumulatorOverflowError(ArithmeticError):
+    """An accumulator left int32: the integer model would wrap on real hardware."""
+
+
+def int_matmul(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``a [M, K] @ w[N, K]^T`` exactly, as int32. ``a`` and ``w`` hold integer values."""
+    if a.dtype == torch.int8 and w.dtype == torch.int8 and a.device.type == "cpu":
+        return torch._int_mm(a.contiguous(), w.t().contiguous())
+    acc = a.to(torch.int64) @ w.to(torch.int64).t()
+    if acc.numel() and (int(acc.min()) < INT32_MIN or int(acc.max()) > INT32_MAX):
+        raise AccumulatorOverflowError("int32 accumulator overflow")
+    return acc.to(torch.int32)
+
+
+def _shifted(q: torch.Tensor, xq: ActQ) -> tuple[torch.Tensor, int]:
+    """Codes offset so they fit int8 where possible: returns (q − o, o)."""
+    o = 128 if (xq.qmin >= 0 and xq.qmax <= 255) else 0
+    return q - o, o
+
+
+def _to_int8_if_fits(t: torch.Tensor) -> torch.Tensor:
+    if t.numel() and int(t.min()) >= -128 and int(t.max()) <= 127:
+        return t.to(torch.int8)
+    return t.to(torch.int64)
+
+
+def _requant(acc: torch.Tensor, op: IntOp, rounding: str) -> torch.Tensor:
+    yq = op.out_q
+    lo = yq.zero_point if op.attrs.get("relu") else yq.qmin
+    if rounding == "float":
+        y = requantize(acc, op.tensors["multiplier"], yq.zero_point, lo, yq.qmax, "float")
+    else:
+        y = requantize(acc, op.tensors["fixed_multiplier"], yq.zero_point, lo, yq.qmax, "fixed", op.tensors["shift"])
+    return y.to(torch.int32)
+
+
+def _matmul_layer(a_codes: torch.Tensor, xq: ActQ, w: torch.Tensor) -> torch.Tensor:
+    """Σ w·(q − z) for rows of codes ``a_codes`` [M, K], via the int8 offset trick:
+    Σ w·(q − z) = Σ w·(q − o) + (o − z)·Σ w."""
+    a, o = _shifted(a_codes, xq)
+    a = _to_int8_if_fits(a)
+    w8 = w if w.dtype == torch.int8 else w.to(torch.int64)
+    acc = int_matmul(a, w8)
+    corr = (o - xq.zero_point) * w.to(torch.int64).sum(dim=1)
+    total = acc.to(torch.int64) + corr
+    return total
+
+
+def run_conv(q: torch.Tensor, op: IntOp, xq: ActQ, rounding: str) -> torch.Tensor:
+    w = op.tensors["weight"]
+    out_ch, cin_g, kh, kw = w.shape
+    b, cin, h, wd = q.shape
+    groups = op.attrs["groups"]
+    ph, pw = op.attrs["padding"]
+    # Real zero padding is the code z: pad in code space with z, not 0.
+    x = F.pad(q.float(), (pw, pw, ph, ph), value=float(xq.zero_point))
+    cols = F.unfold(x, (kh, kw), dilation=op.attrs["dilation"], stride=op.attrs["stride"])  # [B, C*kh*kw, L]
+    oh, ow = op.attrs["out_shape"][1:]
+    accs = []
+    per_out = out_ch // groups
+    for g in range(groups):
+        part = cols[:, g * cin_g * kh * kw : (g + 1) * cin_g * kh * kw]
+        rows = part.transpose(1, 2).reshape(-1, cin_g * kh * kw).to(torch.int32)
+        accs.append(_matmul_layer(rows, xq, w[g * per_out : (g + 1) * per_out].reshape(per_out, -1)))
+    acc = torch.cat(accs, dim=1) + op.tensors["bias"].to(torch.int64)
+    _check_int32(acc, op)
+    y = _requant(acc, op, rounding)
+    return y.reshape(b, oh * ow, out_ch).transpose(1, 2).reshape(b, out_ch, oh, ow)
+
+
+def run_linear(q: torch.Tensor, op: IntOp, xq: ActQ, rounding: str) -> torch.Tensor:
+    acc = _matmul_layer(q.reshape(q.shape[0], -1), xq, op.tensors["weight"]) + op.tensors["bias"].to(torch.int64)
+    _check_int32(acc, op)
+    return _requant(acc, op, rounding)
+
+
+def _check_int32(acc: torch.Tensor, op: IntOp) -> None:
+    if acc.numel() and (int(acc.min()) < INT32_MIN or int(acc.max()) > INT32_MAX):
+        raise AccumulatorOverflowError(f"layer {op.name}: int32 accumulator overflow (with bias)")
+
+
+def run_add(qa: torch.Tensor, qb: torch.Tensor, op: IntOp, xa: ActQ, xb: ActQ, rounding: str) -> torch.Tensor:
+    yq = op.out_q
+    da, db = (qa - xa.zero_point).to(torch.int64), (qb - xb.zero_point).to(torch.int64)
+    if rounding == "float":
+        y = torch.round(da.double() * op.tensors["real_a"] + db.double() * op.tensors["real_b"]).to(torch.int64)
+    else:
+        # TFLite-style: inputs widened by 2^16, rescaled in fixed point, summed, narrowed.
+        t = op.tensors
+        sa = multiply_by_quantized_multiplier(da << 16, t["fixed_multiplier_a"], t["shift_a"])
+        sb = multiply_by_quantized_multiplier(db << 16, t["fixed_multiplier_b"], t["shift_b"])
+        s = sa + sb
+        y = (s + (1 << 15) - (s < 0).to(torch.int64)) >> 16  # round half away from zero
+    lo = yq.zero_point if op.attrs.get("relu") else yq.qmin
+    return (y + yq.zero_point).clamp(lo, yq.qmax).to(torch.int32)
+
+
+def run_avgpool(q: torch.Tensor, op: IntOp, xq: ActQ, rounding: str) -> torch.Tensor:
+    a = op.attrs
+    d = q.float() - xq.zero_point
+    # Sum of codes (exact in float32 below 2^24), padding contributes real zeros.
+    s = F.avg_pool2d(d, a["kernel"], a["stride"], a["padding"], count_include_pad=True, divisor_override=1)
+    acc = torch.round(s).to(torch.int64)
+    yq = op.out_q
+    if rounding == "float":
+        y = requantize(acc, torch.tensor(a["multiplier"], dtype=torch.float64), yq.zero_point, yq.qmin, yq.qmax, "float")
+    else:
+        y = requantize(acc, torch.tensor(a["fixed_multiplier"]), yq.zero_point, yq.qmin, yq.qmax, "fixed", torch.tensor(a["shift"]))
+    return y.to(torch.int32)
+
+
+def run_maxpool(q: torch.Tensor, op: IntOp, xq: ActQ) -> torch.Tensor:
+    a = op.attrs
+    return F.max_pool2d(q.float(), a["kernel"], a["stride"], a["padding"], a["dilation"], a["ceil_mode"]).to(torch.int32)
+
+
+def quantize_input(x: torch.Tensor, q: ActQ) -> torch.Tensor:
+    """The one float step: ``clamp(round(x · (1/s)) + z)``, as qatlab.quant does."""
+    inv = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(q.scale, dtype=torch.float32)
+    return (torch.round(x.float() * inv) + q.zero_point).clamp(q.qmin, q.qmax).to(torch.int32)
+
+
+def run_op(op: IntOp, vals: dict[str, torch.Tensor], qs: dict[str, ActQ], rounding: str) -> torch.Tensor:
+    ins = [vals[i] for i in op.inputs]
+    iq = [qs.get(i) for i in op.inputs]
+    k = op.kind
+    if k == "quantize":
+        return quantize_input(ins[0], op.out_q)
+    if k == "conv":
+        return run_conv(ins[0], op, iq[0], rounding)  # type: ignore[arg-type]
+    if k == "linear":
+        return run_linear(ins[0], op, iq[0], rounding)  # type: ignore[arg-type]
+    if k == "add":
+        return run_add(ins[0], ins[1], op, iq[0], iq[1], rounding)  # type: ignore[arg-type]
+    if k == "avgpool":
+        return run_avgpool(ins[0], op, iq[0], rounding)  # type: ignore[arg-type]
+    if k == "maxpool":
+        return run_maxpool(ins[0], op, iq[0])  # type: ignore[arg-type]
+    if k == "relu":
+        return ins[0].clamp(min=op.out_q.zero_point)
+    if k == "flatten":
+        return ins[0].reshape(ins[0].shape[0], *op.attrs["out_shape"])
+    raise ValueError(f"op {op.name}: unknown kind {k!r}")
+
+
+OpRunner = Callable[[IntOp, "dict[str, torch.Tensor]", "dict[str, ActQ]", str], torch.Tensor]
+
+
+def run(model: IntModel, x: torch.Tensor, batch_size: int = 1000, runner: OpRunner = run_op) -> torch.Tensor:
+    """Output codes (int32) of ``model`` on float inputs ``x`` [B, *input_shape]."""
+    if tuple(x.shape[1:]) != tuple(model.input_shape):
+        raise ValueError(f"x: expected inputs of shape [B, {', '.join(map(str, model.input_shape))}], got {list(x.shape)}")
+    outs = []
+    for start in range(0, x.shape[0], batch_size):
+        vals: dict[str, torch.Tensor] = {model.input_name: x[start : start + batch_size]}
+        qs: dict[str, ActQ] = {}
+        for op in model.ops:
+            vals[op.output] = runner(op, vals, qs, model.rounding)
+            qs[op.output] = op.out_q
+        outs.append(vals[model.output_name])
+    return torch.cat(outs) if outs else torch.empty(0, dtype=torch.int32)
+
+
+def dequantize_output(model: IntModel, codes: torch.Tensor) -> torch.Tensor:
+    q = model.output_q
+    return (codes.float() - q.zero_point) * q.scale
+
+
+def predict(model: IntModel, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Class predictions: argmax of the output codes (monotonic in the logits)."""
+    return run(model, x, batch_size).argmax(dim=1)
