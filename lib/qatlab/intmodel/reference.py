@@ -24,10 +24,24 @@ class AccumulatorOverflowError(ArithmeticError):
     """An accumulator left int32: the integer model would wrap on real hardware."""
 
 
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """A row-major copy unless the strides already are the canonical (cols, 1).
+
+    torch 2.13's CPU ``_int_mm`` trusts the strides even on size-1 dims, where
+    ``is_contiguous()`` says True for odd strides (a transposed [N, 1] weight), and
+    then reads the wrong memory.
+    """
+    if t.stride() == (t.shape[1], 1):
+        return t
+    out = torch.empty(t.shape, dtype=t.dtype, device=t.device)
+    out.copy_(t)
+    return out
+
+
 def int_matmul(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``a [M, K] @ w[N, K]^T`` exactly, as int32. ``a`` and ``w`` hold integer values."""
     if a.dtype == torch.int8 and w.dtype == torch.int8 and a.device.type == "cpu":
-        return torch._int_mm(a.contiguous(), w.t().contiguous())
+        return torch._int_mm(_dense(a), _dense(w.t()))
     acc = a.to(torch.int64) @ w.to(torch.int64).t()
     if acc.numel() and (int(acc.min()) < INT32_MIN or int(acc.max()) > INT32_MAX):
         raise AccumulatorOverflowError("int32 accumulator overflow")

@@ -206,7 +206,8 @@ def freeze_bn(model: nn.Module, frozen: bool = True) -> None:
 def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], num_batches: int | None = None) -> int:
     """PTQ calibration: observe ranges on ``batches`` (eval mode, no training).
 
-    Learned quantizers (LSQ, PACT) are initialised from the observed ranges at the end.
+    Learned quantizers (LSQ, PACT) are initialised from the observed ranges at the end,
+    and observation is switched off: the ranges stay as calibrated.
     Returns the number of batches seen.
     """
     was_training = model.training
@@ -223,6 +224,7 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], num_batches: in
             n += 1
     finally:
         set_calibrating(model, False)
+        set_observe(model, False)  # ranges are fixed from here on; QAT turns observers back on
         model.train(was_training)
     if n == 0:
         raise ValueError("calibrate: no batches given")

@@ -123,7 +123,8 @@ def pact_fake_quant(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Te
     """
     qmax = 2**bits - 1
     a = alpha.reshape(())
-    y = torch.minimum(torch.relu(x), a)
+    # where, not minimum: at x == α the gradient goes to α alone (minimum splits ties).
+    y = torch.where(x < a, torch.relu(x), a)
     s = (a.detach() / qmax).clamp(min=1e-12)
     yq = torch.fake_quantize_per_tensor_affine(y.detach(), s.float(), torch.zeros((), dtype=torch.int32), 0, qmax)
     return y + (yq - y).detach()

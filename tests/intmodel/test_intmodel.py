@@ -1,0 +1,181 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from qatlab.intmodel import IntModel, IntModelFormatError, convert, dequantize_output, predict, run
+from qatlab.intmodel.model import ActQ, IntOp
+from qatlab.intmodel.reference import _matmul_layer, run_conv, run_op
+from qatlab.nn import UnsupportedLayerError, calibrate, prepare_qat
+from qatlab.quant import QuantSpec
+
+
+class Net(nn.Module):
+    """Every op kind the integer model supports."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU())
+        self.c = nn.Conv2d(6, 6, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(6)
+        self.mp = nn.MaxPool2d(2)
+        self.proj = nn.Conv2d(6, 8, 1, stride=2, bias=True)
+        self.ap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(self.bn(self.c(x)) + x)
+        x = self.proj(self.mp(x))
+        return self.fc(torch.flatten(self.ap(torch.relu(x)), 1))
+
+
+def _qat(bits=8, ste="clipped", gran="channel", seed=0):
+    torch.manual_seed(seed)
+    m = Net()
+    m.train()
+    for _ in range(3):
+        m(torch.randn(32, 1, 12, 12))
+    m.eval()
+    q = prepare_qat(m, QuantSpec(bits=bits, granularity=gran), QuantSpec(bits=bits, symmetric=False), ste)
+    calibrate(q, [torch.randn(32, 1, 12, 12) for _ in range(2)])
+    q.eval()
+    return q
+
+
+def _fq_codes(q, im, x):
+    """Every value of the fake-quant model, as codes on the IntModel's grids."""
+    acts = {}
+
+    class Rec(torch.fx.Interpreter):
+        def run_node(self, n):
+            r = super().run_node(n)
+            acts[n.name] = r
+            return r
+
+    with torch.no_grad():
+        Rec(q).run(x)
+    codes = {im.input_name: x}
+    for op in im.ops:
+        o = op.out_q
+        codes[op.output] = torch.round(acts[op.output] / o.scale + o.zero_point).to(torch.int32)
+    return codes
+
+
+@pytest.mark.parametrize("bits, ste", [(8, "clipped"), (4, "lsq"), (4, "pact"), (2, "lsq")])
+@pytest.mark.parametrize("rounding", ["float", "fixed"])
+def test_each_int_op_matches_the_fake_quant_op(bits, ste, rounding):
+    """Fed the fake-quant model's own inputs, each integer op lands on the same code,
+    or one step away where bias rounding onto s_x·s_w crosses a rounding boundary.
+    gemmlowp's fixed point rounds twice (high multiply, then the shift): with small
+    right shifts (M near 1, as at 2 bits) that moves many ties, so it gets a looser
+    bound; its bit-exactness is tested against plain integers in tests/quant."""
+    q = _qat(bits, ste)
+    im = convert(q, (1, 12, 12), rounding)
+    codes = _fq_codes(q, im, torch.randn(100, 1, 12, 12))
+    qs = {op.output: op.out_q for op in im.ops}
+    for op in im.ops:
+        got = run_op(op, codes, qs, rounding)
+        d = (got - codes[op.output]).abs()
+        assert int(d.max()) <= 1, op.name
+        assert float((d > 0).float().mean()) < (0.1 if rounding == "float" else 0.45), op.name
+
+
+def test_int_model_predictions_track_fake_quant():
+    q = _qat(8)
+    im = convert(q, (1, 12, 12))
+    x = torch.randn(300, 1, 12, 12)
+    with torch.no_grad():
+        fq = q(x)
+    assert float((predict(im, x) == fq.argmax(1)).float().mean()) >= 0.9
+    assert float(((dequantize_output(im, run(im, x)) - fq).abs() / im.output_q.scale).max()) <= 3.01
+
+
+def _naive_conv(q, w, z, stride, pad):
+    """Plain loops: Σ w·(x − z) with real zero padding (code z)."""
+    b, c, h, wd = q.shape
+    o, _, kh, kw = w.shape
+    x = np.full((b, c, h + 2 * pad, wd + 2 * pad), z, dtype=np.int64)
+    x[:, :, pad : pad + h, pad : pad + wd] = q.numpy()
+    oh, ow = (h + 2 * pad - kh) // stride + 1, (wd + 2 * pad - kw) // stride + 1
+    out = np.zeros((b, o, oh, ow), dtype=np.int64)
+    for i in range(oh):
+        for j in range(ow):
+            patch = x[:, :, i * stride : i * stride + kh, j * stride : j * stride + kw] - z
+            out[:, :, i, j] = np.einsum("bckl,ockl->bo", patch, w.numpy().astype(np.int64))
+    return out
+
+
+@given(
+    c=st.integers(1, 3), o=st.integers(1, 4), h=st.integers(3, 7), k=st.sampled_from([1, 3]),
+    stride=st.integers(1, 2), pad=st.integers(0, 1), z=st.integers(0, 255), seed=st.integers(0, 10**6),
+)
+def test_conv_accumulator_equals_naive_loops(c, o, h, k, stride, pad, z, seed):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 256, (2, c, h, h), generator=g, dtype=torch.int32)
+    w = torch.randint(-128, 128, (o, c, k, k), generator=g, dtype=torch.int8)
+    oh = (h + 2 * pad - k) // stride + 1
+    # Multiplier 1, zero point 0, wide clamp: the op returns the raw accumulator.
+    op = IntOp(
+        "conv", "c", ["x"], "y", ActQ(1.0, 0, -(2**31), 2**31 - 1),
+        {"groups": 1, "padding": (pad, pad), "stride": (stride, stride), "dilation": (1, 1), "out_shape": (o, oh, oh), "relu": False},
+        {"weight": w, "bias": torch.zeros(o, dtype=torch.int32), "multiplier": torch.ones(o, dtype=torch.float64)},
+    )
+    got = run_conv(q, op, ActQ(0.1, z, 0, 255), "float")
+    assert np.array_equal(got.numpy(), _naive_conv(q, w, z, stride, pad))
+
+
+@given(m=st.integers(1, 20), k=st.integers(1, 40), n=st.integers(1, 9), signed=st.booleans(), seed=st.integers(0, 10**6))
+def test_int8_offset_trick_is_exact(m, k, n, signed, seed):
+    g = torch.Generator().manual_seed(seed)
+    xq = ActQ(0.1, 3, -128, 127) if signed else ActQ(0.1, 17, 0, 255)
+    a = torch.randint(xq.qmin, xq.qmax + 1, (m, k), generator=g, dtype=torch.int32)
+    w = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
+    ref = (a.long() - xq.zero_point) @ w.long().t()
+    assert torch.equal(_matmul_layer(a, xq, w), ref)
+
+
+def test_save_load_round_trip(tmp_path):
+    im = convert(_qat(4, "lsq"), (1, 12, 12))
+    p = tmp_path / "m.pt"
+    im.save(p)
+    back = IntModel.load(p)
+    x = torch.randn(20, 1, 12, 12)
+    assert torch.equal(run(back, x), run(im, x))
+    assert [o.kind for o in back.ops] == [o.kind for o in im.ops]
+    assert not any(f.name.endswith(".tmp") for f in tmp_path.iterdir())
+    torch.load(p, weights_only=True)  # plain tensors and containers only
+
+
+def test_bad_files_are_clear_errors(tmp_path):
+    im = convert(_qat(), (1, 12, 12))
+    good = tmp_path / "m.pt"
+    im.save(good)
+    data = good.read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(IntModelFormatError, match="corrupted, truncated or foreign"):
+        IntModel.load(tmp_path / "trunc.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a model at all")
+    with pytest.raises(IntModelFormatError):
+        IntModel.load(tmp_path / "junk.pt")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    with pytest.raises(IntModelFormatError, match="not a qatlab IntModel"):
+        IntModel.load(tmp_path / "foreign.pt")
+    d = im.to_dict()
+    d["version"] = 99
+    with pytest.raises(IntModelFormatError, match="version"):
+        IntModel.from_dict(d)
+
+
+def test_unsupported_weight_granularity_is_named():
+    q = _qat(gran="group:3")
+    with pytest.raises(UnsupportedLayerError, match="granularity 'group:3'"):
+        convert(q, (1, 12, 12))
+
+
+def test_wrong_input_shape():
+    im = convert(_qat(), (1, 12, 12))
+    with pytest.raises(ValueError, match="expected inputs of shape"):
+        run(im, torch.randn(2, 1, 10, 10))
