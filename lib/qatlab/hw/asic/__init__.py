@@ -1,0 +1,32 @@
+"""A TPU-style systolic-array accelerator: SCALE-Sim-compatible counts, energy, latency.
+
+Python API::
+
+    from qatlab.hw.asic import ArrayConfig, simulate
+    from qatlab.hw.workload import read_topology
+    cfg = ArrayConfig.from_cfg("scale.cfg")            # or ArrayConfig(rows=32, cols=32, dataflow="ws")
+    report = simulate(read_topology("net.csv"), cfg)   # any list[Layer] (e.g. from an IntModel)
+    report.layers[0].total_cycles, report.totals["tops_per_w"]
+
+Modules: :mod:`.config` (the ``.cfg`` reader), :mod:`.dataflow` (folding, closed-form
+compute counts), :mod:`.memory` (SRAM/DRAM models), :mod:`.energy` (cited energy
+table, node scaling), :mod:`.simulate` (records and totals), :mod:`.stepped` (the
+cycle-stepped functional model that checks the closed form), :mod:`.scalesim_reports`
+(reads SCALE-Sim's own report files for comparison).
+"""
+from qatlab.hw.asic.config import ArrayConfig, ConfigError
+from qatlab.hw.asic.dataflow import Mapping
+from qatlab.hw.asic.energy import EnergyTable
+from qatlab.hw.asic.simulate import RECORD_FIELDS, AsicReport, LayerRecord, simulate, simulate_layer
+
+__all__ = [
+    "ArrayConfig",
+    "AsicReport",
+    "ConfigError",
+    "EnergyTable",
+    "LayerRecord",
+    "Mapping",
+    "RECORD_FIELDS",
+    "simulate",
+    "simulate_layer",
+]

@@ -1,0 +1,240 @@
+"""The memory side: double-buffered SRAMs, DRAM traffic and the stalls it causes.
+
+Three models, all matching SCALE-Sim 3.0.0's semantics where stated:
+
+**Ofmap write buffer (exact, both bandwidth modes).** SCALE-Sim stores each output
+word into a buffer of ``S`` words split in two halves. When more than half is
+occupied and no drain is in flight, it drains ``ceil((S/2)/bw)`` lines of ``bw``
+words to DRAM, one line per cycle; a write that finds the buffer full while a drain
+is in flight stalls the array until the drain ends. :func:`write_buffer` replays
+exactly this, but jumps from event to event (drain, stall) with prefix sums over the
+per-row write counts instead of visiting every word, so its cost is the number of
+drains, not the number of writes. It reproduces two quirks of SCALE-Sim's code:
+
+- at a drain, the partly filled current line is closed; a drain that covers such a
+  line in its middle counts it as a full line (``bw`` words), so "DRAM OFMAP Writes"
+  can exceed the words written (reported under ``dram_ofmap_writes``; the true
+  figure is ``dram_ofmap_writes_corrected``);
+- a line of the final drain starts the cycle after the previous one ends, so the
+  last drain's end ("DRAM OFMAP Stop Cycle") sets "Total Cycles (incl. prefetch)".
+
+**CALC-mode read buffers.** SCALE-Sim assumes reads never stall. Its DRAM read count
+de-duplicates requests through a window of sets of ``floor(S/100)`` words that is
+emptied every ``S/2`` misses. While an operand's distinct words (``U``) number fewer
+than ``S/2`` no window is ever emptied and the count is exactly ``U``; the same holds
+when every word is requested once. Otherwise we estimate with a tiling-reuse model
+(:func:`calc_dram_reads`) and flag the figure as an estimate. The first-prefetch
+cycle, which enters "Total Cycles (incl. prefetch)", depends only on ``U`` and is
+exact.
+
+**USER-mode read buffers.** SCALE-Sim fetches the operand's prefetch matrix in lines of
+the bank bandwidth. When all its lines fit the active half, every request hits: no
+stall, and the DRAM count is the first fill (exact). Otherwise we estimate both with
+a bandwidth roofline (:func:`user_read_estimate`), flagged as an estimate.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qatlab.hw.asic.dataflow import Mapping, RowCounts, ceil_div
+
+ACTIVE_FRAC = 0.5  # SCALE-Sim's active/prefetch split of every double buffer
+CALC_SETS = 100  # estimate mode tracks a buffer as 100 sets ...
+CALC_ACTIVE_SETS = int(ACTIVE_FRAC * CALC_SETS)  # ... half of them active
+CALC_PREFETCH_SETS = CALC_SETS - CALC_ACTIVE_SETS
+CALC_FILL_BW = 10  # words/cycle SCALE-Sim assumes for the CALC-mode fill ("arbitrary", its comment)
+
+
+@dataclass(frozen=True)
+class WriteBufferResult:
+    stall_cycles: int
+    dram_writes: int  # SCALE-Sim's count (partial lines inside a drain counted full)
+    dram_words: int  # words actually written back
+    dram_start: int  # cycle of the first drained line
+    dram_stop: int  # cycle of the last drained line
+    drains: int
+
+
+def write_buffer(rows: RowCounts, size_words: int, bw: int) -> WriteBufferResult:
+    """Replay SCALE-Sim's ofmap write buffer over the per-row write counts ``rows``.
+
+    Returns the stall cycles the buffer causes, the DRAM write count and the first and
+    last DRAM cycles. Row ``i`` of the layer issues its writes at cycle ``i`` plus the
+    stalls so far; a stall delays the remaining writes of its row and every later row.
+    """
+    if size_words < 2 or bw < 1:
+        raise ValueError(f"write buffer needs >= 2 words and bandwidth >= 1, got {size_words}, {bw}")
+    total_sz = size_words
+    active = -(-total_sz // 2)  # ceil(S * 0.5)
+    lines_per_drain = ceil_div(total_sz - active, bw)
+    free = total_sz
+    in_line = 0  # words in the open (not yet closed) line
+    n_lines = 0  # closed lines
+    partial: dict[int, int] = {}  # closed-early line -> words in it
+    drained_to = 0  # next line to drain
+    drain_end = 0  # cycle the in-flight drain ends
+    writes = 0
+    start = stop = None
+    drains = 0
+    stall = 0  # stalls of all rows before `row`
+    row, off = -1, 0  # current row and the stall it has taken so far
+    total = rows.total
+
+    def drain(cycle: int) -> tuple[int, int]:
+        """Drain up to one half-buffer of lines from ``cycle``; returns (words counted, last cycle)."""
+        nonlocal drained_to, writes, start, stop, drains
+        end = min(drained_to + lines_per_drain, n_lines)
+        n = end - drained_to
+        # SCALE-Sim subtracts the empty slots of the chunk's *last* line only.
+        data = n * bw - (bw - partial.pop(end - 1, bw))
+        for i in [k for k in partial if k < end]:  # early-closed lines inside the chunk: counted full
+            del partial[i]
+        writes += data
+        last = cycle + n - 1
+        start = cycle if start is None else start
+        # The final drain ignores a drain still in flight, so an earlier drain can end later.
+        stop = last if stop is None else max(stop, last)
+        drained_to = end
+        drains += 1
+        return data, last
+
+    g = 0
+    while g < total:
+        r = rows.row_of(g)
+        if r != row:
+            stall, off, row = stall + off, 0, r
+        c = r + stall + off
+        g_half = g + max(0, free - active)  # the write that leaves the buffer more than half full
+        g_full = g + max(0, free - 1)  # the write that fills it
+        if c >= drain_end:
+            g_free = g
+        else:  # first write issued at or after the in-flight drain's end
+            g_free = rows.before(drain_end - stall - off)
+        if g_free <= g_full:
+            ge, is_drain = max(g_half, g_free), True
+        else:
+            ge, is_drain = g_full, False
+        if ge >= total:
+            break
+        n = ge - g + 1
+        free -= n
+        q, in_line = divmod(in_line + n, bw)
+        n_lines += q
+        r = rows.row_of(ge)
+        if r != row:
+            stall, off, row = stall + off, 0, r
+        c = r + stall + off
+        if is_drain:
+            if in_line:  # the drain closes the open line early
+                partial[n_lines] = in_line
+                n_lines, in_line = n_lines + 1, 0
+            data, drain_end = drain(c)
+            free += data
+        else:
+            off += drain_end - c  # the array waits for the drain to finish
+        g = ge + 1
+    n = total - g
+    if n > 0:
+        free -= n
+        q, in_line = divmod(in_line + n, bw)
+        n_lines += q
+    stall += off
+    # After the last row, everything left drains back to back.
+    if in_line:
+        partial[n_lines] = in_line
+        n_lines += 1
+    cycle = rows.num_rows - 1 + stall
+    while drained_to < n_lines:
+        _, last = drain(cycle)
+        cycle = last + 1
+    # Every word written is drained once, so the true DRAM write count is the words written.
+    return WriteBufferResult(stall, writes, total, int(start or 0), int(stop or 0), drains)
+
+
+# ---- read side ---------------------------------------------------------------------
+
+
+def calc_items_per_set(size_words: int) -> int:
+    return size_words // CALC_SETS
+
+
+def calc_window(size_words: int) -> int:
+    """Misses after which SCALE-Sim's CALC-mode read window is emptied (about S/2)."""
+    return CALC_ACTIVE_SETS * calc_items_per_set(size_words)
+
+
+def calc_dram_start(unique_words: int, first_request_cycle: int, size_words: int) -> int:
+    """Cycle of the first DRAM read of a CALC-mode read buffer (exact).
+
+    If the operand fills the active half, SCALE-Sim back-dates a half-buffer fill at
+    10 words/cycle so it ends just before the first request; otherwise it back-dates
+    the fill of everything, in whole sets, to end at cycle -1.
+    """
+    items = calc_items_per_set(size_words)
+    if unique_words >= CALC_ACTIVE_SETS * items:
+        return first_request_cycle - ceil_div(CALC_PREFETCH_SETS * items, CALC_FILL_BW)
+    nsets = ceil_div(unique_words, items)
+    return -ceil_div(nsets * items, CALC_FILL_BW)
+
+
+def calc_dram_reads(unique_words: int, stream_words: int, passes: int, block_words: int, block_repeats: int, size_words: int) -> tuple[int, bool]:
+    """DRAM reads of a CALC-mode read buffer and whether the figure is exact.
+
+    ``unique_words``: distinct words of the operand; ``stream_words``: words the array
+    requests; ``passes``: times the fold order sweeps the whole operand; ``block_words``
+    and ``block_repeats``: a fold block requested ``block_repeats`` times back to back
+    (os filter across row folds).
+
+    Exact when no window is ever emptied (``U`` below ``S/2``) or when every word is
+    requested once. Otherwise (estimate): a sweep of the whole operand refetches it
+    (it does not fit), a back-to-back repeat of a block refetches it only if the block
+    does not fit the window; reuse within a sweep (neighbouring convolution windows)
+    is assumed to hit.
+    """
+    window = calc_window(size_words)
+    if unique_words < window or stream_words == unique_words:
+        return unique_words, True
+    reads = unique_words * passes
+    if block_repeats > 1 and block_words >= window:
+        reads *= block_repeats
+    return reads, False
+
+
+def user_lines(size_words: int, valid_entries: int) -> tuple[int, int, int]:
+    """(words per line, lines the operand occupies, lines the active half holds)."""
+    per_line = ceil_div(size_words, CALC_SETS)
+    lines = valid_entries // per_line + 1  # SCALE-Sim always appends a last (maybe empty) line
+    active_lines = ceil_div(-(-size_words // 2), per_line)
+    return per_line, lines, active_lines
+
+
+def user_fits(size_words: int, valid_entries: int) -> bool:
+    """True when SCALE-Sim's USER-mode read buffer holds the whole operand (no miss)."""
+    _, lines, active_lines = user_lines(size_words, valid_entries)
+    return lines <= active_lines
+
+
+def user_first_fill(size_words: int, prefetch_entries: int, bw: int) -> int:
+    """Words of the first (active-half) fill, padding included: SCALE-Sim's DRAM count when it fits."""
+    active = -(-size_words // 2)
+    return min(ceil_div(active, bw), ceil_div(prefetch_entries, bw)) * bw
+
+
+def user_read_estimate(size_words: int, prefetch_entries: int, bw: int, passes: int, compute_rows: int) -> tuple[int, int]:
+    """(DRAM words, stall cycles) of a USER-mode read buffer that misses (an estimate).
+
+    The prefetch matrix is streamed ``passes`` times at ``bw`` words per cycle; the
+    part of that transfer time the compute cycles cannot hide becomes stalls.
+    """
+    words = max(user_first_fill(size_words, prefetch_entries, bw), passes * ceil_div(prefetch_entries, bw) * bw)
+    stall = max(0, ceil_div(words, bw) - compute_rows)
+    return words, stall
+
+
+def operand_passes(m: Mapping) -> dict[str, int]:
+    """How many times the fold order sweeps each whole operand (see dataflow's table)."""
+    if m.dataflow == "os":
+        return {"ifmap": m.col_fold, "filter": 1}
+    if m.dataflow == "ws":
+        return {"ifmap": m.col_fold, "filter": 1}
+    return {"ifmap": 1, "filter": m.col_fold}

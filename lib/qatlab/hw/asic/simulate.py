@@ -1,0 +1,370 @@
+"""Run a layer list on an :class:`ArrayConfig`: per-layer records and totals.
+
+The records carry SCALE-Sim's report columns under the names DESIGN.md fixes, plus ours
+(MACs, energy, latency, corrected counts). ``scalesim_exact`` says whether every
+SCALE-Sim-named figure of the record is provably SCALE-Sim 3.0.0's (see
+:mod:`qatlab.hw.asic.memory` for when DRAM counts and stalls are estimates; operand
+packing and sparsity skipping have no SCALE-Sim counterpart).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+
+from qatlab.hw.asic import memory as mem
+from qatlab.hw.asic.config import ArrayConfig, ConfigError
+from qatlab.hw.asic.dataflow import Mapping, ceil_div
+from qatlab.hw.asic.energy import EnergyTable
+from qatlab.hw.workload import Layer
+
+# Accumulators are int32; partial sums travel and are stored at this width.
+ACC_BITS = 32
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """One layer's figures. The first block mirrors SCALE-Sim's reports, row for row."""
+
+    layer: str
+    total_cycles: int  # SCALE-Sim "Total Cycles": index of the last cycle (cycles - 1), stalls included
+    total_cycles_incl_prefetch: int  # last ofmap DRAM write minus the first operand DRAM read
+    stall_cycles: int
+    overall_util_pct: float
+    mapping_eff_pct: float
+    compute_util_pct: float
+    sram_ifmap_reads: int
+    sram_filter_reads: int
+    sram_ofmap_writes: int  # SCALE-Sim's count (os: inflated by rows+cols per fold)
+    dram_ifmap_reads: int
+    dram_filter_reads: int
+    dram_ofmap_writes: int  # SCALE-Sim's count (early-closed lines counted full)
+    macs: int  # the layer's MACs (dense: M*N*K)
+    energy_pj: float
+    latency_s: float  # cycles / clock; DRAM prefetch assumed hidden by double buffering
+    # ---- ours -------------------------------------------------------------------------
+    cycles: int  # clock cycles of the layer: total_cycles + 1
+    macs_executed: int  # MACs the array performs (zero weights skipped when sparsity is on)
+    sram_ofmap_writes_corrected: int  # output / partial-sum words actually written
+    sram_psum_reads: int  # partial sums read back across row folds (ws/is); SCALE-Sim omits them
+    dram_ofmap_writes_corrected: int  # words actually written back to DRAM
+    folds: int
+    pack: int  # MACs per cell per cycle (operand packing)
+    k_eff: int  # reduction length the array runs (after skipping and packing)
+    energy_mac_pj: float
+    energy_reg_pj: float
+    energy_sram_pj: float
+    energy_dram_pj: float
+    scalesim_exact: bool
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+RECORD_FIELDS = [f.name for f in fields(LayerRecord)]
+
+
+@dataclass(frozen=True)
+class AsicReport:
+    config: ArrayConfig
+    layers: list[LayerRecord]
+    totals: dict
+
+    def as_dict(self) -> dict:
+        return {"layers": [r.as_dict() for r in self.layers], "totals": self.totals}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.as_dict(), indent=indent)
+
+    def to_csv(self) -> str:
+        """One row per layer (RECORD_FIELDS order), then a ``TOTAL`` row."""
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=RECORD_FIELDS, lineterminator="\n", extrasaction="ignore")
+        w.writeheader()
+        for r in self.layers:
+            w.writerow(r.as_dict())
+        w.writerow({k: self.totals.get(k, "") for k in RECORD_FIELDS} | {"layer": "TOTAL"})
+        return buf.getvalue()
+
+
+# ---- layer preparation: packing and sparsity ----------------------------------------
+
+
+def pack_factor(layer: Layer, cfg: ArrayConfig) -> int:
+    """MACs per cell per cycle: how many operand pairs share one 8-bit datapath slot."""
+    fits = max(1, 8 // max(layer.w_bits, layer.a_bits))
+    if cfg.pack == 1:
+        return 1
+    if cfg.pack == 0:
+        return min(cfg.pack_max, fits)
+    return min(cfg.pack, fits)
+
+
+def sparse_length(k: int, n: int, m: int) -> int:
+    """Non-zero positions of a length-``k`` axis with N:M sparsity (first n of every m)."""
+    return n * (k // m) + min(k % m, n)
+
+
+def reduction_length(layer: Layer, cfg: ArrayConfig) -> tuple[int, int]:
+    """(K after zero-weight skipping, K the array runs after packing)."""
+    n, m = layer.sparsity
+    ks = sparse_length(layer.K, n, m) if cfg.sparsity and (n, m) != (1, 1) else layer.K
+    return ks, ceil_div(ks, pack_factor(layer, cfg))
+
+
+def scalesim_out(size: int, filt: int, stride: int) -> int:
+    """Outputs along one axis as SCALE-Sim counts them: ``ceil((size - filt + stride) / stride)``.
+
+    That is one more than a real unpadded convolution (``(size - filt) // stride + 1``)
+    whenever the stride does not divide ``size - filt``: SCALE-Sim adds a last window
+    that runs off the input, whose outside taps it marks invalid (no read) but still
+    counts as cycles, SRAM requests and outputs. A defect; we reproduce it in the
+    SCALE-Sim-named fields and use the real geometry for ours.
+    """
+    return -(-(size - filt + stride) // stride)
+
+
+def scalesim_m(layer: Layer) -> int:
+    """SCALE-Sim's output-pixel count M for ``layer`` (see :func:`scalesim_out`)."""
+    if layer.kind == "gemm":
+        return layer.M
+    return layer.batch * scalesim_out(layer.ifmap_h, layer.filter_h, layer.stride_h) * scalesim_out(
+        layer.ifmap_w, layer.filter_w, layer.stride_w
+    )
+
+
+def ifmap_unique_words(layer: Layer, k_pack: int, scalesim: bool = False) -> int:
+    """Distinct ifmap words the layer reads (no padding: strided windows may skip pixels).
+
+    With ``scalesim=True`` the windows are SCALE-Sim's (:func:`scalesim_out`), whose last
+    one may reach pixels a real convolution never reads.
+    """
+    if layer.kind == "gemm":
+        return layer.M * ceil_div(layer.K, k_pack)
+
+    def covered(size: int, filt: int, stride: int) -> int:
+        n = scalesim_out(size, filt, stride) if scalesim else (size - filt) // stride + 1
+        # Windows [o*stride, o*stride + filt) clipped to the input: each adds min(stride,
+        # filt) new positions, the last adds what is left of the input.
+        last = (n - 1) * stride
+        return (n - 1) * min(stride, filt) + min(filt, size - last)
+
+    return (
+        layer.batch
+        * covered(layer.ifmap_h, layer.filter_h, layer.stride_h)
+        * covered(layer.ifmap_w, layer.filter_w, layer.stride_w)
+        * ceil_div(layer.channels, k_pack)
+    )
+
+
+def check_sram_holds_fold(m: Mapping, cfg: ArrayConfig, layer: Layer) -> None:
+    """Each SRAM must hold one fold's share of its operand, or nothing can run.
+
+    The operand that stays in the array (outputs for os, weights for ws, inputs for is)
+    needs one whole tile (used rows x used columns); the streamed ones one array edge.
+    """
+    r, c = min(m.R, m.Sr), min(m.C, m.Sc)
+    tile = r * c
+    need = {
+        "os": {"ofmap": tile, "ifmap": r, "filter": c},
+        "ws": {"filter": tile, "ifmap": r, "ofmap": c},
+        "is": {"ifmap": tile, "filter": r, "ofmap": c},
+    }[m.dataflow]
+    for op, words in need.items():
+        kb = getattr(cfg, f"{op}_sram_kb")
+        have = kb * 1024
+        if have < words:
+            what = f"one {r}x{c} tile" if words == tile else f"one array edge of {words} words"
+            raise ConfigError(
+                f"{cfg.where(f'{op}_sram_kb')}: field '{op}_sram_kb' = {kb} kB ({have} words) cannot hold "
+                f"{what} of a {m.dataflow} fold of layer {layer.name!r} ({words} words)"
+            )
+
+
+# ---- one layer -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Memory:
+    """What the memory models say about one mapping."""
+
+    stall: int
+    total_cycles: int
+    incl_prefetch: int
+    dram_ifmap: int
+    dram_filter: int
+    dram_ofmap: int  # SCALE-Sim's count
+    dram_ofmap_words: int  # true words
+    exact: bool
+
+
+def _memory(m: Mapping, u_ifmap: int, cfg: ArrayConfig) -> _Memory:
+    isz, fsz, osz = cfg.ifmap_sram_kb * 1024, cfg.filter_sram_kb * 1024, cfg.ofmap_sram_kb * 1024
+    # SCALE-Sim drains outputs at one array row per cycle in CALC mode, at the user's
+    # first Bandwidth figure in USER mode.
+    ofmap_bw = cfg.cols if cfg.bandwidth_mode == "CALC" else cfg.bandwidth[0]
+    wb = mem.write_buffer(m.ofmap_rows, osz, ofmap_bw)
+    u_filter = m.K * m.N
+    passes = mem.operand_passes(m)
+    read_stall = 0
+    if cfg.bandwidth_mode == "CALC":
+        start_i = mem.calc_dram_start(u_ifmap, m.first_ifmap_row, isz)
+        start_f = mem.calc_dram_start(u_filter, m.first_filter_row, fsz)
+        dram_i, exact_i = mem.calc_dram_reads(u_ifmap, m.sram_ifmap_reads, passes["ifmap"], 0, 1, isz)
+        block = m.K * min(m.C, m.N)  # os: a column fold's filter block, re-read for each row fold
+        reps = m.row_fold if m.dataflow == "os" else 1
+        dram_f, exact_f = mem.calc_dram_reads(u_filter, m.sram_filter_reads, passes["filter"], block, reps, fsz)
+    else:
+        ibw, fbw = cfg.ifmap_bank_bandwidth, cfg.filter_bank_bandwidth
+        start_i = -ceil_div(mem.user_first_fill(isz, m.ifmap_prefetch_entries, ibw), ibw)
+        start_f = -ceil_div(mem.user_first_fill(fsz, m.filter_prefetch_entries, fbw), fbw)
+        exact_i = mem.user_fits(isz, m.M * m.K)
+        exact_f = mem.user_fits(fsz, m.K * m.N)
+        stalls = [0]
+        if exact_i:
+            dram_i = mem.user_first_fill(isz, m.ifmap_prefetch_entries, ibw)
+        else:
+            dram_i, st = mem.user_read_estimate(isz, m.ifmap_prefetch_entries, ibw, passes["ifmap"], m.compute_rows)
+            stalls.append(st)
+        if exact_f:
+            dram_f = mem.user_first_fill(fsz, m.filter_prefetch_entries, fbw)
+        else:
+            reps = m.row_fold if m.dataflow == "os" and m.K * m.C * 2 > fsz else 1
+            dram_f, st = mem.user_read_estimate(fsz, m.filter_prefetch_entries, fbw, passes["filter"] * reps, m.compute_rows)
+            stalls.append(st)
+        read_stall = max(stalls)  # estimate (0 when both fit: then exact)
+    stall = wb.stall_cycles + read_stall
+    # Read stalls (estimated) delay the final drain by as much.
+    incl = int(wb.dram_stop + read_stall - min(start_i, start_f))
+    return _Memory(
+        stall=int(stall),
+        total_cycles=int(m.compute_rows - 1 + stall),
+        incl_prefetch=incl,
+        dram_ifmap=int(dram_i),
+        dram_filter=int(dram_f),
+        dram_ofmap=int(wb.dram_writes),
+        dram_ofmap_words=int(wb.dram_words),
+        exact=bool(exact_i and exact_f),
+    )
+
+
+def simulate_layer(layer: Layer, cfg: ArrayConfig, table: EnergyTable | None = None) -> LayerRecord:
+    """One layer's record; see the module docstring for what is exact."""
+    table = table or EnergyTable(cfg.node_nm, cfg.vdd)
+    k_pack = pack_factor(layer, cfg)
+    k_sparse, k_eff = reduction_length(layer, cfg)
+    transformed = k_pack != 1 or k_sparse != layer.K
+
+    # Two geometries when they differ: SCALE-Sim's (its named fields) and the real one (ours).
+    m = Mapping(cfg.dataflow, cfg.rows, cfg.cols, layer.M, layer.N, k_eff)
+    m_ss = m if scalesim_m(layer) == layer.M else Mapping(cfg.dataflow, cfg.rows, cfg.cols, scalesim_m(layer), layer.N, k_eff)
+    check_sram_holds_fold(m_ss, cfg, layer)
+
+    def unique(scalesim: bool) -> int:
+        u = ifmap_unique_words(layer, k_pack, scalesim)
+        if k_sparse != layer.K:  # kept share of the reduction axis: an estimate, the pattern's
+            u = ceil_div(u * k_sparse, layer.K)  # overlap with the windows is not tracked
+        return u
+
+    mm_ss = _memory(m_ss, unique(True), cfg)
+    mm = mm_ss if m_ss is m else _memory(m, unique(False), cfg)
+    cycles = mm.total_cycles + 1
+    num_compute = m_ss.M * m_ss.N * m_ss.K  # SCALE-Sim's "compute" count
+    overall = (num_compute * 100) / (max(mm_ss.total_cycles, 1) * cfg.num_pes)
+
+    # ---- energy (real geometry) -----------------------------------------------------------
+    macs_exec = layer.M * layer.N * k_sparse
+    e_mac = macs_exec * table.mac(layer.w_bits, layer.a_bits)
+    pe_cycles = m.M * m.N * m.K  # cell-cycles with work (k MACs each when packed)
+    if m.dataflow == "os":  # both operands move on; the sum stays
+        e_reg = pe_cycles * 2 * table.register(8)
+    else:  # one operand and the 32-bit partial sum move on; the other stays
+        e_reg = pe_cycles * (table.register(8) + table.register(ACC_BITS))
+    e_reg += m.folds * min(m.R, m.Sr) * min(m.C, m.Sc) * table.register(8)  # stationary tile loads
+    outputs = m.M * m.N
+    psum_writes = m.sram_ofmap_writes_corrected - outputs
+    e_sram = (
+        m.sram_ifmap_reads * table.sram(cfg.ifmap_sram_kb)
+        + m.sram_filter_reads * table.sram(cfg.filter_sram_kb)
+        + outputs * table.sram(cfg.ofmap_sram_kb)
+        + (psum_writes + m.sram_psum_reads) * table.sram(cfg.ofmap_sram_kb, ACC_BITS)
+    )
+    meta_bits = 0
+    if k_sparse != layer.K:
+        # Each kept weight carries the index of its position within its block of m.
+        meta_bits = max(1, math.ceil(math.log2(layer.sparsity[1])))
+        e_sram += m.sram_filter_reads * table.sram(cfg.filter_sram_kb, meta_bits)
+    dram_bytes = mm.dram_ifmap + mm.dram_filter + mm.dram_ofmap_words + mm.dram_filter * meta_bits / 8
+    e_dram = dram_bytes * table.dram_per_byte()
+    energy = e_mac + e_reg + e_sram + e_dram
+
+    return LayerRecord(
+        layer=layer.name,
+        total_cycles=mm_ss.total_cycles,
+        total_cycles_incl_prefetch=mm_ss.incl_prefetch,
+        stall_cycles=mm_ss.stall,
+        overall_util_pct=overall,
+        mapping_eff_pct=m_ss.mapping_eff_pct,
+        compute_util_pct=m_ss.compute_util_pct,
+        sram_ifmap_reads=m_ss.sram_ifmap_reads,
+        sram_filter_reads=m_ss.sram_filter_reads,
+        sram_ofmap_writes=m_ss.sram_ofmap_writes_scalesim,
+        dram_ifmap_reads=mm_ss.dram_ifmap,
+        dram_filter_reads=mm_ss.dram_filter,
+        dram_ofmap_writes=mm_ss.dram_ofmap,
+        macs=layer.macs,
+        energy_pj=energy,
+        latency_s=cycles / cfg.freq_hz,
+        cycles=cycles,
+        macs_executed=macs_exec,
+        sram_ofmap_writes_corrected=m.sram_ofmap_writes_corrected,
+        sram_psum_reads=m.sram_psum_reads,
+        dram_ofmap_writes_corrected=mm.dram_ofmap_words,
+        folds=m.folds,
+        pack=k_pack,
+        k_eff=k_eff,
+        energy_mac_pj=e_mac,
+        energy_reg_pj=e_reg,
+        energy_sram_pj=e_sram,
+        energy_dram_pj=e_dram,
+        scalesim_exact=bool(mm_ss.exact and not transformed),
+    )
+
+
+_SUMMED = [
+    "total_cycles", "total_cycles_incl_prefetch", "stall_cycles", "sram_ifmap_reads", "sram_filter_reads",
+    "sram_ofmap_writes", "dram_ifmap_reads", "dram_filter_reads", "dram_ofmap_writes", "macs", "energy_pj",
+    "latency_s", "cycles", "macs_executed", "sram_ofmap_writes_corrected", "sram_psum_reads",
+    "dram_ofmap_writes_corrected", "folds", "energy_mac_pj", "energy_reg_pj", "energy_sram_pj", "energy_dram_pj",
+]
+
+
+def totals(records: list[LayerRecord], cfg: ArrayConfig, batch: int = 1) -> dict:
+    """Network totals: sums, cycle-weighted utilizations, energy per inference, TOPS/W."""
+    t: dict = {k: sum(getattr(r, k) for r in records) for k in _SUMMED}
+    t["layer"] = "TOTAL"
+    cyc = max(t["cycles"], 1)
+    t["overall_util_pct"] = 100 * sum(r.overall_util_pct / 100 * r.cycles for r in records) / cyc
+    t["mapping_eff_pct"] = sum(r.mapping_eff_pct * r.cycles for r in records) / cyc
+    t["compute_util_pct"] = sum(r.compute_util_pct * r.cycles for r in records) / cyc
+    t["scalesim_exact"] = all(r.scalesim_exact for r in records)
+    t["layers"] = len(records)
+    # Two operations (multiply, add) per MAC; operations per pJ = 1e12 op/J = TOPS/W.
+    t["tops_per_w"] = 2 * t["macs"] / t["energy_pj"] if t["energy_pj"] else 0.0
+    t["energy_pj_per_inference"] = t["energy_pj"] / batch
+    t["inferences_per_s"] = batch / t["latency_s"] if t["latency_s"] else 0.0
+    t["freq_mhz"] = cfg.freq_mhz
+    t["node_nm"] = cfg.node_nm
+    return t
+
+
+def simulate(layers: list[Layer], config: ArrayConfig, energy: EnergyTable | None = None) -> AsicReport:
+    """Simulate ``layers`` (in order) on ``config``: one record per layer plus totals."""
+    if not layers:
+        raise ValueError("simulate: no layers")
+    table = energy or EnergyTable(config.node_nm, config.vdd)
+    records = [simulate_layer(lay, config, table) for lay in layers]
+    batch = max(lay.batch for lay in layers)
+    return AsicReport(config, records, totals(records, config, batch))
