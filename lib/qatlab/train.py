@@ -1,0 +1,233 @@
+"""The one training loop: a pure function of a TrainConfig that returns a result record.
+
+    record = run_trial(TrainConfig(method="qat", w_bits=4, a_bits=4, ste="lsq"))
+
+Steps: FP32 pretraining (cached on disk by ``fp32_key``, so every trial of a sweep
+that shares it trains it once), then per method: nothing (fp32), calibration (ptq),
+or calibration + QAT fine-tuning (qat); then evaluation of the fake-quant model and
+of its integer model (``convert`` + the CPU reference executor).
+Deterministic under a seed on CPU: same config, same metrics.
+"""
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from qatlab.config import TrainConfig
+from qatlab.data import DataSplits, load_dataset
+from qatlab.intmodel import IntModel, convert, predict
+from qatlab.models import build_model
+from qatlab.nn import calibrate, freeze_bn, prepare_qat, set_observe
+from qatlab.quant import QuantSpec
+
+CHECKPOINT_FORMAT = "qatlab.checkpoint"
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("QATLAB_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "qatlab")
+    return Path(base)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but no CUDA GPU is available")
+    return dev
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def loader(ds: TensorDataset, batch_size: int, gen: torch.Generator | None, shuffle: bool) -> DataLoader:
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=0)
+
+
+def fit(
+    model: nn.Module,
+    data: DataLoader,
+    epochs: int,
+    lr: float,
+    device: torch.device,
+    on_step: Callable[[int, int], None] | None = None,
+) -> int:
+    """Adam with a cosine schedule over ``epochs``; ``on_step(step, total)`` runs before each step."""
+    if epochs == 0:
+        return 0
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    total = epochs * len(data)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total))
+    model.train()
+    step = 0
+    for _ in range(epochs):
+        for x, y in data:
+            if on_step is not None:
+                on_step(step, total)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+    return step
+
+
+@torch.no_grad()
+def predictions(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 1000) -> torch.Tensor:
+    model.eval()
+    out = [model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(out)
+
+
+def accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
+    return float((pred == y).float().mean()) if len(y) else float("nan")
+
+
+def _input_batches(data: DataLoader, device: torch.device) -> Iterator[torch.Tensor]:
+    for x, _ in data:
+        yield x.to(device)
+
+
+def pretrain_fp32(cfg: TrainConfig, splits: DataSplits, device: torch.device, use_cache: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """The FP32 model for ``cfg`` from the cache, or trained and cached (atomically)."""
+    path = cache_dir() / "fp32" / f"{cfg.model}-{cfg.dataset}-{cfg.fp32_key}.pt"
+    model = build_model(cfg.model, splits.num_classes, splits.input_shape)
+    if use_cache and path.exists():
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(ck["state_dict"])
+            return model.to(device), {"fp32_cached": True, "fp32_train_s": ck.get("train_s", 0.0)}
+        except Exception:  # a damaged cache entry is retrained, never trusted
+            path.unlink(missing_ok=True)
+    gen = seed_everything(cfg.seed)
+    model = build_model(cfg.model, splits.num_classes, splits.input_shape).to(device)
+    t0 = time.perf_counter()
+    fit(model, loader(splits.train, cfg.batch_size, gen, True), cfg.epochs, cfg.lr, device)
+    train_s = time.perf_counter() - t0
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        torch.save({"format": CHECKPOINT_FORMAT, "state_dict": state, "config": cfg.to_dict(), "train_s": train_s}, tmp)
+        os.replace(tmp, path)
+    return model, {"fp32_cached": False, "fp32_train_s": train_s}
+
+
+def specs(cfg: TrainConfig) -> tuple[QuantSpec, QuantSpec]:
+    """Weight and activation specs of a trial.
+
+    Weights: signed symmetric (the integer model needs zero-point-free weights), the
+    trial's granularity along the output-channel axis. Activations: asymmetric per
+    tensor. In QAT, ``minmax`` activation ranges are moving averages (torch.ao's QAT
+    default): a running min/max would keep the widest early batch forever.
+    """
+    w = QuantSpec(bits=cfg.w_bits, symmetric=True, granularity=cfg.granularity, axis=0, estimator=cfg.estimator)
+    a_est = "ema" if (cfg.method == "qat" and cfg.estimator == "minmax") else cfg.estimator
+    a = QuantSpec(bits=cfg.a_bits, symmetric=False, granularity="tensor", estimator=a_est)
+    return w, a
+
+
+def quantize_model(cfg: TrainConfig, fp32: nn.Module, splits: DataSplits, device: torch.device) -> tuple[nn.Module, int]:
+    """PTQ (calibrate) or QAT (calibrate, then fine-tune with late freezing). Returns (model, steps)."""
+    w_spec, a_spec = specs(cfg)
+    gen = seed_everything(cfg.seed + 1)
+    q = prepare_qat(fp32, w_spec, a_spec, cfg.ste, first_last_bits=cfg.first_last_bits).to(device)
+    calibrate(q, _input_batches(loader(splits.train, cfg.batch_size, gen, True), device), cfg.calib_batches)
+    if cfg.method == "ptq":
+        set_observe(q, False)
+        return q, 0
+    set_observe(q, True)
+    freeze_at: list[int] = []
+
+    def on_step(step: int, total: int) -> None:
+        if not freeze_at and step >= int(cfg.freeze_fraction * total):
+            freeze_bn(q)
+            set_observe(q, False)
+            freeze_at.append(step)
+
+    steps = fit(q, loader(splits.train, cfg.batch_size, gen, True), cfg.qat_epochs, cfg.qat_lr, device, on_step)
+    freeze_bn(q)
+    set_observe(q, False)
+    return q, steps
+
+
+def run_trial(config: TrainConfig | dict[str, Any], out_dir: str | os.PathLike[str] | None = None, use_cache: bool = True) -> dict[str, Any]:
+    """Train and evaluate one trial; never raises for a failing trial: the record says ``failed``."""
+    t_start = time.perf_counter()
+    record: dict[str, Any] = {"status": "failed", "error": None}
+    try:
+        cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
+        record.update(cfg.to_dict())
+        record["trial_id"] = cfg.trial_id
+        record.update(_run(cfg, out_dir, use_cache))
+        record["status"] = "ok"
+    except Exception:
+        record["error"] = traceback.format_exc()
+    record["train_s"] = round(time.perf_counter() - t_start, 3)
+    return record
+
+
+def _run(cfg: TrainConfig, out_dir: str | os.PathLike[str] | None, use_cache: bool) -> dict[str, Any]:
+    device = resolve_device(cfg.device)
+    splits = load_dataset(cfg.dataset, val_fraction=cfg.val_fraction, limit_train=cfg.limit_train, limit_test=cfg.limit_test, seed=cfg.seed)
+    x_test, y_test = splits.test.tensors
+    x_val, y_val = splits.val.tensors
+    fp32, info = pretrain_fp32(cfg, splits, device, use_cache)
+    res: dict[str, Any] = {
+        "device": str(device),
+        "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "fp32_acc": accuracy(predictions(fp32, x_test, device), y_test),
+        "n_train": len(splits.train),
+        "n_test": len(y_test),
+        **info,
+    }
+    if cfg.method == "fp32":
+        res.update(test_acc=res["fp32_acc"], val_acc=accuracy(predictions(fp32, x_val, device), y_val), qat_steps=0)
+        _save(out_dir, cfg, fp32, None)
+        return res
+    t0 = time.perf_counter()
+    q, steps = quantize_model(cfg, fp32, splits, device)
+    res["quant_s"] = round(time.perf_counter() - t0, 3)
+    fq_pred = predictions(q, x_test, device)
+    res.update(test_acc=accuracy(fq_pred, y_test), val_acc=accuracy(predictions(q, x_val, device), y_val), qat_steps=steps)
+    try:
+        im = convert(q.cpu(), splits.input_shape, cfg.rounding, meta={"config": cfg.to_dict()})
+        int_pred = predict(im, x_test)
+        res.update(int_acc=accuracy(int_pred, y_test), int_agreement=accuracy(int_pred, fq_pred), int_error=None)
+    except Exception as e:  # a model the integer path cannot run still has its fake-quant result
+        im = None
+        res.update(int_acc=None, int_agreement=None, int_error=f"{type(e).__name__}: {e}")
+    _save(out_dir, cfg, q, im)
+    return res
+
+
+def _save(out_dir: str | os.PathLike[str] | None, cfg: TrainConfig, model: nn.Module, im: IntModel | None) -> None:
+    if out_dir is None:
+        return
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model, cfg, d / "model.pt")
+    if im is not None:
+        im.save(d / "intmodel.pt")
+
+
+def save_checkpoint(model: nn.Module, cfg: TrainConfig, path: str | os.PathLike[str]) -> None:
+    """The trained model's state and its config (atomic). Loads with weights_only=True."""
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.tmp")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "state_dict": state}, tmp)
+    os.replace(tmp, p)
