@@ -63,3 +63,24 @@ def test_write_read_round_trip(tmp_path):
     back = read_topology(tmp_path / "o.csv")
     assert back == layers
     assert not (tmp_path / "o.csv.tmp").exists()
+
+
+def test_from_intmodel_matches_conv_geometry():
+    import torch
+    from torch import nn
+
+    from qatlab.hw.workload import from_intmodel
+    from qatlab.intmodel import convert
+    from qatlab.nn import calibrate, prepare_qat
+    from qatlab.quant import QuantSpec
+
+    m = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, stride=2), nn.Flatten(), nn.Linear(6 * 4 * 4, 10))
+    q = prepare_qat(m, QuantSpec(bits=4, granularity="channel"), QuantSpec(bits=8, symmetric=False))
+    calibrate(q, [torch.randn(4, 1, 10, 10)])
+    layers = from_intmodel(convert(q, (1, 10, 10)))
+    a, b, c = layers
+    assert (a.ifmap_h, a.filter_h, a.channels, a.num_filters, a.ofmap_h, a.w_bits, a.a_bits) == (12, 3, 1, 4, 10, 4, 8)
+    assert (b.ifmap_h, b.stride_h, b.ofmap_h, b.M, b.K) == (10, 2, 4, 16, 36)
+    assert (c.kind, c.M, c.N, c.K) == ("gemm", 1, 10, 96)
+    conv_macs = 10 * 10 * 4 * 9 + 4 * 4 * 6 * 36
+    assert sum(l.macs for l in layers) == conv_macs + 960

@@ -202,3 +202,34 @@ def _sparsity(text: str, where: str) -> tuple[int, int]:
     if not 1 <= n <= m:
         raise TopologyError(f"{where}: sparsity {text!r} must have 1 <= N <= M")
     return n, m
+
+
+def from_intmodel(model: "IntModel", batch: int = 1) -> list[Layer]:  # noqa: F821 - imported lazily
+    """The conv and linear layers of an IntModel as workloads (padding folded into the input).
+
+    Grouped convolutions are described per group's channel count (MACs stay right);
+    a dilated kernel is described by its effective (dilated) extent.
+    """
+    layers: list[Layer] = []
+    for op in model.compute_ops():
+        a = op.attrs
+        w = op.tensors["weight"]
+        w_bits, a_bits = int(a["w_bits"]), int(a["a_bits"])
+        density = float((w != 0).float().mean()) if w.numel() else 1.0
+        meta = {"op": op.name, "weight_density": density, "relu": bool(a.get("relu", False))}
+        if op.kind == "linear":
+            out_f, in_f = w.shape
+            layers.append(Layer.gemm(op.name, batch, int(out_f), int(in_f), w_bits=w_bits, a_bits=a_bits, meta=meta))
+            continue
+        c, h, wd = a["in_shape"]
+        ph, pw = a["padding"]
+        kh, kw = a["kernel"]
+        dh, dw = a["dilation"]
+        layers.append(
+            Layer(
+                op.name, int(h + 2 * ph), int(wd + 2 * pw), int((kh - 1) * dh + 1), int((kw - 1) * dw + 1),
+                int(c // a["groups"]), int(w.shape[0]), int(a["stride"][0]), int(a["stride"][1]),
+                batch=batch, w_bits=w_bits, a_bits=a_bits, meta={**meta, "groups": int(a["groups"])},
+            )
+        )
+    return layers
