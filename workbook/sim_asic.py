@@ -1,14 +1,117 @@
-"""`workbook sim asic`: placeholder until the asic simulator lands; see the issue tracker."""
+"""`workbook sim asic`: run a SCALE-Sim topology on a SCALE-Sim config, print one record per layer.
+
+    workbook sim asic --config scale.cfg --topology net.csv [--format json|csv] [options]
+
+JSON prints ``{"layers": [...], "totals": {...}}``; CSV prints a header, one row per
+layer and a ``TOTAL`` row. Field meanings: :mod:`qatlab.hw.asic.simulate`.
+"""
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import tempfile
+
+
+def _pos_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
+    return v
+
+
+def _pos_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {v}")
+    return v
+
+
+def _bits(text: str) -> int:
+    v = _pos_int(text)
+    if not 2 <= v <= 16:
+        raise argparse.ArgumentTypeError(f"bits must be 2..16, got {v}")
+    return v
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Declare this command's options (kept import-light: no torch here)."""
+    """Declare this command's options (kept import-light: no torch, no numpy here)."""
+    p.description = (
+        "Simulate a TPU-style systolic array on a SCALE-Sim topology. Reads SCALE-Sim 3.0.0 .cfg and "
+        "topology .csv files (conv and GEMM forms); cycle, utilization and SRAM figures equal SCALE-Sim's."
+    )
+    p.add_argument("--config", required=True, metavar="FILE.cfg", help="SCALE-Sim configuration file")
+    p.add_argument("--topology", required=True, metavar="FILE.csv", help="SCALE-Sim topology (conv or 'Layer, M, N, K' GEMM form)")
+    p.add_argument("--format", choices=["json", "csv"], default="json", help="output format (default: json)")
+    p.add_argument("--out", metavar="FILE", default=None, help="write to FILE (atomically) instead of stdout")
+    p.add_argument("--dataflow", choices=["os", "ws", "is"], default=None, help="override the config's dataflow")
+    p.add_argument("--freq-mhz", type=_pos_float, default=None, help="clock for latency_s (default 1000 or [qatlab] freq_mhz)")
+    p.add_argument("--w-bits", type=_bits, default=None, help="weight bits of every layer (default 8)")
+    p.add_argument("--a-bits", type=_bits, default=None, help="activation bits of every layer (default 8)")
+    p.add_argument(
+        "--pack", type=_pos_int, default=None,
+        help="MACs per cell per cycle for sub-8-bit operands: 1 = off (SCALE-Sim), 0 = auto (8 // bits, capped by --pack-max)",
+    )
+    p.add_argument("--pack-max", type=_pos_int, default=None, help="cap for --pack 0 (default 4)")
+    p.add_argument("--sparsity", action="store_true", help="skip zero weights of N:M-sparse layers (topology's N:M column)")
+    p.add_argument("--node-nm", type=_pos_float, default=None, help="technology node for energy (default 45: Horowitz' table)")
+    p.add_argument("--vdd", type=_pos_float, default=None, help="supply voltage for energy scaling (default 0.9)")
+
+
+def _write_atomic(path: str, text: str) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".sim_asic.", dir=d)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from qatlab.hw.asic import ArrayConfig, ConfigError, simulate
+    from qatlab.hw.workload import TopologyError, read_topology
     from workbook.cli import CommandError
 
-    raise CommandError("'workbook sim asic' is not built yet")
+    overrides = {
+        k: v
+        for k, v in {
+            "dataflow": args.dataflow,
+            "freq_mhz": args.freq_mhz,
+            "pack": args.pack,
+            "pack_max": args.pack_max,
+            "node_nm": args.node_nm,
+            "vdd": args.vdd,
+        }.items()
+        if v is not None
+    }
+    if args.sparsity:
+        overrides["sparsity"] = True
+    try:
+        cfg = ArrayConfig.from_cfg(args.config, **overrides)
+        layers = read_topology(args.topology)
+        if args.w_bits or args.a_bits:
+            layers = [
+                dataclasses.replace(lay, w_bits=args.w_bits or lay.w_bits, a_bits=args.a_bits or lay.a_bits)
+                for lay in layers
+            ]
+        report = simulate(layers, cfg)
+    except (ConfigError, TopologyError) as e:
+        raise CommandError(str(e)) from None
+    text = report.to_json() + "\n" if args.format == "json" else report.to_csv()
+    if args.out:
+        _write_atomic(args.out, text)
+    else:
+        sys.stdout.write(text)
+    return 0

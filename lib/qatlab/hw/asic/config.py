@@ -122,6 +122,10 @@ _ARCH = {
     "ofmapoffset": ("ofmap_offset", int, False),
     "dataflow": ("dataflow", str, True),
 }
+_SPELLING = {
+    "arrayheight": "ArrayHeight", "arraywidth": "ArrayWidth", "ifmapsramszkb": "IfmapSramSzkB",
+    "filtersramszkb": "FilterSramSzkB", "ofmapsramszkb": "OfmapSramSzkB", "dataflow": "Dataflow",
+}
 _LAYOUT = {
     "ifmapsrambankbandwidth": ("ifmap_bank_bandwidth", int),
     "filtersrambankbandwidth": ("filter_bank_bandwidth", int),
@@ -136,9 +140,11 @@ _OURS = {
 }
 
 
-def _line_index(text: str) -> dict[tuple[str, str], int]:
-    """(section, option) -> 1-based line number, both lower-cased (configparser's view)."""
+def _line_index(text: str) -> tuple[dict[tuple[str, str], int], dict[str, str]]:
+    """(section, option) -> 1-based line number, lower-cased (configparser's view); and
+    each lower-cased option's spelling in the file, for messages."""
     idx: dict[tuple[str, str], int] = {}
+    spelled: dict[str, str] = {}
     section = ""
     for n, line in enumerate(text.splitlines(), 1):
         s = line.strip()
@@ -150,7 +156,8 @@ def _line_index(text: str) -> dict[tuple[str, str], int]:
         m = re.match(r"^([^:=#;\s][^:=]*?)\s*[:=]", s)
         if m and section:
             idx.setdefault((section, m.group(1).strip().lower()), n)
-    return idx
+            spelled.setdefault(m.group(1).strip().lower(), m.group(1).strip())
+    return idx, spelled
 
 
 def _read_cfg(p: Path, overrides: dict[str, object]) -> ArrayConfig:
@@ -170,7 +177,7 @@ def _read_cfg(p: Path, overrides: dict[str, object]) -> ArrayConfig:
     except configparser.ParsingError as e:
         lineno, line = e.errors[0] if e.errors else (0, "")
         raise ConfigError(f"{p}:{lineno}: malformed line {str(line).strip()!r} (expected 'Field: value')") from None
-    lines = _line_index(text)
+    lines, spelled = _line_index(text)
     kw: dict[str, object] = {}
     where_of: dict[str, str] = {}
 
@@ -181,6 +188,7 @@ def _read_cfg(p: Path, overrides: dict[str, object]) -> ArrayConfig:
     def get(section: str, option: str, typ: type, fieldname: str) -> object:
         raw = cp.get(section, option).strip().strip('"')
         where = loc(section, option)
+        option = spelled.get(option, option)
         where_of[fieldname] = where
         if typ is str:
             return raw
@@ -199,7 +207,7 @@ def _read_cfg(p: Path, overrides: dict[str, object]) -> ArrayConfig:
     def pos_int(section: str, option: str, fieldname: str) -> int:
         v = get(section, option, int, fieldname)
         if v < 1:  # type: ignore[operator]
-            raise ConfigError(f"{loc(section, option)}: field {option!r} must be positive, got {v}")
+            raise ConfigError(f"{loc(section, option)}: field {spelled.get(option, option)!r} must be positive, got {v}")
         return v  # type: ignore[return-value]
 
     sec = "architecture_presets"
@@ -208,7 +216,7 @@ def _read_cfg(p: Path, overrides: dict[str, object]) -> ArrayConfig:
     for opt, (name, typ, required) in _ARCH.items():
         if not cp.has_option(sec, opt):
             if required:
-                raise ConfigError(f"{loc(sec)}: section [{sec}] lacks field {opt!r}")
+                raise ConfigError(f"{loc(sec)}: section [{sec}] lacks field {opt!r} (SCALE-Sim spells it {_SPELLING[opt]!r})")
             continue
         if typ is int and name.endswith("_offset"):
             kw[name] = get(sec, opt, int, name)
@@ -232,7 +240,7 @@ def _read_cfg(p: Path, overrides: dict[str, object]) -> ArrayConfig:
             raise ConfigError(f"{loc('run_presets', 'interfacebandwidth')}: field 'InterfaceBandwidth' must be CALC or USER, got {mode!r}")
     kw["bandwidth_mode"] = mode
     if cp.has_section("run_presets") and cp.has_option("run_presets", "useramulatortrace"):
-        if str(get("run_presets", "useramulatortrace", bool, "ramulator")) == "True":
+        if get("run_presets", "useramulatortrace", bool, "ramulator") is True:
             raise ConfigError(f"{loc('run_presets', 'useramulatortrace')}: field 'UseRamulatorTrace': Ramulator DRAM traces are not supported")
 
     if cp.has_option(sec, "bandwidth"):
@@ -254,7 +262,7 @@ def _read_cfg(p: Path, overrides: dict[str, object]) -> ArrayConfig:
                 kw[name] = pos_int("layout", opt, name)
         for opt in ("ifmapcustomlayout", "filtercustomlayout"):
             if cp.has_option("layout", opt) and get("layout", opt, bool, opt) is True:
-                raise ConfigError(f"{loc('layout', opt)}: field {opt!r}: custom SRAM layouts are not supported")
+                raise ConfigError(f"{loc('layout', opt)}: field {spelled.get(opt, opt)!r}: custom SRAM layouts are not supported")
 
     if cp.has_section("sparsity") and cp.has_option("sparsity", "sparsitysupport"):
         # SCALE-Sim's own sparse mode has its own (different) counts; we read the flag as
@@ -264,7 +272,7 @@ def _read_cfg(p: Path, overrides: dict[str, object]) -> ArrayConfig:
     if cp.has_section("qatlab"):
         for opt in cp.options("qatlab"):
             if opt not in _OURS:
-                raise ConfigError(f"{loc('qatlab', opt)}: unknown field {opt!r} in [qatlab] (known: {', '.join(_OURS)})")
+                raise ConfigError(f"{loc('qatlab', opt)}: unknown field {spelled.get(opt, opt)!r} in [qatlab] (known: {', '.join(_OURS)})")
             name, typ = _OURS[opt]
             kw[name] = get("qatlab", opt, typ, name)
 

@@ -151,6 +151,61 @@ def write_buffer(rows: RowCounts, size_words: int, bw: int) -> WriteBufferResult
     return WriteBufferResult(stall, writes, total, int(start or 0), int(stop or 0), drains)
 
 
+def write_buffer_stepwise(row_counts: list[int], size_words: int, bw: int) -> WriteBufferResult:
+    """The plain reference for :func:`write_buffer`: one word at a time, as SCALE-Sim does.
+
+    Slow (a Python step per output word); used by the tests on random inputs.
+    """
+    active = -(-size_words // 2)
+    lines_per_drain = ceil_div(size_words - active, bw)
+    lines: list[int] = []  # words in each closed line
+    in_line = 0
+    free = size_words
+    drained_to = 0
+    drain_end = 0
+    writes = 0
+    cycles: list[int] = []
+    stall = 0
+
+    def drain(cycle: int) -> int:
+        nonlocal drained_to, writes
+        end = min(drained_to + lines_per_drain, len(lines))
+        n = end - drained_to
+        data = n * bw - (bw - lines[end - 1])
+        writes += data
+        cycles.extend(range(cycle, cycle + n))
+        drained_to = end
+        return data
+
+    for i, count in enumerate(row_counts):
+        cycle = i + stall
+        offset = 0
+        for _ in range(count):
+            cur = cycle + offset
+            in_line += 1
+            free -= 1
+            if in_line == bw:
+                lines.append(bw)
+                in_line = 0
+            if cur < drain_end:
+                if free <= 0:
+                    offset += drain_end - cur
+            elif free < active:
+                if in_line:
+                    lines.append(in_line)
+                    in_line = 0
+                free += drain(cur)
+                drain_end = cycles[-1]
+        stall += offset
+    if in_line:
+        lines.append(in_line)
+    cycle = len(row_counts) - 1 + stall
+    while drained_to < len(lines):
+        drain(cycle)
+        cycle = cycles[-1] + 1
+    return WriteBufferResult(stall, writes, sum(row_counts), min(cycles, default=0), max(cycles, default=0), 0)
+
+
 # ---- read side ---------------------------------------------------------------------
 
 

@@ -1,7 +1,9 @@
 """Read SCALE-Sim's report files into our record field names, to compare row by row.
 
 SCALE-Sim writes ``COMPUTE_REPORT.csv``, ``BANDWIDTH_REPORT.csv`` and
-``DETAILED_ACCESS_REPORT.csv`` (one row per layer, every row ending in a comma).
+``DETAILED_ACCESS_REPORT.csv`` (one row per layer, every row ending in a comma). The
+same files may also hold several runs, told apart by a leading ``Case`` column (how
+the reference figures under ``tests/hw/asic/data`` are kept).
 """
 from __future__ import annotations
 
@@ -52,11 +54,19 @@ def _read(path: Path) -> list[dict[str, str]]:
     return out
 
 
-def read_scalesim_reports(directory: str | os.PathLike[str]) -> list[dict[str, float | int]]:
-    """One dict per layer with our field names (counts as ints, percentages as floats)."""
+def read_scalesim_reports(directory: str | os.PathLike[str], case: str | None = None) -> list[dict[str, float | int]]:
+    """One dict per layer with our field names (counts as ints, percentages as floats).
+
+    ``case`` selects the rows of one run in files that carry a ``Case`` column.
+    """
     d = Path(directory)
     comp = _read(d / "COMPUTE_REPORT.csv")
     det = _read(d / "DETAILED_ACCESS_REPORT.csv")
+    if case is not None:
+        comp = [r for r in comp if r.get("Case") == case]
+        det = [r for r in det if r.get("Case") == case]
+        if not comp:
+            raise ConfigError(f"{d}: no rows for case {case!r}")
     if len(comp) != len(det):
         raise ConfigError(f"{d}: COMPUTE_REPORT has {len(comp)} layers, DETAILED_ACCESS_REPORT {len(det)}")
     layers: list[dict[str, float | int]] = []
