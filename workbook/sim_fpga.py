@@ -1,14 +1,110 @@
-"""`workbook sim fpga`: placeholder until the fpga simulator lands; see the issue tracker."""
+"""`workbook sim fpga`: a FINN-style dataflow accelerator for a SCALE-Sim topology.
+
+    workbook sim fpga --topology FILE.csv --device NAME [--folding F.json | --target-fps N] [--format json|csv]
+
+Without ``--folding`` or ``--target-fps`` the folding search picks the fastest design
+that fits the device. Prints one record per layer (``layer, pe, simd, cycles,
+swu_cycles, lut, dsp, bram18, acc_bits, ...``) then the totals (``fps,
+latency_cycles, fits, ...``): as JSON, one object ``{"layers": [...], "totals": {...}}``;
+as CSV, the layer table, a blank line, and a one-row totals table.
+"""
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import sys
+
+# Kept in step with qatlab.hw.fpga.devices (a test checks): naming them here keeps
+# `workbook --help` from importing the model (numpy) just to list them.
+DEVICE_NAMES = ("PYNQ-Z1", "Ultra96-V2", "ZCU104", "ZCU102", "U250")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Declare this command's options (kept import-light: no torch here)."""
+    """Declare this command's options (kept import-light: no torch, no numpy here)."""
+    p.description = (
+        "Estimate a FINN-style streaming dataflow accelerator (per layer a PE x SIMD matrix-vector unit "
+        "fed by a sliding-window unit) for a SCALE-Sim topology: cycles, resources, accumulator widths, "
+        "throughput, latency, FIFO depths and whether it fits the device."
+    )
+    p.add_argument("--topology", required=True, metavar="FILE.csv", help="SCALE-Sim topology (conv or GEMM form)")
+    p.add_argument("--device", required=True, metavar="NAME", help=f"target device: {', '.join(DEVICE_NAMES)}")
+    fold = p.add_mutually_exclusive_group()
+    fold.add_argument("--folding", metavar="F.json", default=None,
+                      help="FINN-style folding config: one object per layer name with PE and SIMD")
+    fold.add_argument("--target-fps", type=float, default=None, metavar="N",
+                      help="search the cheapest folding reaching N frames per second")
+    fold.add_argument("--fastest", action="store_true",
+                      help="search the fastest folding that fits (the default without --folding/--target-fps)")
+    p.add_argument("--format", choices=["json", "csv"], default="csv", help="output format (default: csv)")
+    p.add_argument("--clock-mhz", type=float, default=None, metavar="F", help="clock (default: the device's)")
+    p.add_argument("--w-bits", type=int, default=None, metavar="B", help="weight bits of every layer (default: 8)")
+    p.add_argument("--a-bits", type=int, default=None, metavar="B", help="activation bits of every layer (default: 8)")
+    p.add_argument("--signed-input", action="store_true", help="the first layer's input codes are signed")
+    p.add_argument("--acc-bits", type=int, default=None, metavar="B",
+                   help="implement B-bit accumulators (default: the worst-case width each layer needs)")
+    p.add_argument("--res-type", choices=["auto", "lut", "dsp"], default="auto",
+                   help="multipliers: FINN's choice (auto), LUTs or DSPs")
+    p.add_argument("--ram-style", choices=["auto", "block", "distributed", "ultra"], default="auto",
+                   help="weight memories (auto: LUTRAM up to 128 words, else BRAM; the search may pick any)")
+    p.add_argument("--max-util", type=float, default=None, metavar="F",
+                   help="search: use at most this fraction of every resource (default: FINN's limits, "
+                        "LUT 0.7, BRAM/URAM/DSP 0.8)")
+    p.add_argument("--no-schedule", action="store_true",
+                   help="skip latency and FIFO depths (their cost grows with the network's stream length)")
+    p.add_argument("--save-folding", metavar="F.json", default=None, help="write the folding used as FINN-style JSON")
+
+
+def _finite(v: object) -> object:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from qatlab.hw import fpga
+    from qatlab.hw.workload import TopologyError, read_topology
     from workbook.cli import CommandError
 
-    raise CommandError("'workbook sim fpga' is not built yet")
+    for flag, v in (("--w-bits", args.w_bits), ("--a-bits", args.a_bits)):
+        if v is not None and not 1 <= v <= 32:
+            raise CommandError(f"{flag} must be between 1 and 32, got {v}")
+    if args.acc_bits is not None and not 2 <= args.acc_bits <= 64:
+        raise CommandError(f"--acc-bits must be between 2 and 64, got {args.acc_bits}")
+    if args.max_util is not None and not 0 < args.max_util <= 1:
+        raise CommandError(f"--max-util must be in (0, 1], got {args.max_util}")
+    try:
+        layers = read_topology(args.topology)
+        if args.w_bits is not None or args.a_bits is not None:
+            layers = [
+                replace(lay, w_bits=args.w_bits or lay.w_bits, a_bits=args.a_bits or lay.a_bits) for lay in layers
+            ]
+        rep = fpga.analyze(
+            layers,
+            args.device,
+            folding=args.folding,
+            target_fps=args.target_fps,
+            clock_mhz=args.clock_mhz,
+            signed_input=args.signed_input,
+            acc_bits=args.acc_bits,
+            res_type=args.res_type,
+            ram_style=args.ram_style,
+            limits=args.max_util,
+            schedule=not args.no_schedule,
+        )
+        if args.save_folding:
+            fpga.write_folding(rep.folding, args.save_folding)
+    except (TopologyError, fpga.FpgaError) as e:
+        raise CommandError(str(e)) from None
+    except OSError as e:
+        raise CommandError(f"{e.filename or ''}: {e.strerror or e}") from None
+    if args.format == "json":
+        d = rep.to_dict()
+        d["layers"] = [{k: _finite(v) for k, v in r.items()} for r in d["layers"]]
+        d["totals"] = {k: _finite(v) for k, v in d["totals"].items()}
+        print(json.dumps(d, indent=1))
+    else:
+        sys.stdout.write(rep.to_csv())
+    if not rep.fits:
+        print(f"workbook: note: the design does not fit {rep.device.name}: {rep.totals['explanation']}", file=sys.stderr)
+    return 0

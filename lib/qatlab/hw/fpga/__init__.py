@@ -1,0 +1,59 @@
+"""A FINN-style streaming dataflow accelerator, estimated and simulated.
+
+Each layer is a matrix-vector unit (MVAU: PE x SIMD multiply-accumulate lanes) fed by
+a sliding-window unit (line buffers) or a DownSampler; layers stream into each other
+through FIFOs. The cost model is FINN's (see :mod:`.cycles` and :mod:`.resources` for
+the formulas and their sources); devices come from the vendors' data sheets
+(:mod:`.devices`).
+
+Python API::
+
+    from qatlab.hw.workload import read_topology
+    from qatlab.hw import fpga
+
+    layers = read_topology("lenet.csv")
+    rep = fpga.analyze(layers, "ZCU104", target_fps=10_000)       # or folding=..., or fastest
+    rep.to_dict()                                                  # {"layers": [...], "totals": {...}}
+    res = fpga.simulate(layers, params, rep.folding, frames)       # cycle-stepped, bit-exact
+    outs = fpga.reference_forward(layers, params, frame)           # the integer reference
+
+Modules: ``devices`` (catalog), ``geometry`` (FINN's view of a layer), ``folding``
+(PE/SIMD configs), ``cycles``, ``resources``, ``accumulator``, ``activation``
+(requantization and thresholds), ``reference`` (numpy integer semantics), ``schedule``
+(max-plus pipeline timing), ``analytic`` (:func:`analyze`), ``search`` (folding
+search), ``stream`` (stepped simulation), ``study`` (narrow-accumulator accuracy).
+"""
+from __future__ import annotations
+
+from .accumulator import AccumulatorBits, accumulate, accumulator_bits, bits_for_range
+from .activation import apply_thresholds, requantize, thresholds
+from .analytic import FpgaReport, LayerReport, analyze
+from .devices import DEVICES, FINN_RES_LIMITS, Device, device_names, get_device
+from .errors import (
+    AccumulatorOverflowError,
+    ChainError,
+    DeadlockError,
+    DoesNotFitError,
+    FoldingError,
+    FpgaError,
+    ParamsError,
+    UnknownDeviceError,
+    UnreachableTargetError,
+)
+from .folding import LayerFolding, parse_folding, read_folding, write_folding
+from .geometry import Geometry, geometry
+from .reference import IntLayer, reference_forward
+from .schedule import compute_schedule
+from .search import SearchResult, search_folding
+from .stream import StreamResult, simulate
+from .study import AccumulatorStudy, accumulator_study
+
+__all__ = [
+    "AccumulatorBits", "AccumulatorOverflowError", "AccumulatorStudy", "ChainError", "DEVICES", "DeadlockError",
+    "Device", "DoesNotFitError", "FINN_RES_LIMITS", "FoldingError", "FpgaError", "FpgaReport", "Geometry",
+    "IntLayer", "LayerFolding", "LayerReport", "ParamsError", "SearchResult", "StreamResult", "UnknownDeviceError",
+    "UnreachableTargetError", "accumulate", "accumulator_bits", "accumulator_study", "analyze", "apply_thresholds",
+    "bits_for_range", "compute_schedule", "device_names", "geometry", "get_device", "parse_folding",
+    "read_folding", "reference_forward", "requantize", "search_folding", "simulate", "thresholds",
+    "write_folding",
+]

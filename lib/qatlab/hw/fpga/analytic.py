@@ -1,0 +1,294 @@
+"""The fast model: a folded network's cycles, throughput, latency, FIFO depths and
+resources on a device, without stepping cycles.
+
+* per layer: FINN's MVAU / SWU / DownSampler cycles (:mod:`.cycles`), the layer's
+  initiation interval (the largest of them), resources (:mod:`.resources`), the
+  accumulator width (:mod:`.accumulator`), the weight memory and line buffer;
+* whole network: frames per second = clock / the largest initiation interval (the
+  pipeline runs at its slowest unit), latency from the max-plus schedule of
+  :mod:`.schedule` (pipeline fill included; FINN's own estimate, the sum of the layers'
+  cycles, is reported beside it as ``latency_cycles_sum``), FIFO depths that never
+  block at that rate, their resources, and whether it all fits the device.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+from qatlab.hw.workload import Layer
+
+from .devices import FINN_RES_LIMITS, RESOURCES, Device, get_device
+from .errors import FpgaError
+from .folding import LayerFolding, read_folding, resolve_folding
+from .geometry import Geometry
+from .model import LayerSpec, ParamLike, layer_specs
+from .resources import Resources, fifo_resources
+from .schedule import Stage, build_stages, compute_schedule
+from .search import SearchResult, search_folding
+
+
+@dataclass
+class LayerReport:
+    """One layer of the design; the first fields are the CLI contract's."""
+
+    layer: str
+    pe: int
+    simd: int
+    cycles: int  # MVAU: (MH/PE)·(MW/SIMD)·output pixels
+    swu_cycles: int  # sliding-window unit (0 for 1x1 and fully connected)
+    lut: int
+    dsp: int
+    bram18: int
+    acc_bits: int
+    uram: int = 0
+    kind: str = "conv"
+    unit: str = "none"  # swu | ds | none: what feeds the MVAU
+    mh: int = 0
+    mw: int = 0
+    pixels: int = 0
+    swu_simd: int | None = None
+    ds_cycles: int = 0
+    ii_cycles: int = 0  # the layer's initiation interval: max of its units' cycles
+    impl: str = ""  # rtl (DSP-packed RTL MVU) | hls-lut | hls-dsp
+    ram_style: str = ""  # where the weights live: block | distributed | ultra
+    weight_bits: int = 0
+    wmem_depth: int = 0
+    wmem_width: int = 0
+    line_buffer_bits: int = 0
+    acc_bits_worst: int = 0
+    acc_bits_tight: int | None = None
+    acc_overflow_possible: bool = False
+    out_bits: int | None = None
+    in_fifo_depth: int | None = None  # elements, FIFO in front of the layer's first unit
+    mid_fifo_depth: int | None = None  # elements, window unit -> MVAU
+    fifo_lut: int = 0
+    fifo_bram18: int = 0
+    bottleneck: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FpgaReport:
+    device: Device
+    clock_mhz: float
+    layers: list[LayerReport]
+    folding: dict[str, LayerFolding]
+    totals: dict[str, Any]
+    search: SearchResult | None = None
+    stages: list[str] = field(default_factory=list)
+    fifo_depths: list[int] | None = None  # elements, one per FIFO between consecutive stages
+
+    @property
+    def fps(self) -> float:
+        return float(self.totals["fps"])
+
+    @property
+    def fits(self) -> bool:
+        return bool(self.totals["fits"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": [lr.to_dict() for lr in self.layers], "totals": dict(self.totals)}
+
+    def to_csv(self) -> str:
+        """The layer table, a blank line, then a one-row totals table."""
+        buf = io.StringIO()
+        rows = [lr.to_dict() for lr in self.layers]
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+        buf.write("\n")
+        w = csv.DictWriter(buf, fieldnames=list(self.totals), lineterminator="\n")
+        w.writeheader()
+        w.writerow({k: ("" if v is None else v) for k, v in self.totals.items()})
+        return buf.getvalue()
+
+
+def _fold_input(
+    folding: Mapping[str, LayerFolding] | Sequence[LayerFolding] | str | os.PathLike[str],
+    geoms: Sequence[Geometry],
+) -> dict[str, LayerFolding]:
+    if isinstance(folding, (str, os.PathLike)):
+        return read_folding(folding)
+    if isinstance(folding, Mapping):
+        return dict(folding)
+    folding = list(folding)
+    if len(folding) != len(geoms):
+        raise FpgaError(f"{len(folding)} layer foldings for {len(geoms)} layers")
+    return {g.name: f for g, f in zip(geoms, folding)}
+
+
+def _unit_formula(spec: LayerSpec, f: LayerFolding, unit: str, cycles: int) -> str:
+    g = spec.geom
+    if unit == "mvau":
+        return (f"(MH/PE)·(MW/SIMD)·pixels = ({g.mh}/{f.pe})·({g.mw}/{f.simd})·{g.pixels} = {cycles}")
+    cw = g.channels // int(f.swu_simd or 1)
+    if unit == "swu":
+        return (
+            f"ifm_w·k_h·C/SIMD + ofm_h·max(ofm_w·k_w·k_h·C/SIMD, stride·ifm_w·C/SIMD) = "
+            f"{g.ifm_w}·{g.k_h}·{cw} + {g.ofm_h}·max({g.ofm_w}·{g.k_w}·{g.k_h}·{cw}, {g.stride_h}·{g.ifm_w}·{cw}) = {cycles}"
+        )
+    return f"ifm_h·ifm_w·C/SIMD = {g.ifm_h}·{g.ifm_w}·{cw} = {cycles}"
+
+
+def analyze(
+    layers: Sequence[Layer],
+    device: str | Device,
+    *,
+    folding: Mapping[str, LayerFolding] | Sequence[LayerFolding] | str | os.PathLike[str] | None = None,
+    target_fps: float | None = None,
+    clock_mhz: float | None = None,
+    params: Sequence[ParamLike] | None = None,
+    signed_input: bool = False,
+    acc_bits: int | Sequence[int | None] | None = None,
+    res_type: str = "auto",
+    ram_style: str = "auto",
+    limits: Mapping[str, float] | float | None = None,
+    schedule: bool = True,
+) -> FpgaReport:
+    """Model ``layers`` as a FINN-style dataflow accelerator on ``device``.
+
+    Folding: ``folding`` (a FINN-style config: mapping, path, or one LayerFolding per
+    layer); else ``target_fps`` (the cheapest folding meeting it); else the fastest
+    folding that fits (:func:`.search.search_folding`). ``params``: per layer an
+    IntLayer or a weight array [MH, MW] (tight accumulator bounds, DSP48E1 packing
+    rules), or None. ``schedule=False`` skips latency and FIFO depths (their cost
+    grows with the stream's word count; the rest is closed form).
+    """
+    if folding is not None and target_fps is not None:
+        raise FpgaError("give a folding or a target frame rate, not both")
+    dev = get_device(device)
+    clock = float(clock_mhz if clock_mhz is not None else dev.default_clock_mhz)
+    if not clock > 0 or not math.isfinite(clock):
+        raise FpgaError(f"clock must be a positive frequency in MHz, got {clock_mhz!r}")
+    specs = layer_specs(layers, params, signed_input=signed_input, acc_bits=acc_bits)
+    geoms = [s.geom for s in specs]
+    names = [g.name for g in geoms]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise FpgaError(f"layer names must be unique (folding configs key on them): {', '.join(dup)}")
+    sr: SearchResult | None = None
+    if folding is None:
+        sr = search_folding(specs, dev, clock, target_fps=target_fps, limits=limits, res_type=res_type, ram_style=ram_style)
+        fmap = sr.folding(names)
+    else:
+        fmap = _fold_input(folding, geoms)
+        fmap = {k: _with_defaults(v, res_type, ram_style) for k, v in fmap.items()}
+    folds = resolve_folding(geoms, fmap)
+    return _report(specs, folds, dev, clock, sr, schedule)
+
+
+def _with_defaults(f: LayerFolding, res_type: str, ram_style: str) -> LayerFolding:
+    from dataclasses import replace
+
+    return replace(
+        f,
+        res_type=f.res_type if f.res_type != "auto" else res_type,
+        ram_style=f.ram_style if f.ram_style != "auto" else ram_style,
+    )
+
+
+def _elem_bits(spec: LayerSpec, stage: Stage) -> int:
+    """Bits per element of a stage's output stream."""
+    if stage.unit in ("swu", "ds", "source"):
+        return spec.a_bits
+    return spec.out_bits if spec.out_bits is not None else spec.acc.used
+
+
+def _report(
+    specs: Sequence[LayerSpec], folds: Sequence[LayerFolding], dev: Device, clock: float, sr: SearchResult | None,
+    do_schedule: bool,
+) -> FpgaReport:
+    rows: list[LayerReport] = []
+    unit_cycles: list[tuple[int, str, int]] = []  # (cycles, unit, layer index)
+    for i, (s, f) in enumerate(zip(specs, folds)):
+        g = s.geom
+        mv, sw, ds = s.cycles(f)
+        cost = s.cost(f, dev)
+        tot = cost.total
+        unit_cycles += [(mv, "mvau", i)] + ([(sw, "swu", i)] if g.unit == "swu" else []) + (
+            [(ds, "ds", i)] if g.unit == "ds" else [])
+        rows.append(LayerReport(
+            layer=g.name, pe=f.pe, simd=f.simd, cycles=mv, swu_cycles=sw, lut=tot.lut, dsp=tot.dsp,
+            bram18=tot.bram18, acc_bits=s.acc.used, uram=tot.uram, kind=g.kind, unit=g.unit, mh=g.mh, mw=g.mw,
+            pixels=g.pixels, swu_simd=f.swu_simd, ds_cycles=ds, ii_cycles=max(mv, sw, ds), impl=cost.impl,
+            ram_style=cost.ram_style, weight_bits=g.mh * g.mw * s.w_bits, wmem_depth=cost.wmem_depth,
+            wmem_width=cost.wmem_width, line_buffer_bits=s.line_buffer_bits, acc_bits_worst=s.acc.worst,
+            acc_bits_tight=s.acc.tight, acc_overflow_possible=s.acc.overflow_possible, out_bits=s.out_bits,
+        ))
+    ii, bunit, bi = max(unit_cycles)
+    rows[bi].bottleneck = True
+    clock_hz = clock * 1e6
+    latency = None
+    depths: list[int] | None = None
+    stage_names: list[str] = []
+    converged = None
+    if do_schedule:
+        stages = build_stages([s.geom for s in specs], folds)
+        sch = compute_schedule(stages, fifo_depths=True)
+        assert sch.period == ii, (sch.period, ii)
+        latency, depths, converged = sch.latency, sch.fifo_depth, sch.converged
+        stage_names = [st.name for st in stages]
+        for k, d in enumerate(depths):
+            prod, cons = stages[k], stages[k + 1]
+            lr = rows[cons.layer]
+            spec = specs[max(prod.layer, 0)] if prod.unit != "source" else specs[0]
+            words = math.ceil(d / prod.write_width)
+            fr = fifo_resources(words, prod.write_width * _elem_bits(spec, prod))
+            lr.fifo_lut += fr.lut
+            lr.fifo_bram18 += fr.bram18
+            first_unit = cons.unit != "mvau" or specs[cons.layer].geom.unit == "none"
+            if first_unit:
+                lr.in_fifo_depth = d
+            else:
+                lr.mid_fifo_depth = d
+    res = Resources()
+    for lr in rows:
+        res = res + Resources(lr.lut + lr.fifo_lut, lr.dsp, lr.bram18 + lr.fifo_bram18, lr.uram)
+    used = res.as_dict()
+    fits = all(used[r] <= dev.capacity(r) for r in RESOURCES)
+    within = all(used[r] <= dev.capacity(r) * FINN_RES_LIMITS[r] for r in RESOURCES)
+    spec_b, fold_b = specs[bi], folds[bi]
+    explanation = (
+        f"bottleneck {spec_b.name}.{bunit}: {_unit_formula(spec_b, fold_b, bunit, ii)} cycles per frame -> "
+        f"{clock_hz / ii:.6g} fps at {clock:g} MHz"
+    )
+    if sr is not None:
+        explanation += f"; search: {sr.explanation}"
+    if not fits:
+        over = [f"{r.upper()} {used[r]} > {dev.capacity(r)}" for r in RESOURCES if used[r] > dev.capacity(r)]
+        explanation += f"; DOES NOT FIT {dev.name}: {', '.join(over)}"
+    totals: dict[str, Any] = {
+        "fps": clock_hz / ii,
+        "latency_cycles": latency,
+        "fits": fits,
+        "device": dev.name,
+        "clock_mhz": clock,
+        "ii_cycles": ii,
+        "latency_us": (latency / clock if latency is not None else None),
+        "latency_cycles_sum": sum(r.ii_cycles for r in rows),
+        "bottleneck": f"{spec_b.name}.{bunit}",
+        "lut": used["lut"], "dsp": used["dsp"], "bram18": used["bram18"], "uram": used["uram"],
+        "lut_pct": 100.0 * used["lut"] / dev.lut,
+        "dsp_pct": 100.0 * used["dsp"] / dev.dsp,
+        "bram18_pct": 100.0 * used["bram18"] / dev.bram18,
+        # A device without UltraRAM: 0 % if none is used, else None (JSON has no infinity).
+        "uram_pct": (100.0 * used["uram"] / dev.uram) if dev.uram else (0.0 if used["uram"] == 0 else None),
+        "fifo_lut": sum(r.fifo_lut for r in rows),
+        "fifo_bram18": sum(r.fifo_bram18 for r in rows),
+        "fifo_depths_converged": converged,
+        "within_finn_limits": within,
+        "macs_per_frame": sum(s.geom.macs for s in specs),
+        "weight_bits": sum(r.weight_bits for r in rows),
+        "search": sr.mode if sr else "given",
+        "target_fps": sr.target_fps if sr else None,
+        "search_s": sr.elapsed_s if sr else None,
+        "explanation": explanation,
+    }
+    fmap = {s.name: f for s, f in zip(specs, folds)}
+    return FpgaReport(dev, clock, rows, fmap, totals, sr, stage_names, depths)
