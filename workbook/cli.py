@@ -33,11 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
     bench.set_defaults(fn=_cmd("workbook.bench", "run"))
 
-    sweep = sub.add_parser("sweep", help="run an experiment spec on Ray")
-    sweep.add_argument("spec")
-    sweep.add_argument("--address", default=None)
-    sweep.add_argument("--out", default=None)
-    sweep.set_defaults(fn=_not_built("workbook sweep", "issue 4"))
+    sweep = sub.add_parser("sweep", help="run an experiment spec on Ray (local by default, a cluster by --address)")
+    _module("workbook.sweep").add_arguments(sweep)
+    sweep.set_defaults(fn=_cmd("workbook.sweep", "run"))
 
     report = sub.add_parser("report", help="(re)build HTML reports and the index")
     report.add_argument("run_dirs", nargs="*")
@@ -58,10 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _sim_module(target: str):  # noqa: ANN202
+def _module(name: str):  # noqa: ANN202
+    # Command modules declare their own options; they import torch/Ray only inside run().
     import importlib
 
-    return importlib.import_module(f"workbook.sim_{target}")
+    return importlib.import_module(name)
+
+
+def _sim_module(target: str):  # noqa: ANN202
+    return _module(f"workbook.sim_{target}")
 
 
 def _cmd(module: str, name: str) -> Callable[[argparse.Namespace], int]:

@@ -1,0 +1,108 @@
+"""Accuracy of the default CNN on Fashion-MNIST: FP32, PTQ and QAT at 8/4/2 bits, the
+integer model beside each, and the peer (torch.ao QAT, same data, epochs and seed).
+
+    python benchmarks/accuracy.py --profile full --json benchmarks/accuracy-full.json
+    python benchmarks/accuracy.py --profile quick
+
+Checks the targets of the QAT issue and prints PASS/FAIL per target.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peer import torch_ao_freeze, torch_ao_qat  # noqa: E402
+
+from qatlab.config import profile  # noqa: E402
+from qatlab.data import load_dataset  # noqa: E402
+from qatlab.train import accuracy, fit, loader, predictions, pretrain_fp32, resolve_device, run_trial, seed_everything  # noqa: E402
+from workbook.bench import machine  # noqa: E402
+
+TRIALS = [
+    ("fp32", {"method": "fp32"}),
+    ("qat_w8a8_lsq", {"method": "qat", "w_bits": 8, "a_bits": 8, "ste": "lsq"}),
+    ("qat_w4a4_lsq", {"method": "qat", "w_bits": 4, "a_bits": 4, "ste": "lsq", "first_last_bits": 8}),
+    ("qat_w2a2_lsq", {"method": "qat", "w_bits": 2, "a_bits": 2, "ste": "lsq", "first_last_bits": 8}),
+    ("ptq_w4a4", {"method": "ptq", "w_bits": 4, "a_bits": 4, "ste": "clipped", "first_last_bits": 8}),
+    ("qat_w4a4_pact", {"method": "qat", "w_bits": 4, "a_bits": 4, "ste": "pact", "first_last_bits": 8}),
+]
+
+
+def torch_ao_peer(prof: str, seed: int) -> dict[str, object]:
+    cfg = profile(prof, method="qat", seed=seed)
+    device = resolve_device(cfg.device)
+    splits = load_dataset(cfg.dataset, val_fraction=cfg.val_fraction, limit_train=cfg.limit_train, seed=cfg.seed)
+    fp32, _ = pretrain_fp32(cfg, splits, device)
+    gen = seed_everything(cfg.seed + 1)
+    x0 = splits.train.tensors[0][:2].to(device)
+    m = torch_ao_qat(fp32, x0)
+    frozen: list[int] = []
+
+    def on_step(step: int, total: int) -> None:
+        if not frozen and step >= int(cfg.freeze_fraction * total):
+            torch_ao_freeze(m)
+            frozen.append(step)
+
+    t0 = time.perf_counter()
+    fit(m, loader(splits.train, cfg.batch_size, gen, True), cfg.qat_epochs, cfg.qat_lr, device, on_step)
+    x, y = splits.test.tensors
+    return {"name": "torch_ao_qat_w8a8", "test_acc": accuracy(predictions(m, x, device), y), "train_s": round(time.perf_counter() - t0, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--profile", default="full")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    rows = []
+    for name, over in TRIALS:
+        r = run_trial(profile(a.profile, seed=a.seed, **over))
+        if r["status"] != "ok":
+            print(r["error"], file=sys.stderr)
+        rows.append({"name": name, **{k: r.get(k) for k in ("status", "fp32_acc", "test_acc", "int_acc", "int_agreement", "train_s", "epochs", "qat_epochs", "n_train", "device")}})
+        print(json.dumps(rows[-1]), flush=True)
+    rows.append(torch_ao_peer(a.profile, a.seed))
+    print(json.dumps(rows[-1]), flush=True)
+    by = {r["name"]: r for r in rows}
+    fp = by["fp32"]["test_acc"]
+
+    def acc(n: str) -> float:
+        return float(by[n]["test_acc"] or 0.0)
+
+    checks = {
+        "FP32 >= 91.0%": fp >= 0.910,
+        "QAT W8A8 within 0.3 pt of FP32": fp - acc("qat_w8a8_lsq") <= 0.003,
+        "QAT W4A4 (LSQ) within 1.0 pt": fp - acc("qat_w4a4_lsq") <= 0.010,
+        "QAT W2A2 (LSQ) within 6 pt": fp - acc("qat_w2a2_lsq") <= 0.060,
+        "PTQ W4A4 >= 2 pt below QAT W4A4": acc("qat_w4a4_lsq") - acc("ptq_w4a4") >= 0.020,
+        "ours W8A8 >= torch.ao W8A8 - 0.1 pt": acc("qat_w8a8_lsq") >= acc("torch_ao_qat_w8a8") - 0.001,
+    }
+    for n, r in by.items():
+        if r.get("int_agreement") is not None:
+            checks[f"{n}: IntModel agrees on >= 99.9%, acc within 0.1 pt"] = r["int_agreement"] >= 0.999 and abs(r["int_acc"] - r["test_acc"]) <= 0.001
+    print(f"\nprofile {a.profile}, seed {a.seed}")
+    print(f"{'trial':22} {'test %':>7} {'int %':>7} {'agree %':>8} {'Δ vs fp32':>9}")
+    for r in rows:
+        ia = f"{100 * r['int_acc']:7.2f}" if r.get("int_acc") is not None else "      -"
+        ag = f"{100 * r['int_agreement']:8.2f}" if r.get("int_agreement") is not None else "       -"
+        print(f"{r['name']:22} {100 * r['test_acc']:7.2f} {ia} {ag} {100 * (r['test_acc'] - fp):9.2f}")
+    print()
+    for k, ok in checks.items():
+        print(f"{'PASS' if ok else 'FAIL'}  {k}")
+    if a.json:
+        tmp = a.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"profile": a.profile, "seed": a.seed, "machine": machine(), "rows": rows, "checks": checks}, f, indent=1)
+        os.replace(tmp, a.json)
+
+
+if __name__ == "__main__":
+    main()
