@@ -62,6 +62,9 @@ class ArrayConfig:
     pack_max: int = 4
     # Skip zero weights of N:M-sparse layers (structured along the reduction axis).
     sparsity: bool = False
+    # "fast": closed-form DRAM read counts (exact while operands fit, else an estimate);
+    # "exact": replay SCALE-Sim's CALC-mode read window on the address streams (slower).
+    dram_model: str = "fast"
     node_nm: float = 45.0
     vdd: float = 0.9
     source: str = field(default="", compare=False)
@@ -86,6 +89,8 @@ class ArrayConfig:
             raise ConfigError(f"{where}: field 'pack' must be 0 (auto) or a positive integer, got {self.pack!r}")
         if isinstance(self.pack_max, bool) or not isinstance(self.pack_max, int) or self.pack_max < 1:
             raise ConfigError(f"{where}: field 'pack_max' must be a positive integer, got {self.pack_max!r}")
+        if self.dram_model not in ("fast", "exact"):
+            raise ConfigError(f"{where}: field 'dram_model' must be fast or exact, got {self.dram_model!r}")
         if not (self.node_nm > 0 and self.vdd > 0):
             raise ConfigError(f"{where}: fields 'node_nm' and 'vdd' must be positive, got {self.node_nm!r}, {self.vdd!r}")
 
@@ -135,6 +140,7 @@ _OURS = {
     "pack": ("pack", int),
     "pack_max": ("pack_max", int),
     "sparsity": ("sparsity", bool),
+    "dram_model": ("dram_model", str),
     "node_nm": ("node_nm", float),
     "vdd": ("vdd", float),
 }

@@ -18,6 +18,7 @@ from qatlab.hw.asic import memory as mem
 from qatlab.hw.asic.config import ArrayConfig, ConfigError
 from qatlab.hw.asic.dataflow import Mapping, ceil_div
 from qatlab.hw.asic.energy import EnergyTable
+from qatlab.hw.asic.trace import IfmapAddresses, calc_dram_reads_exact
 from qatlab.hw.workload import Layer
 
 # Accumulators are int32; partial sums travel and are stored at this width.
@@ -200,7 +201,7 @@ class _Memory:
     exact: bool
 
 
-def _memory(m: Mapping, u_ifmap: int, cfg: ArrayConfig) -> _Memory:
+def _memory(m: Mapping, u_ifmap: int, cfg: ArrayConfig, addr: IfmapAddresses | None) -> _Memory:
     isz, fsz, osz = cfg.ifmap_sram_kb * 1024, cfg.filter_sram_kb * 1024, cfg.ofmap_sram_kb * 1024
     # SCALE-Sim drains outputs at one array row per cycle in CALC mode, at the user's
     # first Bandwidth figure in USER mode.
@@ -216,6 +217,9 @@ def _memory(m: Mapping, u_ifmap: int, cfg: ArrayConfig) -> _Memory:
         block = m.K * min(m.C, m.N)  # os: a column fold's filter block, re-read for each row fold
         reps = m.row_fold if m.dataflow == "os" else 1
         dram_f, exact_f = mem.calc_dram_reads(u_filter, m.sram_filter_reads, passes["filter"], block, reps, fsz)
+        if cfg.dram_model == "exact" and addr is not None and not (exact_i and exact_f):
+            dram_i, dram_f = calc_dram_reads_exact(m, addr, isz, fsz)
+            exact_i = exact_f = True
     else:
         ibw, fbw = cfg.ifmap_bank_bandwidth, cfg.filter_bank_bandwidth
         start_i = -ceil_div(mem.user_first_fill(isz, m.ifmap_prefetch_entries, ibw), ibw)
@@ -268,8 +272,20 @@ def simulate_layer(layer: Layer, cfg: ArrayConfig, table: EnergyTable | None = N
             u = ceil_div(u * k_sparse, layer.K)  # overlap with the windows is not tracked
         return u
 
-    mm_ss = _memory(m_ss, unique(True), cfg)
-    mm = mm_ss if m_ss is m else _memory(m, unique(False), cfg)
+    def addresses(scalesim: bool) -> IfmapAddresses | None:
+        if k_sparse != layer.K:
+            return None  # skipped positions break the window geometry; DRAM stays an estimate
+        if layer.kind == "gemm":
+            return IfmapAddresses(layer.M, layer.K, 1, layer.K, 1, 1, 1, gemm_k=k_eff)
+        if not scalesim and m is not m_ss:
+            return None  # the real geometry's stream is only needed for energy: keep the estimate
+        return IfmapAddresses(
+            layer.ifmap_h, layer.ifmap_w, layer.filter_h, layer.filter_w, ceil_div(layer.channels, k_pack),
+            layer.stride_h, layer.stride_w,
+        )
+
+    mm_ss = _memory(m_ss, unique(True), cfg, addresses(True))
+    mm = mm_ss if m_ss is m else _memory(m, unique(False), cfg, addresses(False))
     cycles = mm.total_cycles + 1
     num_compute = m_ss.M * m_ss.N * m_ss.K  # SCALE-Sim's "compute" count
     overall = (num_compute * 100) / (max(mm_ss.total_cycles, 1) * cfg.num_pes)

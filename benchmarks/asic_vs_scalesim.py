@@ -1,0 +1,122 @@
+"""The same topology through SCALE-Sim 3.0.0 and through qatlab.hw.asic, in one run.
+
+    python benchmarks/asic_vs_scalesim.py [--config CFG] [--topology CSV] [--scalesim-python PY] [--json FILE]
+
+SCALE-Sim is not a qatlab dependency. It is used when importable here, or when
+``--scalesim-python`` names the Python of an environment that has it (it runs in a
+subprocess there; install: ``pip install scalesim==3.0.0 'numpy<2.4'``). Without it the
+script says so and times only ours.
+
+Prints, per layer, whether every SCALE-Sim-named field agrees, then the wall times
+(SCALE-Sim: one run, it is slow; ours: median of ``--repeats`` runs, file reading
+included) and their ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "lib"))
+
+from qatlab.hw.asic import ArrayConfig, simulate  # noqa: E402
+from qatlab.hw.asic.scalesim_reports import read_scalesim_reports  # noqa: E402
+from qatlab.hw.workload import read_topology  # noqa: E402
+
+DATA = ROOT / "tests" / "hw" / "asic" / "data"
+FIELDS = [
+    "total_cycles", "total_cycles_incl_prefetch", "stall_cycles", "overall_util_pct", "mapping_eff_pct",
+    "compute_util_pct", "sram_ifmap_reads", "sram_filter_reads", "sram_ofmap_writes", "dram_ifmap_reads",
+    "dram_filter_reads", "dram_ofmap_writes",
+]
+RUNNER = r"""
+import sys, time
+from scalesim.scale_sim import scalesim
+cfg, topo, layout, out, kind = sys.argv[1:6]
+t0 = time.perf_counter()
+s = scalesim(save_disk_space=True, verbose=False, config=cfg, topology=topo, layout=layout, input_type_gemm=(kind == "gemm"))
+s.run_scale(top_path=out)
+print("SCALESIM_SECONDS", time.perf_counter() - t0)
+"""
+
+
+def is_gemm(topology: Path) -> bool:
+    head = topology.read_text().splitlines()[0].split(",")
+    return [h.strip().upper() for h in head[1:4]] == ["M", "N", "K"]
+
+
+def run_scalesim(py: str | None, cfg: Path, topo: Path) -> tuple[float, list[dict]] | None:
+    """(seconds, per-layer figures) from SCALE-Sim, or None when it is not available."""
+    if py is None:
+        try:
+            import scalesim  # noqa: F401
+        except ImportError:
+            return None
+        py = sys.executable
+    with tempfile.TemporaryDirectory() as tmp:
+        layout = Path(tmp) / "layout.csv"
+        layout.write_text("Layer name,\n")  # SCALE-Sim 3.0.0 opens a layout file even when unused
+        kind = "gemm" if is_gemm(topo) else "conv"
+        p = subprocess.run([py, "-c", RUNNER, str(cfg), str(topo), str(layout), tmp, kind], capture_output=True, text=True)
+        if p.returncode != 0:
+            raise SystemExit(f"SCALE-Sim failed:\n{p.stderr[-2000:]}")
+        secs = float(p.stdout.split("SCALESIM_SECONDS")[-1])
+        run_dir = next(d for d in Path(tmp).iterdir() if d.is_dir())
+        return secs, read_scalesim_reports(run_dir)
+
+
+def time_ours(cfg: Path, topo: Path, repeats: int) -> tuple[float, list]:
+    times, rep = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        rep = simulate(read_topology(topo), ArrayConfig.from_cfg(cfg))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), rep.layers  # type: ignore[union-attr]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", type=Path, default=DATA / "configs" / "scale.cfg")
+    ap.add_argument("--topology", type=Path, default=DATA / "topologies" / "Resnet18_head.csv")
+    ap.add_argument("--scalesim-python", default=os.environ.get("SCALESIM_PYTHON"), help="python with scalesim==3.0.0")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = ap.parse_args()
+
+    ours_s, records = time_ours(args.config, args.topology, args.repeats)
+    print(f"config {args.config.name}, topology {args.topology.name}: {len(records)} layers")
+    out: dict = {"config": args.config.name, "topology": args.topology.name, "layers": len(records), "ours_s": ours_s}
+    ss = run_scalesim(args.scalesim_python, args.config, args.topology)
+    if ss is None:
+        print("SCALE-Sim is not installed here (and no --scalesim-python): timing ours only")
+        print(f"ours: {ours_s * 1e3:.2f} ms (median of {args.repeats})")
+    else:
+        ss_s, ref = ss
+        differing: dict[str, int] = {}
+        for r, o in zip(ref, records):
+            bad = [f for f in FIELDS if r[f] != getattr(o, f)]
+            for f in bad:
+                differing[f] = differing.get(f, 0) + 1
+            status = "all fields equal" if not bad else "differ: " + ", ".join(f"{f} {r[f]} vs {getattr(o, f)}" for f in bad)
+            print(f"  {o.layer:<14} cycles {o.total_cycles:>9}  {status}")
+        ratio = ss_s / ours_s
+        print(f"SCALE-Sim 3.0.0: {ss_s:.2f} s   ours: {ours_s * 1e3:.2f} ms   ratio: {ratio:,.0f}x")
+        equal = len(ref) * len(FIELDS) - sum(differing.values())
+        print(f"fields equal: {equal} / {len(ref) * len(FIELDS)}" + (f"; differing: {differing}" if differing else ""))
+        out |= {"scalesim_s": ss_s, "ratio": ratio, "fields_equal": equal, "fields_total": len(ref) * len(FIELDS), "differing": differing}
+    if args.json:
+        tmp = args.json.with_name(args.json.name + ".tmp")
+        tmp.write_text(json.dumps(out, indent=2) + "\n")
+        os.replace(tmp, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
