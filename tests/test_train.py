@@ -48,3 +48,28 @@ def test_failed_trial_keeps_traceback(tmp_path, monkeypatch):
     # The histogram estimator refuses 9-value weight channels (the first conv).
     r = run_trial(_tiny(method="ptq", estimator="entropy", epochs=1))
     assert r["status"] == "failed" and "Traceback" in r["error"] and "entropy" in r["error"]
+
+
+def test_checkpoint_round_trip_and_bad_files(tmp_path, monkeypatch):
+    import pytest
+
+    from qatlab.train import CheckpointError, load_checkpoint, predictions
+    from qatlab.data import load_dataset
+
+    monkeypatch.setenv("QATLAB_CACHE", str(tmp_path / "cache"))
+    r = run_trial(_tiny(method="qat", w_bits=4, a_bits=4, ste="lsq", epochs=1), out_dir=tmp_path / "t")
+    assert r["status"] == "ok", r["error"]
+    model, cfg, shape = load_checkpoint(tmp_path / "t" / "model.pt")
+    assert cfg.w_bits == 4 and shape == (1, 8, 8)
+    x, y = load_dataset("digits").test.tensors
+    acc = float((predictions(model, x, torch.device("cpu")) == y).float().mean())
+    assert acc == r["test_acc"]
+    data = (tmp_path / "t" / "model.pt").read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(data[:1000])
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_checkpoint(tmp_path / "trunc.pt")
+    torch.save({"x": 1}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a qatlab checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="no such"):
+        load_checkpoint(tmp_path / "missing.pt")

@@ -48,11 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
         _sim_module(target).add_arguments(sp)
         sp.set_defaults(fn=_cmd(f"workbook.sim_{target}", "run"))
 
-    export = sub.add_parser("export", help="export a trained model")
-    export.add_argument("format", choices=["onnx"])
-    export.add_argument("checkpoint")
-    export.add_argument("out")
-    export.set_defaults(fn=_not_built("workbook export", "issue 10"))
+    export = sub.add_parser("export", help="export a trained model (ONNX QDQ)")
+    export_sub = export.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    onnx_p = export_sub.add_parser("onnx", help="ONNX with QuantizeLinear/DequantizeLinear, checked by ONNX Runtime")
+    _module("workbook.export_onnx").add_arguments(onnx_p)
+    onnx_p.set_defaults(fn=_cmd("workbook.export_onnx", "run"))
     return p
 
 

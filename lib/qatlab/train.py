@@ -196,7 +196,7 @@ def _run(cfg: TrainConfig, out_dir: str | os.PathLike[str] | None, use_cache: bo
     }
     if cfg.method == "fp32":
         res.update(test_acc=res["fp32_acc"], val_acc=accuracy(predictions(fp32, x_val, device), y_val), qat_steps=0)
-        _save(out_dir, cfg, fp32, None)
+        _save(out_dir, cfg, fp32, None, splits)
         return res
     t0 = time.perf_counter()
     q, steps = quantize_model(cfg, fp32, splits, device)
@@ -210,24 +210,62 @@ def _run(cfg: TrainConfig, out_dir: str | os.PathLike[str] | None, use_cache: bo
     except Exception as e:  # a model the integer path cannot run still has its fake-quant result
         im = None
         res.update(int_acc=None, int_agreement=None, int_error=f"{type(e).__name__}: {e}")
-    _save(out_dir, cfg, q, im)
+    _save(out_dir, cfg, q, im, splits)
     return res
 
 
-def _save(out_dir: str | os.PathLike[str] | None, cfg: TrainConfig, model: nn.Module, im: IntModel | None) -> None:
+def _save(out_dir: str | os.PathLike[str] | None, cfg: TrainConfig, model: nn.Module, im: IntModel | None, splits: DataSplits) -> None:
     if out_dir is None:
         return
     d = Path(out_dir)
     d.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model, cfg, d / "model.pt")
+    save_checkpoint(model, cfg, d / "model.pt", splits.num_classes, splits.input_shape)
     if im is not None:
         im.save(d / "intmodel.pt")
 
 
-def save_checkpoint(model: nn.Module, cfg: TrainConfig, path: str | os.PathLike[str]) -> None:
-    """The trained model's state and its config (atomic). Loads with weights_only=True."""
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read: truncated, corrupted, foreign or inconsistent."""
+
+
+def save_checkpoint(
+    model: nn.Module, cfg: TrainConfig, path: str | os.PathLike[str], num_classes: int, input_shape: tuple[int, ...]
+) -> None:
+    """The trained model's state, config and data shape (atomic). Loads with weights_only=True."""
     p = Path(path)
     tmp = p.with_name(f".{p.name}.tmp")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "state_dict": state}, tmp)
+    torch.save(
+        {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "state_dict": state, "num_classes": num_classes, "input_shape": list(input_shape)},
+        tmp,
+    )
     os.replace(tmp, p)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, TrainConfig, tuple[int, ...]]:
+    """Rebuild a trained model (FP32, or the QAT model for ptq/qat) from ``save_checkpoint``'s file.
+
+    Returns (model in eval mode, its config, input shape without batch).
+    """
+    p = Path(path)
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{p}: no such checkpoint file") from None
+    except Exception as e:
+        raise CheckpointError(f"{p}: cannot read checkpoint (truncated, corrupted or not a torch file): {e}") from e
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{p}: not a qatlab checkpoint (format tag missing)")
+    try:
+        cfg = TrainConfig.from_dict(ck["config"])
+        input_shape = tuple(int(v) for v in ck["input_shape"])
+        model = build_model(cfg.model, int(ck["num_classes"]), input_shape)  # type: ignore[arg-type]
+        if cfg.method != "fp32":
+            w_spec, a_spec = specs(cfg)
+            model = prepare_qat(model, w_spec, a_spec, cfg.ste, first_last_bits=cfg.first_last_bits)
+        model.load_state_dict(ck["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{p}: checkpoint does not match its recorded model/config: {e}") from e
+    set_observe(model, False)
+    freeze_bn(model)
+    return model.eval(), cfg, input_shape
