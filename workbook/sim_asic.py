@@ -59,6 +59,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="MACs per cell per cycle for sub-8-bit operands: 1 = off (SCALE-Sim), 0 = auto (8 // bits, capped by --pack-max)",
     )
     p.add_argument("--pack-max", type=_pos_int, default=None, help="cap for --pack 0 (default 4)")
+    p.add_argument(
+        "--dram", choices=["fast", "exact"], default=None,
+        help="DRAM read counts: fast = closed form (estimate once an operand overflows its SRAM); "
+        "exact = replay SCALE-Sim's CALC-mode window on the address streams (slower)",
+    )
     p.add_argument("--sparsity", action="store_true", help="skip zero weights of N:M-sparse layers (topology's N:M column)")
     p.add_argument("--node-nm", type=_pos_float, default=None, help="technology node for energy (default 45: Horowitz' table)")
     p.add_argument("--vdd", type=_pos_float, default=None, help="supply voltage for energy scaling (default 0.9)")
@@ -91,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
             "freq_mhz": args.freq_mhz,
             "pack": args.pack,
             "pack_max": args.pack_max,
+            "dram_model": args.dram,
             "node_nm": args.node_nm,
             "vdd": args.vdd,
         }.items()

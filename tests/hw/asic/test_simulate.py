@@ -109,3 +109,26 @@ def test_report_totals_json_and_csv():
         assert r.latency_s == pytest.approx(r.cycles / 1e9) and math.isfinite(r.energy_pj)
     with pytest.raises(ValueError):
         simulate([], CFG)
+
+
+def test_simulate_a_converted_intmodel():
+    import torch
+    from torch import nn
+
+    from qatlab.hw.asic import simulate_intmodel
+    from qatlab.intmodel import convert
+    from qatlab.nn import calibrate, prepare_qat
+    from qatlab.quant import QuantSpec
+
+    m = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, stride=2), nn.Flatten(), nn.Linear(6 * 4 * 4, 10))
+    q = prepare_qat(m, QuantSpec(bits=4, granularity="channel"), QuantSpec(bits=4, symmetric=False))
+    calibrate(q, [torch.randn(4, 1, 10, 10)])
+    model = convert(q, (1, 10, 10))
+    cfg = ArrayConfig(rows=8, cols=8, dataflow="os", ifmap_sram_kb=4, filter_sram_kb=4, ofmap_sram_kb=4)
+    plain = simulate_intmodel(model, cfg)
+    packed = simulate_intmodel(model, cfg.replace(pack=0))  # 4-bit weights and activations: 2 per cell
+    assert [r.layer for r in plain.layers] == [r.layer for r in packed.layers] and len(plain.layers) == 3
+    assert plain.totals["macs"] == 10 * 10 * 4 * 9 + 4 * 4 * 6 * 36 + 960
+    assert all(r.pack == 2 for r in packed.layers)
+    assert packed.totals["cycles"] < plain.totals["cycles"]
+    assert packed.totals["tops_per_w"] > plain.totals["tops_per_w"]

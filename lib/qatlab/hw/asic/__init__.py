@@ -7,6 +7,7 @@ Python API::
     cfg = ArrayConfig.from_cfg("scale.cfg")            # or ArrayConfig(rows=32, cols=32, dataflow="ws")
     report = simulate(read_topology("net.csv"), cfg)   # any list[Layer] (e.g. from an IntModel)
     report.layers[0].total_cycles, report.totals["tops_per_w"]
+    simulate_intmodel(int_model, cfg)                  # a converted IntModel (qatlab.intmodel)
 
 Modules: :mod:`.config` (the ``.cfg`` reader), :mod:`.dataflow` (folding, closed-form
 compute counts), :mod:`.memory` (SRAM/DRAM models), :mod:`.energy` (cited energy
@@ -17,7 +18,7 @@ cycle-stepped functional model that checks the closed form), :mod:`.scalesim_rep
 from qatlab.hw.asic.config import ArrayConfig, ConfigError
 from qatlab.hw.asic.dataflow import Mapping
 from qatlab.hw.asic.energy import EnergyTable
-from qatlab.hw.asic.simulate import RECORD_FIELDS, AsicReport, LayerRecord, simulate, simulate_layer
+from qatlab.hw.asic.simulate import RECORD_FIELDS, AsicReport, LayerRecord, simulate, simulate_intmodel, simulate_layer
 
 __all__ = [
     "ArrayConfig",
@@ -28,5 +29,6 @@ __all__ = [
     "Mapping",
     "RECORD_FIELDS",
     "simulate",
+    "simulate_intmodel",
     "simulate_layer",
 ]

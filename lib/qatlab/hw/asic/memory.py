@@ -151,6 +151,20 @@ def write_buffer(rows: RowCounts, size_words: int, bw: int) -> WriteBufferResult
     return WriteBufferResult(stall, writes, total, int(start or 0), int(stop or 0), drains)
 
 
+def ofmap_write_buffer(m: Mapping, size_words: int, bw: int) -> WriteBufferResult:
+    """:func:`write_buffer` for a mapping's output stream, skipping the replay when it cannot drain early.
+
+    While the layer writes no more than half the buffer, nothing drains before the last
+    cycle (a drain needs more than half occupied): everything drains at the end, one line
+    per cycle, and only the last line can be partial.
+    """
+    words = m.M * m.N * (1 if m.dataflow == "os" else m.row_fold)
+    if words <= size_words - (-(-size_words // 2)):
+        last = m.compute_rows - 1
+        return WriteBufferResult(0, words, words, last, last + ceil_div(words, bw) - 1, ceil_div(ceil_div(words, bw), ceil_div(size_words // 2, bw)))
+    return write_buffer(m.ofmap_rows, size_words, bw)
+
+
 def write_buffer_stepwise(row_counts: list[int], size_words: int, bw: int) -> WriteBufferResult:
     """The plain reference for :func:`write_buffer`: one word at a time, as SCALE-Sim does.
 

@@ -206,7 +206,7 @@ def _memory(m: Mapping, u_ifmap: int, cfg: ArrayConfig, addr: IfmapAddresses | N
     # SCALE-Sim drains outputs at one array row per cycle in CALC mode, at the user's
     # first Bandwidth figure in USER mode.
     ofmap_bw = cfg.cols if cfg.bandwidth_mode == "CALC" else cfg.bandwidth[0]
-    wb = mem.write_buffer(m.ofmap_rows, osz, ofmap_bw)
+    wb = mem.ofmap_write_buffer(m, osz, ofmap_bw)
     u_filter = m.K * m.N
     passes = mem.operand_passes(m)
     read_stall = 0
@@ -384,3 +384,16 @@ def simulate(layers: list[Layer], config: ArrayConfig, energy: EnergyTable | Non
     records = [simulate_layer(lay, config, table) for lay in layers]
     batch = max(lay.batch for lay in layers)
     return AsicReport(config, records, totals(records, config, batch))
+
+
+def simulate_intmodel(model: object, config: ArrayConfig, batch: int = 1, energy: EnergyTable | None = None) -> AsicReport:
+    """Simulate a converted integer model (``qatlab.intmodel`` IntModel) layer by layer.
+
+    Its conv and linear layers become workloads through
+    :func:`qatlab.hw.workload.from_intmodel` (bit widths and weight density included);
+    with ``config.pack`` / ``config.sparsity`` the trained bit widths and N:M patterns
+    change the counts.
+    """
+    from qatlab.hw.workload import from_intmodel
+
+    return simulate(from_intmodel(model, batch=batch), config, energy)  # type: ignore[arg-type]
