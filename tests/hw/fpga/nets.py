@@ -72,7 +72,7 @@ def networks(draw, max_layers: int = 3, max_side: int = 6):
         g = geometry(lay)
         ss = _divisor(draw, g.channels) if g.unit != "none" and draw(st.booleans()) else None
         folds[lay.name] = LayerFolding(_divisor(draw, g.mh), _divisor(draw, g.mw), ss)
-    n_frames = draw(st.integers(2, 4))
+    n_frames = draw(st.integers(4, 5))
     lo, hi = int_range(layers[0].a_bits, in_signed)
     x = rng.integers(lo, hi + 1, size=(n_frames, geometry(layers[0]).in_elems))
     return layers, params, folds, x

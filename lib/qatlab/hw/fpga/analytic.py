@@ -6,9 +6,17 @@ resources on a device, without stepping cycles.
   accumulator width (:mod:`.accumulator`), the weight memory and line buffer;
 * whole network: frames per second = clock / the largest initiation interval (the
   pipeline runs at its slowest unit), latency from the max-plus schedule of
-  :mod:`.schedule` (pipeline fill included; FINN's own estimate, the sum of the layers'
+  :mod:`.schedule` (pipeline fill included; FINN's own estimate, the sum of all units'
   cycles, is reported beside it as ``latency_cycles_sum``), FIFO depths that never
   block at that rate, their resources, and whether it all fits the device.
+
+Scope: the network is the topology's layers as one chain of units, in file order.
+Throughput and resources do not depend on that; latency does: a residual network's
+branches (a ResNet's downsample path) are timed as if in series, and the FIFO a skip
+connection needs is not sized. Pooling and padding between layers (which SCALE-Sim
+topologies leave out) are joined by an implicit zero-latency stage. Weights are stored
+dense (N:M sparsity is not exploited, as FINN does not); a depthwise ("DP") layer is
+one single-channel MVAU per channel, as SCALE-Sim expands it (FINN would use a VVAU).
 """
 from __future__ import annotations
 
@@ -271,7 +279,9 @@ def _report(
         "clock_mhz": clock,
         "ii_cycles": ii,
         "latency_us": (latency / clock if latency is not None else None),
-        "latency_cycles_sum": sum(r.ii_cycles for r in rows),
+        # FINN's latency estimate (dataflow_performance "critical_path_cycles"): the sum of
+        # every unit's cycles along the chain, as if no unit overlapped another.
+        "latency_cycles_sum": sum(r.cycles + r.swu_cycles + r.ds_cycles for r in rows),
         "bottleneck": f"{spec_b.name}.{bunit}",
         "lut": used["lut"], "dsp": used["dsp"], "bram18": used["bram18"], "uram": used["uram"],
         "lut_pct": 100.0 * used["lut"] / dev.lut,

@@ -134,19 +134,23 @@ def _needed_producer_word(k: np.ndarray, wc: int, wp: int, e_c: int, e_p: int) -
     return -(-need // wp) - 1
 
 
-def _run_stage(stage: Stage, ready: np.ndarray, carry: int) -> tuple[np.ndarray, np.ndarray, int]:
+def _write_read_index(stage: Stage) -> np.ndarray:
+    """For each write, the index of the last read at or before its iteration (-1: none)."""
+    return np.searchsorted(stage.read_iter, stage.write_iter, side="right") - 1
+
+
+def _run_stage(stage: Stage, ready: np.ndarray, carry: int, widx: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """Absolute read and write cycles of one frame and its last iteration's cycle.
 
     ``ready``: first cycle at which each read's word is available (absolute);
     ``carry``: the cycle of the previous frame's last iteration (-1 at start), the
-    iterations of this frame being numbered from 0.
+    iterations of this frame being numbered from 0; ``widx``: :func:`_write_read_index`.
     """
     base = ready - stage.read_iter
     cm = np.maximum.accumulate(base) if base.size else base
     start = carry + 1
     t_read = stage.read_iter + np.maximum(start, cm)
-    idx = np.searchsorted(stage.read_iter, stage.write_iter, side="right") - 1
-    cmw = np.where(idx >= 0, cm[np.clip(idx, 0, None)] if cm.size else NEG, NEG)
+    cmw = np.where(widx >= 0, cm[np.clip(widx, 0, None)] if cm.size else NEG, NEG)
     t_write = stage.write_iter + np.maximum(start, cmw)
     last = stage.n_iter - 1 + max(start, int(cm[-1]) if cm.size else NEG)
     return t_read, t_write, last
@@ -168,13 +172,23 @@ def _fifo_requirement(
     push_t: np.ndarray, pop_t: np.ndarray, wp: int, wc: int, e_p: int, e_c: int
 ) -> int:
     """max over pushes of (occupancy at the start of the push cycle + pushed elements),
-    in consumer elements; pushes are one per cycle, in order."""
-    i = np.arange(push_t.size, dtype=np.int64)
+    in consumer elements; pushes are one per cycle, in order.
+
+    Between two pops the occupancy only grows, so the maximum is at the last push
+    before some pop (or the very last push): with fewer pops than pushes only those
+    candidates are evaluated."""
+    if push_t.size == 0:
+        return 0
+    if pop_t.size < push_t.size:
+        cand = np.searchsorted(push_t, pop_t, side="right") - 1  # non-decreasing
+        cand = np.concatenate([cand[cand >= 0], [push_t.size - 1]]).astype(np.int64)
+        i = cand[np.concatenate([[True], cand[1:] != cand[:-1]])]
+    else:
+        i = np.arange(push_t.size, dtype=np.int64)
     before = (i * wp * e_c) // e_p
     delta = ((i + 1) * wp * e_c) // e_p - before
-    popped = np.searchsorted(pop_t, push_t, side="left").astype(np.int64) * wc
-    occ = before - popped + delta
-    return int(occ.max()) if occ.size else 0
+    popped = np.searchsorted(pop_t, push_t[i], side="left").astype(np.int64) * wc
+    return int((before - popped + delta).max())
 
 
 def compute_schedule(
@@ -196,6 +210,7 @@ def compute_schedule(
     done = 0
     converged = not fifo_depths
     # Which producer word each read waits for is the same every frame: compute once.
+    widx = [_write_read_index(st) for st in stages]
     need: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
     for s_idx in range(1, n):
         st, up = stages[s_idx], stages[s_idx - 1]
@@ -209,7 +224,7 @@ def compute_schedule(
                 ready = np.array([f * period], dtype=np.int64)
             else:
                 ready = t_w_prev[need[s_idx]] + 1  # type: ignore[index]
-            t_r, t_w, last = _run_stage(st, ready, carries[s_idx])
+            t_r, t_w, last = _run_stage(st, ready, carries[s_idx], widx[s_idx])
             carries[s_idx] = last
             if st.unit != "source":
                 pops[s_idx].append(t_r)
@@ -233,7 +248,15 @@ def compute_schedule(
     if fifo_depths:
         for k in range(n - 1):
             prod, cons = stages[k], stages[k + 1]
-            push_t = np.concatenate(pushes[k])
-            pop_t = np.concatenate(pops[k + 1])
+            pu, po = list(pushes[k]), list(pops[k + 1])
+            if converged and pu[-1].size and po[-1].size:
+                # Later frames repeat the last one shifted by P. A FIFO whose consumer lags
+                # its producer by several frames sees pops of older frames at a push: extend
+                # the periodic pattern over that lag so those pushes are counted too.
+                lag = -(-(int(po[-1][-1]) - int(pu[-1][0])) // period) + 1
+                pu += [pu[-1] + j * period for j in range(1, lag + 1)]
+                po += [po[-1] + j * period for j in range(1, lag + 1)]
+            push_t = np.concatenate(pu)
+            pop_t = np.concatenate(po)
             depths.append(_fifo_requirement(push_t, pop_t, prod.write_width, cons.read_width, prod.out_elems, cons.in_elems))
     return Schedule(stages, period, latency, depths, done, converged, first_w, last_w)

@@ -283,7 +283,10 @@ class StreamResult:
     outputs: np.ndarray  # [frames, pixels, MH] of the last layer
     frame_done: list[int]  # cycle count at which each frame's last output word was out
     latency_cycles: int  # frame 0, from the first input word at cycle 0
-    interval_cycles: int | None  # between the last two frames (None with one frame)
+    # between the last two frames (None with one frame). Frame f ends no earlier than
+    # f·P after frame 0 and the offset never shrinks, so early intervals can only be
+    # longer than the steady one: run a few frames (4 settle every case the tests draw).
+    interval_cycles: int | None
     cycles: int
     wall_s: float
     fifo_depths: list[int | None]
