@@ -24,7 +24,7 @@ import numpy as np
 
 from qatlab.hw.workload import Layer
 
-from .accumulator import accumulate, int_range
+from .accumulator import accumulate, accumulator_bits, int_range
 from .activation import requantize
 from .errors import ChainError, ParamsError
 from .geometry import Geometry, chained, geometry
@@ -141,6 +141,12 @@ def windows(x: np.ndarray, g: Geometry) -> np.ndarray:
     return np.ascontiguousarray(v.transpose(0, 1, 2, 4, 5, 3)).reshape(g.pixels, g.mw)
 
 
+def acc_is_signed(layer: Layer, p: IntLayer) -> bool:
+    """Whether the layer's accumulator is two's complement: some product can be negative."""
+    g = geometry(layer)
+    return accumulator_bits(g.mw, layer.w_bits, layer.a_bits, weights=p.weights, a_signed=p.in_signed).signed
+
+
 def layer_forward(
     x: np.ndarray, g: Geometry, p: IntLayer, *, simd: int | None = None, acc_bits: int | None = None,
     acc_mode: str = "wrap", acc_signed: bool = True,
@@ -155,12 +161,14 @@ def layer_forward(
 def reference_forward(
     layers: Sequence[Layer], params: Sequence[IntLayer], x: np.ndarray, *, simd: Sequence[int] | None = None,
     acc_bits: Sequence[int | None] | int | None = None, acc_mode: str = "wrap",
-    acc_signed: Sequence[bool] | bool = True,
+    acc_signed: Sequence[bool] | bool | None = None,
 ) -> list[np.ndarray]:
     """All layers on one frame ``x`` (the first layer's input codes, HWC order).
 
     Returns each layer's output [pixels, MH]. ``acc_bits`` (one width for all layers,
-    or one per layer) simulates narrower accumulators; saturation needs ``simd``.
+    or one per layer) simulates narrower accumulators; saturation needs ``simd``. A
+    narrow accumulator is two's complement unless no product of the layer can be
+    negative (FINN's rule, ``acc_signed=None``), as in the stepped simulation.
     """
     geoms = validate_params(layers, params)
     check_chain(geoms)
@@ -173,7 +181,10 @@ def reference_forward(
     if x.size and (int(x.min()) < lo or int(x.max()) > hi):
         raise ValueError(f"input codes span [{int(x.min())}, {int(x.max())}], outside layer {layers[0].name!r}'s [{lo}, {hi}]")
     bits = list(acc_bits) if isinstance(acc_bits, (list, tuple)) else [acc_bits] * len(layers)
-    sgn = list(acc_signed) if isinstance(acc_signed, (list, tuple)) else [acc_signed] * len(layers)
+    if acc_signed is None:
+        sgn = [acc_is_signed(lay, p) for lay, p in zip(layers, params)]
+    else:
+        sgn = list(acc_signed) if isinstance(acc_signed, (list, tuple)) else [acc_signed] * len(layers)
     outs = []
     for i, (g, p) in enumerate(zip(geoms, params)):
         s = simd[i] if simd is not None else None

@@ -28,12 +28,12 @@ import numpy as np
 
 from qatlab.hw.workload import Layer
 
-from .accumulator import accumulator_bits, int_range, narrow
+from .accumulator import int_range, narrow
 from .activation import thresholds
 from .errors import DeadlockError, FoldingError
 from .folding import LayerFolding, resolve_folding
 from .geometry import Geometry
-from .reference import IntLayer, check_chain, validate_params
+from .reference import IntLayer, acc_is_signed, check_chain, validate_params
 from .schedule import Stage, build_stages, compute_schedule
 
 
@@ -369,8 +369,7 @@ def simulate(
         elif st.unit == "ds":
             units.append(_Ds(g, int(f.swu_simd or 1), inp, out, frames))
         else:
-            lay = layers[st.layer]
-            signed = accumulator_bits(g.mw, lay.w_bits, lay.a_bits, weights=p.weights, a_signed=p.in_signed).signed
+            signed = acc_is_signed(layers[st.layer], p)
             units.append(_Mvau(g, f, p, inp, out, frames, bits[st.layer], acc_mode, signed))
     last = geoms[-1]
     words_per_frame = last.out_elems // folds[-1].pe

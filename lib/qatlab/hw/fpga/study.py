@@ -16,7 +16,7 @@ from qatlab.hw.workload import Layer
 
 from .accumulator import ACC_MODES, int_range
 from .folding import LayerFolding, resolve_folding
-from .reference import IntLayer, check_chain, layer_forward, validate_params, windows
+from .reference import IntLayer, acc_is_signed, check_chain, layer_forward, validate_params, windows
 
 
 @dataclass
@@ -52,6 +52,7 @@ def accumulator_study(
     check_chain(geoms)
     folds = resolve_folding(geoms, folding if folding is not None else {"*": LayerFolding()})
     x = np.asarray(inputs).reshape(-1, geoms[0].in_elems)
+    signed = [acc_is_signed(lay, p) for lay, p in zip(layers, params)]
     exact_last = []
     exact_accs: list[list[np.ndarray]] = []
     for frame in x:
@@ -64,16 +65,16 @@ def accumulator_study(
     exact = np.stack(exact_last)
     out = []
     for b in bits:
-        lo, hi = int_range(b, True)
         of = {}
         for li, g in enumerate(geoms):
+            lo, hi = int_range(b, signed[li])
             vals = np.concatenate([a[li].ravel() for a in exact_accs])
             of[g.name] = float(np.mean((vals < lo) | (vals > hi))) if vals.size else 0.0
         narrow_last = []
         for frame in x:
             h = frame
-            for g, p, f in zip(geoms, params, folds):
-                h = layer_forward(h, g, p, simd=f.simd, acc_bits=b, acc_mode=mode)
+            for g, p, f, sg in zip(geoms, params, folds, signed):
+                h = layer_forward(h, g, p, simd=f.simd, acc_bits=b, acc_mode=mode, acc_signed=sg)
             narrow_last.append(h)
         nar = np.stack(narrow_last)
         row = AccumulatorStudy(b, mode, of, float(np.mean(nar != exact)))
