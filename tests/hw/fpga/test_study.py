@@ -25,3 +25,20 @@ def test_narrow_accumulator_costs_only_below_the_bound():
     assert full.accuracy == full.exact_accuracy
     wrap = accumulator_study(lay, params, x, [12], mode="wrap")[0]
     assert wrap.output_mismatch_frac > 0
+
+
+def test_check_accumulators_flags_overflow():
+    import pytest
+
+    from qatlab.hw.fpga import AccumulatorOverflowError, check_accumulators
+
+    rng = np.random.default_rng(1)
+    lay = [Layer("fc", 1, 1, 1, 1, 64, 4)]
+    w = rng.integers(-128, 128, size=(4, 64))
+    x = rng.integers(0, 256, size=(20, 64))
+    ((lo, hi),) = check_accumulators(lay, [IntLayer(w)], x)  # the tight width always holds
+    assert lo < 0 < hi
+    need = max((-lo - 1).bit_length(), hi.bit_length()) + 1  # two's complement width of [lo, hi]
+    check_accumulators(lay, [IntLayer(w)], x, acc_bits=need)
+    with pytest.raises(AccumulatorOverflowError, match="layer 'fc'"):
+        check_accumulators(lay, [IntLayer(w)], x, acc_bits=need - 1)

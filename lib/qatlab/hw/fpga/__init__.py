@@ -16,18 +16,23 @@ Python API::
     rep.to_dict()                                                  # {"layers": [...], "totals": {...}}
     res = fpga.simulate(layers, params, rep.folding, frames)       # cycle-stepped, bit-exact
     outs = fpga.reference_forward(layers, params, frame)           # the integer reference
+    params = fpga.params_from_intmodel(int_model)                  # from a trained IntModel
+    fpga.check_accumulators(layers, params, frames)                # no accumulator overflows
+    fpga.accumulator_study(layers, params, frames, [16, 14, 12])   # what narrower ones cost
 
 Modules: ``devices`` (catalog), ``geometry`` (FINN's view of a layer), ``folding``
 (PE/SIMD configs), ``cycles``, ``resources``, ``accumulator``, ``activation``
 (requantization and thresholds), ``reference`` (numpy integer semantics), ``schedule``
 (max-plus pipeline timing), ``analytic`` (:func:`analyze`), ``search`` (folding
-search), ``stream`` (stepped simulation), ``study`` (narrow-accumulator accuracy).
+search), ``stream`` (stepped simulation), ``study`` (narrow-accumulator accuracy,
+overflow check), ``convert`` (parameters from an IntModel).
 """
 from __future__ import annotations
 
 from .accumulator import AccumulatorBits, accumulate, accumulator_bits, bits_for_range
 from .activation import apply_thresholds, requantize, thresholds
 from .analytic import FpgaReport, LayerReport, analyze
+from .convert import params_from_intmodel
 from .devices import DEVICES, FINN_RES_LIMITS, Device, device_names, get_device
 from .errors import (
     AccumulatorOverflowError,
@@ -46,14 +51,14 @@ from .reference import IntLayer, reference_forward
 from .schedule import compute_schedule
 from .search import SearchResult, search_folding
 from .stream import StreamResult, simulate
-from .study import AccumulatorStudy, accumulator_study
+from .study import AccumulatorStudy, accumulator_study, check_accumulators
 
 __all__ = [
     "AccumulatorBits", "AccumulatorOverflowError", "AccumulatorStudy", "ChainError", "DEVICES", "DeadlockError",
     "Device", "DoesNotFitError", "FINN_RES_LIMITS", "FoldingError", "FpgaError", "FpgaReport", "Geometry",
     "IntLayer", "LayerFolding", "LayerReport", "ParamsError", "SearchResult", "StreamResult", "UnknownDeviceError",
     "UnreachableTargetError", "accumulate", "accumulator_bits", "accumulator_study", "analyze", "apply_thresholds",
-    "bits_for_range", "compute_schedule", "device_names", "geometry", "get_device", "parse_folding",
+    "bits_for_range", "check_accumulators", "compute_schedule", "device_names", "geometry", "get_device", "params_from_intmodel", "parse_folding",
     "read_folding", "reference_forward", "requantize", "search_folding", "simulate", "thresholds",
     "write_folding",
 ]

@@ -86,3 +86,36 @@ def accumulator_study(
             row.exact_accuracy = float(np.mean(ea == lab))
         out.append(row)
     return out
+
+
+def check_accumulators(
+    layers: Sequence[Layer],
+    params: Sequence[IntLayer],
+    inputs: np.ndarray,
+    acc_bits: Sequence[int] | int | None = None,
+) -> list[tuple[int, int]]:
+    """Run the integer model on ``inputs`` and check no exact accumulator leaves the
+    design's widths (default: the widths :func:`.analytic.analyze` gives each layer);
+    raise AccumulatorOverflowError naming the first layer that does. Returns each
+    layer's observed accumulator range (min, max)."""
+    from .accumulator import accumulator_bits, check_fits
+
+    geoms = validate_params(layers, params)
+    check_chain(geoms)
+    if acc_bits is None:
+        widths = [accumulator_bits(g.mw, lay.w_bits, lay.a_bits, weights=p.weights, a_signed=p.in_signed).used
+                  for g, lay, p in zip(geoms, layers, params)]
+    else:
+        widths = list(acc_bits) if isinstance(acc_bits, (list, tuple)) else [int(acc_bits)] * len(layers)
+    signed = [acc_is_signed(lay, p) for lay, p in zip(layers, params)]
+    lo = [np.iinfo(np.int64).max] * len(layers)
+    hi = [np.iinfo(np.int64).min] * len(layers)
+    for frame in np.asarray(inputs).reshape(-1, geoms[0].in_elems):
+        h = frame
+        for li, (g, p) in enumerate(zip(geoms, params)):
+            acc = windows(h, g) @ np.asarray(p.weights, dtype=np.int64).T
+            check_fits(acc, widths[li], g.name, signed[li])
+            if acc.size:
+                lo[li], hi[li] = min(lo[li], int(acc.min())), max(hi[li], int(acc.max()))
+            h = layer_forward(h, g, p)
+    return list(zip(lo, hi))
