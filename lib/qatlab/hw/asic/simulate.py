@@ -19,6 +19,7 @@ from qatlab.hw.asic.config import ArrayConfig, ConfigError
 from qatlab.hw.asic.dataflow import Mapping, ceil_div
 from qatlab.hw.asic.energy import EnergyTable
 from qatlab.hw.asic.trace import IfmapAddresses, calc_dram_reads_exact
+from qatlab.hw.asic.user_replay import user_replay
 from qatlab.hw.workload import Layer
 
 # Accumulators are int32; partial sums travel and are stored at this width.
@@ -201,7 +202,9 @@ class _Memory:
     exact: bool
 
 
-def _memory(m: Mapping, u_ifmap: int, cfg: ArrayConfig, addr: IfmapAddresses | None) -> _Memory:
+def _memory(m: Mapping, u_ifmap: int, cfg: ArrayConfig, addr: IfmapAddresses | None, replay: bool) -> _Memory:
+    """Memory figures of one mapping. ``replay``: replay SCALE-Sim's buffers where the closed
+    form is not exact (``addr`` is needed for that); otherwise estimate there."""
     isz, fsz, osz = cfg.ifmap_sram_kb * 1024, cfg.filter_sram_kb * 1024, cfg.ofmap_sram_kb * 1024
     # SCALE-Sim drains outputs at one array row per cycle in CALC mode, at the user's
     # first Bandwidth figure in USER mode.
@@ -217,7 +220,7 @@ def _memory(m: Mapping, u_ifmap: int, cfg: ArrayConfig, addr: IfmapAddresses | N
         block = m.K * min(m.C, m.N)  # os: a column fold's filter block, re-read for each row fold
         reps = m.row_fold if m.dataflow == "os" else 1
         dram_f, exact_f = mem.calc_dram_reads(u_filter, m.sram_filter_reads, passes["filter"], block, reps, fsz)
-        if cfg.dram_model == "exact" and addr is not None and not (exact_i and exact_f):
+        if replay and addr is not None and not (exact_i and exact_f):
             dram_i, dram_f = calc_dram_reads_exact(m, addr, isz, fsz)
             exact_i = exact_f = True
     else:
@@ -239,6 +242,19 @@ def _memory(m: Mapping, u_ifmap: int, cfg: ArrayConfig, addr: IfmapAddresses | N
             dram_f, st = mem.user_read_estimate(fsz, m.filter_prefetch_entries, fbw, passes["filter"] * reps, m.compute_rows)
             stalls.append(st)
         read_stall = max(stalls)  # estimate (0 when both fit: then exact)
+        if replay and addr is not None and not (exact_i and exact_f):
+            # Replay every demand row through SCALE-Sim's USER-mode buffers (slow, exact).
+            r = user_replay(m, addr, (isz, fsz, osz), (ibw, fbw, ofmap_bw))
+            return _Memory(
+                stall=int(r["stall"]),
+                total_cycles=int(r["total_cycles"]),
+                incl_prefetch=int(r["ofmap_stop"] - min(start_i, start_f)),
+                dram_ifmap=int(r["dram_ifmap"]),
+                dram_filter=int(r["dram_filter"]),
+                dram_ofmap=int(r["dram_ofmap"]),
+                dram_ofmap_words=int(wb.dram_words),
+                exact=True,
+            )
     stall = wb.stall_cycles + read_stall
     # Read stalls (estimated) delay the final drain by as much.
     incl = int(wb.dram_stop + read_stall - min(start_i, start_f))
@@ -272,20 +288,22 @@ def simulate_layer(layer: Layer, cfg: ArrayConfig, table: EnergyTable | None = N
             u = ceil_div(u * k_sparse, layer.K)  # overlap with the windows is not tracked
         return u
 
-    def addresses(scalesim: bool) -> IfmapAddresses | None:
+    def addresses() -> IfmapAddresses | None:
         if k_sparse != layer.K:
             return None  # skipped positions break the window geometry; DRAM stays an estimate
         if layer.kind == "gemm":
             return IfmapAddresses(layer.M, layer.K, 1, layer.K, 1, 1, 1, gemm_k=k_eff)
-        if not scalesim and m is not m_ss:
-            return None  # the real geometry's stream is only needed for energy: keep the estimate
         return IfmapAddresses(
             layer.ifmap_h, layer.ifmap_w, layer.filter_h, layer.filter_w, ceil_div(layer.channels, k_pack),
             layer.stride_h, layer.stride_w,
         )
 
-    mm_ss = _memory(m_ss, unique(True), cfg, addresses(True))
-    mm = mm_ss if m_ss is m else _memory(m, unique(False), cfg, addresses(False))
+    # SCALE-Sim-named fields: SCALE-Sim's geometry and, with dram_model="exact", its
+    # buffers replayed. Ours: the real geometry and the closed form (which also corrects
+    # SCALE-Sim's USER-mode stall arithmetic), whatever dram_model says.
+    replay = cfg.dram_model == "exact"
+    mm_ss = _memory(m_ss, unique(True), cfg, addresses() if replay else None, replay)
+    mm = mm_ss if (m_ss is m and not replay) else _memory(m, unique(False), cfg, None, False)
     cycles = mm.total_cycles + 1
     num_compute = m_ss.M * m_ss.N * m_ss.K  # SCALE-Sim's "compute" count
     overall = (num_compute * 100) / (max(mm_ss.total_cycles, 1) * cfg.num_pes)

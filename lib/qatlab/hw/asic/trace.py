@@ -53,45 +53,55 @@ class IfmapAddresses:
         return np.where((y < self.h) & (x < self.w), addr, -1)
 
 
-def ifmap_stream(m: Mapping, addr: IfmapAddresses) -> np.ndarray:
-    """Ifmap words in SCALE-Sim's request order (invalid entries dropped)."""
-    parts = []
-    ru, cu = m.row_used(), m.col_used()
-    for _fc in range(m.col_fold):
-        for fr in range(m.row_fold):
-            if m.dataflow == "os":  # rows = output pixels, time = reduction
-                t, i = _diag(m.T, int(ru[fr]))
-                parts.append(addr(fr * m.R + i, t))
-            elif m.dataflow == "ws":  # rows = reduction, time = output pixels
-                t, i = _diag(m.T, int(ru[fr]))
-                parts.append(addr(t, fr * m.R + i))
-            else:  # is: the stationary tile, bottom row first, left to right
-                rows = np.arange(int(ru[fr]))[::-1]
-                kk = np.repeat(fr * m.R + rows, int(cu[_fc]))
-                mm = np.tile(_fc * m.C + np.arange(int(cu[_fc])), len(rows))
-                parts.append(addr(mm, kk))
-    s = np.concatenate(parts)
-    return s[s >= 0]
-
-
-def filter_stream(m: Mapping) -> np.ndarray:
-    """Filter words (address n*K + k) in SCALE-Sim's request order."""
-    parts = []
+def ifmap_folds(m: Mapping, addr: IfmapAddresses):
+    """Per fold: (ifmap word, demand row within the fold) in SCALE-Sim's request order."""
     ru, cu = m.row_used(), m.col_used()
     for fc in range(m.col_fold):
         for fr in range(m.row_fold):
-            if m.dataflow == "os":  # columns = filters, time = reduction
+            if m.dataflow == "os":  # rows = output pixels, time = reduction; skewed from row 0
+                t, i = _diag(m.T, int(ru[fr]))
+                yield addr(fr * m.R + i, t), t + i
+            elif m.dataflow == "ws":  # rows = reduction, time = output pixels; after R load rows
+                t, i = _diag(m.T, int(ru[fr]))
+                yield addr(t, fr * m.R + i), m.R + t + i
+            else:  # is: the stationary tile, bottom row first, left to right
+                rows = np.arange(int(ru[fr]))[::-1]
+                kk = np.repeat(fr * m.R + rows, int(cu[fc]))
+                mm = np.tile(fc * m.C + np.arange(int(cu[fc])), len(rows))
+                yield addr(mm, kk), np.repeat(m.R - 1 - rows, int(cu[fc]))
+
+
+def filter_folds(m: Mapping):
+    """Per fold: (filter word n*K + k, demand row within the fold) in SCALE-Sim's request order."""
+    ru, cu = m.row_used(), m.col_used()
+    for fc in range(m.col_fold):
+        for fr in range(m.row_fold):
+            if m.dataflow == "os":  # columns = filters, time = reduction; skewed from row 0
                 t, c = _diag(m.T, int(cu[fc]))
-                parts.append((fc * m.C + c) * m.K + t)
+                yield (fc * m.C + c) * m.K + t, t + c
             elif m.dataflow == "ws":  # the stationary tile, bottom row first, left to right
                 rows = np.arange(int(ru[fr]))[::-1]
                 kk = np.repeat(fr * m.R + rows, int(cu[fc]))
                 nn = np.tile(fc * m.C + np.arange(int(cu[fc])), len(rows))
-                parts.append(nn * m.K + kk)
-            else:  # is: rows = reduction, time = filters
+                yield nn * m.K + kk, np.repeat(m.R - 1 - rows, int(cu[fc]))
+            else:  # is: rows = reduction, time = filters; after R load rows
                 t, i = _diag(m.T, int(ru[fr]))
-                parts.append(t * m.K + fr * m.R + i)
-    return np.concatenate(parts)
+                yield t * m.K + fr * m.R + i, m.R + t + i
+
+
+def _stream(folds) -> np.ndarray:
+    s = np.concatenate([a for a, _ in folds])
+    return s[s >= 0]
+
+
+def ifmap_stream(m: Mapping, addr: IfmapAddresses) -> np.ndarray:
+    """Ifmap words in SCALE-Sim's request order (entries outside the input dropped)."""
+    return _stream(ifmap_folds(m, addr))
+
+
+def filter_stream(m: Mapping) -> np.ndarray:
+    """Filter words (address n*K + k) in SCALE-Sim's request order."""
+    return _stream(filter_folds(m))
 
 
 def window_misses(stream: np.ndarray, n_addr: int, size_words: int) -> int:
