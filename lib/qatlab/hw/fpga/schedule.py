@@ -203,6 +203,7 @@ def compute_schedule(
     pushes: list[list[np.ndarray]] = [[] for _ in range(n)]
     pops: list[list[np.ndarray]] = [[] for _ in range(n)]
     prev_rel: list[np.ndarray | None] = [None] * n
+    prev_carry: list[int | None] = [None] * n
     stable_run = 0
     latency = 0
     first_w: list[int] = []
@@ -229,10 +230,12 @@ def compute_schedule(
             if st.unit != "source":
                 pops[s_idx].append(t_r)
             pushes[s_idx].append(t_w)
+            # A stage repeats when its writes and its last iteration (the state the next
+            # frame starts from) are the previous frame's shifted by P.
             rel = t_w - f * period
-            if prev_rel[s_idx] is None or not np.array_equal(prev_rel[s_idx], rel):
+            if prev_carry[s_idx] != last - f * period or prev_rel[s_idx] is None or not np.array_equal(prev_rel[s_idx], rel):
                 same = False
-            prev_rel[s_idx] = rel
+            prev_rel[s_idx], prev_carry[s_idx] = rel, last - f * period
             t_w_prev = t_w
             if f == 0:
                 first_w.append(int(t_w[0]) if t_w.size else 0)
