@@ -106,3 +106,15 @@ def test_help_does_not_import_numpy():
     code = "import sys; from workbook.cli import build_parser; build_parser(); print('numpy' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_gemm_topology(capsys, tmp_path):
+    t = tmp_path / "g.csv"
+    t.write_text("Layer, M, N, K,\nfc1, 4, 32, 64,\nfc2, 4, 10, 32,\n")
+    f = tmp_path / "f.json"
+    f.write_text(json.dumps({"fc1": {"PE": 8, "SIMD": 16}, "fc2": {"PE": 5, "SIMD": 8}}))
+    rc, out, _ = _run(capsys, "--topology", str(t), "--device", "ZCU104", "--folding", str(f), "--format", "json")
+    d = json.loads(out)
+    # fc1: (32/8)*(64/16)*4 = 64 cycles; fc2: (10/5)*(32/8)*4 = 32; no sliding windows
+    assert [(r["cycles"], r["swu_cycles"]) for r in d["layers"]] == [(64, 0), (32, 0)]
+    assert d["totals"]["ii_cycles"] == 64 and d["totals"]["latency_cycles"] > 64
