@@ -10,10 +10,12 @@ Python API::
     simulate_intmodel(int_model, cfg)                  # a converted IntModel (qatlab.intmodel)
 
 Modules: :mod:`.config` (the ``.cfg`` reader), :mod:`.dataflow` (folding, closed-form
-compute counts), :mod:`.memory` (SRAM/DRAM models), :mod:`.energy` (cited energy
-table, node scaling), :mod:`.simulate` (records and totals), :mod:`.stepped` (the
-cycle-stepped functional model that checks the closed form), :mod:`.scalesim_reports`
-(reads SCALE-Sim's own report files for comparison).
+compute counts), :mod:`.memory` (SRAM/DRAM closed forms and the write-buffer replay),
+:mod:`.trace` and :mod:`.user_replay` (exact replays of SCALE-Sim's read buffers, for
+``dram_model="exact"``), :mod:`.energy` (cited energy table, node scaling),
+:mod:`.simulate` (records and totals), :mod:`.stepped` (the cycle-stepped functional
+model that checks the closed form), :mod:`.scalesim_reports` (reads SCALE-Sim's own
+report files for comparison).
 """
 from qatlab.hw.asic.config import ArrayConfig, ConfigError
 from qatlab.hw.asic.dataflow import Mapping

@@ -22,15 +22,18 @@ drains, not the number of writes. It reproduces two quirks of SCALE-Sim's code:
 de-duplicates requests through a window of sets of ``floor(S/100)`` words that is
 emptied every ``S/2`` misses. While an operand's distinct words (``U``) number fewer
 than ``S/2`` no window is ever emptied and the count is exactly ``U``; the same holds
-when every word is requested once. Otherwise we estimate with a tiling-reuse model
-(:func:`calc_dram_reads`) and flag the figure as an estimate. The first-prefetch
-cycle, which enters "Total Cycles (incl. prefetch)", depends only on ``U`` and is
-exact.
+when every word is requested once. Otherwise the closed form estimates with a
+tiling-reuse model (:func:`calc_dram_reads`) and the record says so
+(``scalesim_exact`` false); ``dram_model="exact"`` replays the window on the address
+streams instead (:mod:`qatlab.hw.asic.trace`). The first-prefetch cycle, which
+enters "Total Cycles (incl. prefetch)", depends only on ``U`` and is always exact.
 
 **USER-mode read buffers.** SCALE-Sim fetches the operand's prefetch matrix in lines of
 the bank bandwidth. When all its lines fit the active half, every request hits: no
-stall, and the DRAM count is the first fill (exact). Otherwise we estimate both with
-a bandwidth roofline (:func:`user_read_estimate`), flagged as an estimate.
+stall, and the DRAM count is the first fill (exact). Otherwise the closed form
+estimates DRAM words and stalls with a bandwidth roofline (:func:`user_read_estimate`);
+``dram_model="exact"`` replays SCALE-Sim's buffers row by row
+(:mod:`qatlab.hw.asic.user_replay`), stall-arithmetic defects included.
 """
 from __future__ import annotations
 
