@@ -67,8 +67,9 @@ def _fq_codes(q, im, x):
 @pytest.mark.parametrize("bits, ste", [(8, "clipped"), (4, "lsq"), (4, "pact"), (2, "lsq")])
 @pytest.mark.parametrize("rounding", ["float", "fixed"])
 def test_each_int_op_matches_the_fake_quant_op(bits, ste, rounding):
-    """Fed the fake-quant model's own inputs, each integer op lands on the same code,
-    or one step away where bias rounding onto s_x·s_w crosses a rounding boundary.
+    """Fed the fake-quant model's own inputs, each integer op lands on the same code
+    (the eval-mode fake-quant bias sits on the same s_x·s_w grid), or one step away
+    where float accumulation order moves an exact tie (average pooling's sum/count).
     gemmlowp's fixed point rounds twice (high multiply, then the shift): with small
     right shifts (M near 1, as at 2 bits) that moves many ties, so it gets a looser
     bound; its bit-exactness is tested against plain integers in tests/quant."""
@@ -80,7 +81,7 @@ def test_each_int_op_matches_the_fake_quant_op(bits, ste, rounding):
         got = run_op(op, codes, qs, rounding)
         d = (got - codes[op.output]).abs()
         assert int(d.max()) <= 1, op.name
-        assert float((d > 0).float().mean()) < (0.1 if rounding == "float" else 0.45), op.name
+        assert float((d > 0).float().mean()) < (0.02 if rounding == "float" else 0.45), op.name
 
 
 def test_int_model_predictions_track_fake_quant():

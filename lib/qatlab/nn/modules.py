@@ -28,6 +28,26 @@ class QuantAct(nn.Module):
 class _QuantCompute(nn.Module):
     relu: bool
 
+    def set_input_quantizer(self, fq: FakeQuant) -> None:
+        # A plain reference, not a submodule: the quantizer belongs to the upstream layer.
+        object.__setattr__(self, "_input_fq", fq)
+
+    def _bias_on_grid(self, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Eval mode: round the bias onto the accumulator grid s_x·s_w (float64, as
+        ``convert`` does), so the fake-quant model computes what the integer model does."""
+        fq = getattr(self, "_input_fq", None)
+        if self.training or fq is None or not fq.enabled or not self.weight_fq.enabled:
+            return b
+        try:
+            s_x = fq.qparams().scale.double()
+            s_w = self.weight_fq.qparams(tuple(w.shape)).scale.double()
+        except RuntimeError:  # nothing observed yet (calibration's first batch)
+            return b
+        if s_x.numel() != 1 or s_w.numel() not in (1, b.numel()):
+            return b  # no single accumulator grid per output channel (group/element weights)
+        acc = (s_x * s_w).to(b.device)
+        return (torch.round(b.double() / acc) * acc).to(b.dtype)
+
     def _out(self, y: torch.Tensor) -> torch.Tensor:
         if self.relu:
             y = F.relu(y)
@@ -84,7 +104,8 @@ class QuantConv2d(_QuantCompute):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bn is None or self.bn_frozen or not self.training:
             w, b = self.folded()
-            return self._out(self._conv(x, self.weight_fq(w), b))
+            wq = self.weight_fq(w)
+            return self._out(self._conv(x, wq, self._bias_on_grid(b, w)))
         bn = self.bn
         std = torch.sqrt(bn.running_var + bn.eps)
         gamma = bn.weight if bn.weight is not None else torch.ones_like(std)
@@ -113,7 +134,8 @@ class QuantLinear(_QuantCompute):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.folded()
-        return self._out(F.linear(x, self.weight_fq(w), b))
+        wq = self.weight_fq(w)
+        return self._out(F.linear(x, wq, self._bias_on_grid(b, w)))
 
 
 class QuantAdd(_QuantCompute):

@@ -166,12 +166,37 @@ def prepare_qat(
             _override_bits(q.weight_fq, first_last_bits)
         _override_bits(compute[-1][1].act_fq, first_last_bits)
 
+    _link_input_quantizers(gm)
     graph.lint()
     gm.recompile()
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     gm.recompile()
     return gm
+
+
+def _link_input_quantizers(gm: fx.GraphModule) -> None:
+    """Tell each conv/linear which quantizer produced its input, through grid-preserving
+    ops (pooling, ReLU, flatten), so that in eval mode its bias can sit on the
+    accumulator grid ``s_x·s_w`` exactly as the integer model's int32 bias does."""
+    modules = dict(gm.named_modules())
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[str(node.target)], (QuantConv2d, QuantLinear)):
+            continue
+        src = node.args[0]
+        while isinstance(src, fx.Node):
+            mod = modules.get(str(src.target)) if src.op == "call_module" else None
+            if mod is not None and hasattr(mod, "act_fq"):
+                modules[str(node.target)].set_input_quantizer(mod.act_fq)
+                break
+            passthrough = (
+                (mod is not None and isinstance(mod, PASS_MODULES))
+                or (src.op == "call_function" and src.target in PASS_FUNCTIONS)
+                or (src.op == "call_method" and src.target in PASS_METHODS)
+            )
+            if not passthrough or not src.args:
+                break
+            src = src.args[0]
 
 
 def _override_bits(fq: FakeQuant, bits: int) -> None:
