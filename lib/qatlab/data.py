@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import http.client
 import os
 import tempfile
 import urllib.error
@@ -185,9 +186,10 @@ def download_file(url: str, dest: Path, check: FileCheck, *, timeout: float = DO
             raise DatasetError(
                 f"downloading {dest.name} from {url} failed: HTTP {exc.code} {exc.reason}. {_FIX_HINT}"
             ) from exc
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            # URLError: refused/unresolvable; OSError: timeouts, resets,
-            # http.client.IncompleteRead; ValueError: a malformed URL.
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
+            # URLError: refused/unresolvable; OSError: timeouts, resets;
+            # HTTPException: a broken response (IncompleteRead on a chunked body, bad
+            # status line); ValueError: a malformed URL.
             reason = getattr(exc, "reason", exc)
             raise DatasetError(
                 f"downloading {dest.name} from {url} failed: {reason}. {_FIX_HINT}"
