@@ -1,0 +1,137 @@
+"""Hardware study: the trained integer models on the ASIC and FPGA simulators, the GPU
+(measured only where a GPU and the CUDA kernels exist), and accuracy vs cost."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+def trials_with_models(run_dir: str | Path, df: pd.DataFrame) -> list[tuple[dict[str, Any], Path]]:
+    """(record, intmodel path) for every ok quantized trial whose IntModel was saved."""
+    out = []
+    for rec in df[(df.status == "ok") & (df.method != "fp32")].to_dict("records"):
+        p = Path(run_dir) / "trials" / str(rec["trial_id"]) / "intmodel.pt"
+        if p.exists():
+            out.append((rec, p))
+    return out
+
+
+def asic(int_model: Any, rows: int = 32, cols: int = 32, dataflow: str = "ws", pack: bool = True) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Per-layer records and totals of the systolic-array simulator."""
+    from qatlab.hw.asic import ArrayConfig, simulate_intmodel
+
+    # pack=0: as many sub-8-bit MACs per cell as the operand widths allow.
+    cfg = ArrayConfig(rows=rows, cols=cols, dataflow=dataflow, pack=0 if pack else 1)
+    rep = simulate_intmodel(int_model, cfg)
+    return pd.DataFrame([r.as_dict() for r in rep.layers]), dict(rep.totals)
+
+
+def fpga(int_model: Any, device: str = "ZCU104") -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Per-layer folding, cycles and resources of the fastest design that fits."""
+    from qatlab.hw import fpga as f
+    from qatlab.hw.workload import from_intmodel
+
+    rep = f.analyze(from_intmodel(int_model), device, params=f.params_from_intmodel(int_model))
+    d = rep.to_dict()
+    return pd.DataFrame(d["layers"]), d["totals"]
+
+
+def gpu_status() -> str:
+    """Why the GPU column is (not) measured."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "not measured: no CUDA GPU on this machine"
+    try:
+        import qatlab.kernels  # noqa: F401
+    except ImportError:
+        return "not measured: the CUDA int8 kernels (qatlab.kernels) are not built yet"
+    return "measured"
+
+
+def cost_table(run_dir: str | Path, df: pd.DataFrame, device: str = "ZCU104", array: int = 32) -> pd.DataFrame:
+    """One row per quantized trial: accuracy beside ASIC energy/latency and FPGA fps."""
+    from qatlab.intmodel import IntModel
+
+    rows = []
+    for rec, path in trials_with_models(run_dir, df):
+        im = IntModel.load(path)
+        row = {k: rec.get(k) for k in ("trial_id", "method", "ste", "w_bits", "a_bits", "granularity", "test_acc", "int_acc")}
+        try:
+            _, t = asic(im, array, array)
+            row.update(asic_energy_uj=t.get("energy_pj", float("nan")) / 1e6, asic_latency_us=1e6 * t.get("latency_s", float("nan")), asic_cycles=t.get("total_cycles"))
+        except Exception as e:  # a report shows the reason instead of dying
+            row.update(asic_error=f"{type(e).__name__}: {e}")
+        try:
+            _, ft = fpga(im, device)
+            row.update(fpga_fps=ft.get("fps"), fpga_fits=ft.get("fits"), fpga_lut=ft.get("lut"))
+        except Exception as e:
+            row.update(fpga_error=f"{type(e).__name__}: {e}")
+        row["gpu"] = gpu_status()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_pareto(costs: pd.DataFrame, x: str = "asic_energy_uj"):  # noqa: ANN201
+    """Accuracy vs cost; the Pareto front (no other point both cheaper and more accurate) joined."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    if costs.empty or x not in costs:
+        ax.text(0.5, 0.5, "no quantized trials with integer models", ha="center", transform=ax.transAxes)
+        return fig
+    d = costs.dropna(subset=[x, "test_acc"]).sort_values(x)
+    for _, r in d.iterrows():
+        ax.scatter(r[x], 100 * r.test_acc, color="C0")
+        ax.annotate(f"{r.method} W{r.w_bits}A{r.a_bits} {r.ste}", (r[x], 100 * r.test_acc), fontsize=7)
+    front, best = [], -1.0
+    for _, r in d.iterrows():
+        if r.test_acc > best:
+            front.append(r)
+            best = r.test_acc
+    if front:
+        f = pd.DataFrame(front)
+        ax.plot(f[x], 100 * f.test_acc, color="C1", lw=1, label="Pareto front")
+        ax.legend(fontsize=7)
+    ax.set_xlabel(x)
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def best_model(run_dir: str | Path, df: pd.DataFrame) -> tuple[dict[str, Any], Any] | None:
+    """(record, IntModel) of the most accurate quantized trial with a saved integer model."""
+    from qatlab.intmodel import IntModel
+
+    found = trials_with_models(run_dir, df)
+    if not found:
+        return None
+    rec, path = max(found, key=lambda rp: rp[0]["test_acc"])
+    return rec, IntModel.load(path)
+
+
+def onnx_comparison(run_dir: str | Path, df: pd.DataFrame, limit_test: int | None = None) -> pd.DataFrame:
+    """Fake-quant, IntModel and ONNX Runtime accuracy side by side, per quantized trial."""
+    try:
+        from qatlab.export import compare_onnx
+    except ImportError:
+        return pd.DataFrame({"ONNX Runtime": ["not available yet: the ONNX export (qatlab.export) is not built"]})
+    from qatlab.data import load_dataset
+    from qatlab.train import load_checkpoint
+
+    rows = []
+    for rec, path in trials_with_models(run_dir, df):
+        ck = path.with_name("model.pt")
+        row = {k: rec.get(k) for k in ("trial_id", "method", "ste", "w_bits", "a_bits")}
+        try:
+            model, cfg, _ = load_checkpoint(ck)
+            x, y = load_dataset(cfg.dataset, limit_test=limit_test, seed=cfg.seed).test.tensors
+            c = compare_onnx(model, x, y)
+            row.update({k: v for k, v in c.as_dict().items() if not isinstance(v, (list, dict))} if hasattr(c, "as_dict") else vars(c))
+        except Exception as e:  # one trial's export problem is a row, not a dead report
+            row["error"] = f"{type(e).__name__}: {e}"
+        rows.append(row)
+    return pd.DataFrame(rows)
