@@ -60,13 +60,24 @@ def test_user_errors_exit_2(capsys, swap, words):
         assert w in err
 
 
-def test_bad_topology_row_names_line(capsys, tmp_path):
+@pytest.mark.parametrize(
+    "row, words",
+    [
+        ("c, 8, 8, 3, 3, 0, 4, 1,", ["Channels", "positive"]),
+        ("c, 8, -8, 3, 3, 2, 4, 1,", ["IFMAP Width", "positive"]),
+        ("c, 4, 4, 5, 5, 2, 4, 1,", ["filter 5x5", "larger"]),
+    ],
+)
+def test_bad_topology_row_names_file_line_field(capsys, tmp_path, row, words):
     t = tmp_path / "bad.csv"
-    t.write_text("Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,\nc, 8, 8, 3, 3, 0, 4, 1,\n")
+    t.write_text("Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,\n" + row + "\n")
     args = list(ARGS)
     args[args.index("--topology") + 1] = str(t)
     assert main(args) == 2
-    assert f"{t}:2" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{t}:2" in err
+    for w in words:
+        assert w in err
 
 
 def test_help_lists_options(capsys):
