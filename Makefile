@@ -11,7 +11,7 @@ PIPQ := grep -v 'is ignored: it is neither a file nor a directory' || true
 TORCH_CPU := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup data run test lab bench clean help
+.PHONY: setup data browser run test lab bench clean help
 help:
 	@echo "make run   - set up (.venv, deps, data) and run the main job"
 	@echo "make test  - set up and run the whole test suite"
@@ -20,11 +20,13 @@ help:
 
 setup: $(STAMP) data
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@# torch's CPU wheel first: a bare 'torch' requirement would pull a multi-GB CUDA build.
 	@$(PY) -c 'import torch' 2>/dev/null || { $(PY) -m pip install -q $(TORCH_CPU) 2>&1 | $(PIPQ); }
 	@$(PY) -m pip install -q -e '.[test]' 2>&1 | $(PIPQ)
+	@# The project's kernel, inside the venv: papermill and JupyterLab both run notebooks on it.
+	@$(PY) -m ipykernel install --sys-prefix --name qatlab --display-name "qatlab (.venv)" >/dev/null
 	@$(PY) -c 'import torch, qatlab, workbook' && touch $(STAMP)
 
 # Fashion-MNIST from Debian where apt is available; otherwise the loader uses
@@ -36,14 +38,21 @@ data:
 	    || echo "warning: apt could not install dataset-fashion-mnist; the loader will download it"; \
 	fi
 
+# Headless Chromium for the report rendering test (skipped with a reason where absent).
+browser:
+	@if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian package chromium (for the HTML report test)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	    || echo "warning: apt could not install chromium; the browser test will skip"; \
+	fi
+
 run: setup
 	$(VENV)/bin/workbook run $(ARGS)
 
-test: setup
+test: setup browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lab: setup
-	$(PY) -m ipykernel install --user --name qatlab --display-name "qatlab (.venv)"
 	$(VENV)/bin/jupyter lab notebooks/
 
 bench: setup

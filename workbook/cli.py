@@ -10,22 +10,12 @@ class CommandError(Exception):
     """A user-facing failure: printed without a traceback, exit status 2."""
 
 
-def _not_built(what: str, issue: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        raise CommandError(f"'{what}' is not built yet ({issue}); see README.md for what exists")
-
-    return run
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="workbook", description="qatlab experiment workbench")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the main job: sweep, notebooks, HTML reports")
-    run.add_argument("--spec", default="quick", help="spec name or YAML file (default: quick)")
-    run.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
-    run.add_argument("--out", default=None, help="output directory")
-    run.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE")
+    run = sub.add_parser("run", help="the main job: sweep, notebooks, HTML reports")
+    _module("workbook.main_job").add_arguments(run)
     run.set_defaults(fn=_cmd("workbook.main_job", "run"))
 
     bench = sub.add_parser("bench", help="run a benchmark and print its figures")
@@ -37,9 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     _module("workbook.sweep").add_arguments(sweep)
     sweep.set_defaults(fn=_cmd("workbook.sweep", "run"))
 
-    report = sub.add_parser("report", help="(re)build HTML reports and the index")
-    report.add_argument("run_dirs", nargs="*")
-    report.set_defaults(fn=_not_built("workbook report", "issue 5"))
+    report = sub.add_parser("report", help="(re)build HTML reports and the index without re-running")
+    _module("workbook.report").add_arguments(report)
+    report.set_defaults(fn=_cmd("workbook.report", "run"))
 
     sim = sub.add_parser("sim", help="hardware simulators (asic: systolic array, fpga: dataflow)")
     sim_sub = sim.add_subparsers(dest="target", required=True, metavar="TARGET")

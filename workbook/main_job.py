@@ -1,86 +1,146 @@
-"""``workbook run``: the main job.
+"""``workbook run``: the main job — the sweep on Ray, then every notebook, then HTML and the index.
 
-Today it trains the profile's FP32 / PTQ / QAT trio of the default CNN (plus any
-``-p`` overrides), converts each quantized model to its integer model and checks
-it, writes ``<out>/results.json`` and prints the comparison. The Ray sweep
-(issue 4) and the papermill notebooks with HTML reports (issue 5) replace this
-sequential loop when they land.
+    reports/<run-id>/sweep/            the sweep's results (results.parquet, trials/…)
+    reports/<run-id>/<notebook>.ipynb  executed notebooks (papermill)
+    reports/<run-id>/<notebook>.html   self-contained HTML (nbconvert)
+    reports/<run-id>/run.json          manifest: spec, date, status, headline metrics
+    reports/index.html                 every run
+
+``-p KEY=VALUE``: a TrainConfig field overrides the spec's ``train`` defaults for every
+trial (``-p epochs=1``); a notebook parameter goes to the notebooks that declare it
+(``-p fpga_device=PYNQ-Z1``). Anything else is an error listing the valid keys.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import os
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from qatlab.config import PROFILES, ConfigError, TrainConfig, profile
-
-TRIO = (
-    {"method": "fp32"},
-    {"method": "ptq", "w_bits": 8, "a_bits": 8, "ste": "clipped"},
-    {"method": "qat", "w_bits": 8, "a_bits": 8, "ste": "lsq"},
-    {"method": "qat", "w_bits": 4, "a_bits": 4, "ste": "lsq"},
-)
+DEFAULT_SPEC = "quick"
 
 
-def parse_params(pairs: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs (values parsed as YAML scalars) checked against TrainConfig's fields."""
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spec", default=DEFAULT_SPEC, help=f"spec name (workbook/specs/NAME.yaml) or YAML file (default: {DEFAULT_SPEC})")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--out", default=None, help="run folder (default: reports/<date>-<spec>)")
+    p.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE", help="trial or notebook parameter")
+    p.add_argument("--no-input", action="store_true", help="hide code in the HTML (for readers who do not program)")
+    p.add_argument("--max-concurrent", type=int, default=None, metavar="N", help="at most N trials at once")
+
+
+def notebook_parameters() -> dict[str, dict[str, Any]]:
+    """Each notebook's declared parameters (from its ``parameters`` cell)."""
+    import papermill as pm
+
+    from workbook.notebooks import NOTEBOOKS, notebook_dir
+
+    return {n: {k: v.get("default") for k, v in pm.inspect_notebook(str(notebook_dir() / f"{n}.ipynb")).items()} for n in NOTEBOOKS}
+
+
+def parse_params(pairs: list[str], nb_params: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split ``KEY=VALUE`` pairs (values as YAML scalars) into (train overrides, notebook parameters)."""
+    import yaml
+
+    from qatlab.config import TrainConfig
     from workbook.cli import CommandError
 
-    valid = sorted(TrainConfig.__dataclass_fields__)
-    out: dict[str, Any] = {}
-    for p in pairs:
-        key, sep, value = p.partition("=")
+    train_keys = set(TrainConfig.__dataclass_fields__)
+    nb_keys = {k for d in nb_params.values() for k in d} - {"run_dir"}
+    train: dict[str, Any] = {}
+    nbs: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise CommandError(f"-p {p!r}: expected KEY=VALUE")
-        if key not in valid:
-            raise CommandError(f"-p {key}: unknown parameter; valid keys: {', '.join(valid)}")
-        out[key] = yaml.safe_load(value)
-    return out
+            raise CommandError(f"-p {pair!r}: expected KEY=VALUE")
+        if key in train_keys:
+            train[key] = yaml.safe_load(value)
+        elif key in nb_keys:
+            nbs[key] = yaml.safe_load(value)
+        else:
+            raise CommandError(
+                f"-p {key}: unknown parameter; trial keys: {', '.join(sorted(train_keys))}; notebook keys: {', '.join(sorted(nb_keys))}"
+            )
+    return train, nbs
+
+
+def load_run_spec(name: str, train_overrides: dict[str, Any]):  # noqa: ANN201 - a workbook.spec.Spec
+    import yaml
+
+    from workbook.cli import CommandError
+    from workbook.spec import SpecError, load_spec, resolve_spec_path, spec_from_dict
+
+    try:
+        if not train_overrides:
+            return load_spec(name)
+        path = resolve_spec_path(name)
+        load_spec(path)  # full validation, with file/line messages, before merging
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data["train"] = {**(data.get("train") or {}), **train_overrides}
+        return spec_from_dict(data, f"{path} with -p overrides")
+    except SpecError as e:
+        raise CommandError(str(e)) from None
 
 
 def run(args: argparse.Namespace) -> int:
-    from workbook.cli import CommandError
+    from workbook.notebooks import run_notebooks
+    from workbook.report import MANIFEST, build_index, headline, write_json
+    from workbook.sweep import connect, run_sweep
 
-    if args.spec not in PROFILES:
-        raise CommandError(f"--spec {args.spec!r}: unknown; available: {', '.join(PROFILES)} (YAML specs arrive with the sweep runner)")
-    if args.address:
-        raise CommandError("--address needs the Ray sweep runner (issue 4), which is not built yet")
-    params = parse_params(args.params)
-    run_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{args.spec}"
-    out = Path(args.out or Path("reports") / run_id)
+    t0 = time.perf_counter()
+    nb_defaults = notebook_parameters()
+    train_over, nb_over = parse_params(args.params, nb_defaults)
+    spec = load_run_spec(args.spec, train_over)
+    date = dt.datetime.now()
+    out = Path(args.out) if args.out else Path("reports") / f"{date:%Y%m%d-%H%M%S}-{spec.name}"
     out.mkdir(parents=True, exist_ok=True)
+    sweep_dir = (out / "sweep").resolve()
+    manifest: dict[str, Any] = {
+        "run_id": out.name, "date": date.isoformat(timespec="seconds"), "spec": spec.name,
+        "spec_source": str(spec.source), "params": args.params, "status": "running", "notebooks": [],
+    }  # fmt: skip
+    write_json(out / MANIFEST, manifest)
+
+    print(f"[1/2] sweep {spec.name}: {len(spec.trials)} trials -> {sweep_dir}", file=sys.stderr, flush=True)
+    started_local, connected = connect(args.address)
     try:
-        configs = [profile(args.spec, **{**t, **params}) for t in TRIO]
-    except ConfigError as e:
-        raise CommandError(str(e)) from None
+        summary = run_sweep(spec, sweep_dir, max_concurrent=args.max_concurrent, cpu_fallback=started_local)
+    finally:
+        if connected:
+            import ray
 
-    from qatlab.train import run_trial
+            ray.shutdown()
+    t_sweep = time.perf_counter() - t0
 
-    records = []
-    for cfg in configs:
-        label = f"{cfg.method} W{cfg.w_bits}A{cfg.a_bits} {cfg.ste}" if cfg.method != "fp32" else "fp32"
-        print(f"[{len(records) + 1}/{len(configs)}] {label} ...", flush=True)
-        r = run_trial(cfg, out_dir=out / cfg.trial_id)
-        records.append(r)
-        _write_json(out / "results.json", records)
-        if r["status"] != "ok":
-            print(r["error"])
-    print()
-    print(f"{'method':6} {'W':>2} {'A':>2} {'ste':8} {'status':6} {'fp32':>6} {'test':>6} {'int':>6} {'agree':>6} {'sec':>6}")
-    for r in records:
-        f = lambda k: f"{100 * r[k]:6.2f}" if isinstance(r.get(k), float) else "     -"  # noqa: E731
-        print(f"{r['method']:6} {r['w_bits']:>2} {r['a_bits']:>2} {r['ste']:8} {r['status']:6} {f('fp32_acc')} {f('test_acc')} {f('int_acc')} {f('int_agreement')} {r['train_s']:6.1f}")
-    print(f"\nwrote {out / 'results.json'} (checkpoints and integer models beside it)")
-    print("coming next: Ray sweeps (workbook sweep), notebooks and HTML reports, hardware simulators, CUDA kernels")
-    return 0 if all(r["status"] == "ok" for r in records) else 1
+    print("[2/2] notebooks", file=sys.stderr, flush=True)
+    first = spec.trials[0].config if spec.trials else {}
+    params: dict[str, dict[str, Any]] = {}
+    for name, declared in nb_defaults.items():
+        p = {k: v for k, v in nb_over.items() if k in declared}
+        if "run_dir" in declared:
+            p["run_dir"] = str(sweep_dir)
+        for k in ("dataset", "model"):
+            if k in declared and k in first and k not in p:
+                p[k] = first[k]
+        params[name] = p
+    results = run_notebooks(out, params, no_input=args.no_input)
+    t_nb = time.perf_counter() - t0 - t_sweep
 
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+    failed_nb = [r for r in results if r.status != "ok"]
+    manifest.update(
+        status="ok" if summary.exit_code == 0 and not failed_nb else "failed",
+        sweep={"ok": summary.ok, "failed": summary.failed, "ran": summary.ran, "failed_ids": summary.failed_ids},
+        headline=headline(sweep_dir),
+        notebooks=[{"name": r.name, "status": r.status, "html": str(r.html) if r.html else None, "error": r.error, "seconds": r.seconds} for r in results],
+        timing_s={"sweep": round(t_sweep, 1), "notebooks": round(t_nb, 1)},
+    )
+    write_json(out / MANIFEST, manifest)
+    index = build_index(out.parent)
+    for r in results:
+        flag = "ok    " if r.status == "ok" else "FAILED"
+        print(f"  {flag} {r.html or r.ipynb}" + (f"  ({r.error.splitlines()[0]})" if r.error else ""))
+    print(f"sweep: {summary.ok} ok, {summary.failed} failed ({t_sweep:.0f} s); notebooks {t_nb:.0f} s")
+    print(f"index: {index}")
+    return 0 if manifest["status"] == "ok" else 1
