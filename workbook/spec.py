@@ -1,0 +1,515 @@
+"""Experiment specs: YAML → validated, expanded trials.
+
+A spec describes a sweep once (format in DESIGN.md)::
+
+    name: w-a-bits
+    dataset: fashion-mnist
+    model: lenet
+    train: {epochs: 2, limit_train: 12000}        # defaults for every trial
+    grid: {method: [ptq, qat], w_bits: [8, 4]}     # cartesian product
+    include: [{method: qat, bits: 2, ste: lsq}]    # extra trials
+    resources: {num_cpus: 1, num_gpus: 0.25}
+
+Two kinds of mistakes are told apart:
+
+* Structural ones — unknown keys, wrong types, empty grid lists, unknown model or
+  dataset, bad resources, YAML syntax — make the whole spec unusable: ``load_spec``
+  raises :class:`SpecError` with one line naming the file and the key, before
+  anything runs.
+* An impossible *value* in one trial (``w_bits: 1``) only spoils that trial: it is
+  kept as a :class:`Trial` with ``error`` set (naming the field and where it came
+  from), so a sweep can record it ``failed`` and still run the others. When no trial
+  at all is valid the spec is an error.
+
+Extensions over DESIGN.md's format (all optional): ``description``; ``bits: B`` as
+a shorthand for ``w_bits: B, a_bits: B`` (in ``train``, ``grid`` and ``include``);
+list values inside an ``include`` entry expand like a small grid; ``save_models``
+(default true); ``resources.memory``, ``resources.custom`` (Ray custom resources),
+``resources.max_retries`` (infrastructure retries) and ``resources.timeout_s``.
+
+Importing this module is cheap; validation imports qatlab (and thus torch) lazily.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+SPECS_DIR = Path(__file__).resolve().parent / "specs"
+
+TOP_KEYS = ("name", "description", "dataset", "model", "train", "grid", "include", "resources", "save_models")
+RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory", "custom", "max_retries", "timeout_s")
+# fp32 trials do not depend on these: their values are reset to TrainConfig's defaults
+# so that `method: [fp32, qat] × w_bits: [8, 4]` yields one fp32 trial, not two.
+FP32_IGNORED = (
+    "w_bits", "a_bits", "granularity", "estimator", "ste", "first_last_bits",
+    "calib_batches", "rounding", "qat_epochs", "qat_lr", "freeze_fraction",
+)  # fmt: skip
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class SpecError(ValueError):
+    """An unusable spec. The message is one line: ``FILE: KEY: problem``."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What each trial asks Ray for, and how Ray treats it."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0  # fractional shares a GPU between trials
+    memory: int | None = None  # bytes; Ray's logical memory resource
+    custom: Mapping[str, float] = field(default_factory=dict)  # e.g. {"trial_slot": 1}
+    max_retries: int = 3  # Ray re-runs a trial whose worker or node died this often
+    timeout_s: float | None = None  # a trial running longer is cancelled and failed
+
+    def ray_options(self, num_gpus: float | None = None) -> dict[str, Any]:
+        opts: dict[str, Any] = {
+            "num_cpus": self.num_cpus,
+            "num_gpus": self.num_gpus if num_gpus is None else num_gpus,
+            "max_retries": self.max_retries,
+            # run_trial never raises for a failing trial, so an exception that escapes
+            # is a bug in the runner: retrying it would only repeat it.
+            "retry_exceptions": False,
+        }
+        if self.memory is not None:
+            opts["memory"] = self.memory
+        if self.custom:
+            opts["resources"] = dict(self.custom)
+        return opts
+
+    def demand(self, num_gpus: float | None = None) -> dict[str, float]:
+        """Ray resource names → amount per trial (zero amounts left out)."""
+        d = {"CPU": self.num_cpus, "GPU": self.num_gpus if num_gpus is None else num_gpus, **self.custom}
+        if self.memory:
+            d["memory"] = float(self.memory)
+        return {k: float(v) for k, v in d.items() if v}
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One resolved trial: every TrainConfig field, its id, and where it came from."""
+
+    trial_id: str
+    config: Mapping[str, Any]
+    origin: str  # "grid" or "include[i]"
+    error: str | None = None  # a ConfigError message (naming the field) if the config is impossible
+    label: str = ""
+
+    @property
+    def valid(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    path: Path | None
+    description: str
+    defaults: Mapping[str, Any]  # TrainConfig defaults ← model/dataset ← train
+    grid: Mapping[str, tuple[Any, ...]]
+    include: tuple[Mapping[str, Any], ...]
+    resources: Resources
+    save_models: bool
+    trials: tuple[Trial, ...]
+    collapsed: int  # grid points/include entries that duplicated an earlier trial
+    text: str = ""  # the YAML as read, kept beside the results
+
+    @property
+    def valid_trials(self) -> tuple[Trial, ...]:
+        return tuple(t for t in self.trials if t.valid)
+
+    @property
+    def invalid_trials(self) -> tuple[Trial, ...]:
+        return tuple(t for t in self.trials if not t.valid)
+
+    @property
+    def source(self) -> str:
+        return str(self.path) if self.path else "<spec>"
+
+
+# ---- finding and reading spec files -------------------------------------------------
+
+
+def available_specs() -> list[str]:
+    return sorted(p.stem for p in SPECS_DIR.glob("*.yaml"))
+
+
+def resolve_spec_path(name_or_path: str | os.PathLike[str]) -> Path:
+    """An existing file as given, else a bundled spec ``workbook/specs/NAME.yaml``."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    s = str(name_or_path)
+    if "/" not in s and os.sep not in s:
+        bundled = SPECS_DIR / (s if s.endswith((".yaml", ".yml")) else f"{s}.yaml")
+        if bundled.is_file():
+            return bundled
+    if p.exists():
+        raise SpecError(f"{p}: not a file")
+    raise SpecError(f"{s}: no such spec file (bundled specs: {', '.join(available_specs()) or 'none'})")
+
+
+def load_spec(name_or_path: str | os.PathLike[str]) -> Spec:
+    """Read, validate and expand a spec file (or bundled spec name). Raises SpecError."""
+    import yaml
+
+    path = resolve_spec_path(name_or_path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"{path}: cannot read: {e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = " ".join(str(x) for x in (e.context, e.problem) if x)
+        raise SpecError(f"{where}: YAML syntax error: {problem}") from None
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: YAML error: {' '.join(str(e).split())}") from None
+    return parse_spec(data, path, text)
+
+
+# ---- validation ---------------------------------------------------------------------
+
+
+def _field_kinds() -> dict[str, str]:
+    """TrainConfig field → 'int' | 'int?' | 'float' | 'str' (from its annotations)."""
+    from qatlab.config import TrainConfig
+
+    kinds = {}
+    for f in dataclasses.fields(TrainConfig):
+        t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        t = t.replace(" ", "")
+        kinds[f.name] = {"int": "int", "float": "float", "str": "str"}.get(t, "int?" if t in ("int|None", "Optional[int]") else t)
+    return kinds
+
+
+def _check_value(kind: str, value: Any, where: str) -> Any:
+    """Type-check (and normalise) one trial value; raise SpecError naming ``where``."""
+    if kind == "int" or kind == "int?":
+        if value is None and kind == "int?":
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SpecError(f"{where}: expected an integer{' or null' if kind == 'int?' else ''}, got {value!r}")
+        return value
+    if kind == "float":
+        # YAML 1.1 (PyYAML) reads `1e-3` as a string: accept numeric strings. Ints
+        # become floats so `lr: 1` and `lr: 1.0` give the same trial id.
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise SpecError(f"{where}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise SpecError(f"{where}: expected a finite number, got {value!r}")
+        return float(value)
+    if kind == "str":
+        if not isinstance(value, str):
+            raise SpecError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise AssertionError(f"unhandled field kind {kind}")
+
+
+class _Checker:
+    def __init__(self, source: str) -> None:
+        from qatlab.data import DATASETS
+        from qatlab.models import MODELS
+
+        self.source = source
+        self.kinds = _field_kinds()
+        self.names = {"model": tuple(MODELS), "dataset": tuple(DATASETS)}
+
+    def err(self, key: str, msg: str) -> SpecError:
+        return SpecError(f"{self.source}: {key}: {msg}")
+
+    def mapping(self, value: Any, key: str) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise self.err(key, f"expected a mapping, got {type(value).__name__} {value!r}")
+        for k in value:
+            if not isinstance(k, str):
+                raise self.err(key, f"keys must be strings, got {k!r}")
+        return dict(value)
+
+    def trial_value(self, key: str, value: Any, where: str) -> Any:
+        """One value for trial key ``key`` (``bits`` included)."""
+        v = _check_value("int" if key == "bits" else self.kinds[key], value, f"{self.source}: {where}")
+        if key in self.names and v not in self.names[key]:
+            raise self.err(where, f"unknown {key} {v!r}; expected one of {', '.join(self.names[key])}")
+        return v
+
+    def trial_keys(self, d: Mapping[str, Any], where: str) -> None:
+        unknown = [k for k in d if k not in self.kinds and k != "bits"]
+        if unknown:
+            raise self.err(
+                f"{where}.{unknown[0]}" if where else unknown[0],
+                f"unknown trial key; valid keys: bits, {', '.join(sorted(self.kinds))}",
+            )
+        if "bits" in d:
+            both = [k for k in ("w_bits", "a_bits") if k in d]
+            if both:
+                raise self.err(f"{where}.bits", f"'bits' sets w_bits and a_bits; do not also give {' and '.join(both)} here")
+
+
+def _expand_bits(d: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in d.items() if k != "bits"}
+    if "bits" in d:
+        out["w_bits"] = out["a_bits"] = d["bits"]
+    return out
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _digest(config: Mapping[str, Any]) -> str:
+    # The same hash TrainConfig.trial_id takes, so ids of impossible configs live in
+    # the same space (and a config fixed later gets the id it would have had).
+    d = {k: v for k, v in config.items() if k != "device"}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def parse_spec(data: Any, path: str | os.PathLike[str] | None = None, text: str = "", source: str | None = None) -> Spec:
+    """Validate a spec already read from YAML (a mapping) and expand its trials.
+
+    ``source`` names the spec in error messages (default: its path).
+    """
+    from qatlab.config import ConfigError, TrainConfig
+
+    p = Path(path) if path is not None else None
+    c = _Checker(source or (str(p) if p else "<spec>"))
+    if not isinstance(data, Mapping):
+        got = "an empty file" if data is None else f"{type(data).__name__}"
+        raise SpecError(f"{c.source}: expected a mapping with at least 'name' and 'grid' or 'include', got {got}")
+    top = c.mapping(data, "spec")
+    unknown = [k for k in top if k not in TOP_KEYS]
+    if unknown:
+        raise c.err(unknown[0], f"unknown key; valid keys: {', '.join(TOP_KEYS)}")
+
+    name = top.get("name")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise c.err("name", f"required: a folder-safe name (letters, digits, '.', '_', '-'), got {name!r}")
+    description = top.get("description") or ""
+    if not isinstance(description, str):
+        raise c.err("description", f"expected a string, got {description!r}")
+    save_models = top.get("save_models", True)
+    if not isinstance(save_models, bool):
+        raise c.err("save_models", f"expected true or false, got {save_models!r}")
+
+    # Defaults: TrainConfig's, then the top-level model/dataset, then `train`.
+    defaults: dict[str, Any] = TrainConfig().to_dict()
+    provenance: dict[str, str] = {}
+    for key in ("model", "dataset"):
+        if key in top:
+            defaults[key] = c.trial_value(key, top[key], key)
+            provenance[key] = key
+    train = c.mapping(top.get("train"), "train")
+    c.trial_keys(train, "train")
+    for key in ("model", "dataset"):
+        if key in train and key in top:
+            raise c.err(f"train.{key}", f"{key} is also given at the top level; give it once")
+    for k, v in train.items():
+        train[k] = c.trial_value(k, v, f"train.{k}")
+    for k, v in _expand_bits(train).items():
+        defaults[k] = v
+        provenance[k] = f"train.{'bits' if 'bits' in train and k in ('w_bits', 'a_bits') else k}"
+
+    grid_raw = c.mapping(top.get("grid"), "grid")
+    c.trial_keys(grid_raw, "grid")
+    grid: dict[str, tuple[Any, ...]] = {}
+    for k, v in grid_raw.items():
+        values = _as_list(v)
+        if not values:
+            raise c.err(f"grid.{k}", "empty list: the cartesian product would have no trials")
+        grid[k] = tuple(c.trial_value(k, x, f"grid.{k}[{i}]" if isinstance(v, (list, tuple)) else f"grid.{k}") for i, x in enumerate(values))
+
+    include_raw = top.get("include")
+    if include_raw is None:
+        include_raw = []
+    if not isinstance(include_raw, list):
+        raise c.err("include", f"expected a list of mappings, got {type(include_raw).__name__}")
+    include: list[dict[str, Any]] = []
+    for i, entry in enumerate(include_raw):
+        e = c.mapping(entry, f"include[{i}]")
+        if entry is None:
+            raise c.err(f"include[{i}]", "expected a mapping of trial keys, got null")
+        c.trial_keys(e, f"include[{i}]")
+        for k, v in e.items():
+            values = _as_list(v)
+            if not values:
+                raise c.err(f"include[{i}].{k}", "empty list")
+            checked = [c.trial_value(k, x, f"include[{i}].{k}") for x in values]
+            e[k] = checked if isinstance(v, (list, tuple)) else checked[0]
+        include.append(e)
+    if not grid_raw and not include:
+        raise c.err("grid", "the spec defines no trials: give a non-empty 'grid' and/or 'include'")
+
+    resources = _parse_resources(c, top.get("resources"))
+
+    # ---- expansion ----
+    # The grid's defaults for an include entry: the first value of each grid list.
+    grid_first = {k: v[0] for k, v in grid.items()}
+    candidates: list[tuple[dict[str, Any], str, dict[str, str]]] = []
+    if grid:
+        keys = list(grid)
+        for combo in itertools.product(*(grid[k] for k in keys)):
+            point = dict(zip(keys, combo))
+            prov = dict(provenance)
+            for k in point:
+                for kk in (("w_bits", "a_bits") if k == "bits" else (k,)):
+                    prov[kk] = f"grid.{k}"
+            candidates.append(({**defaults, **_expand_bits(point)}, "grid", prov))
+    base = {**defaults, **_expand_bits(grid_first)}
+    base_prov = dict(provenance)
+    for k in grid_first:
+        for kk in (("w_bits", "a_bits") if k == "bits" else (k,)):
+            base_prov[kk] = f"grid.{k}"
+    for i, e in enumerate(include):
+        list_keys = [k for k, v in e.items() if isinstance(v, list)]
+        for combo in itertools.product(*(e[k] for k in list_keys)):
+            entry = {**e, **dict(zip(list_keys, combo))}
+            # An entry's w_bits/a_bits override a grid `bits` default and vice versa.
+            merged = {**base, **_expand_bits(entry)}
+            prov = dict(base_prov)
+            for k in entry:
+                for kk in (("w_bits", "a_bits") if k == "bits" else (k,)):
+                    prov[kk] = f"include[{i}].{k}"
+            candidates.append((merged, f"include[{i}]", prov))
+
+    trials: list[Trial] = []
+    seen: set[str] = set()
+    collapsed = 0
+    fresh = TrainConfig().to_dict()
+    for cfg, origin, prov in candidates:
+        if cfg.get("method") == "fp32":
+            cfg = {**cfg, **{k: fresh[k] for k in FP32_IGNORED}}
+        error = None
+        try:
+            tid = TrainConfig.from_dict(cfg).trial_id
+        except ConfigError as e:
+            msg = str(e)
+            fld = msg.split(" ", 1)[0]
+            where = prov.get(fld, fld if fld in cfg else "")
+            error = f"{msg} ({where + ' in ' if where else ''}{c.source})"
+            tid = _digest(cfg)
+        if tid in seen:
+            collapsed += 1
+            continue
+        seen.add(tid)
+        trials.append(Trial(trial_id=tid, config=cfg, origin=origin, error=error))
+    if not any(t.valid for t in trials):
+        first = trials[0].error if trials else "no trials"
+        raise SpecError(f"{c.source}: no valid trial: {first}")
+    trials = _with_labels(trials)
+    return Spec(
+        name=name,
+        path=p,
+        description=description,
+        defaults=defaults,
+        grid=grid,
+        include=tuple(include),
+        resources=resources,
+        save_models=save_models,
+        trials=tuple(trials),
+        collapsed=collapsed,
+        text=text,
+    )
+
+
+def _parse_resources(c: _Checker, raw: Any) -> Resources:
+    r = c.mapping(raw, "resources")
+    unknown = [k for k in r if k not in RESOURCE_KEYS]
+    if unknown:
+        raise c.err(f"resources.{unknown[0]}", f"unknown key; valid keys: {', '.join(RESOURCE_KEYS)}")
+
+    def number(key: str, default: float | None, minimum: float, allow_none: bool = False) -> float | None:
+        v = r.get(key, default)
+        if v is None and allow_none:
+            return None
+        v = _check_value("float", v, f"{c.source}: resources.{key}")
+        if v < minimum:
+            raise c.err(f"resources.{key}", f"must be >= {minimum:g}, got {v:g}")
+        return v
+
+    num_cpus = number("num_cpus", 1.0, 0.0)
+    num_gpus = number("num_gpus", 0.0, 0.0)
+    assert num_cpus is not None and num_gpus is not None
+    if num_gpus > 1 and not float(num_gpus).is_integer():
+        raise c.err("resources.num_gpus", f"a fraction must be below 1 (Ray shares one GPU); above 1 use a whole number, got {num_gpus:g}")
+    memory = r.get("memory")
+    if memory is not None:
+        memory = _check_value("int", memory, f"{c.source}: resources.memory")
+        if memory < 1:
+            raise c.err("resources.memory", f"bytes, must be >= 1, got {memory}")
+    custom_raw = c.mapping(r.get("custom"), "resources.custom")
+    custom: dict[str, float] = {}
+    for k, v in custom_raw.items():
+        if k in ("CPU", "GPU", "memory", "object_store_memory"):
+            raise c.err(f"resources.custom.{k}", "a built-in resource: use num_cpus / num_gpus / memory")
+        v = _check_value("float", v, f"{c.source}: resources.custom.{k}")
+        if v <= 0:
+            raise c.err(f"resources.custom.{k}", f"must be > 0, got {v:g}")
+        custom[k] = v
+    max_retries = r.get("max_retries", 3)
+    max_retries = _check_value("int", max_retries, f"{c.source}: resources.max_retries")
+    if max_retries < -1:
+        raise c.err("resources.max_retries", f"must be >= 0 (or -1: retry forever), got {max_retries}")
+    timeout_s = number("timeout_s", None, 0.0, allow_none=True)
+    if timeout_s is not None and timeout_s <= 0:
+        raise c.err("resources.timeout_s", f"must be > 0 or null, got {timeout_s:g}")
+    if num_cpus == 0 and num_gpus == 0 and not custom:
+        raise c.err("resources", "num_cpus, num_gpus and custom are all zero: Ray would run every trial at once")
+    return Resources(num_cpus=num_cpus, num_gpus=num_gpus, memory=memory, custom=custom, max_retries=max_retries, timeout_s=timeout_s)
+
+
+# ---- labels -------------------------------------------------------------------------
+
+_LABEL_KEYS = ("method", "w_bits", "a_bits", "ste", "granularity", "estimator", "seed")
+
+
+def trial_label(cfg: Mapping[str, Any], extra: Iterable[str] = ()) -> str:
+    """A short human name: ``qat W4A4 lsq channel seed=0`` (+ other keys that vary)."""
+    if cfg.get("method") == "fp32":
+        parts = ["fp32"]
+    else:
+        parts = [str(cfg.get("method")), f"W{cfg.get('w_bits')}A{cfg.get('a_bits')}", str(cfg.get("ste")), str(cfg.get("granularity"))]
+        if cfg.get("estimator") != "minmax":
+            parts.append(str(cfg.get("estimator")))
+    parts.append(f"seed={cfg.get('seed')}")
+    parts += [f"{k}={cfg.get(k)}" for k in extra]
+    return " ".join(parts)
+
+
+def _with_labels(trials: Sequence[Trial]) -> list[Trial]:
+    # Keys (beyond the usual ones) whose value differs between trials go in the label;
+    # fp32 trials' reset quantization keys do not count as differing.
+    def varying(group: Sequence[Trial], skip: Iterable[str]) -> list[str]:
+        keys = group[0].config if group else {}
+        return [
+            k for k in keys
+            if k not in _LABEL_KEYS and k != "device" and k not in skip
+            and len({json.dumps(t.config.get(k)) for t in group}) > 1
+        ]  # fmt: skip
+
+    quant = [t for t in trials if t.config.get("method") != "fp32"]
+    extra_q = varying(quant, ())
+    extra_f = varying(list(trials), FP32_IGNORED)
+    return [
+        dataclasses.replace(t, label=trial_label(t.config, extra_f if t.config.get("method") == "fp32" else extra_q))
+        for t in trials
+    ]
+
+
+def spec_from_dict(data: Mapping[str, Any], source: str = "<spec>") -> Spec:
+    """Build a Spec from a dict (benchmarks, notebooks); same validation as a file."""
+    return parse_spec(dict(data), None, "", source)
