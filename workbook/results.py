@@ -1,0 +1,282 @@
+"""A sweep's results on disk: one JSON per finished trial, a parquet table rebuilt from them.
+
+Layout of a sweep directory::
+
+    <out>/spec.yaml                  the spec as run (copied on every run)
+    <out>/sweep.json                 manifest: spec, trial ids and labels, last run's summary
+    <out>/results.parquet            one row per trial of the spec that has a result
+    <out>/trials/<trial_id>/result.json   the trial's record (status ok | failed)
+    <out>/trials/<trial_id>/trial.log     its log (stdout/stderr/logging of the trial)
+    <out>/trials/<trial_id>/model.pt, intmodel.pt   its checkpoints (if saved)
+
+Every file is written to a temporary name in the same folder and renamed over the
+target (``os.replace``), so a reader never sees half a file, and a killed sweep
+leaves only complete results behind. ``result.json`` is written last for a trial,
+after its log and checkpoints: its presence means the trial finished.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+# DESIGN.md's result columns, first and in this order; any other record field follows.
+REQUIRED_COLUMNS = (
+    "trial_id", "model", "dataset", "method", "w_bits", "a_bits", "granularity", "estimator",
+    "ste", "seed", "status", "test_acc", "fp32_acc", "epochs", "train_s", "error",
+)  # fmt: skip
+# Arrow types of those columns, so that an empty or all-null column is still typed.
+_COLUMN_TYPES = {
+    **{c: "string" for c in ("trial_id", "model", "dataset", "method", "granularity", "estimator", "ste", "status", "error")},
+    **{c: "int64" for c in ("w_bits", "a_bits", "seed", "epochs")},
+    **{c: "float64" for c in ("test_acc", "fp32_acc", "train_s")},
+}
+RESULT_FILE = "result.json"
+LOG_FILE = "trial.log"
+PARQUET_FILE = "results.parquet"
+LOCK_FILE = ".sweep.lock"
+
+
+def _umask() -> int:
+    # mkstemp creates 0600 files; results are ordinary files, so give them the mode
+    # open() would (0666 minus the umask). Reading the umask means setting it back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
+class SweepLockedError(RuntimeError):
+    """Another live sweep is writing into the same directory."""
+
+
+# ---- atomic writes ------------------------------------------------------------------
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON values: NaN/inf → null (strict JSON), tuples → lists, the rest via str."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        try:
+            return jsonable(obj.item())
+        except Exception:
+            pass
+    return str(obj)
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
+    write_text_atomic(path, json.dumps(jsonable(obj), indent=1, sort_keys=False, allow_nan=False) + "\n")
+
+
+# ---- the store ----------------------------------------------------------------------
+
+
+class ResultStore:
+    """Reads and writes one sweep directory (see the module docstring)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    @property
+    def trials_dir(self) -> Path:
+        return self.root / "trials"
+
+    @property
+    def parquet_path(self) -> Path:
+        return self.root / PARQUET_FILE
+
+    def trial_dir(self, trial_id: str) -> Path:
+        return self.trials_dir / trial_id
+
+    def result_path(self, trial_id: str) -> Path:
+        return self.trial_dir(trial_id) / RESULT_FILE
+
+    def log_path(self, trial_id: str) -> Path:
+        return self.trial_dir(trial_id) / LOG_FILE
+
+    def load(self, trial_id: str) -> dict[str, Any] | None:
+        """The trial's record, or None if it has none (or an unreadable one: rerun it)."""
+        p = self.result_path(trial_id)
+        try:
+            rec = json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return None
+        return rec if isinstance(rec, dict) and rec.get("trial_id") == trial_id else None
+
+    def status(self, trial_id: str) -> str | None:
+        rec = self.load(trial_id)
+        return None if rec is None else str(rec.get("status"))
+
+    def existing_ids(self) -> list[str]:
+        if not self.trials_dir.is_dir():
+            return []
+        return sorted(p.parent.name for p in self.trials_dir.glob(f"*/{RESULT_FILE}"))
+
+    def save(self, record: Mapping[str, Any], log: str | None = None, artifacts: Mapping[str, bytes] | None = None) -> Path:
+        """Write a finished trial: checkpoints and log first, the record last."""
+        tid = str(record["trial_id"])
+        d = self.trial_dir(tid)
+        d.mkdir(parents=True, exist_ok=True)
+        for name, data in (artifacts or {}).items():
+            if "/" in name or name.startswith(".") or name in (RESULT_FILE, LOG_FILE):
+                raise ValueError(f"artifact name {name!r} is not a plain file name")
+            write_bytes_atomic(d / name, data)
+        if log is not None:
+            write_text_atomic(d / LOG_FILE, log)
+        write_json_atomic(d / RESULT_FILE, record)
+        return d / RESULT_FILE
+
+    def records(self, trial_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Records of ``trial_ids`` (in that order, missing ones skipped), or all of them."""
+        ids = self.existing_ids() if trial_ids is None else trial_ids
+        return [r for r in (self.load(t) for t in ids) if r is not None]
+
+    def rebuild_parquet(self, trial_ids: Sequence[str] | None = None) -> Path:
+        """(Re)write results.parquet from the per-trial JSON files, atomically."""
+        write_bytes_atomic(self.parquet_path, records_to_parquet_bytes(self.records(trial_ids)))
+        return self.parquet_path
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the directory for one sweep; a lock left by a dead process is taken over."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / LOCK_FILE
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _read_lock(path)
+                if holder is not None and _alive(holder):
+                    raise SweepLockedError(
+                        f"{self.root}: another sweep (pid {holder.get('pid')} on {holder.get('host')}) is writing here; "
+                        f"wait for it, or remove {path} if that process is gone"
+                    ) from None
+                path.unlink(missing_ok=True)  # stale: its owner is dead
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            break
+        else:
+            raise SweepLockedError(f"{self.root}: could not take {path}")
+        try:
+            yield
+        finally:
+            if _read_lock(path) == me:
+                path.unlink(missing_ok=True)
+
+
+def _read_lock(path: Path) -> dict[str, Any] | None:
+    try:
+        d = json.loads(path.read_text())
+        return d if isinstance(d, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(holder: Mapping[str, Any]) -> bool:
+    if holder.get("host") != socket.gethostname():
+        return True  # cannot tell for another machine (shared filesystem): assume it lives
+    try:
+        os.kill(int(holder.get("pid", -1)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return True
+    return True
+
+
+# ---- the table ----------------------------------------------------------------------
+
+
+def columns(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """DESIGN.md's columns first (present even when no record has them), then the rest."""
+    cols: list[str] = list(REQUIRED_COLUMNS)
+    seen = set(cols)
+    for r in records:
+        for k in r:
+            if k not in seen:
+                seen.add(k)
+                cols.append(k)
+    return cols
+
+
+def records_to_parquet_bytes(records: Iterable[Mapping[str, Any]]) -> bytes:
+    """A parquet file of the records, one row each, built column by column.
+
+    Columns are built from the records directly (not through pandas) so an integer
+    column with nulls stays integer (``limit_train``), lists stay lists (``gpu_ids``).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [dict(r) for r in records]
+    arrays, names = [], []
+    for col in columns(rows):
+        values = [_cell(r.get(col)) for r in rows]
+        try:
+            arr = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError, OverflowError):
+            # Mixed types in one column (records from different code versions): text.
+            arr = pa.array([None if v is None else json.dumps(v) if isinstance(v, (list, dict)) else str(v) for v in values], pa.string())
+        if pa.types.is_null(arr.type):
+            arr = arr.cast(_COLUMN_TYPES.get(col, "string"))  # all-null column: give it a concrete type
+        elif col in _COLUMN_TYPES and _COLUMN_TYPES[col] == "float64" and pa.types.is_integer(arr.type):
+            arr = arr.cast("float64")
+        elif pa.types.is_list(arr.type) and pa.types.is_null(arr.type.value_type):
+            arr = arr.cast(pa.list_(pa.string()))  # e.g. gpu_ids that are all empty
+        arrays.append(arr)
+        names.append(col)
+    table = pa.Table.from_arrays(arrays, names=names)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v
+
+
+def read_results(root: str | os.PathLike[str]):  # -> pandas.DataFrame
+    """The sweep's results.parquet as a DataFrame."""
+    import pandas as pd
+
+    return pd.read_parquet(Path(root) / PARQUET_FILE)
