@@ -1,15 +1,136 @@
-"""`workbook export onnx`: placeholder until the ONNX export lands (issue 10)."""
+"""`workbook export onnx CHECKPOINT OUT.onnx`: the trained model as ONNX QDQ, checked by ONNX Runtime.
+
+CHECKPOINT is a trial's ``model.pt`` (a ptq/qat checkpoint: converted to its integer
+model here, with the trial's rounding) or its ``intmodel.pt``. ``--check`` runs the
+exported file in ONNX Runtime on the test set of the trial's dataset and prints its
+accuracy beside the IntModel's and the fake-quant model's.
+
+Heavy imports (torch, onnx) happen inside ``run``: ``workbook --help`` stays fast.
+"""
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
+from typing import Any
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a trained model.pt (from a trial's folder)")
-    p.add_argument("out", help="the .onnx file to write")
+    p.add_argument("checkpoint", help="a trained model.pt (ptq/qat trial) or its intmodel.pt")
+    p.add_argument("out", help="the .onnx file to write (atomically; nothing is left on failure)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the oldest that holds the model: 13, or 21 for 4/16-bit types)")
+    p.add_argument(
+        "--low-bit", choices=["clip", "int4"], default="clip",
+        help="sub-8-bit form: 'clip' = 8-bit Q/DQ + integer Clip(qmin, qmax) (default; ONNX Runtime runs it in "
+        "integer kernels), 'int4' = INT4/UINT4 types of opset 21 where a range is exactly 4-bit (ORT runs those in float)",
+    )
+    p.add_argument("--check", action="store_true", help="run ONNX Runtime on the test set and compare with the IntModel")
+    p.add_argument("--dataset", default=None, help="dataset for --check (default: the trial's)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="--check on the first N test images only")
+    p.add_argument("--optimization", choices=["all", "extended", "basic", "disable"], default="all", help="ORT graph optimization level for --check")
+    p.add_argument("--per-layer", action="store_true", help="with --check: codes mismatch of every layer")
+    p.add_argument("--json", default=None, metavar="FILE", help="with --check: also write the figures as JSON")
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _load(path: str) -> tuple[Any, Any, Any]:
+    """(IntModel, fake-quant model or None, TrainConfig or None) from a checkpoint or IntModel file."""
+    import torch
+
+    from qatlab.intmodel import FORMAT, IntModel, IntModelFormatError, convert
+    from qatlab.train import CheckpointError, load_checkpoint
+    from workbook.cli import CommandError
+
+    if not os.path.isfile(path):
+        raise CommandError(f"{path}: no such checkpoint file")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        raw = None  # load_checkpoint below reports the damage in its own words
+    if isinstance(raw, dict) and raw.get("format") == FORMAT:
+        try:
+            return IntModel.from_dict(raw, path), None, None
+        except IntModelFormatError as e:
+            raise CommandError(_one_line(e)) from e
+    try:
+        model, cfg, input_shape = load_checkpoint(path)
+    except CheckpointError as e:
+        raise CommandError(_one_line(e)) from e
+    if cfg.method == "fp32":
+        raise CommandError(f"{path}: an fp32 checkpoint has no quantized model to export; export a ptq or qat trial")
+    from qatlab.nn import UnsupportedLayerError
+
+    try:
+        im = convert(model, input_shape, cfg.rounding, meta={"config": cfg.to_dict()})
+    except UnsupportedLayerError as e:
+        raise CommandError(f"cannot export {path}: {_one_line(e)}") from e
+    return im, model, cfg
 
 
 def run(args: argparse.Namespace) -> int:
     from workbook.cli import CommandError
 
-    raise CommandError("'workbook export onnx' is not built yet (issue 10)")
+    if not str(args.out).endswith(".onnx"):
+        raise CommandError(f"{args.out}: the output file should end in .onnx")
+    if args.limit is not None and args.limit < 1:
+        raise CommandError(f"--limit must be a positive integer, got {args.limit}")
+    im, fq_model, cfg = _load(args.checkpoint)
+
+    from qatlab.export import ExportError, compare_onnx, export_onnx
+
+    try:
+        info = export_onnx(im, args.out, opset=args.opset, low_bit=args.low_bit)
+    except ExportError as e:
+        raise CommandError(_one_line(e)) from e
+    nodes = ", ".join(f"{k} {v}" for k, v in sorted(info.nodes.items()))
+    codes = ", ".join(f"{k} {v}" for k, v in sorted(info.code_types.items()))
+    print(f"wrote {info.path} ({info.size_bytes} bytes, opset {info.opset}, low-bit form {info.low_bit}, IntModel rounding {info.rounding})")
+    print(f"  nodes: {nodes}")
+    print(f"  code types: {codes}; integer clips: {info.clips}")
+    if not args.check:
+        return 0
+
+    x, y = _test_set(args, im, cfg)
+    try:
+        cmp = compare_onnx(im, args.out, x, y, fake_quant=fq_model, optimization=args.optimization, per_layer=args.per_layer)
+    except ExportError as e:
+        raise CommandError(_one_line(e)) from e
+    print(cmp.summary())
+    if args.json:
+        record = {"onnx": info.path, "opset": info.opset, "low_bit": info.low_bit, "rounding": info.rounding, **cmp.to_dict()}
+        with open(args.json, "w") as f:
+            json.dump(record, f, indent=2)
+    sys.stdout.flush()
+    return 0
+
+
+def _test_set(args: argparse.Namespace, im: Any, cfg: Any) -> tuple[Any, Any]:
+    """The test split, normalised exactly as the trial's training saw it."""
+    from qatlab.config import TrainConfig
+    from qatlab.data import load_dataset
+    from workbook.cli import CommandError
+
+    if cfg is None and isinstance(im.meta.get("config"), dict):
+        try:
+            cfg = TrainConfig.from_dict(im.meta["config"])
+        except Exception:
+            cfg = None
+    name = args.dataset or (cfg.dataset if cfg is not None else None)
+    if name is None:
+        raise CommandError("--check needs --dataset: the IntModel file does not record its trial's dataset")
+    kw: dict[str, Any] = {}
+    if cfg is not None and name == cfg.dataset:
+        # Same split parameters as the trial: the normalisation statistics come from its train split.
+        kw = {"val_fraction": cfg.val_fraction, "limit_train": cfg.limit_train, "seed": cfg.seed}
+    try:
+        splits = load_dataset(name, limit_test=args.limit, **kw)
+    except (ValueError, OSError) as e:
+        raise CommandError(f"dataset {name!r}: {_one_line(e)}") from e
+    if tuple(splits.input_shape) != tuple(im.input_shape):
+        raise CommandError(f"dataset {name!r} has inputs {splits.input_shape}; the model takes {tuple(im.input_shape)}")
+    return splits.test.tensors
