@@ -9,8 +9,10 @@ def test_conv_topology_no_padding(tmp_path):
         "Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,\n"
         "Conv1, 32, 32, 3, 3, 3, 16, 1,\n"
         "Conv2, 30, 30, 3, 3, 16, 32, 2, 2:4,\n"
+        "Conv3, 14, 14, 3, 3, 32, 32, 1, #dw, 1\n"
     )
-    a, b = read_topology(f)
+    a, b, c = read_topology(f)
+    assert c.sparsity == (1, 1)  # notes after the geometry are ignored, as SCALE-Sim does
     assert (a.ofmap_h, a.ofmap_w, a.M, a.N, a.K) == (30, 30, 900, 16, 27)
     assert (b.ofmap_h, b.M, b.sparsity) == (14, 196, (2, 4))
     assert a.macs == 900 * 16 * 27

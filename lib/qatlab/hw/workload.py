@@ -111,7 +111,8 @@ def read_topology(path: str | os.PathLike[str]) -> list[Layer]:
     Conv rows: name, ifmap h, ifmap w, filter h, filter w, channels, filters, stride[, N:M].
     GEMM rows: name, M, N, K[, N:M]. Like SCALE-Sim, a layer whose name contains ``DP``
     is depthwise and expands into one single-channel layer per channel. Trailing
-    empty fields (SCALE-Sim's files end rows with a comma) are ignored.
+    empty fields (SCALE-Sim's files end rows with a comma) and extra fields that are
+    not ``N:M`` (notes such as ``#dw``, a ``Target`` column) are ignored.
     """
     p = Path(path)
     try:
@@ -136,7 +137,9 @@ def read_topology(path: str | os.PathLike[str]) -> list[Layer]:
         name = row[0]
         if not name:
             raise TopologyError(f"{where}: empty layer name")
-        extra = row[need:]
+        # SCALE-Sim reads an N:M sparsity field after the geometry and drops anything
+        # else (its files carry notes such as '#dw' or a 'Target' column there).
+        extra = [f for f in row[need:] if ":" in f]
         sparsity = _sparsity(extra[0], where) if extra else (1, 1)
         try:
             if gemm:
