@@ -512,4 +512,10 @@ def _with_labels(trials: Sequence[Trial]) -> list[Trial]:
 
 def spec_from_dict(data: Mapping[str, Any], source: str = "<spec>") -> Spec:
     """Build a Spec from a dict (benchmarks, notebooks); same validation as a file."""
-    return parse_spec(dict(data), None, "", source)
+    import yaml
+
+    try:  # kept beside the results as spec.yaml
+        text = yaml.safe_dump(dict(data), sort_keys=False)
+    except yaml.YAMLError:
+        text = ""
+    return parse_spec(dict(data), None, text, source)

@@ -211,17 +211,22 @@ def execute_trial(
     """
     started = time.time()
     info = _worker_info()
+    ack = None
     if tracker is not None:
-        # Wait for the ack (milliseconds): a start lost with a dying worker would
-        # under-count attempts. Progress reporting must never fail a trial, though.
-        with contextlib.suppress(Exception):
-            import ray
-
-            ray.get(tracker.started.remote(trial_id, info["node_id"], info["node_ip"], info["worker_pid"], started), timeout=10)
+        with contextlib.suppress(Exception):  # progress reporting must never fail a trial
+            ack = tracker.started.remote(trial_id, info["node_id"], info["node_ip"], info["worker_pid"], started)
 
     import torch
 
     from qatlab.train import run_trial
+
+    if ack is not None:
+        # Wait for the ack (usually there by now): a start lost with a dying worker
+        # would under-count attempts.
+        with contextlib.suppress(Exception):
+            import ray
+
+            ray.get(ack, timeout=10)
 
     cfg = dict(config)
     cuda = bool(torch.cuda.is_available())
