@@ -1,0 +1,185 @@
+"""CUDA backend: the raw .cu kernels of this package, compiled by CuPy's RawModule.
+
+CuPy is imported lazily (first call), so importing ``qatlab.kernels`` never needs it;
+without CuPy or without a device, :class:`CupyUnavailableError` says what to install.
+
+Operands may be CuPy arrays, CUDA torch tensors (via ``__cuda_array_interface__``, no
+copy) or host numpy arrays (copied to the device and the result copied back); the
+result has the kind of the ``a`` operand.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CupyUnavailableError, KernelInputError
+from .validate import check_gemm_operands, check_requant_params, output_dtype
+
+KERNEL_DIR = Path(__file__).resolve().parent
+SOURCES = {"mma": "int8_gemm_mma.cu", "dp4a": "int8_gemm_dp4a.cu"}
+
+# Must match the #defines of int8_gemm_mma.cu.
+MMA_BM, MMA_BN, MMA_BK, MMA_LDS, MMA_THREADS = 128, 128, 64, 80, 256
+MMA_STAGES = 3
+DP4A_TILE = 16
+K_ALIGN = 16  # cp.async copies 16-byte chunks: rows must start 16-byte aligned
+
+
+def mma_smem_bytes(stages: int = MMA_STAGES) -> int:
+    return stages * (MMA_BM + MMA_BN) * MMA_LDS
+
+
+def import_cupy() -> Any:
+    """Import CuPy and check a device is visible, or raise CupyUnavailableError."""
+    try:
+        import cupy
+    except Exception as e:  # ImportError, or a broken CUDA install raising at import
+        raise CupyUnavailableError(f"CuPy could not be imported ({type(e).__name__}: {e})") from e
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        raise CupyUnavailableError(f"no CUDA device is usable ({type(e).__name__}: {e})") from e
+    if n < 1:
+        raise CupyUnavailableError("no CUDA device is visible")
+    return cupy
+
+
+@functools.lru_cache(maxsize=None)
+def _module(variant: str, device_id: int) -> Any:
+    """Compile (NVRTC, cached by CuPy on disk too) one .cu file for the current device."""
+    cupy = import_cupy()
+    src = (KERNEL_DIR / SOURCES[variant]).read_text()
+    options = ("-std=c++17", f"-I{KERNEL_DIR}", f"-DSTAGES={MMA_STAGES}")
+    mod = cupy.RawModule(code=src, options=options)
+    if variant == "mma":
+        cc = int(cupy.cuda.Device(device_id).compute_capability)
+        if cc < 80:
+            raise KernelInputError(f"the mma kernel needs sm_80 or newer (this device is sm_{cc}); use 'int8_gemm_dp4a'")
+        for name in ("int8_gemm_mma_s32", "int8_gemm_mma_requant"):
+            # > 48 KiB of dynamic shared memory needs an explicit opt-in.
+            fn = mod.get_function(name)
+            attr = getattr(cupy.cuda.driver, "CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES", 8)
+            cupy.cuda.driver.funcSetAttribute(fn.ptr, attr, mma_smem_bytes())
+    return mod
+
+
+def _function(variant: str, fused: bool) -> Any:
+    cupy = import_cupy()
+    dev = cupy.cuda.Device().id
+    name = f"int8_gemm_{variant}_{'requant' if fused else 's32'}"
+    return _module(variant, dev).get_function(name)
+
+
+def _as_device(cupy: Any, x: Any) -> tuple[Any, str]:
+    """(CuPy view or copy of x, kind) where kind in {'cupy', 'torch', 'numpy'}."""
+    if isinstance(x, cupy.ndarray):
+        return x, "cupy"
+    mod = type(x).__module__
+    if mod.startswith("torch"):
+        if x.device.type != "cuda":
+            return cupy.asarray(x.detach().numpy()), "numpy"
+        return cupy.asarray(x), "torch"  # zero-copy via __cuda_array_interface__
+    if isinstance(x, np.ndarray):
+        return cupy.asarray(x), "numpy"
+    raise KernelInputError(f"unsupported operand type {type(x).__name__}; pass a CuPy array, torch tensor or numpy array")
+
+
+def _check_host_kind(x: Any) -> Any:
+    """Validate dtype/layout on the caller's own object, before any copy."""
+    if type(x).__module__.startswith("torch"):
+        import torch
+
+        if x.dtype != torch.int8:
+            raise KernelInputError(f"operands must have dtype int8, got {x.dtype}")
+        if x.dim() != 2:
+            raise KernelInputError(f"operands must be 2-D, got shape {tuple(x.shape)}")
+        if not x.is_contiguous():
+            raise KernelInputError("operands must be C-contiguous (row-major); call .contiguous() first")
+    return x
+
+
+def _back(cupy: Any, y: Any, kind: str) -> Any:
+    if kind == "cupy":
+        return y
+    if kind == "torch":
+        import torch
+
+        return torch.from_dlpack(y)
+    return cupy.asnumpy(y)
+
+
+def _pad_k(cupy: Any, x: Any) -> Any:
+    """Zero-pad K up to a multiple of 16 (zeros add nothing to the dot products)."""
+    m, k = x.shape
+    kp = -(-k // K_ALIGN) * K_ALIGN
+    if kp == k and x.data.ptr % 16 == 0:
+        return x
+    out = cupy.zeros((m, kp), dtype=cupy.int8)
+    out[:, :k] = x
+    return out
+
+
+def _launch(variant: str, a: Any, b: Any, epilogue: tuple | None) -> Any:
+    _check_host_kind(a)
+    _check_host_kind(b)
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        check_gemm_operands(a, b)  # host operands: report bad input even without CuPy
+    cupy = import_cupy()
+    da, kind = _as_device(cupy, a)
+    db, _ = _as_device(cupy, b)
+    check_gemm_operands(da, db)  # dtype, 2-D, contiguity, K, empty dims: before launch
+    m, n = int(da.shape[0]), int(db.shape[0])
+    da, db = _pad_k(cupy, da), _pad_k(cupy, db)
+    k = int(da.shape[1])
+    if variant == "mma":
+        grid, block, smem = ((m + MMA_BM - 1) // MMA_BM, (n + MMA_BN - 1) // MMA_BN), (MMA_THREADS,), mma_smem_bytes()
+    else:
+        grid, block, smem = ((n + DP4A_TILE - 1) // DP4A_TILE, (m + DP4A_TILE - 1) // DP4A_TILE), (DP4A_TILE, DP4A_TILE), 0
+    if grid[1] > 65535:
+        raise KernelInputError(f"grid dimension y = {grid[1]} exceeds 65535; shape M={m}, N={n} too large")
+    mi, ni, ki = np.int32(m), np.int32(n), np.int32(k)
+    if epilogue is None:
+        c = cupy.empty((m, n), dtype=cupy.int32)
+        _function(variant, False)(grid, block, (da, db, c, mi, ni, ki), shared_mem=smem)
+        return _back(cupy, c, kind)
+    bias, mult, zp, qmin, qmax = epilogue
+    hb, hm, hz, out = check_requant_params(bias, mult, zp, qmin, qmax, n)
+    y = cupy.empty((m, n), dtype=cupy.int8)
+    args = (da, db, cupy.asarray(hb), cupy.asarray(hm), cupy.asarray(hz), y, mi, ni, ki, np.int32(qmin), np.int32(qmax))
+    _function(variant, True)(grid, block, args, shared_mem=smem)
+    if out == np.uint8:
+        y = y.view(cupy.uint8)  # the kernel stores the low byte; [0, 255] codes
+    return _back(cupy, y, kind)
+
+
+def int8_gemm_mma(a: Any, b: Any) -> Any:
+    """Tensor-core int8 GEMM: ``a [M, K] @ b [N, K]^T`` -> int32 [M, N]."""
+    return _launch("mma", a, b, None)
+
+
+def int8_gemm_mma_requant(a: Any, b: Any, bias: Any, multiplier: Any, zero_point: Any, qmin: int, qmax: int) -> Any:
+    """Tensor-core GEMM with the fused bias + float requantization epilogue -> 8-bit codes."""
+    return _launch("mma", a, b, (bias, multiplier, zero_point, qmin, qmax))
+
+
+def int8_gemm_dp4a(a: Any, b: Any) -> Any:
+    """``__dp4a`` int8 GEMM: ``a [M, K] @ b [N, K]^T`` -> int32 [M, N]."""
+    return _launch("dp4a", a, b, None)
+
+
+def int8_gemm_dp4a_requant(a: Any, b: Any, bias: Any, multiplier: Any, zero_point: Any, qmin: int, qmax: int) -> Any:
+    """``__dp4a`` GEMM with the fused epilogue -> 8-bit codes."""
+    return _launch("dp4a", a, b, (bias, multiplier, zero_point, qmin, qmax))
+
+
+__all__ = [
+    "import_cupy",
+    "int8_gemm_mma",
+    "int8_gemm_mma_requant",
+    "int8_gemm_dp4a",
+    "int8_gemm_dp4a_requant",
+    "output_dtype",
+]

@@ -1,0 +1,87 @@
+"""Operand checks shared by every backend: they run before any launch.
+
+They work on anything exposing ``shape``, ``dtype`` and strides the numpy way (numpy
+and CuPy arrays) so the CUDA launcher can check device arrays without a copy.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .errors import KernelInputError
+
+
+def _is_c_contiguous(x: Any) -> bool:
+    flags = getattr(x, "flags", None)
+    if flags is not None:
+        return bool(flags.c_contiguous)  # numpy and CuPy both expose it
+    return True
+
+
+def check_gemm_operands(a: Any, b: Any) -> tuple[Any, Any]:
+    """A [M, K] and B [N, K], both int8, 2-D, C-contiguous, non-empty, same K."""
+    for name, x in (("A (activations)", a), ("B (weights)", b)):
+        if not hasattr(x, "dtype") or not hasattr(x, "shape"):
+            raise KernelInputError(f"{name} must be an array, got {type(x).__name__}")
+        if np.dtype(x.dtype) != np.int8:
+            raise KernelInputError(f"{name} must have dtype int8, got {np.dtype(x.dtype)}")
+        if len(x.shape) != 2:
+            raise KernelInputError(f"{name} must be 2-D, got shape {tuple(x.shape)}")
+        if not _is_c_contiguous(x):
+            raise KernelInputError(f"{name} must be C-contiguous (row-major); call .copy() / ascontiguousarray first")
+    (m, k), (n, k2) = a.shape, b.shape
+    if k != k2:
+        raise KernelInputError(f"K mismatch: A is [{m}, {k}] but B (weights, [N, K]) is [{n}, {k2}]")
+    if m == 0 or n == 0 or k == 0:
+        raise KernelInputError(f"empty dimension: M={m}, N={n}, K={k}; every dimension must be >= 1")
+    return a, b
+
+
+def output_dtype(qmin: int, qmax: int) -> np.dtype:
+    """int8 when [qmin, qmax] fits int8, uint8 when it fits [0, 255]."""
+    if qmin > qmax:
+        raise KernelInputError(f"qmin {qmin} > qmax {qmax}")
+    if -128 <= qmin and qmax <= 127:
+        return np.dtype(np.int8)
+    if 0 <= qmin and qmax <= 255:
+        return np.dtype(np.uint8)
+    raise KernelInputError(f"[qmin, qmax] = [{qmin}, {qmax}] fits neither int8 nor uint8 output codes")
+
+
+def check_requant_params(
+    bias: Any, multiplier: Any, zero_point: Any, qmin: int, qmax: int, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.dtype]:
+    """Host-side epilogue parameters as (int32 bias [N], float64 mult [N], int32 zp [N], out dtype).
+
+    Per-channel vectors have N entries; ``zero_point`` may be a scalar (broadcast).
+    """
+    out = output_dtype(int(qmin), int(qmax))
+    bias = np.asarray(_to_host(bias))
+    multiplier = np.asarray(_to_host(multiplier))
+    if bias.shape != (n,):
+        raise KernelInputError(f"bias must have shape [{n}] (one per output channel), got {bias.shape}")
+    if not np.issubdtype(bias.dtype, np.integer):
+        raise KernelInputError(f"bias must be integer (int32), got {bias.dtype}")
+    if bias.size and (int(bias.min()) < -(2**31) or int(bias.max()) > 2**31 - 1):
+        raise KernelInputError("bias does not fit int32")
+    if multiplier.shape != (n,):
+        raise KernelInputError(f"multiplier must have shape [{n}] (one per output channel), got {multiplier.shape}")
+    if not np.issubdtype(multiplier.dtype, np.floating):
+        raise KernelInputError(f"multiplier must be floating point (float64), got {multiplier.dtype}")
+    if not np.all(np.isfinite(multiplier)):
+        raise KernelInputError("multiplier must be finite")
+    zp = np.asarray(_to_host(zero_point))
+    if zp.ndim == 0:
+        zp = np.full(n, int(zp), dtype=np.int64)
+    if zp.shape != (n,) or not np.issubdtype(zp.dtype, np.integer):
+        raise KernelInputError(f"zero_point must be an int or an integer vector of shape [{n}], got {zp.dtype} {zp.shape}")
+    return bias.astype(np.int32), multiplier.astype(np.float64), zp.astype(np.int32), out
+
+
+def _to_host(x: Any) -> Any:
+    if hasattr(x, "detach"):  # torch tensor (any device)
+        return x.detach().cpu().numpy()
+    if hasattr(x, "get") and type(x).__module__.startswith("cupy"):
+        return x.get()
+    return x
