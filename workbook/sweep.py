@@ -100,7 +100,11 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "dry_run", False):
         return _dry_run(spec, store, mode)
 
-    started_local, connected = connect(args.address)
+    try:
+        started_local, connected = connect(args.address)
+    except KeyboardInterrupt:  # Ctrl-C while Ray starts: nothing was written yet
+        print("workbook: interrupted", file=sys.stderr)
+        return 130
     try:
         summary = run_sweep(
             spec,
@@ -143,7 +147,7 @@ def connect(address: str | None) -> tuple[bool, bool]:
         # "local": a new Ray even if another one runs on this machine.
         ray.init(address="local", **kw)
         return True, True
-    except (ConnectionError, RuntimeError, ValueError) as e:
+    except Exception as e:  # Ray raises bare Exceptions too (a node that fails to start)
         where = addr or "a local Ray"
         raise CommandError(f"cannot start or join {where}: {' '.join(str(e).split())[:300]}") from None
 
@@ -236,11 +240,15 @@ def execute_trial(
     torch.set_num_threads(max(1, int(meta.get("num_cpus") or 1)))
 
     live = meta.get("live_log") or {}
-    log_path: Path
+    log_path: Path | None = None
     if live.get("node_id") and live.get("node_id") == info["node_id"] and live.get("path"):
-        log_path = Path(live["path"])  # same node as the driver: `tail -f` works while it runs
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-    else:
+        try:  # same node as the driver: `tail -f` works while the trial runs
+            log_path = Path(live["path"])
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_path.touch()
+        except OSError:  # not the driver's filesystem after all (a container): a temp file
+            log_path = None
+    if log_path is None:
         fd, tmp = tempfile.mkstemp(prefix=f"qatlab-trial-{trial_id}-", suffix=".log")
         os.close(fd)
         log_path = Path(tmp)
@@ -436,6 +444,7 @@ class _Driver:
         self.running_since: dict[str, tuple[int, float]] = {}  # trial id -> (attempt, driver time seen)
         self.capacity = math.inf
         self.here: str | None = None
+        self.client_mode = _client_mode()
         self.n_ok = self.n_failed = 0
 
     def echo(self, msg: str) -> None:
@@ -625,7 +634,8 @@ class _Driver:
             "num_cpus": self.spec.resources.num_cpus,
             "save_models": self.spec.save_models,
             "submitted_at": now,
-            "live_log": {"node_id": self.here, "path": str(self._live_log(t.trial_id).resolve())},
+            # Ray Client: the driver's files are on another machine than any node.
+            "live_log": None if self.client_mode else {"node_id": self.here, "path": str(self._live_log(t.trial_id).resolve())},
         }
         return task.options(**opts, name=f"qatlab-trial-{t.trial_id}").remote(dict(t.config), t.trial_id, meta, self.tracker)
 
@@ -683,6 +693,8 @@ class _Driver:
         now = time.time()
         for ref, tid in list(self.in_flight.items()):
             since = self.running_since.get(tid)
+            if since is None and self.tracker is None:  # no start reports: count from submission
+                since = (0, self.submitted[tid])
             if since is not None and now - since[1] > timeout:
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=True)
@@ -806,6 +818,14 @@ def _capacity(demand: Mapping[str, float]) -> float:
         res = n.get("Resources", {})
         total += int(min(math.floor(res.get(k, 0.0) / v + 1e-9) for k, v in demand.items()))
     return float(total)
+
+
+def _client_mode() -> bool:
+    with contextlib.suppress(Exception):
+        from ray.util.client import ray as client
+
+        return bool(client.is_connected())
+    return False
 
 
 def _ray_address() -> str | None:

@@ -302,6 +302,18 @@ def test_max_concurrent_one_runs_trials_one_at_a_time(ray_local, tmp_path):
     assert pd.Timestamp(df.started_at.iloc[1]) >= first_end - pd.Timedelta(seconds=0.5)
 
 
+def test_trial_over_timeout_is_cancelled_and_failed(ray_local, tmp_path, capsys):
+    spec = write_spec(tmp_path, "name: slow\ndataset: digits\ntrain: {epochs: 200, batch_size: 16}\n"
+                      "grid: {method: [fp32], seed: [30]}\nresources: {num_cpus: 1, timeout_s: 2}\n")  # fmt: skip
+    out = tmp_path / "out"
+    t0 = time.time()
+    assert main(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 1
+    assert time.time() - t0 < 60
+    rec = read_results(out).iloc[0]
+    assert rec.status == "failed" and rec.failure == "timeout" and "timed out" in rec.error
+    assert "1 failed" in capsys.readouterr().out
+
+
 def test_locked_directory_is_refused(ray_local, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
