@@ -145,14 +145,45 @@ def _launch(variant: str, a: Any, b: Any, epilogue: tuple | None) -> Any:
         c = cupy.empty((m, n), dtype=cupy.int32)
         _function(variant, False)(grid, block, (da, db, c, mi, ni, ki), shared_mem=smem)
         return _back(cupy, c, kind)
-    bias, mult, zp, qmin, qmax = epilogue
-    hb, hm, hz, out = check_requant_params(bias, mult, zp, qmin, qmax, n)
+    dbias, dmult, dzp, out = _device_epilogue(cupy, n, *epilogue)
+    qmin, qmax = epilogue[3], epilogue[4]
     y = cupy.empty((m, n), dtype=cupy.int8)
-    args = (da, db, cupy.asarray(hb), cupy.asarray(hm), cupy.asarray(hz), y, mi, ni, ki, np.int32(qmin), np.int32(qmax))
+    args = (da, db, dbias, dmult, dzp, y, mi, ni, ki, np.int32(qmin), np.int32(qmax))
     _function(variant, True)(grid, block, args, shared_mem=smem)
     if out == np.uint8:
         y = y.view(cupy.uint8)  # the kernel stores the low byte; [0, 255] codes
     return _back(cupy, y, kind)
+
+
+def _is_device(cupy: Any, x: Any) -> bool:
+    return isinstance(x, cupy.ndarray) or (type(x).__module__.startswith("torch") and x.device.type == "cuda")
+
+
+def _device_epilogue(cupy: Any, n: int, bias: Any, mult: Any, zp: Any, qmin: int, qmax: int) -> tuple[Any, Any, Any, np.dtype]:
+    """Epilogue vectors on the device as (int32 bias, float64 mult, int32 zp, out dtype).
+
+    Host values get the full check (ranges, finiteness). Device vectors are checked
+    for shape and dtype only: checking their values would cost a device->host copy
+    and a sync on every call.
+    """
+    if not (_is_device(cupy, bias) or _is_device(cupy, mult) or _is_device(cupy, zp)):
+        hb, hm, hz, out = check_requant_params(bias, mult, zp, qmin, qmax, n)
+        return cupy.asarray(hb), cupy.asarray(hm), cupy.asarray(hz), out
+    out = output_dtype(int(qmin), int(qmax))
+    dbias, dmult = cupy.asarray(bias), cupy.asarray(mult)
+    if dbias.shape != (n,) or dbias.dtype.kind not in "iu":
+        raise KernelInputError(f"bias must be an integer (int32) vector of shape [{n}], got {dbias.dtype} {dbias.shape}")
+    if dmult.shape != (n,) or dmult.dtype.kind != "f":
+        raise KernelInputError(f"multiplier must be a float64 vector of shape [{n}], got {dmult.dtype} {dmult.shape}")
+    if isinstance(zp, (int, np.integer)):
+        dzp = cupy.full((n,), int(zp), dtype=cupy.int32)
+    else:
+        dzp = cupy.asarray(zp)
+        if dzp.shape != (n,) or dzp.dtype.kind not in "iu":
+            raise KernelInputError(f"zero_point must be an int or an integer vector of shape [{n}]")
+    return (cupy.ascontiguousarray(dbias.astype(cupy.int32, copy=False)),
+            cupy.ascontiguousarray(dmult.astype(cupy.float64, copy=False)),
+            cupy.ascontiguousarray(dzp.astype(cupy.int32, copy=False)), out)
 
 
 def int8_gemm_mma(a: Any, b: Any) -> Any:
