@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from qatlab.kernels.cupy_backend import KERNEL_DIR, MMA_STAGES, SOURCES
+from qatlab.kernels.cupy_backend import MMA_STAGES, SOURCES, kernel_source
 
 ARCHS = ("sm_80", "sm_90")
 
@@ -62,11 +62,14 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Bu
         pytest.skip("nvcc not found (PATH, $CUDA_HOME/bin): cannot compile the .cu sources")
     out = tmp_path_factory.mktemp("cubins")
     res: dict[tuple[str, str], Built] = {}
-    for variant, src in SOURCES.items():
+    for variant in SOURCES:
+        # exactly the text CuPy hands to NVRTC (header inlined), same -D options
+        src = out / f"{variant}.cu"
+        src.write_text(kernel_source(variant))
         for arch in ARCHS:
             cubin = out / f"{variant}_{arch}.cubin"
-            cmd = [nvcc, "-cubin", f"-arch={arch}", "-Xptxas", "-v", "-std=c++17", f"-I{KERNEL_DIR}",
-                   f"-DSTAGES={MMA_STAGES}", "-o", str(cubin), str(KERNEL_DIR / src)]
+            cmd = [nvcc, "-cubin", f"-arch={arch}", "-Xptxas", "-v", "-std=c++17",
+                   f"-DSTAGES={MMA_STAGES}", "-o", str(cubin), str(src)]
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
             assert p.returncode == 0, f"{' '.join(cmd)} failed:\n{p.stdout}\n{p.stderr}"
             res[(variant, arch)] = Built(cubin, p.stdout + p.stderr)

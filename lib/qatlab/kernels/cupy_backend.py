@@ -20,6 +20,7 @@ from .validate import check_gemm_operands, check_requant_params, output_dtype
 
 KERNEL_DIR = Path(__file__).resolve().parent
 SOURCES = {"mma": "int8_gemm_mma.cu", "dp4a": "int8_gemm_dp4a.cu"}
+EPILOGUE_HEADER = "qatlab_epilogue.cuh"
 
 # Must match the #defines of int8_gemm_mma.cu.
 MMA_BM, MMA_BN, MMA_BK, MMA_LDS, MMA_THREADS = 128, 128, 64, 80, 256
@@ -47,12 +48,25 @@ def import_cupy() -> Any:
     return cupy
 
 
+def kernel_source(variant: str) -> str:
+    """The .cu text with the shared header pasted in place of its #include.
+
+    CuPy keys its on-disk kernel cache on the source text and options; an #include
+    would let an edited header hit a stale cached binary, so the header is inlined.
+    """
+    src = (KERNEL_DIR / SOURCES[variant]).read_text()
+    header = (KERNEL_DIR / EPILOGUE_HEADER).read_text().replace("#pragma once", "")
+    inc = f'#include "{EPILOGUE_HEADER}"'
+    assert inc in src, f"{SOURCES[variant]} no longer includes {EPILOGUE_HEADER}"
+    return src.replace(inc, header)
+
+
 @functools.lru_cache(maxsize=None)
 def _module(variant: str, device_id: int) -> Any:
     """Compile (NVRTC, cached by CuPy on disk too) one .cu file for the current device."""
     cupy = import_cupy()
-    src = (KERNEL_DIR / SOURCES[variant]).read_text()
-    options = ("-std=c++17", f"-I{KERNEL_DIR}", f"-DSTAGES={MMA_STAGES}")
+    src = kernel_source(variant)
+    options = ("-std=c++17", f"-DSTAGES={MMA_STAGES}")
     mod = cupy.RawModule(code=src, options=options)
     if variant == "mma":
         cc = int(cupy.cuda.Device(device_id).compute_capability)

@@ -44,8 +44,12 @@
 
 static_assert(STAGES >= 2, "the pipeline needs at least two stages");
 
+// Generic -> 32-bit shared-window address, in PTX so it builds the same under nvcc
+// and NVRTC without relying on which intrinsic headers NVRTC pre-includes.
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
-    return static_cast<unsigned>(__cvta_generic_to_shared(p));
+    unsigned addr;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }\n" : "=r"(addr) : "l"(p));
+    return addr;
 }
 
 // 16-byte async copy global -> shared; src_bytes = 0 writes zeros (edge predication
