@@ -20,6 +20,7 @@ from qatlab.kernels import int8_gemm_ref, int8_gemm_requant_ref
 from qatlab.kernels.cupy_backend import MMA_BK as BK
 from qatlab.kernels.cupy_backend import MMA_BM as BM
 from qatlab.kernels.cupy_backend import MMA_BN as BN
+from qatlab.kernels.cupy_backend import MMA_GROUP_M as GROUP_M
 from qatlab.kernels.cupy_backend import MMA_LDS as LDS
 from qatlab.kernels.cupy_backend import MMA_STAGES as STAGES
 from qatlab.kernels.cupy_backend import MMA_THREADS as THREADS
@@ -77,9 +78,20 @@ def emulate(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     assert K % 16 == 0, "the launcher pads K to a multiple of 16"
     C = np.full((M, N), -999999, np.int64)  # poison: every element must be written
     ktiles = (K + BK - 1) // BK
-    for bx in range((M + BM - 1) // BM):
-        for by in range((N + BN - 1) // BN):
-            m0, n0 = bx * BM, by * BN
+    grid_m, grid_n = (M + BM - 1) // BM, (N + BN - 1) // BN
+    seen = set()
+    for by in range(grid_n):  # launch order: blockIdx.x fastest
+        for bx in range(grid_m):
+            # grouped rasterization, as in the kernel
+            pid = by * grid_m + bx
+            per_group = GROUP_M * grid_n
+            first_m = (pid // per_group) * GROUP_M
+            gm = min(grid_m - first_m, GROUP_M)
+            r = pid - (pid // per_group) * per_group
+            bm, bn = first_m + r % gm, r // gm
+            assert 0 <= bm < grid_m and 0 <= bn < grid_n and (bm, bn) not in seen
+            seen.add((bm, bn))
+            m0, n0 = bm * BM, bn * BN
             smem = np.full(STAGES * (BM + BN) * LDS, 77, np.int8)  # garbage, incl. the pad bytes
             tile_in_stage = [-1] * STAGES
             for s in range(STAGES - 1):
@@ -136,7 +148,7 @@ def _pad_k(x: np.ndarray) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, kp - k)))
 
 
-@pytest.mark.parametrize("shape", [(16, 8, 32), (129, 130, 65), (5, 3, 200), (128, 128, 64)],
+@pytest.mark.parametrize("shape", [(16, 8, 32), (129, 130, 65), (5, 3, 200), (128, 128, 64), (1300, 300, 20)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_emulated_mma_kernel_is_exact(shape: tuple[int, int, int]) -> None:
     m, n, k = shape

@@ -25,6 +25,7 @@ EPILOGUE_HEADER = "qatlab_epilogue.cuh"
 # Must match the #defines of int8_gemm_mma.cu.
 MMA_BM, MMA_BN, MMA_BK, MMA_LDS, MMA_THREADS = 128, 128, 64, 80, 256
 MMA_STAGES = 3
+MMA_GROUP_M = 8
 DP4A_TILE = 16
 K_ALIGN = 16  # cp.async copies 16-byte chunks: rows must start 16-byte aligned
 

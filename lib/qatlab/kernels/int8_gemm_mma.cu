@@ -41,6 +41,7 @@
 #define BK 64             // bytes (= int8 elements) of K per stage
 #define LDS 80            // padded smem row stride in bytes (see bank note above)
 #define THREADS 256
+#define GROUP_M 8         // m-tiles per rasterization group (L2 reuse, see below)
 
 static_assert(STAGES >= 2, "the pipeline needs at least two stages");
 
@@ -113,8 +114,24 @@ __device__ __forceinline__ void gemm_mma(const signed char* __restrict__ A, cons
     const int warp = tid >> 5;
     const int warp_m = warp >> 2;  // 0..1 -> 64-row slab
     const int warp_n = warp & 3;   // 0..3 -> 32-column slab
-    const int m0 = blockIdx.x * BM;
-    const int n0 = blockIdx.y * BN;
+    // Grouped rasterization: CTAs are launched x-fastest, so a naive mapping runs
+    // one n-column of tiles against every m-tile, streaming all of A through L2 per
+    // wave (A is 64 MiB at 8192^3, more than an H100's 50 MiB L2). Walking GROUP_M
+    // m-tiles down before moving right keeps a GROUP_M x (wave / GROUP_M) block of
+    // tiles resident: both operand panels are reused from L2. Bijective remap.
+    int bm, bn;
+    {
+        const int grid_m = gridDim.x, grid_n = gridDim.y;
+        const int pid = blockIdx.y * grid_m + blockIdx.x;
+        const int per_group = GROUP_M * grid_n;
+        const int first_m = (pid / per_group) * GROUP_M;
+        const int gm = min(grid_m - first_m, GROUP_M);
+        const int r = pid - (pid / per_group) * per_group;
+        bm = first_m + r % gm;
+        bn = r / gm;
+    }
+    const int m0 = bm * BM;
+    const int n0 = bn * BN;
 
     int acc[4][4][4];
 #pragma unroll
