@@ -288,6 +288,7 @@ def test_logical_gpus_get_distinct_ids_and_train_on_cpu(ray_local, tmp_path):
     ids = [tuple(g) for g in df.gpu_ids]
     assert all(len(g) == 1 for g in ids) and len(set(ids)) == 4  # all four at once, one GPU each
     assert set(sum(map(list, ids), [])) <= {"0", "1", "2", "3"}
+    assert [(c,) for c in df.cuda_visible_devices] == ids  # what Ray exported to each trial
     assert (df.device == "cpu").all() and (~df.cuda_available).all()
     assert df.gpu_name.isna().all()
 
