@@ -3,6 +3,10 @@ integer model beside each, and the peer (torch.ao QAT, same data, epochs and see
 
     python benchmarks/accuracy.py --profile full --json benchmarks/accuracy-full.json
     python benchmarks/accuracy.py --profile quick
+    # in parallel on a small machine, one thread each, then the table from the parts:
+    python benchmarks/accuracy.py --only fp32,qat_w8a8_lsq --threads 1 --json a.json &
+    python benchmarks/accuracy.py --only qat_w4a4_lsq,torch_ao_qat_w8a8 --threads 1 --json b.json
+    python benchmarks/accuracy.py --merge a.json b.json
 
 Checks the targets of the QAT issue and prints PASS/FAIL per target.
 """
@@ -61,21 +65,43 @@ def main() -> None:
     ap.add_argument("--profile", default="full")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--only", default=None, help="comma-separated trial names (default: all, and the torch.ao peer)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (1 per process when running parts in parallel)")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON", help="print the table and checks from part files")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.merge:
+        rows = [r for f in a.merge for r in json.loads(Path(f).read_text())["rows"]]
+        return report(rows, a.profile, a.seed, a.json)
+    only = set(a.only.split(",")) if a.only else None
     rows = []
     for name, over in TRIALS:
+        if only is not None and name not in only:
+            continue
         r = run_trial(profile(a.profile, seed=a.seed, **over))
         if r["status"] != "ok":
             print(r["error"], file=sys.stderr)
         rows.append({"name": name, **{k: r.get(k) for k in ("status", "fp32_acc", "test_acc", "int_acc", "int_agreement", "train_s", "epochs", "qat_epochs", "n_train", "device")}})
         print(json.dumps(rows[-1]), flush=True)
-    rows.append(torch_ao_peer(a.profile, a.seed))
-    print(json.dumps(rows[-1]), flush=True)
+    if only is None or "torch_ao_qat_w8a8" in only:
+        rows.append(torch_ao_peer(a.profile, a.seed))
+        print(json.dumps(rows[-1]), flush=True)
+    if only is not None:  # a part: save the rows, the merge prints the table
+        if a.json:
+            tmp = a.json + ".tmp"
+            Path(tmp).write_text(json.dumps({"profile": a.profile, "seed": a.seed, "machine": machine(), "rows": rows}, indent=1))
+            os.replace(tmp, a.json)
+        return None
+    return report(rows, a.profile, a.seed, a.json)
+
+
+def report(rows: list[dict], profile_name: str, seed: int, json_path: str | None) -> None:
     by = {r["name"]: r for r in rows}
     fp = by["fp32"]["test_acc"]
 
     def acc(n: str) -> float:
-        return float(by[n]["test_acc"] or 0.0)
+        return float(by[n]["test_acc"] or 0.0) if n in by else float("nan")
 
     checks = {
         "FP32 >= 91.0%": fp >= 0.910,
@@ -88,7 +114,7 @@ def main() -> None:
     for n, r in by.items():
         if r.get("int_agreement") is not None:
             checks[f"{n}: IntModel agrees on >= 99.9%, acc within 0.1 pt"] = r["int_agreement"] >= 0.999 and abs(r["int_acc"] - r["test_acc"]) <= 0.001
-    print(f"\nprofile {a.profile}, seed {a.seed}")
+    print(f"\nprofile {profile_name}, seed {seed}")
     print(f"{'trial':22} {'test %':>7} {'int %':>7} {'agree %':>8} {'Δ vs fp32':>9}")
     for r in rows:
         ia = f"{100 * r['int_acc']:7.2f}" if r.get("int_acc") is not None else "      -"
@@ -97,11 +123,11 @@ def main() -> None:
     print()
     for k, ok in checks.items():
         print(f"{'PASS' if ok else 'FAIL'}  {k}")
-    if a.json:
-        tmp = a.json + ".tmp"
+    if json_path:
+        tmp = json_path + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"profile": a.profile, "seed": a.seed, "machine": machine(), "rows": rows, "checks": checks}, f, indent=1)
-        os.replace(tmp, a.json)
+            json.dump({"profile": profile_name, "seed": seed, "machine": machine(), "rows": rows, "checks": checks}, f, indent=1)
+        os.replace(tmp, json_path)
 
 
 if __name__ == "__main__":

@@ -129,7 +129,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # CPU, 2 cores: an FP32 + PTQ + QAT trio of the default CNN in a few minutes.
     "quick": {"model": "lenet", "dataset": "fashion-mnist", "epochs": 2, "qat_epochs": 1, "limit_train": 12000, "batch_size": 128},
     # The real experiment (GPU-sized; runs on a CPU too, slowly).
-    "full": {"model": "lenet", "dataset": "fashion-mnist", "epochs": 10, "qat_epochs": 3, "limit_train": None, "batch_size": 128},
+    "full": {"model": "lenet", "dataset": "fashion-mnist", "epochs": 6, "qat_epochs": 2, "limit_train": None, "batch_size": 128},
     # Seconds: for tests and smoke runs.
     "tiny": {"model": "lenet", "dataset": "digits", "epochs": 3, "qat_epochs": 1, "batch_size": 64, "calib_batches": 4},
 }
