@@ -14,6 +14,10 @@ One local Ray (2 CPUs, no dashboard), one run of this script:
   (what a trial's first run on a new worker pays), and per trial of the sweeps the
   round trip minus the trial's own time (``roundtrip_s - train_s``: scheduling,
   worker side set-up, log capture, returning record and checkpoints).
+
+The speedup needs two idle cores: each trial records ``cpu_s`` (its process's CPU
+time), and ``cpu/wall`` well below 1 at concurrency 2 means the trials waited for a
+CPU that other work held, not for Ray.
 """
 from __future__ import annotations
 
@@ -107,8 +111,10 @@ def main() -> None:
 
                 df = pd.read_parquet(out / "results.parquet")
                 over = (df.roundtrip_s - df.train_s).tolist()
-                runs[conc].append({"wall_s": wall, "train_s_mean": float(df.train_s.mean()), "overhead_s": statistics.median(over)})
-                print(f"concurrency {conc}: {wall:6.1f} s wall, trial {df.train_s.mean():.2f} s mean, overhead {statistics.median(over):.3f} s median", flush=True)
+                share = float((df.cpu_s / df.train_s).mean())  # ~1: the trial had its core to itself
+                runs[conc].append({"wall_s": wall, "train_s_mean": float(df.train_s.mean()), "overhead_s": statistics.median(over), "cpu_share": share})
+                print(f"concurrency {conc}: {wall:6.1f} s wall, trial {df.train_s.mean():.2f} s mean (cpu/wall {share:.2f}), "
+                      f"overhead {statistics.median(over):.3f} s median, load avg {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
         ov = _overheads(ray)
     finally:
         ray.shutdown()
@@ -125,15 +131,18 @@ def main() -> None:
         "speedup": mean(1, "wall_s") / mean(2, "wall_s"),
         "trial_s_c1": mean(1, "train_s_mean"),
         "trial_s_c2": mean(2, "train_s_mean"),
+        "cpu_share_c1": mean(1, "cpu_share"),
+        "cpu_share_c2": mean(2, "cpu_share"),
         "per_trial_overhead_s_c1": mean(1, "overhead_s"),
         "per_trial_overhead_s_c2": mean(2, "overhead_s"),
         **ov,
     }
     print()
-    print(f"| concurrency | wall s ({a.trials} trials) | mean trial s | per-trial overhead s |")
-    print("|---|---|---|---|")
+    print(f"| concurrency | wall s ({a.trials} trials) | mean trial s | trial cpu/wall | per-trial overhead s |")
+    print("|---|---|---|---|---|")
     for c in (1, 2):
-        print(f"| {c} | {result[f'wall_s_c{c}']:.1f} | {result[f'trial_s_c{c}']:.2f} | {result[f'per_trial_overhead_s_c{c}']:.3f} |")
+        print(f"| {c} | {result[f'wall_s_c{c}']:.1f} | {result[f'trial_s_c{c}']:.2f} | {result[f'cpu_share_c{c}']:.2f} "
+              f"| {result[f'per_trial_overhead_s_c{c}']:.3f} |")  # fmt: skip
     print(f"\nspeedup 2 vs 1 workers: {result['speedup']:.2f}x (goal >= 1.7)")
     print(f"warm task round trip {ov['task_roundtrip_warm_ms']:.1f} ms; worker start {ov['worker_start_s']:.2f} s; "
           f"worker start + import torch/qatlab {ov['worker_start_with_torch_s']:.2f} s; load avg {result['machine']['load_avg_1m']:.1f}")  # fmt: skip

@@ -34,6 +34,7 @@ import socket
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence, TextIO
 
@@ -218,7 +219,7 @@ def execute_trial(
     ack = None
     if tracker is not None:
         with contextlib.suppress(Exception):  # progress reporting must never fail a trial
-            ack = tracker.started.remote(trial_id, info["node_id"], info["node_ip"], info["worker_pid"], started)
+            ack = tracker.started.remote(meta.get("run_token"), trial_id, info["node_id"], info["node_ip"], info["worker_pid"], started)
 
     import torch
 
@@ -291,7 +292,11 @@ def _run_logged(fh: TextIO, cfg: dict[str, Any], trial_id: str, meta: Mapping[st
     try:
         with tempfile.TemporaryDirectory(prefix="qatlab-artifacts-") as adir, \
                 contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):  # fmt: skip
+            cpu0 = time.process_time()
             record = run_trial(cfg, out_dir=adir if meta.get("save_models", True) else None)
+            # CPU seconds of this process: cpu_s / train_s far below the threads used
+            # means the trial waited for a CPU (an oversubscribed or shared machine).
+            record["cpu_s"] = round(time.process_time() - cpu0, 3)
             if record.get("status") == "ok":
                 for p in sorted(Path(adir).iterdir()):
                     if p.is_file() and not p.name.startswith("."):
@@ -352,19 +357,27 @@ def _iso(t: float) -> str:
 
 
 class Tracker:
-    """A tiny actor the trials tell when they start: exact 'running' counts, attempts, timeouts."""
+    """A tiny actor the trials tell when they start: exact 'running' counts, attempts, timeouts.
+
+    One per driver process, shared by its sweeps (each has its own ``run``token), so
+    a notebook or benchmark running many sweeps starts its process once.
+    """
 
     def __init__(self) -> None:
-        self.starts: dict[str, list[tuple[Any, ...]]] = {}
+        self.starts: dict[str, dict[str, list[tuple[Any, ...]]]] = {}
 
-    def started(self, trial_id: str, node_id: str | None, node_ip: str | None, pid: int, t: float) -> None:
-        self.starts.setdefault(trial_id, []).append((node_id, node_ip, pid, t))
+    def started(self, run: str, trial_id: str, node_id: str | None, node_ip: str | None, pid: int, t: float) -> None:
+        self.starts.setdefault(run, {}).setdefault(trial_id, []).append((node_id, node_ip, pid, t))
 
-    def snapshot(self) -> dict[str, list[tuple[Any, ...]]]:
-        return self.starts
+    def snapshot(self, run: str) -> dict[str, list[tuple[Any, ...]]]:
+        return self.starts.get(run, {})
+
+    def forget(self, run: str) -> None:
+        self.starts.pop(run, None)
 
 
 _REMOTES: dict[str, Any] = {}
+_TRACKERS: dict[str, tuple[Any, Any]] = {}  # "current" -> ((job id, node id), actor handle)
 
 
 def _remote(name: str) -> Any:
@@ -445,6 +458,7 @@ class _Driver:
         self.capacity = math.inf
         self.here: str | None = None
         self.client_mode = _client_mode()
+        self.run_token = uuid.uuid4().hex
         self.n_ok = self.n_failed = 0
 
     def echo(self, msg: str) -> None:
@@ -501,7 +515,7 @@ class _Driver:
                 self.bar = None
             if self.tracker is not None:
                 with contextlib.suppress(Exception):
-                    ray.kill(self.tracker)
+                    self.tracker.forget.remote(self.run_token)
             store.rebuild_parquet([t.trial_id for t in spec.trials])
 
         summary.ran = self.n_ok + self.n_failed
@@ -561,11 +575,18 @@ class _Driver:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         try:
-            self.here = ray.get_runtime_context().get_node_id()
+            ctx = ray.get_runtime_context()
+            self.here = ctx.get_node_id()
+            key = (ctx.get_job_id(), self.here)
+            cached = _TRACKERS.get("current")
+            if cached is not None and cached[0] == key:
+                self.tracker = cached[1]
+                return
             # On the driver's node (hard: a soft request may land elsewhere): it lives
-            # as long as this sweep can.
+            # as long as this driver can.
             strategy = NodeAffinitySchedulingStrategy(node_id=self.here, soft=False)
             self.tracker = _remote("tracker").options(num_cpus=0, max_restarts=0, scheduling_strategy=strategy).remote()
+            _TRACKERS["current"] = (key, self.tracker)
         except Exception:
             self.tracker = None
 
@@ -637,6 +658,7 @@ class _Driver:
             # Ray Client: the driver's files are on another machine than any node.
             "live_log": None if self.client_mode else {"node_id": self.here, "path": str(self._live_log(t.trial_id).resolve())},
         }
+        meta["run_token"] = self.run_token
         return task.options(**opts, name=f"qatlab-trial-{t.trial_id}").remote(dict(t.config), t.trial_id, meta, self.tracker)
 
     def _live_log(self, trial_id: str) -> Path:
@@ -648,13 +670,13 @@ class _Driver:
         if self.tracker is not None:
             try:
                 if self.snapshot_ref is None:
-                    self.snapshot_ref = self.tracker.snapshot.remote()
+                    self.snapshot_ref = self.tracker.snapshot.remote(self.run_token)
                 ready, _ = ray.wait([self.snapshot_ref], timeout=0)
                 if ready:
                     self.starts = ray.get(self.snapshot_ref)
-                    self.snapshot_ref = self.tracker.snapshot.remote()
+                    self.snapshot_ref = self.tracker.snapshot.remote(self.run_token)
             except Exception:
-                self.tracker = None  # progress falls back to an estimate from capacity
+                self._drop_tracker()  # progress falls back to an estimate from capacity
         now = time.time()
         flying = set(self.in_flight.values())
         for tid in flying:
@@ -681,8 +703,17 @@ class _Driver:
             return
         import ray
 
-        with contextlib.suppress(Exception):
-            self.starts = ray.get(self.tracker.snapshot.remote(), timeout=10)
+        try:
+            self.starts = ray.get(self.tracker.snapshot.remote(self.run_token), timeout=10)
+        except ray.exceptions.GetTimeoutError:
+            pass
+        except Exception:
+            self._drop_tracker()
+
+    def _drop_tracker(self) -> None:
+        if _TRACKERS.get("current", (None, None))[1] is self.tracker:
+            _TRACKERS.pop("current", None)
+        self.tracker = None
 
     def _check_timeouts(self) -> None:
         timeout = self.spec.resources.timeout_s
