@@ -209,8 +209,9 @@ def execute_trial(
 ) -> dict[str, Any]:
     """Run one trial on this worker; return ``{"record", "log", "artifacts"}``.
 
-    ``meta``: sweep, label, origin, num_cpus, save_models, live_log ({node_id, path}
-    where the driver can read a live log). Picks the device: CUDA only when Ray
+    ``meta``: sweep, label, origin, num_cpus, save_models, submitted_at, run_token
+    (the sweep's key in the tracker), live_log ({node_id, path}: where the driver can
+    read a live log, when this worker is on its node). Picks the device: CUDA only when Ray
     assigned this task a GPU *and* CUDA works here (Ray may declare GPUs that do not
     exist); the logical GPU ids are recorded either way.
     """
