@@ -145,9 +145,18 @@ def connect(address: str | None) -> tuple[bool, bool]:
         if addr:
             ray.init(address=addr, **kw)
             return False, True
-        # "local": a new Ray even if another one runs on this machine.
-        ray.init(address="local", **kw)
-        return True, True
+        # "local": a new Ray even if another one runs on this machine. No dashboard:
+        # nobody watches it, and on a loaded machine Ray's agents can miss the raylet's
+        # fixed 15 s start-up wait (ray-project/ray#65983), so such a start is retried.
+        for attempt in range(3):
+            try:
+                ray.init(address="local", include_dashboard=False, **kw)
+                return True, True
+            except Exception as e:
+                ray.shutdown()
+                if attempt == 2 or "timed out during startup" not in str(e):
+                    raise
+        raise AssertionError("unreachable")
     except Exception as e:  # Ray raises bare Exceptions too (a node that fails to start)
         where = addr or "a local Ray"
         raise CommandError(f"cannot start or join {where}: {' '.join(str(e).split())[:300]}") from None
