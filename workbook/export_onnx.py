@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=None, help="dataset for --check (default: the trial's)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="--check on the first N test images only")
     p.add_argument("--optimization", choices=["all", "extended", "basic", "disable"], default="all", help="ORT graph optimization level for --check")
-    p.add_argument("--per-layer", action="store_true", help="with --check: codes mismatch of every layer")
+    p.add_argument("--per-layer", action="store_true", help="with --check: codes mismatch of every layer (keeps every layer's codes in memory: pair with --limit)")
     p.add_argument("--json", default=None, metavar="FILE", help="with --check: also write the figures as JSON")
 
 

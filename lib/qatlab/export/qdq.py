@@ -16,20 +16,30 @@ CPU reference and differs only in how it requantizes (float32, see ``runtime.py`
 Below 8 bits there are two forms (``low_bit``):
 
 * ``"clip"`` (default): codes live in 8-bit containers (uint8/int8) and an integer
-  ``Clip(qmin, qmax)`` follows the QuantizeLinear, since Q only saturates to its
-  type's range. Any width 2–8 works, at opset 13, and ONNX Runtime still fuses the
-  DQ→op→Q groups into its 8-bit integer kernels (a Clip on uint8 is an integer op).
+  ``Clip(qmin, qmax)`` follows the QuantizeLinear (Q alone saturates only to its
+  type's range). Any width 2–8 works, at opset 13, and ONNX Runtime still fuses the
+  DQ→op→Q groups into its 8-bit integer kernels; the Clip runs on the uint8 codes.
 * ``"int4"``: the INT4/UINT4 types of opset 21, used where a value's range is
   exactly the 4-bit type's range (weights: any range inside [-8, 7]); other widths
-  fall back to the clip form. ONNX Runtime runs the 4-bit Q/DQ nodes but has no
-  4-bit integer conv/gemm kernels, so those layers run in float between DQ and Q.
+  fall back to 8 bits. ONNX Runtime 1.32 executes these graphs, but has no 4-bit
+  integer conv/gemm kernel: it dequantizes and runs Conv/Gemm in float32, which
+  rounds differently from the reference; its QDQ clean-up also turns
+  DQ(uint4)→MaxPool→Q(uint4) into a uint4 MaxPool it cannot run (so max-pool
+  outputs stay uint8 here), and its Python API cannot return uint4 tensors.
 
-The IntModel's post-ReLU clamp at the output zero point (``relu`` attr) is a ``Relu``
-before Q where Q's saturation already clamps at the zero point (the usual case:
-zero point = type minimum), else an integer ``Clip(z, qmax)`` after Q — exactly the
-reference's clamp, and it keeps the group fusable.
+``clip`` is the default because it is the form ONNX Runtime runs as integers, for
+every width, and so the one that reproduces the reference (tests/test_export.py).
 
-Above 8 bits, 16-bit containers (opset 21) are used the same way.
+The IntModel's output clamp ``[lo, qmax]`` (``lo`` = the zero point after a fused ReLU,
+else qmin) is Q's own saturation where it equals the type's range (a ``Relu`` before
+Q states a ReLU whose zero point is the type minimum; ONNX Runtime drops it when it
+fuses), else an integer ``Clip(lo, qmax)`` after Q — exactly the reference's clamp,
+and it keeps the group fusable. 4-bit codes take a float ``Relu`` instead (ORT has no
+4-bit Clip).
+
+Above 8 bits, codes live in 16-bit containers (opset 21), clamped by a float ``Clip``
+at the real values of ``lo`` and ``qmax`` before Q (ONNX Runtime cannot Clip 16-bit
+integers); ORT runs those layers in float.
 """
 from __future__ import annotations
 
@@ -313,7 +323,12 @@ class _Builder:
     def build(self) -> tuple[onnx.ModelProto, int]:
         m = self.m
         for op in m.ops:
-            self.emit(op)
+            try:
+                self.emit(op)
+            except (KeyError, TypeError, ValueError) as e:
+                if isinstance(e, ExportError):
+                    raise
+                raise ExportError(f"layer {op.name} ({op.kind}): malformed IntModel op: {type(e).__name__}: {e}") from e
         need, why = max(self.needs_opset)
         opset = self.requested_opset if self.requested_opset is not None else need
         latest = onnx.defs.onnx_opset_version()

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from qatlab.intmodel import ActQ, IntModel, IntOp, run
+from qatlab.intmodel.reference import run_conv, run_linear, run_op
 
 from .errors import ExportError
 from .qdq import CODES_NAME, INPUT_NAME, LOGITS_NAME
@@ -136,8 +137,8 @@ def predict_onnx(model: str | os.PathLike[str] | bytes | Any, x: torch.Tensor, *
 #
 # With its default optimizations ONNX Runtime (CPU, x86-64) fuses the QDQ groups into
 # MLAS integer kernels. Their int32 accumulators are exact, as the reference's are;
-# what differs is the requantization (ORT 1.x sources: qlinearconv.cc, quant_gemm.cc,
-# mlas/lib/quantize.cpp, qladd_avx2.cpp, qlgavgpool.cpp):
+# what differs is the requantization (ORT sources: qlinearconv.cc, quant_gemm.cc,
+# mlas/lib/quantize.cpp, qladd.cpp, qlgavgpool.cpp):
 #
 # * QuantizeLinear: ``rint(x / s) + z`` in float32: a division, where the reference
 #   multiplies by a float32 ``1/s``; the two differ in the last bit now and then.
@@ -146,9 +147,10 @@ def predict_onnx(model: str | os.PathLike[str] | bytes | Any, x: torch.Tensor, *
 #   multiplies in float64 with M kept in float64.
 # * QLinearAdd: ``rint(fp32(fp32((a − z_a)·s_a) + fp32((b − z_b)·s_b)) / s_y)``: float32
 #   dequantize, add, quantize. The reference computes ``(a − z_a)·(s_a/s_y) + …`` in
-#   float64. (Measured: this rule reproduces all 11.8 M add outputs of four ResNet-8
-#   exports under ORT 1.32 on AVX-512; the fixed-point AVX2 kernel that some MLAS
-#   builds carry, 22-bit multipliers rounded half away from zero, missed 16 of them.)
+#   float64. (Measured: this rule reproduces all 11.8 M add outputs of four
+#   calibrated ResNet-8 exports on digits under ORT 1.32 on an AVX-512 CPU; the
+#   fixed-point AVX2 kernel of some MLAS versions, 22-bit multipliers rounded half
+#   away from zero, missed 16 of them.)
 # * QLinearGlobalAveragePool: ``scale = fp32(s_x / fp32(s_y · count))``, then as conv.
 #
 # ``emulate_ort`` runs the IntModel with exactly these rules, so comparing ONNX Runtime
@@ -179,21 +181,8 @@ def _accumulator(op: IntOp, x: torch.Tensor, xq: ActQ) -> torch.Tensor:
     out_ch = tensors["weight"].shape[0]
     tensors["multiplier"] = torch.ones(out_ch, dtype=torch.float64)
     raw = IntOp(op.kind, op.name, op.inputs, op.output, wide, {**op.attrs, "relu": False}, tensors)
-    if op.kind == "conv":
-        return _run_conv_wide(x, raw, xq)
-    return _run_linear_wide(x, raw, xq)
-
-
-def _run_conv_wide(x: torch.Tensor, op: IntOp, xq: ActQ) -> torch.Tensor:
-    from qatlab.intmodel.reference import run_conv
-
-    return run_conv(x, op, xq, "float").to(torch.int64)
-
-
-def _run_linear_wide(x: torch.Tensor, op: IntOp, xq: ActQ) -> torch.Tensor:
-    from qatlab.intmodel.reference import run_linear
-
-    return run_linear(x, op, xq, "float").to(torch.int64)
+    acc = run_conv(x, raw, xq, "float") if op.kind == "conv" else run_linear(x, raw, xq, "float")
+    return acc.to(torch.int64)
 
 
 def _emulate_matmul_layer(op: IntOp, x: torch.Tensor, xq: ActQ) -> torch.Tensor:
@@ -232,8 +221,6 @@ def emulate_ort(model: IntModel, x: torch.Tensor, batch_size: int = 1000, captur
     does not cover (a padded/strided average pool) use the reference's arithmetic.
     ``capture``: filled with every value's codes, per batch.
     """
-    from qatlab.intmodel.reference import run_op
-
     def runner(op: IntOp, vals: dict[str, torch.Tensor], qs: dict[str, ActQ], rounding: str) -> torch.Tensor:
         out: torch.Tensor | None = None
         if op.kind == "quantize":
@@ -335,6 +322,7 @@ def compare_onnx(
     emulate: bool = True,
     per_layer: bool = False,
     threads: int | None = None,
+    reference: torch.Tensor | None = None,
 ) -> OnnxComparison:
     """Accuracies of the fake-quant model (if given), the IntModel and ONNX Runtime on
     ``(x, y)``, and how far ORT's output codes agree with the IntModel's.
@@ -344,11 +332,10 @@ def compare_onnx(
     the rounding rules listed there. ``per_layer`` re-exports the IntModel with every
     intermediate code tensor as an output and reports each value's mismatch (slower;
     an exposed output can block a fusion, so it describes a close relative of the graph).
+    ``reference``: the IntModel's output codes on ``x`` if already computed (skips a run).
     """
     if len(x) != len(y):
         raise ExportError(f"x has {len(x)} images but y has {len(y)} labels")
-    from qatlab.intmodel.reference import run_op
-
     sess = _session(onnx_model, optimization, threads)
     ort_out = run_onnx(sess, x, batch_size=batch_size)
     # One pass of each executor; with per_layer it keeps every value's codes.
@@ -361,7 +348,10 @@ def compare_onnx(
             ref_vals.setdefault(op.output, []).append(r)
         return r
 
-    ref = run(int_model, x, batch_size, capture)
+    if reference is not None and not per_layer:
+        ref = reference
+    else:
+        ref = run(int_model, x, batch_size, capture)
     if ort_out.codes.shape != ref.shape:
         raise ExportError(f"ONNX output shape {tuple(ort_out.codes.shape)} differs from the IntModel's {tuple(ref.shape)}: not this model's export")
     ort_pred, int_pred = ort_out.codes.argmax(1), ref.argmax(1)
