@@ -183,6 +183,9 @@ def ray_local(cache_dir):
     for k, v in SLOW_MACHINE_ENV.items():
         mp.setenv(k, v)
     tmp = tempfile.mkdtemp(prefix="qlr", dir="/tmp")
+    # Workers' temp files (a trial killed on timeout leaves its own) go with this dir.
+    os.makedirs(os.path.join(tmp, "t"))
+    mp.setenv("TMPDIR", os.path.join(tmp, "t"))
     kw = dict(address="local", num_cpus=2, num_gpus=4, include_dashboard=False, object_store_memory=80 << 20,
               log_to_driver=False, _temp_dir=tmp, logging_level="warning")  # fmt: skip
     try:
