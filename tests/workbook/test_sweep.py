@@ -205,6 +205,7 @@ def read_results(out: Path) -> pd.DataFrame:
     return pd.read_parquet(out / "results.parquet")
 
 
+@pytest.mark.slow
 def test_digits_sweep_resume_and_rerun_one(ray_local, tmp_path, capsys):
     spec = write_spec(tmp_path, "name: four\ndataset: digits\n" + TRAIN + "include:\n"
                       "  - {method: fp32}\n  - {method: ptq, bits: 8, ste: clipped}\n"
@@ -277,6 +278,7 @@ def test_invalid_trial_fails_alone_and_exit_nonzero(ray_local, tmp_path, capsys)
     assert len(read_results(out)) == 3
 
 
+@pytest.mark.slow
 def test_logical_gpus_get_distinct_ids_and_train_on_cpu(ray_local, tmp_path):
     import torch
 
