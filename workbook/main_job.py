@@ -78,7 +78,11 @@ def load_run_spec(name: str, train_overrides: dict[str, Any]):  # noqa: ANN201 -
         path = resolve_spec_path(name)
         load_spec(path)  # full validation, with file/line messages, before merging
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        data["train"] = {**(data.get("train") or {}), **train_overrides}
+        over = dict(train_overrides)
+        for key in ("model", "dataset"):  # top-level keys of a spec, not train defaults
+            if key in over:
+                data[key] = over.pop(key)
+        data["train"] = {**(data.get("train") or {}), **over}
         return spec_from_dict(data, f"{path} with -p overrides")
     except SpecError as e:
         raise CommandError(str(e)) from None
