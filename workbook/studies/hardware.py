@@ -115,22 +115,20 @@ def best_model(run_dir: str | Path, df: pd.DataFrame) -> tuple[dict[str, Any], A
 
 def onnx_comparison(run_dir: str | Path, df: pd.DataFrame, limit_test: int | None = None) -> pd.DataFrame:
     """Fake-quant, IntModel and ONNX Runtime accuracy side by side, per quantized trial."""
-    try:
-        from qatlab.export import compare_onnx
-    except ImportError:
-        return pd.DataFrame({"ONNX Runtime": ["not available yet: the ONNX export (qatlab.export) is not built"]})
     from qatlab.data import load_dataset
+    from qatlab.export import build_onnx, compare_onnx
+    from qatlab.intmodel import IntModel
     from qatlab.train import load_checkpoint
 
     rows = []
     for rec, path in trials_with_models(run_dir, df):
-        ck = path.with_name("model.pt")
         row = {k: rec.get(k) for k in ("trial_id", "method", "ste", "w_bits", "a_bits")}
         try:
-            model, cfg, _ = load_checkpoint(ck)
+            im = IntModel.load(path)
+            model, cfg, _ = load_checkpoint(path.with_name("model.pt"))
             x, y = load_dataset(cfg.dataset, limit_test=limit_test, seed=cfg.seed).test.tensors
-            c = compare_onnx(model, x, y)
-            row.update({k: v for k, v in c.as_dict().items() if not isinstance(v, (list, dict))} if hasattr(c, "as_dict") else vars(c))
+            c = compare_onnx(im, build_onnx(im).SerializeToString(), x, y, fake_quant=model, emulate=False)
+            row.update(fake_quant_acc=c.fq_acc, intmodel_acc=c.int_acc, onnx_runtime_acc=c.ort_acc, ort_vs_intmodel_predictions=c.agreement, ort_vs_intmodel_codes=c.code_agreement)
         except Exception as e:  # one trial's export problem is a row, not a dead report
             row["error"] = f"{type(e).__name__}: {e}"
         rows.append(row)
