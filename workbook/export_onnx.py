@@ -46,6 +46,8 @@ def _load(path: str) -> tuple[Any, Any, Any]:
     from qatlab.train import CheckpointError, load_checkpoint
     from workbook.cli import CommandError
 
+    if os.path.isdir(path):
+        raise CommandError(f"{path}: is a folder; give the trial's model.pt or intmodel.pt")
     if not os.path.isfile(path):
         raise CommandError(f"{path}: no such checkpoint file")
     try:
@@ -103,8 +105,16 @@ def run(args: argparse.Namespace) -> int:
     print(cmp.summary())
     if args.json:
         record = {"onnx": info.path, "opset": info.opset, "low_bit": info.low_bit, "rounding": info.rounding, **cmp.to_dict()}
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=2)
+        tmp = f"{args.json}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(record, f, indent=2)
+            os.replace(tmp, args.json)
+        except OSError as e:
+            raise CommandError(f"{args.json}: cannot write: {e}") from e
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     sys.stdout.flush()
     return 0
 
