@@ -14,12 +14,13 @@ from qatlab.quant import ESTIMATORS, QuantSpec, compute_qparams, error_report, f
 GRANULARITIES = ("tensor", "channel", "group:16", "element")
 
 
-def capture_tensors(model: nn.Module, x: torch.Tensor, max_act_values: int = 200_000) -> dict[str, torch.Tensor]:
+def capture_tensors(model: nn.Module, x: torch.Tensor, max_act_values: int = 200_000, max_weight_values: int = 50_000) -> dict[str, torch.Tensor]:
     """Weights and input activations of every Conv2d / Linear of a float model.
 
     Activations are the layer inputs on the batch ``x``, laid out channel-first
     ([C, ...]) so that channel granularity means per input channel, and subsampled
-    to at most ``max_act_values`` values to keep the search estimators fast.
+    to at most ``max_act_values`` values to keep the search estimators fast. Weights
+    keep whole output channels, the first ones up to ``max_weight_values`` values.
     """
     tensors: dict[str, torch.Tensor] = {}
     hooks = []
@@ -35,7 +36,9 @@ def capture_tensors(model: nn.Module, x: torch.Tensor, max_act_values: int = 200
 
     for name, mod in model.named_modules():
         if isinstance(mod, (nn.Conv2d, nn.Linear)):
-            tensors[f"{name}.weight"] = mod.weight.detach().reshape(mod.weight.shape[0], -1).clone()
+            w = mod.weight.detach().reshape(mod.weight.shape[0], -1)
+            rows = max(1, min(w.shape[0], max_weight_values // max(1, w.shape[1])))
+            tensors[f"{name}.weight"] = w[:rows].clone()
             hooks.append(mod.register_forward_hook(hook(name)))
     try:
         model.eval()
