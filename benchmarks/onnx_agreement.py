@@ -178,14 +178,16 @@ def main() -> None:
     for r in rows:
         if "layers" in r:
             worst = max(r["layers"], key=lambda d: d["mismatch"]) if r["layers"] else None
-            if worst:
+            if worst and worst["mismatch"] == 0:
+                print(f"{r['trial']}: per layer (first {a.per_layer} images) every layer's codes equal the reference's")
+            elif worst:
                 print(f"{r['trial']}: per layer (first {a.per_layer} images) worst codes mismatch {100 * worst['mismatch']:.4f}% at {worst['name']} ({worst['kind']}); max emulation mismatch {100 * max(d['emulated_mismatch'] for d in r['layers']):.4f}%")
     for r in rows:
         for at in r.get("attribution", []):
             if at["total"] or at["multiplier"] or at["product"]:
                 print(
-                    f"{r['trial']}: {at['kind']} {at['layer']}: {at['total']} of {at['codes']} requantized codes differ; "
-                    f"{at['multiplier']} change with the float32 multiplier, {at['product']} more with the float32 product"
+                    f"{r['trial']}: {at['kind']} {at['layer']}: {at['total']} of {at['codes']} requantized codes differ (net); "
+                    f"{at['multiplier']} change when M is rounded to float32, {at['product']} change again when acc·M is also a float32 product"
                 )
     checks: dict[str, bool] = {}
     for r in rows:
