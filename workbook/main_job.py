@@ -28,7 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="run folder (default: reports/<date>-<spec>)")
     p.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE", help="trial or notebook parameter")
     p.add_argument("--no-input", action="store_true", help="hide code in the HTML (for readers who do not program)")
-    p.add_argument("--max-concurrent", type=int, default=None, metavar="N", help="at most N trials at once")
+    from workbook.sweep import positive_int  # the sweep command's own validator, not a copy
+
+    p.add_argument("--max-concurrent", type=positive_int, default=None, metavar="N", help="at most N trials at once")
 
 
 def notebook_parameters() -> dict[str, dict[str, Any]]:

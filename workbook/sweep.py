@@ -59,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", default=None, help="output directory (default: runs/<spec name>); a rerun into it resumes")
     p.add_argument(
-        "--max-concurrent", type=_positive_int, default=None, metavar="N",
+        "--max-concurrent", type=positive_int, default=None, metavar="N",
         help="run at most N trials at once (default: as many as the cluster's resources allow)",
     )  # fmt: skip
     again = p.add_mutually_exclusive_group()
@@ -73,7 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar: one line per finished trial only")
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         n = int(text)
     except ValueError:
