@@ -82,26 +82,37 @@ def _matmul_layer(a_codes: torch.Tensor, xq: ActQ, w: torch.Tensor) -> torch.Ten
     return total
 
 
-def run_conv(q: torch.Tensor, op: IntOp, xq: ActQ, rounding: str) -> torch.Tensor:
-    w = op.tensors["weight"]
-    out_ch, cin_g, kh, kw = w.shape
-    b, cin, h, wd = q.shape
+def conv_rows(q: torch.Tensor, op: IntOp, xq: ActQ) -> list[torch.Tensor]:
+    """Im2col of a conv's input codes ``q`` [B, C, H, W]: one int32 row matrix
+    [B·L, C/groups·kh·kw] of codes per group (L = output pixels)."""
+    kh, kw = op.tensors["weight"].shape[2:]
     groups = op.attrs["groups"]
+    cin_g = q.shape[1] // groups
     ph, pw = op.attrs["padding"]
     # Real zero padding is the code z: pad in code space with z, not 0.
     x = F.pad(q.float(), (pw, pw, ph, ph), value=float(xq.zero_point))
     cols = F.unfold(x, (kh, kw), dilation=op.attrs["dilation"], stride=op.attrs["stride"])  # [B, C*kh*kw, L]
-    oh, ow = op.attrs["out_shape"][1:]
-    accs = []
-    per_out = out_ch // groups
-    for g in range(groups):
-        part = cols[:, g * cin_g * kh * kw : (g + 1) * cin_g * kh * kw]
-        rows = part.transpose(1, 2).reshape(-1, cin_g * kh * kw).to(torch.int32)
-        accs.append(_matmul_layer(rows, xq, w[g * per_out : (g + 1) * per_out].reshape(per_out, -1)))
+    k = cin_g * kh * kw
+    return [cols[:, g * k : (g + 1) * k].transpose(1, 2).reshape(-1, k).to(torch.int32) for g in range(groups)]
+
+
+def conv_output(y: torch.Tensor, op: IntOp, batch: int) -> torch.Tensor:
+    """Rows [B·L, out_ch] (the GEMM's layout) -> NCHW [B, out_ch, oh, ow]."""
+    out_ch, oh, ow = y.shape[1], *op.attrs["out_shape"][1:]
+    return y.reshape(batch, oh * ow, out_ch).transpose(1, 2).reshape(batch, out_ch, oh, ow)
+
+
+def run_conv(q: torch.Tensor, op: IntOp, xq: ActQ, rounding: str) -> torch.Tensor:
+    w = op.tensors["weight"]
+    out_ch = w.shape[0]
+    rows = conv_rows(q, op, xq)
+    per_out = out_ch // len(rows)
+    accs = [
+        _matmul_layer(r, xq, w[g * per_out : (g + 1) * per_out].reshape(per_out, -1)) for g, r in enumerate(rows)
+    ]
     acc = torch.cat(accs, dim=1) + op.tensors["bias"].to(torch.int64)
     _check_int32(acc, op)
-    y = _requant(acc, op, rounding)
-    return y.reshape(b, oh * ow, out_ch).transpose(1, 2).reshape(b, out_ch, oh, ow)
+    return conv_output(_requant(acc, op, rounding), op, q.shape[0])
 
 
 def run_linear(q: torch.Tensor, op: IntOp, xq: ActQ, rounding: str) -> torch.Tensor:
