@@ -10,6 +10,7 @@ result has the kind of the ``a`` operand.
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -49,17 +50,32 @@ def import_cupy() -> Any:
     return cupy
 
 
-def kernel_source(variant: str) -> str:
-    """The .cu text with the shared header pasted in place of its #include.
+def source_with_headers(filename: str) -> str:
+    """The text of a .cu file of this package with its own ``qatlab_*.cuh`` headers pasted
+    in place of their #include lines.
 
     CuPy keys its on-disk kernel cache on the source text and options; an #include
-    would let an edited header hit a stale cached binary, so the header is inlined.
+    would let an edited header hit a stale cached binary, so headers are inlined.
     """
-    src = (KERNEL_DIR / SOURCES[variant]).read_text()
-    header = (KERNEL_DIR / EPILOGUE_HEADER).read_text().replace("#pragma once", "")
-    inc = f'#include "{EPILOGUE_HEADER}"'
-    assert inc in src, f"{SOURCES[variant]} no longer includes {EPILOGUE_HEADER}"
-    return src.replace(inc, header)
+    src = (KERNEL_DIR / filename).read_text()
+    for inc in re.findall(r'^#include "(qatlab_[a-z0-9_]+\.cuh)"$', src, flags=re.M):
+        header = (KERNEL_DIR / inc).read_text().replace("#pragma once", "")
+        src = src.replace(f'#include "{inc}"', header)
+    assert '#include "' not in src, f"{filename} includes a header source_with_headers does not inline"
+    return src
+
+
+def kernel_source(variant: str) -> str:
+    """The GEMM .cu text of ``variant`` (a key of SOURCES) exactly as CuPy compiles it."""
+    src = source_with_headers(SOURCES[variant])
+    assert "qatlab_requant" in src, f"{SOURCES[variant]} no longer includes {EPILOGUE_HEADER}"
+    return src
+
+
+def allow_large_smem(cupy: Any, fn: Any, nbytes: int) -> None:
+    """Opt a kernel in to ``nbytes`` of dynamic shared memory (needed above 48 KiB)."""
+    attr = getattr(cupy.cuda.driver, "CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES", 8)
+    cupy.cuda.driver.funcSetAttribute(fn.ptr, attr, nbytes)
 
 
 @functools.lru_cache(maxsize=None)
@@ -74,10 +90,7 @@ def _module(variant: str, device_id: int) -> Any:
         if cc < 80:
             raise KernelInputError(f"the mma kernel needs sm_80 or newer (this device is sm_{cc}); use 'int8_gemm_dp4a'")
         for name in ("int8_gemm_mma_s32", "int8_gemm_mma_requant"):
-            # > 48 KiB of dynamic shared memory needs an explicit opt-in.
-            fn = mod.get_function(name)
-            attr = getattr(cupy.cuda.driver, "CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES", 8)
-            cupy.cuda.driver.funcSetAttribute(fn.ptr, attr, mma_smem_bytes())
+            allow_large_smem(cupy, mod.get_function(name), mma_smem_bytes())
     return mod
 
 

@@ -32,6 +32,7 @@
 // -DSTAGES=4 trades the second CTA for deeper prefetch.
 
 #include "qatlab_epilogue.cuh"
+#include "qatlab_ptx.cuh"
 
 #ifndef STAGES
 #define STAGES 3
@@ -45,39 +46,6 @@
 #define GROUP_M 8         // m-tiles per rasterization group (L2 reuse, see below)
 
 static_assert(STAGES >= 2, "the pipeline needs at least two stages");
-
-// Generic -> 32-bit shared-window address, in PTX so it builds the same under nvcc
-// and NVRTC without relying on which intrinsic headers NVRTC pre-includes.
-__device__ __forceinline__ unsigned smem_u32(const void* p) {
-    unsigned addr;
-    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }\n" : "=r"(addr) : "l"(p));
-    return addr;
-}
-
-// 16-byte async copy global -> shared; src_bytes = 0 writes zeros (edge predication
-// without a branch, and the source address is never dereferenced).
-__device__ __forceinline__ void cp_async_16(unsigned dst, const void* src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-__device__ __forceinline__ void ldmatrix_x4(unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3,
-                                            unsigned addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(addr));
-}
-
-// D = A(16x32 s8, row) * B(32x8 s8, col) + C, accumulate in place.
-__device__ __forceinline__ void mma_s8(int* c, const unsigned* a, const unsigned* b) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
 
 // Issue the cp.async copies of one K tile (both operands) into ring slot `stage`.
 // 128 rows x 4 chunks of 16 B = 512 chunks per operand, two per thread; four
