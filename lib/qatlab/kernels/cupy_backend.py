@@ -115,15 +115,15 @@ def _as_device(cupy: Any, x: Any) -> tuple[Any, str]:
     raise KernelInputError(f"unsupported operand type {type(x).__name__}; pass a CuPy array, torch tensor or numpy array")
 
 
-def _check_host_kind(x: Any) -> Any:
+def _check_host_kind(x: Any, ndim: int = 2) -> Any:
     """Validate dtype/layout on the caller's own object, before any copy."""
     if type(x).__module__.startswith("torch"):
         import torch
 
         if x.dtype != torch.int8:
             raise KernelInputError(f"operands must have dtype int8, got {x.dtype}")
-        if x.dim() != 2:
-            raise KernelInputError(f"operands must be 2-D, got shape {tuple(x.shape)}")
+        if x.dim() != ndim:
+            raise KernelInputError(f"operands must be {ndim}-D, got shape {tuple(x.shape)}")
         if not x.is_contiguous():
             raise KernelInputError("operands must be C-contiguous (row-major); call .contiguous() first")
     return x

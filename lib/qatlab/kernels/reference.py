@@ -52,9 +52,20 @@ def int8_gemm_requant_ref(
     Output dtype: int8 when [qmin, qmax] fits int8, uint8 when it fits [0, 255].
     """
     a, b = check_gemm_operands(a, b)
-    n = b.shape[0]
-    bias, multiplier, zp, out_dtype = check_requant_params(bias, multiplier, zero_point, qmin, qmax, n)
-    acc = _wrap_i32(_wrap_i32(_gemm_i64(a, b)).astype(np.int64) + bias.astype(np.int64))
+    params = check_requant_params(bias, multiplier, zero_point, qmin, qmax, b.shape[0])
+    return requant_epilogue(_wrap_i32(_gemm_i64(a, b)), *params, qmin, qmax)
+
+
+def requant_epilogue(
+    acc: np.ndarray, bias: np.ndarray, multiplier: np.ndarray, zp: np.ndarray, out_dtype: np.dtype, qmin: int, qmax: int
+) -> np.ndarray:
+    """What every kernel's fused epilogue (qatlab_epilogue.cuh) does to int32 accumulators
+    ``acc [..., N]``: ``+ bias`` (int32 wrap), ``x multiplier`` in float64, round half to
+    even, ``+ zp``, clamp to [qmin, qmax]; per channel along the last axis.
+
+    The parameters are the output of ``validate.check_requant_params`` (already checked).
+    """
+    acc = _wrap_i32(acc.astype(np.int64) + bias.astype(np.int64))
     y = requantize(
         torch.from_numpy(acc.astype(np.int64)),
         torch.from_numpy(multiplier),

@@ -5,6 +5,7 @@ and CuPy arrays) so the CUDA launcher can check device arrays without a copy.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -85,3 +86,79 @@ def _to_host(x: Any) -> Any:
     if hasattr(x, "get") and type(x).__module__.startswith("cupy"):
         return x.get()
     return x
+
+
+# ---- convolution ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Shapes of one NHWC x KRSC convolution and its GEMM view.
+
+    GEMM view (what the implicit-GEMM kernel computes): ``M = n·oh·ow`` rows (output
+    pixels), ``N = k`` columns (output channels), reduction ``K = r·s·c`` in (r, s, c)
+    order, which is the KRSC weight flattened per output channel.
+    """
+
+    n: int
+    h: int
+    w: int
+    c: int
+    k: int
+    r: int
+    s: int
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    oh: int
+    ow: int
+
+    @property
+    def gemm_mnk(self) -> tuple[int, int, int]:
+        return self.n * self.oh * self.ow, self.k, self.r * self.s * self.c
+
+    @property
+    def out_shape(self) -> tuple[int, int, int, int]:
+        return self.n, self.oh, self.ow, self.k
+
+
+def _pair(v: Any, name: str, minimum: int) -> tuple[int, int]:
+    vals = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    if len(vals) != 2 or not all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in vals):
+        raise KernelInputError(f"{name} must be an int or a pair of ints (h, w), got {v!r}")
+    if min(vals) < minimum:
+        raise KernelInputError(f"{name} must be >= {minimum}, got {v!r}")
+    return int(vals[0]), int(vals[1])
+
+
+def check_conv_operands(
+    x: Any, w: Any, stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1, pad_value: int = 0
+) -> ConvGeometry:
+    """x int8 [N, H, W, C] (NHWC) and w int8 [K, R, S, C] (KRSC), C-contiguous, non-empty,
+    same C, groups == 1, a positive output size and an int8 ``pad_value``."""
+    for name, t in (("x (activations, NHWC)", x), ("w (weights, KRSC)", w)):
+        if not hasattr(t, "dtype") or not hasattr(t, "shape"):
+            raise KernelInputError(f"{name} must be an array, got {type(t).__name__}")
+        if np.dtype(t.dtype) != np.int8:
+            raise KernelInputError(f"{name} must have dtype int8, got {np.dtype(t.dtype)}")
+        if len(t.shape) != 4:
+            raise KernelInputError(f"{name} must be 4-D, got shape {tuple(t.shape)}")
+        if not _is_c_contiguous(t):
+            raise KernelInputError(f"{name} must be C-contiguous; call .copy() / ascontiguousarray first")
+    if groups != 1:
+        raise KernelInputError(f"only groups=1 is supported, got groups={groups}; split grouped/depthwise "
+                               "convolutions into per-group calls")
+    (n, h, wd, c), (k, r, s, c2) = (tuple(int(d) for d in t.shape) for t in (x, w))
+    if c != c2:
+        raise KernelInputError(f"channel mismatch: x [N, H, W, C] has C={c} but w [K, R, S, C] has C={c2}")
+    if min(n, h, wd, c, k, r, s) == 0:
+        raise KernelInputError(f"empty dimension: x {tuple(x.shape)}, w {tuple(w.shape)}; every dimension must be >= 1")
+    st, pd, dl = _pair(stride, "stride", 1), _pair(padding, "padding", 0), _pair(dilation, "dilation", 1)
+    if not isinstance(pad_value, (int, np.integer)) or isinstance(pad_value, bool) or not -128 <= pad_value <= 127:
+        raise KernelInputError(f"pad_value must be an int in [-128, 127] (an int8 activation code), got {pad_value!r}")
+    oh = (h + 2 * pd[0] - dl[0] * (r - 1) - 1) // st[0] + 1
+    ow = (wd + 2 * pd[1] - dl[1] * (s - 1) - 1) // st[1] + 1
+    if oh <= 0 or ow <= 0:
+        raise KernelInputError(f"output size {oh} x {ow} <= 0: the dilated {r}x{s} filter (dilation {dl}) is larger "
+                               f"than the padded {h}x{wd} input (padding {pd})")
+    return ConvGeometry(n, h, wd, c, k, r, s, st, pd, dl, oh, ow)
