@@ -120,7 +120,9 @@ def test_bad_epilogue_params() -> None:
 
 
 def test_registry_names_and_errors() -> None:
-    assert set(kernel_names()) == {"int8_gemm", "int8_gemm_requant", "int8_gemm_dp4a", "int8_gemm_dp4a_requant"}
+    assert set(kernel_names()) == {"int8_gemm", "int8_gemm_requant", "int8_gemm_dp4a", "int8_gemm_dp4a_requant",
+                                   "int8_conv2d", "int8_conv2d_requant", "int8_conv2d_direct",
+                                   "int8_conv2d_direct_requant"}
     for name in kernel_names():
         assert callable(get_kernel(name, "cpu"))
         assert callable(get_kernel(name, "cuda"))  # lookup never needs CuPy

@@ -1,14 +1,17 @@
-"""int8 GEMM kernels: raw CUDA (.cu, launched by CuPy's RawModule) and CPU twins.
+"""int8 GEMM and convolution kernels: raw CUDA (.cu, launched by CuPy's RawModule) and CPU twins.
 
 * ``get_kernel(name, backend)`` — registry, backends ``"cpu"`` and ``"cuda"``
 * ``int8_linear(...)`` — GEMM + bias + float requantization, what the IntModel calls
 * ``int8_gemm_ref`` / ``int8_gemm_requant_ref`` — exact numpy references
+* ``int8_conv2d_ref`` / ``int8_conv2d_requant_ref`` — exact NHWC x KRSC convolution twins;
+  ``input_zero_point_correction`` — the bias term that makes a zero point exact
 
 CuPy is imported only when a ``cuda`` kernel is called.
 """
 from __future__ import annotations
 
 from .errors import CupyUnavailableError, KernelError, KernelInputError, UnknownKernelError
+from .conv_reference import input_zero_point_correction, int8_conv2d_ref, int8_conv2d_requant_ref
 from .linear import int8_linear
 from .reference import int8_gemm_ref, int8_gemm_requant_ref
 from .registry import BACKENDS, cuda_available, get_kernel, kernel_names
@@ -21,6 +24,9 @@ __all__ = [
     "UnknownKernelError",
     "cuda_available",
     "get_kernel",
+    "input_zero_point_correction",
+    "int8_conv2d_ref",
+    "int8_conv2d_requant_ref",
     "int8_gemm_ref",
     "int8_gemm_requant_ref",
     "int8_linear",
