@@ -104,11 +104,12 @@ def _walk(gm: fx.GraphModule, input_shape: tuple[int, ...], rounding: str, meta:
             raise UnsupportedLayerError(f"node {who}: its input is not a quantized value (missing input quantizer?)")
         return q_of[ref(arg)]
 
-    def emit(kind: str, node: fx.Node, inputs: list[fx.Node], out_q: ActQ, attrs: dict[str, Any] | None = None, tensors: dict[str, torch.Tensor] | None = None) -> None:
+    def emit(kind: str, node: fx.Node, inputs: list[fx.Node | str], out_q: ActQ, attrs: dict[str, Any] | None = None, tensors: dict[str, torch.Tensor] | None = None, name: str | None = None) -> None:
+        name = name or node.name
         attrs = dict(attrs or {})
         attrs.setdefault("out_shape", _shape(node))
-        ops.append(IntOp(kind, node.name, [ref(i) for i in inputs], node.name, out_q, attrs, tensors or {}))
-        q_of[node.name] = out_q
+        ops.append(IntOp(kind, name, [i if isinstance(i, str) else ref(i) for i in inputs], name, out_q, attrs, tensors or {}))
+        q_of[name] = out_q
 
     for node in gm.graph.nodes:
         if node.op == "placeholder":
@@ -138,7 +139,16 @@ def _walk(gm: fx.GraphModule, input_shape: tuple[int, ...], rounding: str, meta:
                 if isinstance(mod, QuantConv2d):
                     c = mod.conv
                     attrs.update(stride=tuple(c.stride), padding=tuple(c.padding), dilation=tuple(c.dilation), groups=c.groups, kernel=tuple(c.kernel_size))
-                    emit("conv", node, [src], yq, attrs, tensors)
+                    if mod.maxpool is None:
+                        emit("conv", node, [src], yq, attrs, tensors)
+                    else:
+                        # The QAT module pools before quantizing; the integer model pools
+                        # the requantized codes: the same values, as both are monotone.
+                        attrs["out_shape"] = _conv_out_shape(c, _shape(src))
+                        emit("conv", node, [src], yq, attrs, tensors)
+                        pool_name = f"{node.name}_pool"
+                        emit("maxpool", node, [node.name], yq, _maxpool_attrs(mod.maxpool), name=pool_name)
+                        alias[node.name] = pool_name
                 else:
                     emit("linear", node, [src], yq, attrs, tensors)
             elif isinstance(mod, QuantAdd):
@@ -157,7 +167,7 @@ def _walk(gm: fx.GraphModule, input_shape: tuple[int, ...], rounding: str, meta:
                 emit("avgpool", node, [src], yq, _pool_attrs(mod.pool, _shape(src), node.name, xq, yq), {})
             elif isinstance(mod, nn.MaxPool2d):
                 xq = need_q(src, node.name)
-                emit("maxpool", node, [src], xq, {"kernel": _pair(mod.kernel_size), "stride": _pair(mod.stride or mod.kernel_size), "padding": _pair(mod.padding), "dilation": _pair(mod.dilation), "ceil_mode": mod.ceil_mode})
+                emit("maxpool", node, [src], xq, _maxpool_attrs(mod))
             elif isinstance(mod, nn.ReLU):
                 emit("relu", node, [src], need_q(src, node.name))
             elif isinstance(mod, nn.Flatten):
@@ -203,6 +213,18 @@ def _flatten(node: fx.Node, src: Any, emit: Any, need_q: Any) -> None:
     if len(out) != 1:
         raise UnsupportedLayerError(f"node {node.name}: only flattening to [batch, features] is supported, got shape {out}")
     emit("flatten", node, [src], need_q(src, node.name), {"out_shape": out})
+
+
+def _maxpool_attrs(mod: nn.MaxPool2d) -> dict[str, Any]:
+    return {"kernel": _pair(mod.kernel_size), "stride": _pair(mod.stride or mod.kernel_size), "padding": _pair(mod.padding), "dilation": _pair(mod.dilation), "ceil_mode": mod.ceil_mode}
+
+
+def _conv_out_shape(c: nn.Conv2d, in_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    hw = [
+        (n + 2 * p - d * (k - 1) - 1) // s + 1
+        for n, p, d, k, s in zip(in_shape[1:], _pair(c.padding), _pair(c.dilation), _pair(c.kernel_size), _pair(c.stride))
+    ]
+    return (c.out_channels, hw[0], hw[1])
 
 
 def _pair(v: Any) -> tuple[int, int]:

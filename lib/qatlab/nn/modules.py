@@ -49,13 +49,22 @@ class _QuantCompute(nn.Module):
         return (torch.round(b.double() / acc) * acc).to(b.dtype)
 
     def _out(self, y: torch.Tensor) -> torch.Tensor:
+        maxpool = getattr(self, "maxpool", None)
+        if maxpool is not None:
+            # Max pooling commutes with ReLU and with fake quantization (both monotone
+            # non-decreasing), so pooling first gives the same values with a quarter of
+            # the element-wise quantizer work. Gradients differ only where quantization
+            # ties a window: the gradient then reaches the true maximum, not the first
+            # of the tied codes.
+            y = maxpool(y)
         if self.relu:
             y = F.relu(y)
         return self.act_fq(y)
 
 
 class QuantConv2d(_QuantCompute):
-    """Conv2d (+ BatchNorm folded for QAT) (+ ReLU), weight fake-quant, output fake-quant.
+    """Conv2d (+ BatchNorm folded for QAT) (+ ReLU) (+ MaxPool2d), weight fake-quant,
+    output fake-quant.
 
     BatchNorm folding follows Jacob et al. (CVPR 2018) as torch.ao does: while BN
     statistics are live, the conv runs on folded-and-quantized weights with the
@@ -73,6 +82,7 @@ class QuantConv2d(_QuantCompute):
         a_spec: QuantSpec,
         w_ste: str = "clipped",
         a_ste: str = "clipped",
+        maxpool: nn.MaxPool2d | None = None,
     ) -> None:
         super().__init__()
         if conv.padding_mode != "zeros":
@@ -80,6 +90,7 @@ class QuantConv2d(_QuantCompute):
         self.conv = conv
         self.bn = bn
         self.relu = relu
+        self.maxpool = maxpool
         self.bn_frozen = False
         self.weight_fq = FakeQuant(w_spec, w_ste, "weight")
         self.act_fq = FakeQuant(a_spec, a_ste, "act")
@@ -110,8 +121,10 @@ class QuantConv2d(_QuantCompute):
         std = torch.sqrt(bn.running_var + bn.eps)
         gamma = bn.weight if bn.weight is not None else torch.ones_like(std)
         f = gamma / std
-        y = self._conv(x, self.weight_fq(self.conv.weight * f.reshape(-1, 1, 1, 1)), None)
-        y = y / f.reshape(1, -1, 1, 1)
+        # conv(x, fq(W·f)) / f, with the division moved onto the weights (the conv is
+        # linear in them): the same function, without full-size passes over the
+        # activation and its gradient to undo the scale.
+        y = self._conv(x, self.weight_fq(self.conv.weight * f.reshape(-1, 1, 1, 1)) / f.reshape(-1, 1, 1, 1), None)
         if self.conv.bias is not None:
             y = y + self.conv.bias.reshape(1, -1, 1, 1)
         return self._out(bn(y))
