@@ -1,6 +1,6 @@
-"""int8 GEMM kernels vs cuBLASLt (torch._int_mm) and fp16 cuBLAS (torch.matmul), one run.
+"""int8 GEMM and conv kernels vs cuBLASLt (torch._int_mm), fp16 cuBLAS and cuDNN, one run.
 
-    python benchmarks/kernels.py [--json FILE] [--quick] [--reps N] [--no-dp4a]
+    python benchmarks/kernels.py [--json FILE] [--quick] [--reps N] [--no-dp4a] [--no-conv | --conv-only]
 
 For every shape it first checks correctness (our int32 GEMM vs an exact float64 GPU
 matmul — exact because every partial sum of int8 products is far below 2^53 — and
@@ -15,6 +15,17 @@ Fashion-MNIST, batch 256): conv1 M=256*784 N=32 K=9, conv2 M=256*196 N=64 K=288,
 fc1 M=256 N=128 K=3136, fc2 M=256 N=10 K=128. torch._int_mm needs M > 16 and K, N
 multiples of 8: where a layer is not, its operands are zero-padded for _int_mm (and
 the row says so); our kernels take the shape as is.
+
+Convolutions (unless --no-conv): ResNet-style layers, 3x3 (padding 1) and 1x1, stride
+1, at 56x56x64, 28x28x128, 14x14x256 and 7x7x512 (C = K), batch 1 and 64, NHWC int8 x
+KRSC int8. Timed: our implicit GEMM (int32 out, and with the fused requant epilogue),
+our direct __dp4a kernel, and cuDNN fp16 and fp32 (torch conv2d, channels_last,
+cudnn.benchmark on; fp32 runs as TF32 when torch allows it, printed). Correctness
+first: our int32 outputs vs an exact float64 conv2d on the GPU, the fused codes vs
+``qatlab.quant.requantize`` of that. TOPS = 2·N·OH·OW·K·R·S·C / t; ratios are
+t(cuDNN) / t(ours), > 1 means ours is faster. Our launches go through the Python
+launcher (checks, CuPy views of torch tensors) on every call, so the smallest layers
+measure that overhead as much as the kernel.
 
 Needs torch with CUDA and CuPy; without them it prints why and exits with status 2.
 Self-contained: run from the repository root (it puts lib/ on sys.path) with no
@@ -51,6 +62,10 @@ LENET = [
     ("lenet fc1", 256, 128, 3136),
     ("lenet fc2", 256, 10, 128),
 ]
+
+# (spatial, channels) of ResNet's four stages; both 3x3 and 1x1, batch 1 and 64
+CONV_LAYERS = [(56, 64), (28, 128), (14, 256), (7, 512)]
+CONV_BATCHES = (1, 64)
 
 
 def _need_cuda() -> tuple[Any, Any]:
@@ -203,17 +218,119 @@ def run(quick: bool = False, reps: int | None = None, dp4a: bool = True) -> list
     return rows
 
 
+def run_conv(reps: int | None = None, batches: tuple[int, ...] = CONV_BATCHES) -> list[dict[str, Any]]:
+    """The convolution section: one row per layer and batch (see the module docstring)."""
+    torch, cupy = _need_cuda()
+    import torch.nn.functional as F
+
+    from qatlab.kernels.cupy_conv import int8_conv2d_direct, int8_conv2d_igemm, int8_conv2d_igemm_requant
+    from qatlab.quant import requantize
+
+    torch.backends.cudnn.benchmark = True  # let cuDNN pick its fastest algorithm (during warm-up)
+    dev = torch.device("cuda")
+    name = torch.cuda.get_device_name(0)
+    peak = _peak(name)
+    print(f"# conv: NHWC int8 x KRSC int8, stride 1, 'same' padding; cuDNN via torch conv2d channels_last, "
+          f"cudnn.benchmark=True, fp32 allow_tf32={torch.backends.cudnn.allow_tf32}")
+    gen = torch.Generator(device=dev).manual_seed(1)
+    rows: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    for batch in batches:
+        for ksz in (3, 1):
+            for hw, ch in CONV_LAYERS:
+                n, h, w, c, k, r = batch, hw, hw, ch, ch, ksz
+                pad = ksz // 2
+                flops = 2.0 * n * h * w * k * r * r * c  # stride 1, same padding: OH, OW = H, W
+                big = flops >= 4e9
+                nreps = reps or (10 if big else 30)
+                budget = 2.0 if big else 1.0
+                label = f"conv{ksz}x{ksz} {hw}x{hw}x{ch} b{batch}"
+
+                def make_q() -> tuple[Any, Any]:
+                    x = torch.randint(-128, 128, (n, h, w, c), dtype=torch.int8, device=dev, generator=gen)
+                    wt = torch.randint(-128, 128, (k, r, r, c), dtype=torch.int8, device=dev, generator=gen)
+                    return x, wt
+
+                def as_nchw(dtype: Any) -> Callable[[], tuple[Any, Any]]:
+                    def make() -> tuple[Any, Any]:
+                        x, wt = make_q()
+                        # NHWC / KRSC memory seen as NCHW / KCRS: channels_last, no copy
+                        return x.permute(0, 3, 1, 2).to(dtype), wt.permute(0, 3, 1, 2).to(dtype)
+                    return make
+
+                # ---- correctness (exact): int32 vs float64 conv2d, fused codes vs requantize
+                x, wt = make_q()
+                torch.backends.cudnn.benchmark = False  # autotuning the one float64 reference call is waste
+                want = F.conv2d(x.permute(0, 3, 1, 2).double(), wt.permute(0, 3, 1, 2).double(), padding=pad)
+                torch.backends.cudnn.benchmark = True
+                want = want.permute(0, 2, 3, 1).to(torch.int64)
+                ok_igemm = bool(torch.equal(int8_conv2d_igemm(x, wt, padding=pad).to(torch.int64), want))
+                ok_direct = bool(torch.equal(int8_conv2d_direct(x, wt, padding=pad).to(torch.int64), want))
+                bias = torch.randint(-(2**15), 2**15, (k,), dtype=torch.int32, device=dev, generator=gen)
+                mult = torch.rand(k, dtype=torch.float64, device=dev, generator=gen) / (128.0 * (r * r * c) ** 0.5 * 4)
+                yq = int8_conv2d_igemm_requant(x, wt, bias, mult, -3, -128, 127, padding=pad)
+                ref = requantize(want + bias.to(torch.int64), mult, -3, -128, 127, mode="float")
+                ok_fused = bool(torch.equal(yq.to(torch.int64), ref))
+                del want, ref, yq
+
+                # ---- timing
+                impls: list[tuple[str, Callable, Callable]] = [
+                    ("cuDNN fp16", lambda a, b: F.conv2d(a, b, padding=pad), as_nchw(torch.float16)),
+                    ("cuDNN fp32", lambda a, b: F.conv2d(a, b, padding=pad), as_nchw(torch.float32)),
+                    ("ours igemm", lambda a, b: int8_conv2d_igemm(a, b, padding=pad), make_q),
+                    ("ours igemm+requant",
+                     lambda a, b: int8_conv2d_igemm_requant(a, b, bias, mult, 0, -128, 127, padding=pad), make_q),
+                    ("ours direct", lambda a, b: int8_conv2d_direct(a, b, padding=pad), make_q),
+                ]
+                ms: dict[str, float] = {}
+                for iname, fn, make in impls:
+                    ms[iname], _ = _time(torch, fn, make, warmup=3, reps=nreps, budget_s=budget)
+                row: dict[str, Any] = {"kind": "conv", "shape": label, "N": n, "H": h, "W": w, "C": c, "K": k,
+                                       "R": r, "S": r, "stride": 1, "padding": pad, "device": name,
+                                       "correct_igemm": ok_igemm, "correct_direct": ok_direct,
+                                       "correct_fused": ok_fused}
+                for iname, t in ms.items():
+                    row[f"{iname} ms"] = round(t, 4)
+                    row[f"{iname} TOPS"] = round(flops / (t * 1e-3) / 1e12, 2)
+                row["igemm / cuDNN fp16"] = round(ms["cuDNN fp16"] / ms["ours igemm"], 3)
+                row["igemm / cuDNN fp32"] = round(ms["cuDNN fp32"] / ms["ours igemm"], 3)
+                row["direct / cuDNN fp16"] = round(ms["cuDNN fp16"] / ms["ours direct"], 3)
+                if peak:
+                    row["igemm % of int8 peak"] = round(100 * row["ours igemm TOPS"] / peak, 1)
+                rows.append(row)
+                tops = "  ".join(f"{i}: {row[f'{i} TOPS']:.1f}" for i in ms)
+                flag = "" if ok_igemm and ok_direct and ok_fused else "  ** MISMATCH **"
+                print(f"{label:22s} TOPS  {tops}  | igemm/fp16 {row['igemm / cuDNN fp16']:.2f}  "
+                      f"igemm/fp32 {row['igemm / cuDNN fp32']:.2f}  direct/fp16 {row['direct / cuDNN fp16']:.2f}  "
+                      f"correct igemm={ok_igemm} direct={ok_direct} fused={ok_fused}{flag}", flush=True)
+                torch.cuda.empty_cache()
+    print(f"# conv total {time.perf_counter() - t0:.1f} s")
+    return rows
+
+
+def _incorrect(rows: list[dict[str, Any]]) -> list[str]:
+    keys = ("correct_mma", "correct_dp4a", "correct_fused", "correct_igemm", "correct_direct")
+    return [r["shape"] for r in rows if any(r.get(key) is False for key in keys)]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    ap.add_argument("--json", type=Path, help="also write the rows (GEMM and conv) to this JSON file")
     ap.add_argument("--quick", action="store_true", help="skip 8192^3")
-    ap.add_argument("--reps", type=int, help="timed runs per implementation (default 15-50 by size)")
+    ap.add_argument("--reps", type=int, help="timed runs per implementation (default 10-50 by size)")
     ap.add_argument("--no-dp4a", action="store_true", help="skip the dp4a kernel")
+    sect = ap.add_mutually_exclusive_group()
+    sect.add_argument("--no-conv", action="store_true", help="skip the convolution section")
+    sect.add_argument("--conv-only", action="store_true", help="only the convolution section")
     args = ap.parse_args(argv)
-    rows = run(quick=args.quick, reps=args.reps, dp4a=not args.no_dp4a)
+    rows: list[dict[str, Any]] = []
+    if not args.conv_only:
+        rows += [{"kind": "gemm", **r} for r in run(quick=args.quick, reps=args.reps, dp4a=not args.no_dp4a)]
+    if not args.no_conv:
+        rows += run_conv(reps=args.reps)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
-    bad = [r["shape"] for r in rows if not r["correct_mma"] or r["correct_dp4a"] is False or r["correct_fused"] is False]
+    bad = _incorrect(rows)
     if bad:
         print(f"# INCORRECT results for: {', '.join(bad)}", file=sys.stderr)
         return 1
