@@ -154,3 +154,18 @@ def test_state_dict_round_trip_into_fresh_model():
     set_observe(fresh, False)
     fresh.eval()
     assert torch.equal(fresh(x), q(x))
+
+
+def test_learned_state_survives_a_state_dict_round_trip():
+    """is_initialized mirrors the buffer in Python; loading a checkpoint must refresh it."""
+    spec = QuantSpec(bits=4, symmetric=False)
+    src, dst = FakeQuant(spec, "lsq", "act"), FakeQuant(spec, "lsq", "act")
+    src.calibrating = True
+    src(torch.randn(64))
+    src.calibrating = False
+    src.init_learned()
+    assert src.is_initialized and not dst.is_initialized
+    dst.load_state_dict(src.state_dict())
+    assert dst.is_initialized
+    x = torch.randn(64)
+    assert torch.equal(src(x), dst(x))

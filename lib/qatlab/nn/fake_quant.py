@@ -75,14 +75,25 @@ class FakeQuant(nn.Module):
             else:  # pact: start the clip at the observed top of the range
                 self.alpha.data = self.hi.clamp(min=1e-3).reshape(1).clone()
         self.initialized.fill_(True)
+        self.__dict__["_init_cache"] = True
+
+    @property
+    def is_initialized(self) -> bool:
+        """Whether LSQ's scale / PACT's clip hold learned values (the ``initialized``
+        buffer, mirrored in Python: reading a CUDA buffer on every forward would make
+        each quantizer wait for the GPU)."""
+        c = self.__dict__.get("_init_cache")
+        if c is None:
+            c = self.__dict__["_init_cache"] = bool(self.initialized)
+        return c
 
     def qparams(self, x_shape: torch.Size | tuple[int, ...] | None = None) -> QParams:
         """The qparams this quantizer applies now (learned or observed)."""
         layout = self._layout_for_shape(x_shape)
-        if self.ste == "lsq" and bool(self.initialized):
+        if self.ste == "lsq" and self.is_initialized:
             zp = torch.round(self.zero_point.detach().clamp(self.spec.qmin, self.spec.qmax)).to(torch.int32)
             return QParams(self.scale.detach().abs().clamp(min=1e-8).float().clone(), zp, self.spec.qmin, self.spec.qmax, layout)
-        if self.ste == "pact" and bool(self.initialized):
+        if self.ste == "pact" and self.is_initialized:
             scale = (self.alpha.detach().reshape(1) / self.spec.qmax).clamp(min=1e-12).float()
             return QParams(scale, torch.zeros(1, dtype=torch.int32), 0, self.spec.qmax, layout)
         if self.lo.numel() == 0:
@@ -104,12 +115,12 @@ class FakeQuant(nn.Module):
             return x
         self._last_shape = tuple(x.shape)
         layout = layout_for(x, self.spec)
-        learned_ready = self.ste in ("lsq", "pact") and bool(self.initialized)
+        learned_ready = self.ste in ("lsq", "pact") and self.is_initialized
         if self.observe and not learned_ready:
             self._observe(x, layout)
         if not self.enabled:
             return x
-        if self.ste in ("lsq", "pact") and not bool(self.initialized):
+        if self.ste in ("lsq", "pact") and not self.is_initialized:
             if self.calibrating:
                 qp = qparams_from_range(self.lo, self.hi, self.spec, layout)
                 return self._apply_fixed(x, qp, layout, "clipped")
@@ -157,6 +168,7 @@ class FakeQuant(nn.Module):
             if key in state_dict and isinstance(t, torch.Tensor) and t.shape != state_dict[key].shape:
                 t.data = torch.empty_like(state_dict[key])
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        self.__dict__["_init_cache"] = None
 
 
 def set_observe(model: nn.Module, on: bool) -> None:
@@ -175,5 +187,5 @@ def set_calibrating(model: nn.Module, on: bool) -> None:
     for m in model.modules():
         if isinstance(m, FakeQuant):
             m.calibrating = on
-            if not on and not bool(m.initialized):
+            if not on and not m.is_initialized:
                 m.init_learned()
