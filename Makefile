@@ -11,12 +11,13 @@ PIPQ := grep -v 'is ignored: it is neither a file nor a directory' || true
 TORCH_CPU := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup data browser run test lab bench clean help
+.PHONY: setup data browser run test lab bench gpu-data clean help
 help:
 	@echo "make run   - set up (.venv, deps, data) and run the main job"
 	@echo "make test  - set up and run the whole test suite"
 	@echo "make lab   - set up and start JupyterLab with the project's kernel"
 	@echo "make bench - run the benchmarks in benchmarks/"
+	@echo "make gpu-data - stage Fashion-MNIST in .gpu-data for benchmarks/gpu_checks.sh on a lent GPU"
 
 setup: $(STAMP) data
 
@@ -57,6 +58,12 @@ lab: setup
 
 bench: setup
 	$(VENV)/bin/workbook bench fakequant
+
+# What benchmarks/gpu_checks.sh needs on a GPU machine that has no network.
+gpu-data: data
+	@mkdir -p .gpu-data/fashion-mnist
+	@cp $${QATLAB_DATA:-$(FMNIST)}/*-ubyte.gz .gpu-data/fashion-mnist/
+	@echo "staged .gpu-data/fashion-mnist (carry it: \"carry\": [\".gpu-data\"])"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info lib/*.egg-info

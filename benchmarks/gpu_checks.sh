@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Every check that needs a GPU (issues 8 and 9), as one prepared run for a lent device:
+# the gpu-marked tests (kernels bit-exact vs their CPU twins, the IntModel on cuda equal
+# to cpu), the kernel benchmark (GEMM and convolution vs cuBLASLt / cuDNN), and the GPU
+# QAT benchmark with one training-loop trial on cuda. Logs and JSON go to $OUT.
+#
+#   make gpu-data      # here, once: copies Fashion-MNIST into .gpu-data (ignored by git)
+#   device run: command "bash benchmarks/gpu_checks.sh", carry [".gpu-data"], timeout_s 560
+#
+# The device image has torch, CuPy, pytest and hypothesis; nothing is installed there.
+# Each step has its own time limit so that one hang cannot eat the whole lease.
+set -uo pipefail
+OUT=${OUT:-/tmp/qatlab-gpu-out}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD/lib:$PWD" PYTHONUNBUFFERED=1
+if [ -d .gpu-data/fashion-mnist ]; then export QATLAB_DATA="$PWD/.gpu-data/fashion-mnist"; fi
+export QATLAB_CACHE="${TMPDIR:-/tmp}/qatlab-gpu-cache"
+PY=${PYTHON:-python3}
+status=0
+step() {  # step NAME SECONDS CMD...: run, log to $OUT/NAME.log, remember a failure
+    local name=$1 secs=$2; shift 2
+    echo "== $name (limit ${secs}s): $*"
+    timeout "$secs" "$@" 2>&1 | tee "$OUT/$name.log"
+    local rc=${PIPESTATUS[0]}
+    echo "== $name: exit $rc"
+    [ "$rc" -eq 0 ] || status=1
+}
+nvidia-smi -L | tee "$OUT/gpu.txt"
+step pytest-gpu 170 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/kernels
+step kernels 230 "$PY" benchmarks/kernels.py --json "$OUT/kernels.json"
+step qat-gpu 120 "$PY" benchmarks/qat_gpu.py --trial --json "$OUT/qat_gpu.json"
+exit $status
