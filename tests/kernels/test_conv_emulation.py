@@ -220,11 +220,11 @@ def emulate_direct(x: np.ndarray, w: np.ndarray, stride: tuple, padding: tuple, 
     vec16 = direct_vec(C) == 16
     X, Wf = x.reshape(-1), w.reshape(-1)
 
-    def load16(base: int, c0: int) -> np.ndarray:
+    def load16(src: np.ndarray, base: int, c0: int) -> np.ndarray:
         if vec16:
             assert base % 16 == 0, "unaligned int4 load"
-            return X_or_W[base : base + 16]
-        return np.array([X_or_W[base + j] if c0 + j < C else 0 for j in range(16)], np.int8)
+            return src[base : base + 16]
+        return np.array([src[base + j] if c0 + j < C else 0 for j in range(16)], np.int8)
 
     Y = np.full(g.out_shape, -999999, np.int64)
     tiles_w = -(-OW // DIRECT_TILE_W)
@@ -242,15 +242,13 @@ def emulate_direct(x: np.ndarray, w: np.ndarray, stride: tuple, padding: tuple, 
                     w_s = np.full((DIRECT_TILE_K * R * S, 16), 55, np.int8)
                     for i in range(PH * PW):
                         ih, iw = ih0 + i // PW, iw0 + i % PW
-                        X_or_W = X  # noqa: N806 (load16 reads it)
                         if 0 <= ih < H and 0 <= iw < W:
-                            in_s[i] = load16(((n * H + ih) * W + iw) * C + c0, c0)
+                            in_s[i] = load16(X, ((n * H + ih) * W + iw) * C + c0, c0)
                         else:
                             in_s[i] = pad
                     for i in range(DIRECT_TILE_K * R * S):
                         k, rs = k0 + i // (R * S), i % (R * S)
-                        X_or_W = Wf  # noqa: N806
-                        w_s[i] = load16((k * R * S + rs) * C + c0, c0) if k < K else 0
+                        w_s[i] = load16(Wf, (k * R * S + rs) * C + c0, c0) if k < K else 0
                     for r in range(R):
                         for s in range(S):
                             xi = (py * sh + r * dh) * PW + px * sw + s * dw
