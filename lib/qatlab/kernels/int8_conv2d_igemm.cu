@@ -22,8 +22,8 @@
 //   blockDim = 256, grid = (ceil(M/128), ceil(K/128)), dynamic smem = STAGES*(BM+BN)*LDS;
 //   C % VEC == 0; Wt is the [K, Kp] row-major view of the weights with the reduction
 //   zero-padded to Kp = roundup(Kg, 16) (cp.async moves 16-byte chunks of B);
-//   X, Wt 16-byte aligned; N*H*W*C < 2^31 and M < 2^31 (input offsets are 32-bit;
-//   output offsets are 64-bit).
+//   X VEC-byte and Wt 16-byte aligned; N*H*W*C < 2^31 and M < 2^31 (input offsets are
+//   32-bit; output offsets are 64-bit).
 //
 // Why one tap per chunk: with C % VEC == 0 and chunk starts at multiples of VEC, the VEC
 // bytes of a chunk are consecutive channels of one (r, s) tap, i.e. VEC consecutive,
@@ -37,6 +37,10 @@
 // loader differs. Its per-row state (n, oh, ow -> input origin) is computed once per
 // CTA into a 2 KiB table in shared memory rather than in registers, which keeps the
 // kernel inside the 128 registers of __launch_bounds__(256, 2).
+//
+// Known limits (untuned; benchmarks/kernels.py measures them): one 128 x 128 CTA tile
+// for every layer, so K = 64 layers leave half of each B tile zero, and small M (batch
+// 1 at 7x7 = 49 rows) launches a handful of CTAs with no split-K to fill the GPU.
 
 #include "qatlab_epilogue.cuh"
 #include "qatlab_ptx.cuh"
