@@ -5,7 +5,9 @@
 Steps: FP32 pretraining (cached on disk by ``fp32_key``, so every trial of a sweep
 that shares it trains it once), then per method: nothing (fp32), calibration (ptq),
 or calibration + QAT fine-tuning (qat); then evaluation of the fake-quant model and
-of its integer model (``convert`` + the CPU reference executor).
+of its integer model (``convert`` + an IntModel executor: the CPU reference unless
+``int_backend`` / ``$QATLAB_INT_BACKEND`` names another; the record's ``int_backend``
+says which ran — all of them give the same codes).
 Deterministic under a seed on CPU: same config, same metrics.
 """
 from __future__ import annotations
@@ -23,7 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from qatlab.config import TrainConfig
 from qatlab.data import DataSplits, load_dataset
-from qatlab.intmodel import IntModel, convert, predict
+from qatlab.intmodel import IntModel, convert, get_runner, predict
 from qatlab.models import build_model
 from qatlab.nn import calibrate, freeze_bn, prepare_qat, set_observe
 from qatlab.quant import QuantSpec
@@ -164,15 +166,40 @@ def quantize_model(cfg: TrainConfig, fp32: nn.Module, splits: DataSplits, device
     return q, steps
 
 
-def run_trial(config: TrainConfig | dict[str, Any], out_dir: str | os.PathLike[str] | None = None, use_cache: bool = True) -> dict[str, Any]:
-    """Train and evaluate one trial; never raises for a failing trial: the record says ``failed``."""
+def resolve_int_backend(name: str | None = None) -> str:
+    """The IntModel executor to evaluate with: ``name``, else ``$QATLAB_INT_BACKEND``, else
+    ``cpu``; ``auto`` is ``cuda`` where CuPy sees a GPU, else ``cpu``.
+
+    Raises for an unknown name or a backend that cannot start here, so a trial fails
+    before training rather than after it.
+    """
+    name = name or os.environ.get("QATLAB_INT_BACKEND") or "cpu"
+    if name == "auto":
+        from qatlab.kernels import cuda_available
+
+        name = "cuda" if torch.cuda.is_available() and cuda_available() else "cpu"
+    get_runner(name)
+    return name
+
+
+def run_trial(
+    config: TrainConfig | dict[str, Any],
+    out_dir: str | os.PathLike[str] | None = None,
+    use_cache: bool = True,
+    int_backend: str | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate one trial; never raises for a failing trial: the record says ``failed``.
+
+    ``int_backend``: the IntModel executor for ``int_acc`` (see :func:`resolve_int_backend`);
+    not part of the config, as it never changes the integers, only where they are computed.
+    """
     t_start = time.perf_counter()
     record: dict[str, Any] = {"status": "failed", "error": None}
     try:
         cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
         record.update(cfg.to_dict())
         record["trial_id"] = cfg.trial_id
-        record.update(_run(cfg, out_dir, use_cache))
+        record.update(_run(cfg, out_dir, use_cache, int_backend))
         record["status"] = "ok"
     except Exception:
         record["error"] = traceback.format_exc()
@@ -180,8 +207,9 @@ def run_trial(config: TrainConfig | dict[str, Any], out_dir: str | os.PathLike[s
     return record
 
 
-def _run(cfg: TrainConfig, out_dir: str | os.PathLike[str] | None, use_cache: bool) -> dict[str, Any]:
+def _run(cfg: TrainConfig, out_dir: str | os.PathLike[str] | None, use_cache: bool, int_backend: str | None) -> dict[str, Any]:
     device = resolve_device(cfg.device)
+    int_backend = resolve_int_backend(int_backend) if cfg.method != "fp32" else None
     splits = load_dataset(cfg.dataset, val_fraction=cfg.val_fraction, limit_train=cfg.limit_train, limit_test=cfg.limit_test, seed=cfg.seed)
     x_test, y_test = splits.test.tensors
     x_val, y_val = splits.val.tensors
@@ -201,11 +229,12 @@ def _run(cfg: TrainConfig, out_dir: str | os.PathLike[str] | None, use_cache: bo
     t0 = time.perf_counter()
     q, steps = quantize_model(cfg, fp32, splits, device)
     res["quant_s"] = round(time.perf_counter() - t0, 3)
+    res["int_backend"] = int_backend
     fq_pred = predictions(q, x_test, device)
     res.update(test_acc=accuracy(fq_pred, y_test), val_acc=accuracy(predictions(q, x_val, device), y_val), qat_steps=steps)
     try:
         im = convert(q.cpu(), splits.input_shape, cfg.rounding, meta={"config": cfg.to_dict()})
-        int_pred = predict(im, x_test)
+        int_pred = predict(im, x_test, backend=int_backend)  # type: ignore[arg-type]
         res.update(int_acc=accuracy(int_pred, y_test), int_agreement=accuracy(int_pred, fq_pred), int_error=None)
     except Exception as e:  # a model the integer path cannot run still has its fake-quant result
         im = None
