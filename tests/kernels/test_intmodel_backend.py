@@ -141,13 +141,18 @@ def _linear_op(w: torch.Tensor, out_q: ActQ, bias: torch.Tensor, real: torch.Ten
     return IntOp("linear", "fc", ["x"], "y", out_q, {"relu": relu, "out_shape": (n,)}, tensors)
 
 
+# The op-level checks run on the CPU twins here and on the CUDA kernels on a GPU.
+KERNEL_BACKENDS = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.mark.parametrize("kernel_backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("rounding", ["float", "fixed"])
 @pytest.mark.parametrize(
     "case, mode",
     [("int16 weights", "reference"), ("9-bit activations", "reference"), ("16-bit outputs", "int32"),
      ("int8 relu", "fused"), ("signed int8 in", "fused")],
 )  # fmt: skip
-def test_fallback_modes_equal_reference(case: str, mode: str, rounding: str) -> None:
+def test_fallback_modes_equal_reference(case: str, mode: str, rounding: str, kernel_backend: str) -> None:
     g = torch.Generator().manual_seed(3)
     xq, yq = ActQ(0.05, 7, 0, 255), ActQ(0.1, 3, -128, 127)
     w = torch.randint(-128, 128, (10, 33), generator=g, dtype=torch.int8)
@@ -167,28 +172,31 @@ def test_fallback_modes_equal_reference(case: str, mode: str, rounding: str) -> 
     real = (torch.rand(10, generator=g, dtype=torch.float64) + 0.5) * 4e-4 * gain
     op = _linear_op(w, yq, torch.randint(-5000, 5000, (10,), generator=g, dtype=torch.int32), real, relu)
     x = torch.randint(xq.qmin, xq.qmax + 1, (37, 33), generator=g, dtype=torch.int32)
-    runner = make_runner("cpu")
-    got = runner(op, {"x": x}, {"x": xq}, rounding)
-    assert torch.equal(got, reference.run_op(op, {"x": x}, {"x": xq}, rounding))
+    runner = make_runner(kernel_backend)
+    got = runner(op, {"x": x.to(runner.device)}, {"x": xq}, rounding)
+    assert torch.equal(got.cpu(), reference.run_op(op, {"x": x}, {"x": xq}, rounding))
     want_mode = "int32" if (mode == "fused" and rounding == "fixed") else mode
     assert runner._layers[id(op)].mode == want_mode
 
 
-def test_possible_overflow_keeps_the_reference_check() -> None:
+@pytest.mark.parametrize("kernel_backend", KERNEL_BACKENDS)
+def test_possible_overflow_keeps_the_reference_check(kernel_backend: str) -> None:
     """Where the int32 sum could overflow, the fused epilogue (which would wrap) is not
     used: the unfused path raises exactly where the reference raises."""
     xq, yq = ActQ(1.0, 0, 0, 255), ActQ(1.0, 0, -128, 127)
     k = 40000  # |Σ w·(q − 128)| ≤ 40000 · 127 · 128 ≈ 6.5e8: with a bias near 2^31 it may not fit
     w = torch.full((2, k), 127, dtype=torch.int8)
     op = _linear_op(w, yq, torch.tensor([2**31 - 10**8, 0], dtype=torch.int32), torch.full((2,), 3e-8, dtype=torch.float64))
-    runner = make_runner("cpu")
+    runner = make_runner(kernel_backend)
     small = torch.zeros((1, k), dtype=torch.int32)  # q = z: the sum is the bias alone
-    assert torch.equal(runner(op, {"x": small}, {"x": xq}, "float"), reference.run_op(op, {"x": small}, {"x": xq}, "float"))
+    got = runner(op, {"x": small.to(runner.device)}, {"x": xq}, "float")
+    assert torch.equal(got.cpu(), reference.run_op(op, {"x": small}, {"x": xq}, "float"))
     assert runner._layers[id(op)].mode == "int32"
     big = torch.full((1, k), 255, dtype=torch.int32)
-    for fn in (runner, reference.run_op):
-        with pytest.raises(AccumulatorOverflowError):
-            fn(op, {"x": big}, {"x": xq}, "float")
+    with pytest.raises(AccumulatorOverflowError):
+        reference.run_op(op, {"x": big}, {"x": xq}, "float")
+    with pytest.raises(AccumulatorOverflowError):
+        runner(op, {"x": big.to(runner.device)}, {"x": xq}, "float")
 
 
 class _Grouped(nn.Module):
@@ -204,15 +212,16 @@ class _Grouped(nn.Module):
         return self.fc(torch.flatten(torch.relu(self.c2(torch.relu(self.c1(x)))), 1))
 
 
+@pytest.mark.parametrize("kernel_backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("rounding", ["float", "fixed"])
-def test_grouped_dilated_conv_equals_reference(rounding: str) -> None:
+def test_grouped_dilated_conv_equals_reference(rounding: str, kernel_backend: str) -> None:
     torch.manual_seed(1)
     q = prepare_qat(_Grouped().eval(), QuantSpec(bits=8, granularity="channel"), QuantSpec(bits=8, symmetric=False))
     calibrate(q, [_images(32, 7)])
     im = convert(q, SHAPE, rounding)
     assert any(op.attrs.get("groups") == 2 for op in im.ops)
     x = _images(9, 8)
-    assert torch.equal(run(im, x, runner=make_runner("cpu")), reference.run(im, x))
+    assert torch.equal(run(im, x, runner=make_runner(kernel_backend)), reference.run(im, x))
 
 
 # ---- backends by name -----------------------------------------------------------------
@@ -299,17 +308,19 @@ def test_run_trial_records_its_int_backend(tmp_path: Path, monkeypatch: pytest.M
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("batch_size", [1, 37, 256])
 @pytest.mark.parametrize("rounding", ["float", "fixed"])
 @pytest.mark.parametrize("name", MODELS)
-def test_cuda_equals_cpu(name: str, rounding: str, batch_size: int) -> None:
-    x = _images(300 if batch_size > 1 else 40, 4)
+def test_cuda_equals_cpu(name: str, rounding: str) -> None:
+    """Whole models, every quantization setting, batches that are not tile multiples
+    (1, 37; 300 = 256 + 44)."""
+    x = _images(300, 4)
     for quant in QUANT:
         im = _int_model(name, *quant, rounding)
-        want = run(im, x, batch_size, backend="cpu")
-        got = run(im, x, batch_size, backend="cuda")
-        assert got.device.type == "cpu" and got.dtype == torch.int32
-        assert torch.equal(got, want), (name, quant, rounding, batch_size)
+        want = run(im, x, backend="cpu")
+        for batch_size, n in ((1, 12), (37, 300), (256, 300)):
+            got = run(im, x[:n], batch_size, backend="cuda")
+            assert got.device.type == "cpu" and got.dtype == torch.int32
+            assert torch.equal(got, want[:n]), (name, quant, rounding, batch_size)
 
 
 @pytest.mark.gpu
