@@ -23,7 +23,8 @@ KERNEL_DIR = Path(__file__).resolve().parent
 SOURCES = {"mma": "int8_gemm_mma.cu", "dp4a": "int8_gemm_dp4a.cu"}
 EPILOGUE_HEADER = "qatlab_epilogue.cuh"
 
-# Must match the #defines of int8_gemm_mma.cu.
+# Must match the #defines of qatlab_mma_tile.cuh (the tiling of int8_gemm_mma.cu and
+# int8_conv2d_igemm.cu).
 MMA_BM, MMA_BN, MMA_BK, MMA_LDS, MMA_THREADS = 128, 128, 64, 80, 256
 MMA_STAGES = 3
 MMA_GROUP_M = 8

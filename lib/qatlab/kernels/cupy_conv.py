@@ -40,7 +40,7 @@ from .validate import ConvGeometry, check_conv_operands
 
 CONV_SOURCES = {"igemm": "int8_conv2d_igemm.cu", "direct": "int8_conv2d_direct.cu"}
 # The implicit-GEMM kernel uses the GEMM kernel's tiling (BM, BN, BK, LDS, THREADS,
-# STAGES, GROUP_M: the same #defines); only its A loader differs.
+# STAGES, GROUP_M: qatlab_mma_tile.cuh, shared by both); only its A loader differs.
 IGEMM_K_ALIGN = 16  # B (weights [K, R*S*C]) rows are copied in 16-byte chunks
 # Must match the #defines of int8_conv2d_direct.cu.
 DIRECT_TILE_H, DIRECT_TILE_W, DIRECT_TILE_K, DIRECT_THREADS = 8, 8, 32, 256

@@ -32,9 +32,9 @@
 // (C odd or 2 mod 4, e.g. RGB input layers) loads bytes synchronously: correct and
 // simple; such layers are small.
 //
-// Tiling, pipeline, ldmatrix/mma fragments and the epilogue are those of
-// int8_gemm_mma.cu (see its header for the bank and register notes); only the A-side
-// loader differs. Its per-row state (n, oh, ow -> input origin) is computed once per
+// Tiling, pipeline, ldmatrix/mma fragments and the epilogue are int8_gemm_mma.cu's,
+// shared through qatlab_mma_tile.cuh (see the GEMM's header for the bank and register
+// notes); only the A-side loader differs. Its per-row state (n, oh, ow -> input origin) is computed once per
 // CTA into a 2 KiB table in shared memory rather than in registers, which keeps the
 // kernel inside the 128 registers of __launch_bounds__(256, 2).
 //
@@ -44,19 +44,7 @@
 
 #include "qatlab_epilogue.cuh"
 #include "qatlab_ptx.cuh"
-
-#ifndef STAGES
-#define STAGES 3
-#endif
-
-#define BM 128
-#define BN 128
-#define BK 64             // bytes (= int8 elements) of the reduction per stage
-#define LDS 80            // padded smem row stride in bytes (conflict-free ldmatrix)
-#define THREADS 256
-#define GROUP_M 8         // m-tiles per rasterization group (L2 reuse of both operands)
-
-static_assert(STAGES >= 2, "the pipeline needs at least two stages");
+#include "qatlab_mma_tile.cuh"
 
 struct ConvShape {
     int H, W, C, K;   // input height, width, channels; output channels
@@ -143,18 +131,8 @@ __device__ __forceinline__ void conv_igemm(const signed char* __restrict__ X, co
     const int warp = tid >> 5;
     const int warp_m = warp >> 2;  // 0..1 -> 64-row slab
     const int warp_n = warp & 3;   // 0..3 -> 32-column slab
-    // Grouped rasterization, as in int8_gemm_mma.cu (bijective remap of the CTA index).
     int bm, bn;
-    {
-        const int grid_m = gridDim.x, grid_n = gridDim.y;
-        const int pid = blockIdx.y * grid_m + blockIdx.x;
-        const int per_group = GROUP_M * grid_n;
-        const int first_m = (pid / per_group) * GROUP_M;
-        const int gm = min(grid_m - first_m, GROUP_M);
-        const int r = pid - (pid / per_group) * per_group;
-        bm = first_m + r % gm;
-        bn = r / gm;
-    }
+    grouped_cta_tile(bm, bn);  // L2-friendly CTA order, as in int8_gemm_mma.cu
     const int m0 = bm * BM;
     const int n0 = bn * BN;
     const unsigned pad4 = (static_cast<unsigned>(pad_value) & 0xffu) * 0x01010101u;
@@ -177,97 +155,10 @@ __device__ __forceinline__ void conv_igemm(const signed char* __restrict__ X, co
     }
     __syncthreads();
 
-    int acc[4][4][4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0;
-
-    const int ktiles = (p.Kp + BK - 1) / BK;
-
-    // Prologue: fill STAGES-1 slots; always commit so wait_group counts stay uniform.
-#pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {
-        if (s < ktiles) load_tile<VEC>(smem, s, X, Wt, rowinfo, p, n0, s * BK, tid, pad4);
-        cp_async_commit();
-    }
-
-    // ldmatrix lane -> (row, 16-byte half) maps, as in int8_gemm_mma.cu.
-    const int a_row = warp_m * 64 + (lane & 7) + ((lane >> 3) & 1) * 8;
-    const int a_col = (lane >> 4) * 16;
-    const int b_row = warp_n * 32 + (lane & 7) + (lane >> 4) * 8;
-    const int b_col = ((lane >> 3) & 1) * 16;
-
-    for (int kt = 0; kt < ktiles; ++kt) {
-        // Tile kt's cp.async group has landed; the barrier also publishes the plain
-        // shared stores of the pad chunks and frees slot (kt-1) % STAGES for the prefetch.
-        cp_async_wait<STAGES - 2>();
-        __syncthreads();
-
-        const int pf = kt + STAGES - 1;
-        if (pf < ktiles) load_tile<VEC>(smem, pf % STAGES, X, Wt, rowinfo, p, n0, pf * BK, tid, pad4);
-        cp_async_commit();
-
-        const unsigned char* As = smem + (kt % STAGES) * (BM + BN) * LDS;
-        const unsigned char* Bs = As + BM * LDS;
-        const unsigned a_base = smem_u32(As + a_row * LDS + a_col);
-        const unsigned b_base = smem_u32(Bs + b_row * LDS + b_col);
-
-#pragma unroll
-        for (int ks = 0; ks < BK / 32; ++ks) {
-            unsigned af[4][4];
-            unsigned bf[4][2];
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-                ldmatrix_x4(af[i][0], af[i][1], af[i][2], af[i][3], a_base + i * 16 * LDS + ks * 32);
-#pragma unroll
-            for (int j = 0; j < 2; ++j)
-                ldmatrix_x4(bf[2 * j][0], bf[2 * j][1], bf[2 * j + 1][0], bf[2 * j + 1][1],
-                            b_base + j * 16 * LDS + ks * 32);
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) mma_s8(acc[i][j], af[i], bf[j]);
-        }
-    }
-    cp_async_wait<0>();
-
-    // Epilogue from registers; c0,c1 at (row g, cols 2t, 2t+1), c2,c3 at row g+8.
-    const int g = lane >> 2;
-    const int t = lane & 3;
-    const int N = p.K;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        const int col = n0 + warp_n * 32 + j * 8 + t * 2;
-        int bias0 = 0, bias1 = 0, zp0 = 0, zp1 = 0;
-        double mu0 = 0.0, mu1 = 0.0;
-        if (FUSED) {
-            if (col < N) { bias0 = bias[col]; mu0 = mult[col]; zp0 = zp[col]; }
-            if (col + 1 < N) { bias1 = bias[col + 1]; mu1 = mult[col + 1]; zp1 = zp[col + 1]; }
-        }
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int row = m0 + warp_m * 64 + i * 16 + g + h * 8;
-                if (row >= p.M) continue;
-                const long long off = static_cast<long long>(row) * N + col;
-                const int v0 = acc[i][j][2 * h];
-                const int v1 = acc[i][j][2 * h + 1];
-                if (FUSED) {
-                    if (col < N) Y8[off] = static_cast<signed char>(qatlab_requant(v0, bias0, mu0, zp0, qmin, qmax));
-                    if (col + 1 < N) Y8[off + 1] = static_cast<signed char>(qatlab_requant(v1, bias1, mu1, zp1, qmin, qmax));
-                } else if (col + 1 < N && (N & 1) == 0) {
-                    *reinterpret_cast<int2*>(Y32 + off) = make_int2(v0, v1);  // even N: 8-byte aligned
-                } else {
-                    if (col < N) Y32[off] = v0;
-                    if (col + 1 < N) Y32[off + 1] = v1;
-                }
-            }
-        }
-    }
+    // The GEMM view's [M, N] output is Y's NHWC [N*OH*OW, K].
+    mma_tile_gemm<FUSED>(smem, lane, warp_m, warp_n, (p.Kp + BK - 1) / BK, m0, n0, p.M, p.K, Y32, bias, mult, zp,
+                         Y8, qmin, qmax,
+                         [=](int stage, int k0) { load_tile<VEC>(smem, stage, X, Wt, rowinfo, p, n0, k0, tid, pad4); });
 }
 
 // The geometry travels as plain ints (CuPy passes scalars, not structs).

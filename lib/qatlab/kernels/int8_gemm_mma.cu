@@ -31,21 +31,12 @@
 // 3 stages = 60 KiB per CTA (two CTAs fit in A100's 164 KiB and H100's 228 KiB);
 // -DSTAGES=4 trades the second CTA for deeper prefetch.
 
+// The tiling #defines (BM, BN, BK, LDS, THREADS, GROUP_M, STAGES), the pipeline, the
+// warp tile and the register epilogue live in qatlab_mma_tile.cuh, shared with
+// int8_conv2d_igemm.cu; this file adds the GEMM's loader and entry points.
 #include "qatlab_epilogue.cuh"
 #include "qatlab_ptx.cuh"
-
-#ifndef STAGES
-#define STAGES 3
-#endif
-
-#define BM 128
-#define BN 128
-#define BK 64             // bytes (= int8 elements) of K per stage
-#define LDS 80            // padded smem row stride in bytes (see bank note above)
-#define THREADS 256
-#define GROUP_M 8         // m-tiles per rasterization group (L2 reuse, see below)
-
-static_assert(STAGES >= 2, "the pipeline needs at least two stages");
+#include "qatlab_mma_tile.cuh"
 
 // Issue the cp.async copies of one K tile (both operands) into ring slot `stage`.
 // 128 rows x 4 chunks of 16 B = 512 chunks per operand, two per thread; four
@@ -83,125 +74,12 @@ __device__ __forceinline__ void gemm_mma(const signed char* __restrict__ A, cons
     const int warp = tid >> 5;
     const int warp_m = warp >> 2;  // 0..1 -> 64-row slab
     const int warp_n = warp & 3;   // 0..3 -> 32-column slab
-    // Grouped rasterization: CTAs are launched x-fastest, so a naive mapping runs
-    // one n-column of tiles against every m-tile, streaming all of A through L2 per
-    // wave (A is 64 MiB at 8192^3, more than an H100's 50 MiB L2). Walking GROUP_M
-    // m-tiles down before moving right keeps a GROUP_M x (wave / GROUP_M) block of
-    // tiles resident: both operand panels are reused from L2. Bijective remap.
     int bm, bn;
-    {
-        const int grid_m = gridDim.x, grid_n = gridDim.y;
-        const int pid = blockIdx.y * grid_m + blockIdx.x;
-        const int per_group = GROUP_M * grid_n;
-        const int first_m = (pid / per_group) * GROUP_M;
-        const int gm = min(grid_m - first_m, GROUP_M);
-        const int r = pid - (pid / per_group) * per_group;
-        bm = first_m + r % gm;
-        bn = r / gm;
-    }
+    grouped_cta_tile(bm, bn);  // L2-friendly CTA order, see qatlab_mma_tile.cuh
     const int m0 = bm * BM;
     const int n0 = bn * BN;
-
-    int acc[4][4][4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0;
-
-    const int ktiles = (K + BK - 1) / BK;
-
-    // Prologue: fill STAGES-1 slots. Always commit (even an empty group) so that
-    // wait_group<STAGES-2> below counts groups the same way on every iteration.
-#pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {
-        if (s < ktiles) load_tile(smem, s, A, B, M, N, K, m0, n0, s * BK, tid);
-        cp_async_commit();
-    }
-
-    // ldmatrix lane -> (row, 16-byte half) maps; see the fragment layouts of
-    // mma.m16n8k32 in the PTX ISA. A x4: matrices (rows 0-7,k 0-15), (rows 8-15,k 0-15),
-    // (rows 0-7,k 16-31), (rows 8-15,k 16-31) = a0..a3. B x4 covers two n8 tiles:
-    // (n 0-7,k 0-15), (n 0-7,k 16-31), (n 8-15,k 0-15), (n 8-15,k 16-31) = b0,b1 of
-    // tile 0 then b0,b1 of tile 1.
-    const int a_row = warp_m * 64 + (lane & 7) + ((lane >> 3) & 1) * 8;
-    const int a_col = (lane >> 4) * 16;
-    const int b_row = warp_n * 32 + (lane & 7) + (lane >> 4) * 8;
-    const int b_col = ((lane >> 3) & 1) * 16;
-
-    for (int kt = 0; kt < ktiles; ++kt) {
-        // Tile kt has landed once at most STAGES-2 younger groups are in flight; the
-        // barrier also guarantees every warp is done with slot (kt-1) % STAGES, which
-        // the prefetch below overwrites.
-        cp_async_wait<STAGES - 2>();
-        __syncthreads();
-
-        const int pf = kt + STAGES - 1;
-        if (pf < ktiles) load_tile(smem, pf % STAGES, A, B, M, N, K, m0, n0, pf * BK, tid);
-        cp_async_commit();
-
-        const unsigned char* As = smem + (kt % STAGES) * (BM + BN) * LDS;
-        const unsigned char* Bs = As + BM * LDS;
-        const unsigned a_base = smem_u32(As + a_row * LDS + a_col);
-        const unsigned b_base = smem_u32(Bs + b_row * LDS + b_col);
-
-#pragma unroll
-        for (int ks = 0; ks < BK / 32; ++ks) {
-            unsigned af[4][4];
-            unsigned bf[4][2];
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-                ldmatrix_x4(af[i][0], af[i][1], af[i][2], af[i][3], a_base + i * 16 * LDS + ks * 32);
-#pragma unroll
-            for (int j = 0; j < 2; ++j)
-                ldmatrix_x4(bf[2 * j][0], bf[2 * j][1], bf[2 * j + 1][0], bf[2 * j + 1][1],
-                            b_base + j * 16 * LDS + ks * 32);
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) mma_s8(acc[i][j], af[i], bf[j]);
-        }
-    }
-    // Drain the (empty) trailing groups before the CTA exits.
-    cp_async_wait<0>();
-
-    // Epilogue straight from registers. Accumulator layout of m16n8: c0,c1 at
-    // (row g, cols 2t, 2t+1), c2,c3 at (row g+8, same cols); g = lane/4, t = lane%4.
-    const int g = lane >> 2;
-    const int t = lane & 3;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        const int col = n0 + warp_n * 32 + j * 8 + t * 2;
-        // Per-column parameters are loaded once per n-tile, not per element.
-        int bias0 = 0, bias1 = 0, zp0 = 0, zp1 = 0;
-        double mu0 = 0.0, mu1 = 0.0;
-        if (FUSED) {
-            if (col < N) { bias0 = bias[col]; mu0 = mult[col]; zp0 = zp[col]; }
-            if (col + 1 < N) { bias1 = bias[col + 1]; mu1 = mult[col + 1]; zp1 = zp[col + 1]; }
-        }
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int row = m0 + warp_m * 64 + i * 16 + g + h * 8;
-                if (row >= M) continue;
-                const long long off = static_cast<long long>(row) * N + col;
-                const int v0 = acc[i][j][2 * h];
-                const int v1 = acc[i][j][2 * h + 1];
-                if (FUSED) {
-                    if (col < N) Y[off] = static_cast<signed char>(qatlab_requant(v0, bias0, mu0, zp0, qmin, qmax));
-                    if (col + 1 < N) Y[off + 1] = static_cast<signed char>(qatlab_requant(v1, bias1, mu1, zp1, qmin, qmax));
-                } else if (col + 1 < N && (N & 1) == 0) {
-                    // even N: (row*N + col) is even, so the int2 store is 8-byte aligned
-                    *reinterpret_cast<int2*>(C + off) = make_int2(v0, v1);
-                } else {
-                    if (col < N) C[off] = v0;
-                    if (col + 1 < N) C[off + 1] = v1;
-                }
-            }
-        }
-    }
+    mma_tile_gemm<FUSED>(smem, lane, warp_m, warp_n, (K + BK - 1) / BK, m0, n0, M, N, C, bias, mult, zp, Y, qmin, qmax,
+                         [=](int stage, int k0) { load_tile(smem, stage, A, B, M, N, K, m0, n0, k0, tid); });
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS, 2)
