@@ -4,10 +4,11 @@ No GPU needed. For int8_conv2d_igemm.cu the test replays what every thread's for
 do: the per-CTA row table (output pixel -> input origin), the decomposition of the
 reduction index into (r, s, c) once per thread and K tile, the gather of each chunk
 (cp.async of 16 or 4 bytes, or a byte) from NHWC with the pad code for out-of-image
-taps, the weight loads, the STAGES ring, and (for some shapes, lane by lane with the
-ldmatrix/mma helpers of test_mma_emulation.py) the tensor-core tiles and epilogue
-stores. For int8_conv2d_direct.cu it replays the patch + halo staging, the filter
-slice and the per-thread dot products. On the way it asserts what the CUDA code only
+taps, the weight loads, the STAGES ring, and (for some shapes, lane by lane) the
+tensor-core tiles and epilogue stores; the ring, the rasterization and the warp-level
+steps are test_mma_emulation.py's, as the two kernels share them (qatlab_mma_tile.cuh).
+For int8_conv2d_direct.cu it replays the patch + halo staging, the filter slice and the
+per-thread dot products. On the way it asserts what the CUDA code only
 assumes: each chunk stays inside one pixel's channels, cp.async sources and shared
 destinations are aligned, shared indices stay inside their tiles, and 32-bit offsets
 do not overflow. Both must equal the CPU twin exactly.
@@ -25,7 +26,6 @@ from qatlab.kernels import int8_conv2d_ref, int8_conv2d_requant_ref
 from qatlab.kernels.cupy_backend import MMA_BK as BK
 from qatlab.kernels.cupy_backend import MMA_BM as BM
 from qatlab.kernels.cupy_backend import MMA_BN as BN
-from qatlab.kernels.cupy_backend import MMA_GROUP_M as GROUP_M
 from qatlab.kernels.cupy_backend import MMA_LDS as LDS
 from qatlab.kernels.cupy_backend import MMA_STAGES as STAGES
 from qatlab.kernels.cupy_backend import MMA_THREADS as THREADS
@@ -40,7 +40,7 @@ from qatlab.kernels.cupy_conv import (
     igemm_vec,
 )
 from qatlab.kernels.validate import check_conv_operands
-from tests.kernels.test_mma_emulation import LANES, ldmatrix_x4, mma_m16n8k32
+from tests.kernels.test_mma_emulation import cta_tile_mma, cta_tile_store, grouped_cta_tile, pipeline
 
 I32 = 2**31
 
@@ -141,71 +141,31 @@ def emulate_igemm(x: np.ndarray, w: np.ndarray, stride: tuple, padding: tuple, d
     grid_m, grid_n = (m_rows + BM - 1) // BM, (n_cols + BN - 1) // BN
     for by in range(grid_n):
         for bx in range(grid_m):
-            pid = by * grid_m + bx
-            per_group = GROUP_M * grid_n
-            first_m = (pid // per_group) * GROUP_M
-            gm = min(grid_m - first_m, GROUP_M)
-            rr = pid - (pid // per_group) * per_group
-            bm, bn = first_m + rr % gm, rr // gm
+            bm, bn = grouped_cta_tile(bx, by, grid_m, grid_n)
             m0, n0 = bm * BM, bn * BN
             ri = row_table(p, m0)
             smem = np.full(STAGES * (BM + BN) * LDS, 77, np.int8)  # garbage, incl. the pad bytes
-            in_stage = [-1] * STAGES
 
             def load(stage: int, t: int) -> None:
                 a_off = stage * (BM + BN) * LDS
                 load_a_tile(smem, a_off, X, ri, p, t * BK, vec, pad)
                 load_b_tile(smem, a_off + BM * LDS, B, p, n0, t * BK)
-                in_stage[stage] = t
 
-            for s in range(STAGES - 1):
-                if s < ktiles:
-                    load(s, s)
-            acc = np.zeros((8, 4, 4, 32, 4), np.int64) if lanes else np.zeros((BM, BN), np.int64)
-            for kt in range(ktiles):
-                pf = kt + STAGES - 1
-                if pf < ktiles:
-                    assert in_stage[pf % STAGES] in (-1, kt - 1), "prefetch would overwrite a live stage"
-                    load(pf % STAGES, pf)
-                assert in_stage[kt % STAGES] == kt
-                As = (kt % STAGES) * (BM + BN) * LDS
-                Bs = As + BM * LDS
-                if not lanes:
-                    a = smem[As : As + BM * LDS].reshape(BM, LDS)[:, :BK].astype(np.int64)
-                    b = smem[Bs : Bs + BN * LDS].reshape(BN, LDS)[:, :BK].astype(np.int64)
-                    acc += a @ b.T
-                    continue
-                for warp in range(8):
-                    warp_m, warp_n = warp >> 2, warp & 3
-                    a_base = As + (warp_m * 64 + (LANES & 7) + ((LANES >> 3) & 1) * 8) * LDS + (LANES >> 4) * 16
-                    b_base = Bs + (warp_n * 32 + (LANES & 7) + (LANES >> 4) * 8) * LDS + ((LANES >> 3) & 1) * 16
-                    for ks in range(BK // 32):
-                        af = [ldmatrix_x4(smem, a_base + i * 16 * LDS + ks * 32) for i in range(4)]
-                        bf: list = [None] * 4
-                        for j in range(2):
-                            q = ldmatrix_x4(smem, b_base + j * 16 * LDS + ks * 32)
-                            bf[2 * j], bf[2 * j + 1] = q[:, 0:2], q[:, 2:4]
-                        for i in range(4):
-                            for j in range(4):
-                                mma_m16n8k32(acc[warp, i, j], af[i], bf[j])
-            if not lanes:
-                rows, cols = min(BM, m_rows - m0), min(BN, n_cols - n0)
-                Y[m0 : m0 + rows, n0 : n0 + cols] = acc[:rows, :cols]
+            if lanes:  # ldmatrix fragments, mma and the epilogue's store coordinates
+                acc = np.zeros((8, 4, 4, 32, 4), np.int64)
+                pipeline(ktiles, load, lambda As: cta_tile_mma(smem, acc, As))
+                cta_tile_store(Y, acc, m0, n0)
                 continue
-            for warp in range(8):
-                warp_m, warp_n = warp >> 2, warp & 3
-                for lane in range(32):
-                    gq, t = lane >> 2, lane & 3
-                    for j in range(4):
-                        col = n0 + warp_n * 32 + j * 8 + t * 2
-                        for i in range(4):
-                            for h in range(2):
-                                row = m0 + warp_m * 64 + i * 16 + gq + h * 8
-                                if row >= p.M:
-                                    continue
-                                for e in range(2):
-                                    if col + e < n_cols:
-                                        Y[row, col + e] = acc[warp, i, j, lane, 2 * h + e]
+            acc = np.zeros((BM, BN), np.int64)
+
+            def tile_matmul(As: int) -> None:  # the CTA tile's product, without the lanes
+                a = smem[As : As + BM * LDS].reshape(BM, LDS)[:, :BK].astype(np.int64)
+                b = smem[As + BM * LDS : As + (BM + BN) * LDS].reshape(BN, LDS)[:, :BK].astype(np.int64)
+                acc[...] += a @ b.T
+
+            pipeline(ktiles, load, tile_matmul)
+            rows, cols = min(BM, m_rows - m0), min(BN, n_cols - n0)
+            Y[m0 : m0 + rows, n0 : n0 + cols] = acc[:rows, :cols]
     return Y.reshape(g.out_shape)
 
 

@@ -8,10 +8,14 @@ store coordinates — and checks that they compose to the exact GEMM. It catches
 fragment/lane mapping mistakes; it does not prove anything about timing, races or
 the hardware (the GPU tests do that).
 
-The constants and formulas below mirror int8_gemm_mma.cu line by line; if the kernel
-changes, change them together.
+The constants and formulas below mirror int8_gemm_mma.cu and the pieces it shares with
+the implicit-GEMM conv kernel in qatlab_mma_tile.cuh (grouped_cta_tile, the pipeline of
+mma_tile_gemm, warp_tile_ldsm / warp_tile_mma, warp_tile_store) line by line;
+test_conv_emulation.py reuses those. If the kernels change, change them together.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -72,6 +76,76 @@ def mma_m16n8k32(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
         c[lane] += [D[g, 2 * t], D[g, 2 * t + 1], D[g + 8, 2 * t], D[g + 8, 2 * t + 1]]
 
 
+def grouped_cta_tile(bx: int, by: int, grid_m: int, grid_n: int) -> tuple[int, int]:
+    """(bm, bn) of CTA (blockIdx.x, blockIdx.y): the grouped rasterization."""
+    pid = by * grid_m + bx
+    per_group = GROUP_M * grid_n
+    first_m = (pid // per_group) * GROUP_M
+    gm = min(grid_m - first_m, GROUP_M)
+    r = pid - (pid // per_group) * per_group
+    return first_m + r % gm, r // gm
+
+
+def pipeline(ktiles: int, load: Callable[[int, int], None], compute: Callable[[int], None]) -> None:
+    """mma_tile_gemm's STAGES ring: load(stage, t) fills slot `stage` with K tile t,
+    compute(As) consumes the slot whose A rows start at byte As (B's follow at As + BM*LDS)."""
+    tile_in_stage = [-1] * STAGES
+    for s in range(STAGES - 1):
+        if s < ktiles:
+            load(s, s)
+            tile_in_stage[s] = s
+    for kt in range(ktiles):
+        pf = kt + STAGES - 1
+        if pf < ktiles:
+            assert tile_in_stage[pf % STAGES] in (-1, kt - 1), "prefetch would overwrite a live stage"
+            load(pf % STAGES, pf)
+            tile_in_stage[pf % STAGES] = pf
+        assert tile_in_stage[kt % STAGES] == kt, "computing on the wrong stage"
+        compute((kt % STAGES) * (BM + BN) * LDS)
+
+
+def cta_tile_mma(smem: np.ndarray, acc: np.ndarray, As: int) -> None:
+    """One K tile of all 8 warps: ldmatrix.x4 fragments and mma lane by lane, into
+    acc [warp, i, j, lane, reg]."""
+    Bs = As + BM * LDS
+    for warp in range(8):
+        warp_m, warp_n = warp >> 2, warp & 3
+        a_row = warp_m * 64 + (LANES & 7) + ((LANES >> 3) & 1) * 8
+        a_col = (LANES >> 4) * 16
+        b_row = warp_n * 32 + (LANES & 7) + (LANES >> 4) * 8
+        b_col = ((LANES >> 3) & 1) * 16
+        a_base = As + a_row * LDS + a_col
+        b_base = Bs + b_row * LDS + b_col
+        for ks in range(BK // 32):
+            af = [ldmatrix_x4(smem, a_base + i * 16 * LDS + ks * 32) for i in range(4)]
+            bf: list = [None] * 4
+            for j in range(2):
+                r = ldmatrix_x4(smem, b_base + j * 16 * LDS + ks * 32)
+                bf[2 * j], bf[2 * j + 1] = r[:, 0:2], r[:, 2:4]
+            for i in range(4):
+                for j in range(4):
+                    mma_m16n8k32(acc[warp, i, j], af[i], bf[j])
+
+
+def cta_tile_store(C: np.ndarray, acc: np.ndarray, m0: int, n0: int) -> None:
+    """warp_tile_store's coordinates for every warp and lane: C [M, N] gets the CTA's tile."""
+    M, N = C.shape
+    for warp in range(8):
+        warp_m, warp_n = warp >> 2, warp & 3
+        for lane in range(32):
+            g, t = lane >> 2, lane & 3
+            for j in range(4):
+                col = n0 + warp_n * 32 + j * 8 + t * 2
+                for i in range(4):
+                    for h in range(2):
+                        row = m0 + warp_m * 64 + i * 16 + g + h * 8
+                        if row >= M:
+                            continue
+                        for e in range(2):
+                            if col + e < N:
+                                C[row, col + e] = acc[warp, i, j, lane, 2 * h + e]
+
+
 def emulate(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     M, K = A.shape
     N = B.shape[0]
@@ -82,63 +156,15 @@ def emulate(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     seen = set()
     for by in range(grid_n):  # launch order: blockIdx.x fastest
         for bx in range(grid_m):
-            # grouped rasterization, as in the kernel
-            pid = by * grid_m + bx
-            per_group = GROUP_M * grid_n
-            first_m = (pid // per_group) * GROUP_M
-            gm = min(grid_m - first_m, GROUP_M)
-            r = pid - (pid // per_group) * per_group
-            bm, bn = first_m + r % gm, r // gm
+            bm, bn = grouped_cta_tile(bx, by, grid_m, grid_n)
             assert 0 <= bm < grid_m and 0 <= bn < grid_n and (bm, bn) not in seen
             seen.add((bm, bn))
             m0, n0 = bm * BM, bn * BN
             smem = np.full(STAGES * (BM + BN) * LDS, 77, np.int8)  # garbage, incl. the pad bytes
-            tile_in_stage = [-1] * STAGES
-            for s in range(STAGES - 1):
-                if s < ktiles:
-                    load_tile(smem, s, A, B, m0, n0, s * BK)
-                    tile_in_stage[s] = s
             acc = np.zeros((8, 4, 4, 32, 4), np.int64)  # warp, i, j, lane, reg
-            for kt in range(ktiles):
-                pf = kt + STAGES - 1
-                if pf < ktiles:
-                    assert tile_in_stage[pf % STAGES] in (-1, kt - 1), "prefetch would overwrite a live stage"
-                    load_tile(smem, pf % STAGES, A, B, m0, n0, pf * BK)
-                    tile_in_stage[pf % STAGES] = pf
-                assert tile_in_stage[kt % STAGES] == kt, "computing on the wrong stage"
-                As = (kt % STAGES) * (BM + BN) * LDS
-                Bs = As + BM * LDS
-                for warp in range(8):
-                    warp_m, warp_n = warp >> 2, warp & 3
-                    a_row = warp_m * 64 + (LANES & 7) + ((LANES >> 3) & 1) * 8
-                    a_col = (LANES >> 4) * 16
-                    b_row = warp_n * 32 + (LANES & 7) + (LANES >> 4) * 8
-                    b_col = ((LANES >> 3) & 1) * 16
-                    a_base = As + a_row * LDS + a_col
-                    b_base = Bs + b_row * LDS + b_col
-                    for ks in range(BK // 32):
-                        af = [ldmatrix_x4(smem, a_base + i * 16 * LDS + ks * 32) for i in range(4)]
-                        bf: list = [None] * 4
-                        for j in range(2):
-                            r = ldmatrix_x4(smem, b_base + j * 16 * LDS + ks * 32)
-                            bf[2 * j], bf[2 * j + 1] = r[:, 0:2], r[:, 2:4]
-                        for i in range(4):
-                            for j in range(4):
-                                mma_m16n8k32(acc[warp, i, j], af[i], bf[j])
-            for warp in range(8):
-                warp_m, warp_n = warp >> 2, warp & 3
-                for lane in range(32):
-                    g, t = lane >> 2, lane & 3
-                    for j in range(4):
-                        col = n0 + warp_n * 32 + j * 8 + t * 2
-                        for i in range(4):
-                            for h in range(2):
-                                row = m0 + warp_m * 64 + i * 16 + g + h * 8
-                                if row >= M:
-                                    continue
-                                for e in range(2):
-                                    if col + e < N:
-                                        C[row, col + e] = acc[warp, i, j, lane, 2 * h + e]
+            pipeline(ktiles, lambda stage, t: load_tile(smem, stage, A, B, m0, n0, t * BK),
+                     lambda As: cta_tile_mma(smem, acc, As))
+            cta_tile_store(C, acc, m0, n0)
     return C
 
 
