@@ -54,26 +54,31 @@ class Built:
     ptxas_log: str
 
 
-@pytest.fixture(scope="session")
-def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Built]:
-    """Compile every (source, arch) once per test session."""
+def nvcc_builds(out: Path, sources: dict[str, str], options: list[str] | tuple[str, ...],
+                timeout: int) -> dict[tuple[str, str], Built]:
+    """``nvcc -cubin -Xptxas -v`` of every (name -> CUDA text, arch) into ``out``; skips without nvcc."""
     nvcc = _tool("nvcc")
     if nvcc is None:
         pytest.skip("nvcc not found (PATH, $CUDA_HOME/bin): cannot compile the .cu sources")
-    out = tmp_path_factory.mktemp("cubins")
     res: dict[tuple[str, str], Built] = {}
-    for variant in SOURCES:
-        # exactly the text CuPy hands to NVRTC (header inlined), same -D options
-        src = out / f"{variant}.cu"
-        src.write_text(kernel_source(variant))
+    for name, text in sources.items():
+        src = out / f"{name}.cu"
+        src.write_text(text)
         for arch in ARCHS:
-            cubin = out / f"{variant}_{arch}.cubin"
-            cmd = [nvcc, "-cubin", f"-arch={arch}", "-Xptxas", "-v", "-std=c++17",
-                   f"-DSTAGES={MMA_STAGES}", "-o", str(cubin), str(src)]
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            cubin = out / f"{name}_{arch}.cubin"
+            cmd = [nvcc, "-cubin", f"-arch={arch}", "-Xptxas", "-v", *options, "-o", str(cubin), str(src)]
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
             assert p.returncode == 0, f"{' '.join(cmd)} failed:\n{p.stdout}\n{p.stderr}"
-            res[(variant, arch)] = Built(cubin, p.stdout + p.stderr)
+            res[(name, arch)] = Built(cubin, p.stdout + p.stderr)
     return res
+
+
+@pytest.fixture(scope="session")
+def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Built]:
+    """Compile every (source, arch) once per test session."""
+    # exactly the text CuPy hands to NVRTC (header inlined), same -D options
+    return nvcc_builds(tmp_path_factory.mktemp("cubins"), {v: kernel_source(v) for v in SOURCES},
+                       ["-std=c++17", f"-DSTAGES={MMA_STAGES}"], timeout=120)
 
 
 def _functions(log: str) -> dict[str, str]:
@@ -82,18 +87,23 @@ def _functions(log: str) -> dict[str, str]:
     return {parts[i]: parts[i + 1] for i in range(1, len(parts), 2)}
 
 
+def assert_no_spills(funcs: dict[str, str], arch: str, max_regs: int) -> None:
+    """Every entry function of a ptxas -v log: no spills, no stack frame, <= max_regs registers."""
+    for name, text in funcs.items():
+        assert "0 bytes spill stores, 0 bytes spill loads" in text, f"{name} ({arch}) spills:\n{text}"
+        assert "0 bytes stack frame" in text, f"{name} ({arch}) uses a stack frame:\n{text}"
+        regs = int(re.search(r"Used (\d+) registers", text).group(1))
+        assert regs <= max_regs, f"{name} ({arch}) uses {regs} registers"
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("variant", sorted(SOURCES))
 def test_compiles_without_spills(builds: dict, variant: str, arch: str) -> None:
     b = builds[(variant, arch)]
     funcs = _functions(b.ptxas_log)
     assert set(funcs) == {f"int8_gemm_{variant}_s32", f"int8_gemm_{variant}_requant"}, b.ptxas_log
-    for name, text in funcs.items():
-        assert "0 bytes spill stores, 0 bytes spill loads" in text, f"{name} ({arch}) spills:\n{text}"
-        assert "0 bytes stack frame" in text, f"{name} ({arch}) uses a stack frame:\n{text}"
-        regs = int(re.search(r"Used (\d+) registers", text).group(1))
-        # __launch_bounds__(256, 2) on the mma kernel caps it at 128 registers
-        assert regs <= (128 if variant == "mma" else 255), f"{name} ({arch}) uses {regs} registers"
+    # __launch_bounds__(256, 2) on the mma kernel caps it at 128 registers
+    assert_no_spills(funcs, arch, max_regs=128 if variant == "mma" else 255)
 
 
 def _sass(cubin: Path) -> str:

@@ -8,13 +8,12 @@ test_compile.py and test_nvrtc.py, imported rather than repeated.
 from __future__ import annotations
 
 import re
-import subprocess
 
 import pytest
 
 from qatlab.kernels.cupy_backend import KERNEL_DIR
 from qatlab.kernels.cupy_conv import CONV_SOURCES, conv_compile_options, conv_kernel_source
-from tests.kernels.test_compile import ARCHS, Built, _functions, _sass, _tool
+from tests.kernels.test_compile import ARCHS, Built, _functions, _sass, assert_no_spills, nvcc_builds
 from tests.kernels.test_nvrtc import _compile, _find_nvrtc
 
 VECS = {"igemm": (16, 4, 1), "direct": (16, 1)}
@@ -29,21 +28,8 @@ def _entry_names(kind: str) -> set[str]:
 @pytest.fixture(scope="module")
 def conv_builds(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Built]:
     """Compile every (source, arch) once per module: the text and options CuPy uses."""
-    nvcc = _tool("nvcc")
-    if nvcc is None:
-        pytest.skip("nvcc not found (PATH, $CUDA_HOME/bin): cannot compile the .cu sources")
-    out = tmp_path_factory.mktemp("conv_cubins")
-    res: dict[tuple[str, str], Built] = {}
-    for kind in CONV_SOURCES:
-        src = out / f"{kind}.cu"
-        src.write_text(conv_kernel_source(kind))
-        for arch in ARCHS:
-            cubin = out / f"{kind}_{arch}.cubin"
-            cmd = [nvcc, "-cubin", f"-arch={arch}", "-Xptxas", "-v", *conv_compile_options(), "-o", str(cubin), str(src)]
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-            assert p.returncode == 0, f"{' '.join(cmd)} failed:\n{p.stdout}\n{p.stderr}"
-            res[(kind, arch)] = Built(cubin, p.stdout + p.stderr)
-    return res
+    return nvcc_builds(tmp_path_factory.mktemp("conv_cubins"), {k: conv_kernel_source(k) for k in CONV_SOURCES},
+                       conv_compile_options(), timeout=180)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -52,13 +38,9 @@ def test_conv_compiles_without_spills(conv_builds: dict, kind: str, arch: str) -
     b = conv_builds[(kind, arch)]
     funcs = _functions(b.ptxas_log)
     assert set(funcs) == _entry_names(kind), b.ptxas_log
-    for name, text in funcs.items():
-        assert "0 bytes spill stores, 0 bytes spill loads" in text, f"{name} ({arch}) spills:\n{text}"
-        assert "0 bytes stack frame" in text, f"{name} ({arch}) uses a stack frame:\n{text}"
-        regs = int(re.search(r"Used (\d+) registers", text).group(1))
-        # __launch_bounds__(256, 2) caps the implicit GEMM at 128 (two CTAs per SM);
-        # the direct kernel's (256) at 255
-        assert regs <= (128 if kind == "igemm" else 255), f"{name} ({arch}) uses {regs} registers"
+    # __launch_bounds__(256, 2) caps the implicit GEMM at 128 (two CTAs per SM);
+    # the direct kernel's (256) at 255
+    assert_no_spills(funcs, arch, max_regs=128 if kind == "igemm" else 255)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
