@@ -20,17 +20,23 @@ def _is_c_contiguous(x: Any) -> bool:
     return True
 
 
+def _check_int8_array(name: str, x: Any, ndim: int, layout: str = "") -> None:
+    """``x`` is an int8 array of ``ndim`` dimensions, C-contiguous (``layout`` adds to
+    the message what that means for it), or KernelInputError naming it ``name``."""
+    if not hasattr(x, "dtype") or not hasattr(x, "shape"):
+        raise KernelInputError(f"{name} must be an array, got {type(x).__name__}")
+    if np.dtype(x.dtype) != np.int8:
+        raise KernelInputError(f"{name} must have dtype int8, got {np.dtype(x.dtype)}")
+    if len(x.shape) != ndim:
+        raise KernelInputError(f"{name} must be {ndim}-D, got shape {tuple(x.shape)}")
+    if not _is_c_contiguous(x):
+        raise KernelInputError(f"{name} must be C-contiguous{layout}; call .copy() / ascontiguousarray first")
+
+
 def check_gemm_operands(a: Any, b: Any) -> tuple[Any, Any]:
     """A [M, K] and B [N, K], both int8, 2-D, C-contiguous, non-empty, same K."""
     for name, x in (("A (activations)", a), ("B (weights)", b)):
-        if not hasattr(x, "dtype") or not hasattr(x, "shape"):
-            raise KernelInputError(f"{name} must be an array, got {type(x).__name__}")
-        if np.dtype(x.dtype) != np.int8:
-            raise KernelInputError(f"{name} must have dtype int8, got {np.dtype(x.dtype)}")
-        if len(x.shape) != 2:
-            raise KernelInputError(f"{name} must be 2-D, got shape {tuple(x.shape)}")
-        if not _is_c_contiguous(x):
-            raise KernelInputError(f"{name} must be C-contiguous (row-major); call .copy() / ascontiguousarray first")
+        _check_int8_array(name, x, 2, " (row-major)")
     (m, k), (n, k2) = a.shape, b.shape
     if k != k2:
         raise KernelInputError(f"K mismatch: A is [{m}, {k}] but B (weights, [N, K]) is [{n}, {k2}]")
@@ -137,14 +143,7 @@ def check_conv_operands(
     """x int8 [N, H, W, C] (NHWC) and w int8 [K, R, S, C] (KRSC), C-contiguous, non-empty,
     same C, groups == 1, a positive output size and an int8 ``pad_value``."""
     for name, t in (("x (activations, NHWC)", x), ("w (weights, KRSC)", w)):
-        if not hasattr(t, "dtype") or not hasattr(t, "shape"):
-            raise KernelInputError(f"{name} must be an array, got {type(t).__name__}")
-        if np.dtype(t.dtype) != np.int8:
-            raise KernelInputError(f"{name} must have dtype int8, got {np.dtype(t.dtype)}")
-        if len(t.shape) != 4:
-            raise KernelInputError(f"{name} must be 4-D, got shape {tuple(t.shape)}")
-        if not _is_c_contiguous(t):
-            raise KernelInputError(f"{name} must be C-contiguous; call .copy() / ascontiguousarray first")
+        _check_int8_array(name, t, 4)
     if groups != 1:
         raise KernelInputError(f"only groups=1 is supported, got groups={groups}; split grouped/depthwise "
                                "convolutions into per-group calls")
