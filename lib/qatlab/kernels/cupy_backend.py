@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -169,16 +170,26 @@ def _launch(variant: str, a: Any, b: Any, epilogue: tuple | None) -> Any:
         grid, block, smem = ((n + DP4A_TILE - 1) // DP4A_TILE, (m + DP4A_TILE - 1) // DP4A_TILE), (DP4A_TILE, DP4A_TILE), 0
     if grid[1] > 65535:
         raise KernelInputError(f"grid dimension y = {grid[1]} exceeds 65535; shape M={m}, N={n} too large")
-    mi, ni, ki = np.int32(m), np.int32(n), np.int32(k)
+    return launch_s32_or_requant(cupy, lambda fused: _function(variant, fused), grid, block, smem, (da, db),
+                                 (np.int32(m), np.int32(n), np.int32(k)), (m, n), n, epilogue, kind)
+
+
+def launch_s32_or_requant(cupy: Any, function: Callable[[bool], Any], grid: tuple, block: tuple, smem: int,
+                          operands: tuple, scalars: tuple, out_shape: tuple, n: int, epilogue: tuple | None,
+                          kind: str) -> Any:
+    """Run the int32 kernel (``epilogue`` None) on ``(*operands, y, *scalars)``, or the
+    fused-requant one on ``(*operands, bias, mult, zp, y, *scalars, qmin, qmax)`` with
+    ``epilogue = (bias, multiplier, zero_point, qmin, qmax)`` for ``n`` output channels;
+    ``function(fused)`` gives the kernel. Returns ``y`` [out_shape] as ``kind`` (_back)."""
     if epilogue is None:
-        c = cupy.empty((m, n), dtype=cupy.int32)
-        _function(variant, False)(grid, block, (da, db, c, mi, ni, ki), shared_mem=smem)
-        return _back(cupy, c, kind)
+        y = cupy.empty(out_shape, dtype=cupy.int32)
+        function(False)(grid, block, (*operands, y, *scalars), shared_mem=smem)
+        return _back(cupy, y, kind)
     dbias, dmult, dzp, out = _device_epilogue(cupy, n, *epilogue)
     qmin, qmax = epilogue[3], epilogue[4]
-    y = cupy.empty((m, n), dtype=cupy.int8)
-    args = (da, db, dbias, dmult, dzp, y, mi, ni, ki, np.int32(qmin), np.int32(qmax))
-    _function(variant, True)(grid, block, args, shared_mem=smem)
+    y = cupy.empty(out_shape, dtype=cupy.int8)
+    args = (*operands, dbias, dmult, dzp, y, *scalars, np.int32(qmin), np.int32(qmax))
+    function(True)(grid, block, args, shared_mem=smem)
     if out == np.uint8:
         y = y.view(cupy.uint8)  # the kernel stores the low byte; [0, 255] codes
     return _back(cupy, y, kind)

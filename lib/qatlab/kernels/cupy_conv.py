@@ -27,11 +27,10 @@ from .cupy_backend import (
     MMA_STAGES,
     MMA_THREADS,
     _as_device,
-    _back,
     _check_host_kind,
-    _device_epilogue,
     allow_large_smem,
     import_cupy,
+    launch_s32_or_requant,
     mma_smem_bytes,
     source_with_headers,
 )
@@ -155,18 +154,9 @@ def _launch_igemm(x: Any, w: Any, epilogue: tuple | None, stride: Any, padding: 
     shape = tuple(np.int32(v) for v in (g.h, g.w, g.c, g.k, g.s, g.oh, g.ow, sh, sw, ph, pw, dh, dw, m, kg, kp))
     grid = ((m + MMA_BM - 1) // MMA_BM, (n + MMA_BN - 1) // MMA_BN)
     mod = _module("igemm", cupy.cuda.Device().id)
-    if epilogue is None:
-        y = cupy.empty(g.out_shape, dtype=cupy.int32)
-        mod.get_function(f"int8_conv2d_igemm_s32_v{vec}")(
-            grid, (MMA_THREADS,), (dx, b, y, *shape, np.int32(pad_value)), shared_mem=mma_smem_bytes())
-        return _back(cupy, y, kind)
-    dbias, dmult, dzp, out = _device_epilogue(cupy, n, *epilogue)
-    y = cupy.empty(g.out_shape, dtype=cupy.int8)
-    args = (dx, b, dbias, dmult, dzp, y, *shape, np.int32(pad_value), np.int32(epilogue[3]), np.int32(epilogue[4]))
-    mod.get_function(f"int8_conv2d_igemm_requant_v{vec}")(grid, (MMA_THREADS,), args, shared_mem=mma_smem_bytes())
-    if out == np.uint8:
-        y = y.view(cupy.uint8)  # the kernel stores the low byte; [0, 255] codes
-    return _back(cupy, y, kind)
+    return launch_s32_or_requant(
+        cupy, lambda fused: mod.get_function(f"int8_conv2d_igemm_{'requant' if fused else 's32'}_v{vec}"), grid,
+        (MMA_THREADS,), mma_smem_bytes(), (dx, b), (*shape, np.int32(pad_value)), g.out_shape, n, epilogue, kind)
 
 
 def _launch_direct(x: Any, w: Any, epilogue: tuple | None, stride: Any, padding: Any, dilation: Any,
@@ -182,19 +172,9 @@ def _launch_direct(x: Any, w: Any, epilogue: tuple | None, stride: Any, padding:
         raise KernelInputError(f"direct conv grid {grid} exceeds 65535 in y or z (K={g.k}, N={g.n})")
     (sh, sw), (ph, pw), (dh, dw) = g.stride, g.padding, g.dilation
     geo = tuple(np.int32(v) for v in (g.h, g.w, g.c, g.k, g.r, g.s, g.oh, g.ow, sh, sw, ph, pw, dh, dw, pad_value))
-    if epilogue is None:
-        y = cupy.empty(g.out_shape, dtype=cupy.int32)
-        fn = _direct_function(cupy, f"int8_conv2d_direct_s32_v{vec}", smem)
-        fn(grid, (DIRECT_THREADS,), (dx, dwt, y, *geo), shared_mem=smem)
-        return _back(cupy, y, kind)
-    dbias, dmult, dzp, out = _device_epilogue(cupy, g.k, *epilogue)
-    y = cupy.empty(g.out_shape, dtype=cupy.int8)
-    fn = _direct_function(cupy, f"int8_conv2d_direct_requant_v{vec}", smem)
-    fn(grid, (DIRECT_THREADS,), (dx, dwt, dbias, dmult, dzp, y, *geo, np.int32(epilogue[3]), np.int32(epilogue[4])),
-       shared_mem=smem)
-    if out == np.uint8:
-        y = y.view(cupy.uint8)
-    return _back(cupy, y, kind)
+    return launch_s32_or_requant(
+        cupy, lambda fused: _direct_function(cupy, f"int8_conv2d_direct_{'requant' if fused else 's32'}_v{vec}", smem),
+        grid, (DIRECT_THREADS,), smem, (dx, dwt), geo, g.out_shape, g.k, epilogue, kind)
 
 
 def int8_conv2d_igemm(x: Any, w: Any, stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1,
