@@ -116,6 +116,15 @@ def _time(torch: Any, fn: Callable[[Any, Any], Any], make: Callable[[], tuple[An
     return statistics.median(times), len(times)
 
 
+def _add_timings(row: dict[str, Any], ms: dict[str, float], flops: float) -> str:
+    """``row["<impl> ms"]`` and ``row["<impl> TOPS"]`` for every timed implementation; returns
+    the TOPS summary of the printed line."""
+    for iname, t in ms.items():
+        row[f"{iname} ms"] = round(t, 4)
+        row[f"{iname} TOPS"] = round(flops / (t * 1e-3) / 1e12, 2)
+    return "  ".join(f"{i}: {row[f'{i} TOPS']:.1f}" for i in ms)
+
+
 def _pad_to(torch: Any, x: Any, rows: int, cols: int) -> Any:
     if tuple(x.shape) == (rows, cols):
         return x
@@ -199,16 +208,13 @@ def run(quick: bool = False, reps: int | None = None, dp4a: bool = True) -> list
         row: dict[str, Any] = {"shape": label, "M": m, "N": n, "K": k, "device": name,
                                "correct_mma": ok_mma, "correct_dp4a": ok_dp4a, "correct_fused": ok_fused,
                                "int_mm_padded_to": [mp, np_, kp] if padded else None}
-        for iname, t in ms.items():
-            row[f"{iname} ms"] = round(t, 4)
-            row[f"{iname} TOPS"] = round(flops / (t * 1e-3) / 1e12, 2)
+        tops = _add_timings(row, ms, flops)
         row["mma / _int_mm"] = round(ms["torch._int_mm"] / ms["ours mma"], 3)
         row["mma / fp16"] = round(ms["fp16 torch.matmul"] / ms["ours mma"], 3)
         if peak:
             row["mma % of int8 peak"] = round(100 * row["ours mma TOPS"] / peak, 1)
             row["_int_mm % of int8 peak"] = round(100 * row["torch._int_mm TOPS"] / peak, 1)
         rows.append(row)
-        tops = "  ".join(f"{i}: {row[f'{i} TOPS']:.1f}" for i in ms)
         flag = "" if ok_mma and ok_dp4a is not False and ok_fused is not False else "  ** MISMATCH **"
         print(f"{label:13s} M={m} N={n} K={k}  TOPS  {tops}  | mma/_int_mm {row['mma / _int_mm']:.2f}  "
               f"mma/fp16 {row['mma / fp16']:.2f}  correct mma={ok_mma} dp4a={ok_dp4a} fused={ok_fused}"
@@ -289,16 +295,13 @@ def run_conv(reps: int | None = None, batches: tuple[int, ...] = CONV_BATCHES) -
                                        "R": r, "S": r, "stride": 1, "padding": pad, "device": name,
                                        "correct_igemm": ok_igemm, "correct_direct": ok_direct,
                                        "correct_fused": ok_fused}
-                for iname, t in ms.items():
-                    row[f"{iname} ms"] = round(t, 4)
-                    row[f"{iname} TOPS"] = round(flops / (t * 1e-3) / 1e12, 2)
+                tops = _add_timings(row, ms, flops)
                 row["igemm / cuDNN fp16"] = round(ms["cuDNN fp16"] / ms["ours igemm"], 3)
                 row["igemm / cuDNN fp32"] = round(ms["cuDNN fp32"] / ms["ours igemm"], 3)
                 row["direct / cuDNN fp16"] = round(ms["cuDNN fp16"] / ms["ours direct"], 3)
                 if peak:
                     row["igemm % of int8 peak"] = round(100 * row["ours igemm TOPS"] / peak, 1)
                 rows.append(row)
-                tops = "  ".join(f"{i}: {row[f'{i} TOPS']:.1f}" for i in ms)
                 flag = "" if ok_igemm and ok_direct and ok_fused else "  ** MISMATCH **"
                 print(f"{label:22s} TOPS  {tops}  | igemm/fp16 {row['igemm / cuDNN fp16']:.2f}  "
                       f"igemm/fp32 {row['igemm / cuDNN fp32']:.2f}  direct/fp16 {row['direct / cuDNN fp16']:.2f}  "
