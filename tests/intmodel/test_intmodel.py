@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -239,3 +241,37 @@ def test_fused_max_pool_converts_to_conv_then_maxpool():
     # As for every model here: a rare exact tie rounds the other way in float32 vs int.
     assert float((predict(im, x) == fq.argmax(1)).float().mean()) >= 0.99
     assert float(((dequantize_output(im, run(im, x)) - fq).abs() / im.output_q.scale).max()) <= 1.01
+
+
+def test_max_pool_fused_into_conv_keeps_lsq_gradients():
+    """Only window maxima receive gradient either way, and LSQ's gradient scale keeps
+    counting the unpooled values: at 16 bits (no quantization ties inside a window)
+    the fused and unfused layers give the same gradients."""
+    from qatlab.nn import QuantConv2d
+
+    torch.manual_seed(0)
+    spec_w, spec_a = QuantSpec(bits=16, granularity="channel"), QuantSpec(bits=16, symmetric=False)
+    conv, bn, pool = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.MaxPool2d(2)
+    fused = QuantConv2d(conv, bn, True, spec_w, spec_a, "lsq", "lsq", pool)
+    plain = QuantConv2d(copy.deepcopy(conv), copy.deepcopy(bn), True, spec_w, spec_a, "lsq", "lsq")
+    x = torch.randn(8, 3, 10, 10)
+    for m in (fused, plain):
+        for fq in (m.weight_fq, m.act_fq):
+            fq.calibrating = True
+        m.eval()
+        m(x)
+        for fq in (m.weight_fq, m.act_fq):
+            fq.calibrating = False
+            fq.init_learned()
+        m.train()
+    plain.act_fq.scale.data.copy_(fused.act_fq.scale.data)  # ranges were observed before/after pooling
+    plain.act_fq.zero_point.data.copy_(fused.act_fq.zero_point.data)
+    g = torch.randn(8, 4, 5, 5)
+    outs = []
+    for m, post in ((fused, lambda t: t), (plain, pool)):
+        y = post(m(x))
+        y.backward(g)
+        outs.append((y.detach(), m.act_fq.scale.grad, m.conv.weight.grad))
+    assert torch.allclose(outs[0][0], outs[1][0])
+    assert torch.allclose(outs[0][1], outs[1][1], rtol=1e-4, atol=1e-7)
+    assert torch.allclose(outs[0][2], outs[1][2], rtol=1e-4, atol=1e-6)

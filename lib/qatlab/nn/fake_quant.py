@@ -110,7 +110,9 @@ class FakeQuant(nn.Module):
         return layout_for(torch.empty(shape, device="meta"), self.spec)
 
     # ---- forward ------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, numel: int | None = None) -> torch.Tensor:
+        """Fake-quantize ``x``. ``numel``: how many values ``x`` stands for in LSQ's
+        gradient scale, where it is a max-pooled view of a larger tensor."""
         if not self.enabled and not self.observe:
             return x
         self._last_shape = tuple(x.shape)
@@ -128,7 +130,7 @@ class FakeQuant(nn.Module):
         if self.ste == "pact":
             return pact_fake_quant(x, self.alpha, self.spec.bits)
         if self.ste == "lsq":
-            return self._lsq(x, layout)
+            return self._lsq(x, layout, numel)
         qp = qparams_from_range(self.lo, self.hi, self.spec, layout)
         return self._apply_fixed(x, qp, layout, self.ste)
 
@@ -146,8 +148,8 @@ class FakeQuant(nn.Module):
         rows = fake_quant(to_rows(x, layout), scale, zp, qp.qmin, qp.qmax, 0, ste)
         return from_rows(rows, x.shape, layout)
 
-    def _lsq(self, x: torch.Tensor, layout: Layout) -> torch.Tensor:
-        per = x.numel() // max(1, self.scale.numel())
+    def _lsq(self, x: torch.Tensor, layout: Layout, numel: int | None = None) -> torch.Tensor:
+        per = (numel or x.numel()) // max(1, self.scale.numel())
         g = lsq_grad_factor(per, self.spec.qmax)
         s, z, lo, hi = self.scale, self.zero_point, self.spec.qmin, self.spec.qmax
         # Keep the learned step positive: a step driven to <= 0 would divide by zero.

@@ -50,16 +50,19 @@ class _QuantCompute(nn.Module):
 
     def _out(self, y: torch.Tensor) -> torch.Tensor:
         maxpool = getattr(self, "maxpool", None)
+        numel = None
         if maxpool is not None:
             # Max pooling commutes with ReLU and with fake quantization (both monotone
             # non-decreasing), so pooling first gives the same values with a quarter of
-            # the element-wise quantizer work. Gradients differ only where quantization
-            # ties a window: the gradient then reaches the true maximum, not the first
-            # of the tied codes.
+            # the element-wise quantizer work. Gradients are the same too (only the
+            # window maxima receive any), except where quantization ties a window: the
+            # gradient then reaches the true maximum, not the first of the tied codes.
+            # LSQ's gradient scale keeps counting the unpooled values, as before.
+            numel = y.numel()
             y = maxpool(y)
         if self.relu:
             y = F.relu(y)
-        return self.act_fq(y)
+        return self.act_fq(y, numel)
 
 
 class QuantConv2d(_QuantCompute):
