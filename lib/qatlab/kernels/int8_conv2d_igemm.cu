@@ -126,15 +126,8 @@ __device__ __forceinline__ void conv_igemm(const signed char* __restrict__ X, co
                                            int qmin, int qmax) {
     extern __shared__ __align__(128) unsigned char smem[];
     __shared__ int4 rowinfo[BM];
-    const int tid = threadIdx.x;
-    const int lane = tid & 31;
-    const int warp = tid >> 5;
-    const int warp_m = warp >> 2;  // 0..1 -> 64-row slab
-    const int warp_n = warp & 3;   // 0..3 -> 32-column slab
-    int bm, bn;
-    grouped_cta_tile(bm, bn);  // L2-friendly CTA order, as in int8_gemm_mma.cu
-    const int m0 = bm * BM;
-    const int n0 = bn * BN;
+    const MmaCta cta = mma_cta();  // lane, warp slab, CTA tile origin (grouped rasterization)
+    const int tid = cta.tid, m0 = cta.m0, n0 = cta.n0;
     const unsigned pad4 = (static_cast<unsigned>(pad_value) & 0xffu) * 0x01010101u;
 
     if (tid < BM) {
@@ -156,8 +149,7 @@ __device__ __forceinline__ void conv_igemm(const signed char* __restrict__ X, co
     __syncthreads();
 
     // The GEMM view's [M, N] output is Y's NHWC [N*OH*OW, K].
-    mma_tile_gemm<FUSED>(smem, lane, warp_m, warp_n, (p.Kp + BK - 1) / BK, m0, n0, p.M, p.K, Y32, bias, mult, zp,
-                         Y8, qmin, qmax,
+    mma_tile_gemm<FUSED>(smem, cta, (p.Kp + BK - 1) / BK, p.M, p.K, Y32, bias, mult, zp, Y8, qmin, qmax,
                          [=](int stage, int k0) { load_tile<VEC>(smem, stage, X, Wt, rowinfo, p, n0, k0, tid, pad4); });
 }
 

@@ -69,16 +69,9 @@ __device__ __forceinline__ void gemm_mma(const signed char* __restrict__ A, cons
                                          const double* __restrict__ mult, const int* __restrict__ zp,
                                          signed char* __restrict__ Y, int M, int N, int K, int qmin, int qmax) {
     extern __shared__ __align__(128) unsigned char smem[];
-    const int tid = threadIdx.x;
-    const int lane = tid & 31;
-    const int warp = tid >> 5;
-    const int warp_m = warp >> 2;  // 0..1 -> 64-row slab
-    const int warp_n = warp & 3;   // 0..3 -> 32-column slab
-    int bm, bn;
-    grouped_cta_tile(bm, bn);  // L2-friendly CTA order, see qatlab_mma_tile.cuh
-    const int m0 = bm * BM;
-    const int n0 = bn * BN;
-    mma_tile_gemm<FUSED>(smem, lane, warp_m, warp_n, (K + BK - 1) / BK, m0, n0, M, N, C, bias, mult, zp, Y, qmin, qmax,
+    const MmaCta cta = mma_cta();  // lane, warp slab, CTA tile origin (grouped rasterization)
+    const int tid = cta.tid, m0 = cta.m0, n0 = cta.n0;
+    mma_tile_gemm<FUSED>(smem, cta, (K + BK - 1) / BK, M, N, C, bias, mult, zp, Y, qmin, qmax,
                          [=](int stage, int k0) { load_tile(smem, stage, A, B, M, N, K, m0, n0, k0, tid); });
 }
 

@@ -1,7 +1,8 @@
-// The CTA tiling, software pipeline, warp tile and register epilogue shared by the
-// tensor-core kernels (int8_gemm_mma.cu, int8_conv2d_igemm.cu). The kernels differ only
-// in how one K tile reaches shared memory (the loader they hand mma_tile_gemm);
-// int8_gemm_mma.cu's header explains the tile sizes, the padded rows and the registers.
+// The CTA tiling, rasterization, software pipeline, warp tile and register epilogue
+// shared by the tensor-core kernels (int8_gemm_mma.cu, int8_conv2d_igemm.cu). A kernel
+// takes its MmaCta (mma_cta) and runs mma_tile_gemm with its own loader: the kernels
+// differ only in how one K tile reaches shared memory. int8_gemm_mma.cu's header
+// explains the tile sizes, the padded rows and the register budget.
 //
 // Uses qatlab_ptx.cuh and qatlab_epilogue.cuh: include it after both. It includes
 // nothing itself (cupy_backend.source_with_headers inlines a .cu file's own includes).
@@ -34,6 +35,26 @@ __device__ __forceinline__ void grouped_cta_tile(int& bm, int& bn) {
     const int r = pid - (pid / per_group) * per_group;
     bm = first_m + r % gm;
     bn = r / gm;
+}
+
+// Where a thread works: its lane, its warp's slab of the CTA tile (warp_m 0..1 -> 64
+// rows, warp_n 0..3 -> 32 columns) and the CTA tile's origin (m0, n0) in the output
+// (grouped_cta_tile). A kernel takes it first thing, before its own set-up.
+struct MmaCta {
+    int tid, lane, warp_m, warp_n, m0, n0;
+};
+__device__ __forceinline__ MmaCta mma_cta() {
+    MmaCta c;
+    c.tid = threadIdx.x;
+    c.lane = c.tid & 31;
+    const int warp = c.tid >> 5;
+    c.warp_m = warp >> 2;
+    c.warp_n = warp & 3;
+    int bm, bn;
+    grouped_cta_tile(bm, bn);
+    c.m0 = bm * BM;
+    c.n0 = bn * BN;
+    return c;
 }
 
 // ldmatrix lane -> (row, 16-byte half) maps; see the fragment layouts of mma.m16n8k32 in
@@ -105,25 +126,24 @@ __device__ __forceinline__ void warp_tile_store(const int (&acc)[4][4][4], int l
 }
 
 // The CTA's whole GEMM tile: zero the accumulators, run the STAGES-deep cp.async
-// pipeline over ktiles K tiles (the 8 warps as 2 (M) x 4 (N), warp (warp_m, warp_n) on
-// a 64 x 32 warp tile), then store the [m0, m0 + BM) x [n0, n0 + BN) tile of the
-// row-major [M, N] output with warp_tile_store<FUSED>. load(stage, k0) issues the copies
-// (or plain shared stores) of the K tile at k0 of both operands into ring slot `stage`:
-// A's BM rows at smem + stage * (BM + BN) * LDS, then B's BN rows. Every thread of the
-// CTA calls it.
+// pipeline over ktiles K tiles (each warp on its 64 x 32 warp tile), then store the
+// [m0, m0 + BM) x [n0, n0 + BN) tile of the row-major [M, N] output with
+// warp_tile_store<FUSED>. load(stage, k0) issues the copies (or plain shared stores) of
+// the K tile at k0 of both operands into ring slot `stage`: A's BM rows at
+// smem + stage * (BM + BN) * LDS, then B's BN rows. Every thread of the CTA calls it.
 //
 // Written so that ptxas sees exactly the PTX of the loop it replaced, written out in
 // each kernel (same SASS, register for register): the accumulators are a local of this
-// function and only the fragment-level steps are helpers; the kernels compute lane /
-// warp_m / warp_n up front and hand over a loader lambda that captures by value ([=]).
-// Other equivalent shapes (a helper owning the k32 loop, a [&] loader) renumber PTX
-// registers and reshuffle the register allocation.
+// function and only the fragment-level steps are helpers, the kernels read their MmaCta
+// first thing and hand over a loader lambda that captures by value ([=]). Equivalent
+// shapes tried otherwise (a helper owning the k32 loop, a [&] loader, lane / warp
+// computed in here) renumber PTX registers and reshuffle the register allocation.
 template <bool FUSED, class LoadTile>
-__device__ __forceinline__ void mma_tile_gemm(const unsigned char* smem, int lane, int warp_m, int warp_n, int ktiles,
-                                              int m0, int n0, int M, int N, int* __restrict__ C,
-                                              const int* __restrict__ bias, const double* __restrict__ mult,
-                                              const int* __restrict__ zp, signed char* __restrict__ Y, int qmin,
-                                              int qmax, LoadTile load) {
+__device__ __forceinline__ void mma_tile_gemm(const unsigned char* smem, const MmaCta& cta, int ktiles, int M,
+                                              int N, int* __restrict__ C, const int* __restrict__ bias,
+                                              const double* __restrict__ mult, const int* __restrict__ zp,
+                                              signed char* __restrict__ Y, int qmin, int qmax, LoadTile load) {
+    const int lane = cta.lane, warp_m = cta.warp_m, warp_n = cta.warp_n, m0 = cta.m0, n0 = cta.n0;
     int acc[4][4][4];
 #pragma unroll
     for (int i = 0; i < 4; ++i)
