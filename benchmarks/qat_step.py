@@ -1,6 +1,6 @@
 """QAT training step time: ours vs torch.ao's QAT vs the FP32 step (ratios, same run).
 
-    python benchmarks/qat_step.py [--model lenet] [--batch 128] [--repeats 20]
+    python benchmarks/qat_step.py [--model lenet] [--batch 128] [--repeats 20] [--threads N]
 
 One step = forward + cross-entropy + backward + Adam step on a fixed batch,
 timed round-robin (interleaved) with the median taken, after a calibration pass.
@@ -29,7 +29,10 @@ def main() -> None:
     ap.add_argument("--model", default="lenet")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     x = torch.randn(a.batch, 1, 28, 28)
     y = torch.randint(0, 10, (a.batch,))

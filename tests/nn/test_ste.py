@@ -104,3 +104,43 @@ def test_lsq_per_tensor_cpu_path_skips_unneeded_gradients():
     z = torch.tensor([0.0])  # symmetric LSQ: the zero point is not learned
     _LSQPerTensorCPU.apply(x, s, z, -8, 7, 1.0).sum().backward()
     assert s.grad is not None and z.grad is None
+
+
+@given(x=float_tensors(min_dims=1, max_dims=4, magnitude=10.0), data=st.data())
+def test_clipped_per_tensor_cpu_path_matches_torch_kernel(x, data):
+    """fake_quant(ste="clipped") per tensor on the CPU: torch's values and gradient mask, exactly."""
+    bits = data.draw(st.sampled_from([2, 4, 8]))
+    qmin, qmax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if data.draw(st.booleans()) else (0, 2**bits - 1)
+    scale = torch.tensor(data.draw(st.floats(0.01, 2.0)))
+    zp = torch.tensor(data.draw(st.integers(qmin, qmax)), dtype=torch.int32)
+    res = []
+    for f in (lambda t: fake_quant(t, scale, zp, qmin, qmax, None, "clipped"),
+              lambda t: torch.fake_quantize_per_tensor_affine(t, scale, zp, qmin, qmax)):
+        xx = x.clone().requires_grad_()
+        y = f(xx)
+        y.backward(torch.ones_like(y))
+        res.append((y.detach(), xx.grad))
+    assert torch.equal(res[0][0], res[1][0])
+    assert torch.equal(res[0][1], res[1][1])
+
+
+@given(x=float_tensors(min_dims=2, max_dims=4, magnitude=10.0), data=st.data())
+def test_lsq_per_channel_symmetric_cpu_path_matches_torch_kernel(x, data):
+    from qatlab.nn.ste import _LSQPerChannelSymCPU
+
+    axis = data.draw(st.integers(0, x.dim() - 1))
+    bits = data.draw(st.sampled_from([2, 4, 8]))
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    n = x.shape[axis]
+    scale = torch.tensor(data.draw(st.lists(st.floats(0.01, 2.0), min_size=n, max_size=n)), dtype=torch.float32)
+    g = data.draw(st.sampled_from([1.0, 0.05]))
+    res = []
+    for f in (lambda t, s: _LSQPerChannelSymCPU.apply(t, s, axis, qmin, qmax, g),
+              lambda t, s: torch._fake_quantize_learnable_per_channel_affine(t, s, torch.zeros(n), axis, qmin, qmax, g)):
+        xx, ss = x.clone().requires_grad_(), scale.clone().requires_grad_()
+        y = f(xx, ss)
+        y.backward(torch.linspace(-1, 1, y.numel()).reshape(y.shape))
+        res.append((y.detach(), xx.grad, ss.grad))
+    assert torch.equal(res[0][0], res[1][0])
+    assert torch.equal(res[0][1], res[1][1])
+    assert torch.allclose(res[0][2], res[1][2], rtol=1e-4, atol=1e-4 * (1 + float((x.abs().sum() / scale.min()))) * g)

@@ -6,7 +6,7 @@ The model is traced with ``torch.fx``; patterns are fused into the QAT modules:
     Linear [-> ReLU]                                  ->  QuantLinear
     a + b [-> ReLU]                                   ->  QuantAdd
     AvgPool2d / AdaptiveAvgPool2d                     ->  QuantAvgPool
-    each input                                        ->  QuantAct, then the graph
+    each input                                        ->  QuantAct (observed range), then the graph
 
 A max pool right after a conv moves inside it, before the output quantizer (same
 values, a quarter of the quantizer work). Other max pooling, ReLU, flatten and
@@ -161,7 +161,11 @@ def prepare_qat(
 
     for node in [n for n in graph.nodes if n.op == "placeholder"]:
         name = fresh("input_quant")
-        gm.add_submodule(name, QuantAct(act_spec, "clipped" if ste == "pact" else ste))
+        # The input's quantizer keeps an observed range whatever the STE (as torch.ao's
+        # does): the data's distribution is fixed, and a learned step would need the
+        # gradient through the first layer down to the input, which nothing else uses
+        # (it made LSQ's training step ~20 % slower on the default CNN).
+        gm.add_submodule(name, QuantAct(act_spec, "clipped"))
         with graph.inserting_after(node):
             new = graph.call_module(name, (node,))
         node.replace_all_uses_with(new, delete_user_cb=lambda u: u is not new)
