@@ -144,3 +144,12 @@ def test_lsq_per_channel_symmetric_cpu_path_matches_torch_kernel(x, data):
     assert torch.equal(res[0][0], res[1][0])
     assert torch.equal(res[0][1], res[1][1])
     assert torch.allclose(res[0][2], res[1][2], rtol=1e-4, atol=1e-4 * (1 + float((x.abs().sum() / scale.min()))) * g)
+
+
+def test_cpu_paths_keep_a_zero_dim_shape():
+    x = torch.tensor(0.37, requires_grad=True)
+    s = torch.tensor([0.1], requires_grad=True)
+    y = lsq_fake_quant(x, s, torch.tensor([0.0]), -8, 7, None, 1.0)
+    y.backward()
+    assert y.shape == () and abs(float(y) - 0.4) < 1e-6 and abs(float(s.grad) - 0.3) < 1e-5
+    assert fake_quant(torch.tensor(0.37), torch.tensor(0.1), torch.tensor(0), -8, 7).shape == ()

@@ -92,11 +92,12 @@ class _LSQPerTensorCPU(torch.autograd.Function):
     per element ``∂y/∂s`` is ``(y − x)/s`` in range and ``y/s`` (= qmin−z or qmax−z)
     outside, so ``ds = g·(Σ dy·y − Σ dx·x)/s``; ``∂y/∂z`` is −s outside, so
     ``dz = −g·s·(Σ dy − Σ dx)``: two dot products and two sums, no temporaries.
+    The clipped STE uses it too, with fixed qparams (then only ``dx`` is computed).
     """
 
     @staticmethod
     def forward(ctx, x, scale, zero_point, qmin, qmax, grad_factor):  # type: ignore[override]
-        s = scale.detach().float()
+        s = scale.detach().float().reshape(())  # 0-dim: in-place ops keep x's shape, even 0-dim
         z = float(torch.round(zero_point.detach().clamp(qmin, qmax)))
         t = x.detach() * (torch.tensor(1.0, dtype=torch.float32) / s)
         t.round_()
