@@ -102,7 +102,7 @@ class _LSQPerTensorCPU(torch.autograd.Function):
         t = x.detach() * (torch.tensor(1.0, dtype=torch.float32) / s)
         t.round_()
         c = t.clamp(qmin - z, qmax - z)
-        mask = c == t
+        mask = c.sub(t).eq_(0)  # a float 0/1 mask: a bool one is ~5x slower to make and to multiply by
         y = c.mul_(s)
         ctx.save_for_backward(x, y, mask, s)
         ctx.grad_factor = grad_factor
@@ -136,7 +136,7 @@ class _LSQPerChannelSymCPU(torch.autograd.Function):
         t = x.detach() * (torch.tensor(1.0, dtype=torch.float32) / s)
         t.round_()
         c = t.clamp(qmin, qmax)
-        mask = c == t
+        mask = c.sub(t).eq_(0)  # a float 0/1 mask: a bool one is ~5x slower to make and to multiply by
         y = c.mul_(s)
         ctx.save_for_backward(x, y, mask, s)
         ctx.axis, ctx.grad_factor = axis, grad_factor
