@@ -122,7 +122,10 @@ def prepare_qat(
                     chain.append(nxt)
                     nxt = _sole_user(nxt)
                 maxpool = None
-                if isinstance(mod, nn.Conv2d) and nxt is not None and nxt.op == "call_module" and isinstance(modules[str(nxt.target)], nn.MaxPool2d):
+                if (
+                    isinstance(mod, nn.Conv2d) and nxt is not None and nxt.op == "call_module"
+                    and isinstance(modules[str(nxt.target)], nn.MaxPool2d) and not modules[str(nxt.target)].return_indices
+                ):
                     maxpool = modules[str(nxt.target)]
                     chain.append(nxt)
                 a_spec, a_ste = _specs_for(ste, act_spec, relu)
