@@ -10,6 +10,22 @@ class CommandError(Exception):
     """A user-facing failure: printed without a traceback, exit status 2."""
 
 
+def int_at_least(lo: int) -> Callable[[str], int]:
+    """An argparse ``type`` for integers >= ``lo``, naming the bad value."""
+    what = "a positive integer" if lo == 1 else "a non-negative integer" if lo == 0 else f"an integer >= {lo}"
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {v}")
+        return v
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="workbook", description="qatlab experiment workbench")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

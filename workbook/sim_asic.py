@@ -12,15 +12,10 @@ import os
 import sys
 import tempfile
 
+from workbook.cli import int_at_least
 
-def _pos_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
-    return v
+
+_pos_int = int_at_least(0)
 
 
 def _pos_float(text: str) -> float:

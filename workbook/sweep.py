@@ -38,6 +38,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence, TextIO
 
+from workbook.cli import int_at_least
 from workbook.results import ResultStore, SweepLockedError, write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
@@ -73,14 +74,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar: one line per finished trial only")
 
 
-def positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
-    return n
+positive_int = int_at_least(1)
 
 
 def run(args: argparse.Namespace) -> int:
