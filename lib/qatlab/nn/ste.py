@@ -81,6 +81,16 @@ def fake_quant(
     raise ValueError(f"ste {ste!r} takes learned parameters; use lsq_fake_quant or pact_fake_quant")
 
 
+def _round_clamp_scale(x: torch.Tensor, s: torch.Tensor, lo: float, hi: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``clamp(round(x·(1/s)), lo, hi)·s`` (torch's fake-quant arithmetic, bit for bit) and
+    the in-range mask, as float 0/1: a bool mask is ~5x slower to make and to multiply by."""
+    t = x.detach() * (torch.tensor(1.0, dtype=torch.float32) / s)
+    t.round_()
+    c = t.clamp(lo, hi)
+    mask = c.sub(t).eq_(0)
+    return c.mul_(s), mask
+
+
 class _LSQPerTensorCPU(torch.autograd.Function):
     """Per-tensor LSQ/LSQ+ from vectorised torch ops (torch's CPU learnable kernel is
     scalar code and was the largest QAT overhead of the default CNN's training step).
@@ -99,11 +109,7 @@ class _LSQPerTensorCPU(torch.autograd.Function):
     def forward(ctx, x, scale, zero_point, qmin, qmax, grad_factor):  # type: ignore[override]
         s = scale.detach().float().reshape(())  # 0-dim: in-place ops keep x's shape, even 0-dim
         z = float(torch.round(zero_point.detach().clamp(qmin, qmax)))
-        t = x.detach() * (torch.tensor(1.0, dtype=torch.float32) / s)
-        t.round_()
-        c = t.clamp(qmin - z, qmax - z)
-        mask = c.sub(t).eq_(0)  # a float 0/1 mask: a bool one is ~5x slower to make and to multiply by
-        y = c.mul_(s)
+        y, mask = _round_clamp_scale(x, s, qmin - z, qmax - z)
         ctx.save_for_backward(x, y, mask, s)
         ctx.grad_factor = grad_factor
         return y
@@ -133,11 +139,7 @@ class _LSQPerChannelSymCPU(torch.autograd.Function):
         shape = [1] * x.dim()
         shape[axis] = -1
         s = scale.detach().float().reshape(shape)
-        t = x.detach() * (torch.tensor(1.0, dtype=torch.float32) / s)
-        t.round_()
-        c = t.clamp(qmin, qmax)
-        mask = c.sub(t).eq_(0)  # a float 0/1 mask: a bool one is ~5x slower to make and to multiply by
-        y = c.mul_(s)
+        y, mask = _round_clamp_scale(x, s, qmin, qmax)
         ctx.save_for_backward(x, y, mask, s)
         ctx.axis, ctx.grad_factor = axis, grad_factor
         return y
