@@ -28,6 +28,7 @@ from qatlab.config import profile  # noqa: E402
 from qatlab.data import load_dataset  # noqa: E402
 from qatlab.train import accuracy, fit, loader, predictions, pretrain_fp32, resolve_device, run_trial, seed_everything  # noqa: E402
 from workbook.bench import machine  # noqa: E402
+from qatlab.atomic import write_json
 
 # Below 8 bits: the first and last layers stay at 8 bits (as in the LSQ paper), and the
 # ranges that initialise LSQ's steps (and PTQ's) come from the MSE-optimal clip: a
@@ -94,9 +95,7 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     if only is not None:  # a part: save the rows, the merge prints the table
         if a.json:
-            tmp = a.json + ".tmp"
-            Path(tmp).write_text(json.dumps({"profile": a.profile, "seed": a.seed, "machine": machine(), "rows": rows}, indent=1))
-            os.replace(tmp, a.json)
+            write_json(a.json, {"profile": a.profile, "seed": a.seed, "machine": machine(), "rows": rows})
         return None
     return report(rows, a.profile, a.seed, a.json)
 
@@ -129,10 +128,7 @@ def report(rows: list[dict], profile_name: str, seed: int, json_path: str | None
     for k, ok in checks.items():
         print(f"{'PASS' if ok else 'FAIL'}  {k}")
     if json_path:
-        tmp = json_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"profile": profile_name, "seed": seed, "machine": machine(), "rows": rows, "checks": checks}, f, indent=1)
-        os.replace(tmp, json_path)
+        write_json(json_path, {"profile": profile_name, "seed": seed, "machine": machine(), "rows": rows, "checks": checks})
 
 
 if __name__ == "__main__":

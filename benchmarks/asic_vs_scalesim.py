@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
 
+from qatlab.atomic import write_json  # noqa: E402
 from qatlab.hw.asic import ArrayConfig, simulate  # noqa: E402
 from qatlab.hw.asic.scalesim_reports import read_scalesim_reports  # noqa: E402
 from qatlab.hw.workload import read_topology  # noqa: E402
@@ -125,9 +126,7 @@ def main() -> int:
         print(f"  ratio: {ratio:,.0f}x wall, {ratio_cpu:,.0f}x CPU; fields equal: {equal} / {total}" + (f"; differing: {differing}" if differing else ""))
         out[mode] |= {"ratio_wall": ratio, "ratio_cpu": ratio_cpu, "fields_equal": equal, "fields_total": total, "differing": differing}
     if args.json:
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(out, indent=2) + "\n")
-        os.replace(tmp, args.json)
+        write_json(args.json, out, indent=2)
     return 0
 
 

@@ -33,6 +33,7 @@ from qatlab.data import load_dataset
 from qatlab.export import compare_onnx, export_onnx, ort_kernels
 from qatlab.intmodel import convert, run
 from qatlab.train import load_checkpoint, run_trial
+from qatlab.atomic import write_json
 
 TRIALS = [
     ("qat_w8a8_lsq", {"method": "qat", "w_bits": 8, "a_bits": 8, "ste": "lsq"}),
@@ -203,10 +204,7 @@ def main() -> None:
     for k, ok in checks.items():
         print(f"{'PASS' if ok else 'FAIL'}  {k}")
     if a.json:
-        tmp = a.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"profile": a.profile, "seed": a.seed, "machine": machine(), "trials": trials, "rows": rows, "checks": checks}, f, indent=1)
-        os.replace(tmp, a.json)
+        write_json(a.json, {"profile": a.profile, "seed": a.seed, "machine": machine(), "trials": trials, "rows": rows, "checks": checks})
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ sys.path[:0] = [str(ROOT / "lib"), str(ROOT)]
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from qatlab.atomic import write_json
 
 TARGET = 1.5
 
@@ -134,9 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         out["trial"] = gpu_trial(a.device)
         print(json.dumps(out["trial"]), flush=True)
     if a.json:
-        tmp = a.json + ".tmp"
-        Path(tmp).write_text(json.dumps(out, indent=1))
-        os.replace(tmp, a.json)
+        write_json(a.json, out)
     ok = all(r["meets_target"] for r in out["steps"]) and (not a.trial or out["trial"]["ok"])
     print(f"{'PASS' if ok else 'FAIL'}  QAT step <= {TARGET}x FP32 on {device}" + (f" and the trial trained on {device}" if a.trial else ""))
     return 0

@@ -86,7 +86,11 @@ def test_zoo_w8a8_exports_checks_and_runs_in_integer_kernels(name, digits, tmp_p
     inits = {i.name: i for i in model.graph.initializer}
     for op in im.compute_ops():
         assert list(inits[f"{op.name}.weight_scale"].dims) == [op.tensors["weight"].shape[0]]
-        assert inits[f"{op.name}.weight_q"].data_type == onnx.TensorProto.INT8
+        # uint8 activations: the weights go as uint8 codes + 128 (ORT's exact U8U8 kernels).
+        w_q, w_zp = inits[f"{op.name}.weight_q"], inits[f"{op.name}.weight_zero_point"]
+        assert w_q.data_type == w_zp.data_type == onnx.TensorProto.UINT8
+        assert (onnx.numpy_helper.to_array(w_zp) == 128).all()
+        assert np.array_equal(onnx.numpy_helper.to_array(w_q).astype(np.int64) - 128, op.tensors["weight"].numpy())
         assert inits[f"{op.name}.bias_q"].data_type == onnx.TensorProto.INT32
     # ONNX Runtime fuses every DQ→op→Q group: no float Conv/Gemm/Add is left.
     kernels = ort_kernels(path)

@@ -15,6 +15,8 @@ from typing import Callable
 
 import torch
 
+from qatlab.atomic import write_json
+
 
 def _median_time(fn: Callable[[], object], repeats: int) -> float:
     times = []
@@ -139,8 +141,5 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         print(json.dumps(r))
     if args.json:
-        tmp = f"{args.json}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"target": args.target, "machine": machine(), "rows": rows}, f, indent=1)
-        os.replace(tmp, args.json)
+        write_json(args.json, {"target": args.target, "machine": machine(), "rows": rows})
     return 0

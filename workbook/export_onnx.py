@@ -15,6 +15,8 @@ import os
 import sys
 from typing import Any
 
+from qatlab.atomic import write_json
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a trained model.pt (ptq/qat trial) or its intmodel.pt")
@@ -105,16 +107,10 @@ def run(args: argparse.Namespace) -> int:
     print(cmp.summary())
     if args.json:
         record = {"onnx": info.path, "opset": info.opset, "low_bit": info.low_bit, "rounding": info.rounding, **cmp.to_dict()}
-        tmp = f"{args.json}.{os.getpid()}.tmp"
         try:
-            with open(tmp, "w") as f:
-                json.dump(record, f, indent=2)
-            os.replace(tmp, args.json)
+            write_json(args.json, record, indent=2, mkdir=False)
         except OSError as e:
             raise CommandError(f"{args.json}: cannot write: {e}") from e
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     sys.stdout.flush()
     return 0
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qatlab.atomic import atomic_path, write_text
+
 NOTEBOOKS = ("quantizers", "qat_vs_ptq", "hardware", "kernels")
 KERNEL = "qatlab"  # registered by `make setup` (ipykernel install --sys-prefix --name qatlab)
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -53,20 +55,22 @@ def execute(name: str, out_dir: str | os.PathLike[str], parameters: dict[str, An
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dst = out / f"{name}.ipynb"
-    tmp = out / f".{name}.tmp.ipynb"
     t0 = time.perf_counter()
     status, error = "ok", None
     try:
-        pm.execute_notebook(
-            str(src), str(tmp), parameters=parameters, kernel_name=kernel_name(),
-            progress_bar=False, cwd=str(out), execution_timeout=timeout_s,
-        )  # fmt: skip
-    except pm.PapermillExecutionError as e:
-        status, error = "failed", f"{e.ename}: {e.evalue}"
+        # papermill writes the notebook as it runs, so a failed one keeps its error cell.
+        with atomic_path(dst, mkdir=False) as tmp:
+            try:
+                pm.execute_notebook(
+                    str(src), str(tmp), parameters=parameters, kernel_name=kernel_name(),
+                    progress_bar=False, cwd=str(out), execution_timeout=timeout_s,
+                )  # fmt: skip
+            except pm.PapermillExecutionError as e:
+                status, error = "failed", f"{e.ename}: {e.evalue}"
+            if tmp.stat().st_size == 0:
+                raise RuntimeError("papermill wrote no notebook")
     except Exception as e:  # kernel death, timeout, bad parameters: still a failed notebook, not a dead run
         status, error = "failed", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
-    if tmp.exists():
-        os.replace(tmp, dst)
     return NotebookResult(name, status, dst, error=error, seconds=round(time.perf_counter() - t0, 2))
 
 
@@ -82,9 +86,7 @@ def render_html(ipynb: str | os.PathLike[str], html: str | os.PathLike[str] | No
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": src.stem}})
     if EXTERNAL.search(body):
         raise RuntimeError(f"{dst}: rendered HTML still references the network: {EXTERNAL.search(body).group(0)}")
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    tmp.write_text(body, encoding="utf-8")
-    os.replace(tmp, dst)
+    write_text(dst, body, mkdir=False)
     return dst
 
 

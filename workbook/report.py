@@ -13,13 +13,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from qatlab import atomic
+from qatlab.atomic import write_text
+
 MANIFEST = "run.json"
 
 
 def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+    atomic.write_json(path, obj, default=str)
 
 
 def headline(sweep_dir: Path) -> dict[str, Any]:
@@ -78,10 +79,7 @@ def build_index(root: str | os.PathLike[str]) -> Path:
 </tbody></table></body></html>
 """
     out = root / "index.html"
-    tmp = root / ".index.html.tmp"
-    root.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
+    write_text(out, page)
     return out
 
 

@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+from qatlab import atomic
+
 # DESIGN.md's result columns, first and in this order; any other record field follows.
 REQUIRED_COLUMNS = (
     "trial_id", "model", "dataset", "method", "w_bits", "a_bits", "granularity", "estimator",
@@ -42,42 +44,11 @@ PARQUET_FILE = "results.parquet"
 LOCK_FILE = ".sweep.lock"
 
 
-def _umask() -> int:
-    # mkstemp creates 0600 files; results are ordinary files, so give them the mode
-    # open() would (0666 minus the umask). Reading the umask means setting it back.
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()
-
-
 class SweepLockedError(RuntimeError):
     """Another live sweep is writing into the same directory."""
 
 
-# ---- atomic writes ------------------------------------------------------------------
-
-
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
+# ---- JSON ---------------------------------------------------------------------------
 
 
 def jsonable(obj: Any) -> Any:
@@ -99,7 +70,7 @@ def jsonable(obj: Any) -> Any:
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    write_text_atomic(path, json.dumps(jsonable(obj), indent=1, sort_keys=False, allow_nan=False) + "\n")
+    atomic.write_text(path, json.dumps(jsonable(obj), indent=1, sort_keys=False, allow_nan=False) + "\n")
 
 
 # ---- the store ----------------------------------------------------------------------
@@ -156,9 +127,9 @@ class ResultStore:
         for name, data in (artifacts or {}).items():
             if "/" in name or name.startswith(".") or name in (RESULT_FILE, LOG_FILE):
                 raise ValueError(f"artifact name {name!r} is not a plain file name")
-            write_bytes_atomic(d / name, data)
+            atomic.write_bytes(d / name, data)
         if log is not None:
-            write_text_atomic(d / LOG_FILE, log)
+            atomic.write_text(d / LOG_FILE, log)
         write_json_atomic(d / RESULT_FILE, record)
         return d / RESULT_FILE
 
@@ -169,7 +140,7 @@ class ResultStore:
 
     def rebuild_parquet(self, trial_ids: Sequence[str] | None = None) -> Path:
         """(Re)write results.parquet from the per-trial JSON files, atomically."""
-        write_bytes_atomic(self.parquet_path, records_to_parquet_bytes(self.records(trial_ids)))
+        atomic.write_bytes(self.parquet_path, records_to_parquet_bytes(self.records(trial_ids)))
         return self.parquet_path
 
     @contextmanager

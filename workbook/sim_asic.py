@@ -12,6 +12,8 @@ import os
 import sys
 import tempfile
 
+from qatlab.atomic import write_text
+
 from workbook.cli import int_at_least
 
 
@@ -64,19 +66,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vdd", type=_pos_float, default=None, help="supply voltage for energy scaling (default 0.9)")
 
 
-def _write_atomic(path: str, text: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".sim_asic.", dir=d)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -112,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(str(e)) from None
     text = report.to_json() + "\n" if args.format == "json" else report.to_csv()
     if args.out:
-        _write_atomic(args.out, text)
+        write_text(args.out, text, mkdir=False)
     else:
         sys.stdout.write(text)
     return 0

@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence, TextIO
 
 from workbook.cli import int_at_least
-from workbook.results import ResultStore, SweepLockedError, write_json_atomic, write_text_atomic
+from qatlab.atomic import write_text
+from workbook.results import ResultStore, SweepLockedError, write_json_atomic
 
 if TYPE_CHECKING:
     from workbook.spec import Spec, Trial
@@ -479,7 +480,7 @@ class _Driver:
         to_run, done, left = plan(spec, store, self.mode)
         summary = SweepSummary(out=store.root, total=len(spec.trials), done_before=len(done), left_out=len(left))
         store.root.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(store.root / "spec.yaml", spec.text or json.dumps({"name": spec.name}) + "\n")
+        write_text(store.root / "spec.yaml", spec.text or json.dumps({"name": spec.name}) + "\n")
         num_gpus = self._gpu_request()
         run_info = {
             "started_at": _iso(t0),

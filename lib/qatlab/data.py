@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from qatlab.atomic import atomic_path
 from torch.utils.data import TensorDataset
 
 DATASETS = ("fashion-mnist", "digits")
@@ -163,20 +164,16 @@ def verify_file(path: Path, check: FileCheck) -> None:
 def download_file(url: str, dest: Path, check: FileCheck, *, timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
     """Fetch ``url`` to ``dest``, all or nothing.
 
-    The bytes go to a temp file beside ``dest`` (same filesystem, so the final
-    ``os.replace`` is atomic); size and sha256 are checked before the rename. On any
+    The bytes go to a temp file beside ``dest`` (``qatlab.atomic``); size and sha256 are checked before the rename. On any
     failure the temp file is removed and nothing appears under ``dest``'s name, so a
     later run never mistakes a half download for data. Concurrent downloaders each
     write their own temp file; the last rename wins with identical bytes.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(dest) as tmp:
         try:
             h = hashlib.sha256()
             received = 0
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
                 length = resp.headers.get("Content-Length")
                 for chunk in iter(lambda: resp.read(1 << 16), b""):
                     out.write(chunk)
@@ -213,10 +210,6 @@ def download_file(url: str, dest: Path, check: FileCheck, *, timeout: float = DO
                 f"the pinned {' or '.join(check.sha256)} (corrupt download or wrong file). "
                 f"{_FIX_HINT}"
             )
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return dest
 
 

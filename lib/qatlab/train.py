@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from qatlab.config import TrainConfig
+from qatlab.atomic import atomic_path
 from qatlab.data import DataSplits, load_dataset
 from qatlab.intmodel import IntModel, convert, get_runner, predict
 from qatlab.models import build_model
@@ -120,11 +121,9 @@ def pretrain_fp32(cfg: TrainConfig, splits: DataSplits, device: torch.device, us
     fit(model, loader(splits.train, cfg.batch_size, gen, True), cfg.epochs, cfg.lr, device)
     train_s = time.perf_counter() - t0
     if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        torch.save({"format": CHECKPOINT_FORMAT, "state_dict": state, "config": cfg.to_dict(), "train_s": train_s}, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save({"format": CHECKPOINT_FORMAT, "state_dict": state, "config": cfg.to_dict(), "train_s": train_s}, tmp)
     return model, {"fp32_cached": False, "fp32_train_s": train_s}
 
 
@@ -261,14 +260,12 @@ def save_checkpoint(
     model: nn.Module, cfg: TrainConfig, path: str | os.PathLike[str], num_classes: int, input_shape: tuple[int, ...]
 ) -> None:
     """The trained model's state, config and data shape (atomic). Loads with weights_only=True."""
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save(
-        {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "state_dict": state, "num_classes": num_classes, "input_shape": list(input_shape)},
-        tmp,
-    )
-    os.replace(tmp, p)
+    with atomic_path(path, mkdir=False) as tmp:
+        torch.save(
+            {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "state_dict": state, "num_classes": num_classes, "input_shape": list(input_shape)},
+            tmp,
+        )
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, TrainConfig, tuple[int, ...]]:

@@ -56,6 +56,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import qatlab
+from qatlab.atomic import write_bytes
 from qatlab.intmodel import ActQ, IntModel, IntOp, convert
 
 from .errors import ExportError, UnsupportedLayerError
@@ -236,6 +237,13 @@ class _Builder:
         if wt == TensorProto.INT4:
             wq = self.init(f"{op.name}.weight_q", dtype=wt, vals=codes)
             wz = self.init(f"{op.name}.weight_zero_point", dtype=wt, vals=np.zeros(out_ch, dtype=np.int32))
+        elif wt == TensorProto.INT8 and self.code_type.get(op.inputs[0]) == TensorProto.UINT8:
+            # Under uint8 activations, int8 weights make ONNX Runtime pick its U8S8 kernels,
+            # which on x86 CPUs without VNNI sum pairs of u8·s8 products in saturating int16
+            # (vpmaddubsw): whole layers come out wrong. The same codes as uint8 with zero
+            # point 128 select the U8U8 kernels, which are exact everywhere.
+            wq = self.init(f"{op.name}.weight_q", (codes + 128).astype(np.uint8))
+            wz = self.init(f"{op.name}.weight_zero_point", np.full(out_ch, 128, dtype=np.uint8))
         else:
             wq = self.init(f"{op.name}.weight_q", codes.astype(_NUMPY[wt]))
             wz = self.init(f"{op.name}.weight_zero_point", np.zeros(out_ch, dtype=_NUMPY[wt]))
@@ -462,18 +470,10 @@ def export_onnx(
     data = proto.SerializeToString()
     if verify:
         _verify(data, im)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
+        write_bytes(p, data, mkdir=False)
     except OSError as e:
         raise ExportError(f"{p}: cannot write: {e}") from e
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return ExportInfo(
         path=str(p),
         opset=used_opset,

@@ -13,6 +13,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from qatlab.atomic import write_text
+
 
 class TopologyError(ValueError):
     """A topology file that cannot be read; the message names the file, line and field."""
@@ -166,19 +168,17 @@ def read_topology(path: str | os.PathLike[str]) -> list[Layer]:
 def write_topology(layers: list[Layer], path: str | os.PathLike[str]) -> None:
     """Write layers as a SCALE-Sim conv topology (atomically: temp file, then rename)."""
     p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write("Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides, Sparsity,\n")
-        for lay in layers:
-            if lay.stride_h != lay.stride_w:
-                raise ValueError(f"layer {lay.name!r}: SCALE-Sim topologies take one stride, got {lay.stride_h}x{lay.stride_w}")
-            if lay.batch != 1:
-                raise ValueError(f"layer {lay.name!r}: SCALE-Sim topologies have no batch, got batch {lay.batch}")
-            f.write(
-                f"{lay.name}, {lay.ifmap_h}, {lay.ifmap_w}, {lay.filter_h}, {lay.filter_w}, {lay.channels}, "
-                f"{lay.num_filters}, {lay.stride_h}, {lay.sparsity[0]}:{lay.sparsity[1]},\n"
-            )
-    os.replace(tmp, p)
+    lines = ["Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides, Sparsity,\n"]
+    for lay in layers:
+        if lay.stride_h != lay.stride_w:
+            raise ValueError(f"layer {lay.name!r}: SCALE-Sim topologies take one stride, got {lay.stride_h}x{lay.stride_w}")
+        if lay.batch != 1:
+            raise ValueError(f"layer {lay.name!r}: SCALE-Sim topologies have no batch, got batch {lay.batch}")
+        lines.append(
+            f"{lay.name}, {lay.ifmap_h}, {lay.ifmap_w}, {lay.filter_h}, {lay.filter_w}, {lay.channels}, "
+            f"{lay.num_filters}, {lay.stride_h}, {lay.sparsity[0]}:{lay.sparsity[1]},\n"
+        )
+    write_text(p, "".join(lines), mkdir=False)
 
 
 def _trim(row: list[str]) -> list[str]:

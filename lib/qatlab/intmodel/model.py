@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from qatlab.atomic import atomic_path
+
 FORMAT = "qatlab.intmodel"
 VERSION = 1
 OP_KINDS = ("quantize", "conv", "linear", "add", "avgpool", "maxpool", "relu", "flatten")
@@ -120,14 +122,8 @@ class IntModel:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically: a temp file in the same folder, then rename."""
-        p = Path(path)
-        tmp = p.with_name(f".{p.name}.tmp")
-        try:
+        with atomic_path(path, mkdir=False) as tmp:
             torch.save(self.to_dict(), tmp)
-            os.replace(tmp, p)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "<dict>") -> "IntModel":

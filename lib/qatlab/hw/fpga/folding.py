@@ -22,6 +22,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from qatlab.atomic import write_json
+
 from .errors import FoldingError
 from .geometry import Geometry
 
@@ -127,13 +129,7 @@ def write_folding(folds: Mapping[str, LayerFolding], path: str | os.PathLike[str
     """Write a FINN-style folding config (atomically: temp file, then rename)."""
     p = Path(path)
     obj = {name: f.to_finn() for name, f in folds.items() if name != "*"}
-    tmp = p.with_name(f".{p.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_json(p, obj, indent=2, mkdir=False)
 
 
 def default_swu_simd(channels: int, simd: int) -> int:

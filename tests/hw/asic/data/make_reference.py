@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from qatlab.atomic import atomic_path, write_json
+
 HERE = Path(__file__).resolve().parent
 REPORTS = ("COMPUTE_REPORT.csv", "BANDWIDTH_REPORT.csv", "DETAILED_ACCESS_REPORT.csv")
 
@@ -88,15 +90,11 @@ def main() -> int:
     order = {c["name"]: i for i, c in enumerate(cases)}
     for r in REPORTS:
         rows = sorted(existing[r], key=lambda row: (order.get(row[0], 1 << 30), int(row[1])))
-        tmp = out_dir / (r + ".tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(out_dir / r) as tmp, open(tmp, "w", newline="") as f:
             w = csv.writer(f, lineterminator="\n")
             w.writerow(headers[r])
             w.writerows(rows)
-        os.replace(tmp, out_dir / r)
-    tmp = HERE / "cases.json.tmp"
-    tmp.write_text(json.dumps(cases, indent=1) + "\n")
-    os.replace(tmp, HERE / "cases.json")
+    write_json(HERE / "cases.json", cases)
     return 0
 
 
