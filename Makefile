@@ -11,10 +11,11 @@ PIPQ := grep -v 'is ignored: it is neither a file nor a directory' || true
 TORCH_CPU := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup data browser run test lab bench gpu-data clean help
+.PHONY: setup data browser run test lint lab bench gpu-data clean help
 help:
 	@echo "make run   - set up (.venv, deps, data) and run the main job"
 	@echo "make test  - set up and run the whole test suite"
+	@echo "make lint  - ruff: lint rules and format check (pyproject.toml)"
 	@echo "make lab   - set up and start JupyterLab with the project's kernel"
 	@echo "make bench - run the benchmarks in benchmarks/"
 	@echo "make gpu-data - stage Fashion-MNIST in .gpu-data for benchmarks/gpu_checks.sh on a lent GPU"
@@ -52,6 +53,10 @@ run: setup
 
 test: setup browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
