@@ -1,8 +1,11 @@
 """Kernel study: int8 GEMM throughput vs shape against the float baseline.
 
-On a GPU with the CUDA kernels (issue 8) this will time them against torch._int_mm
-and fp16; until then, and on CPU machines, it times the CPU reference path the
-integer model uses (torch._int_mm on CPU) against float32 matmul, labelled as such.
+What it measures, on every machine: the CPU reference path the integer model uses
+(int8 x int8 -> int32 with torch._int_mm on the CPU) against float32 matmul, each
+result checked exact before it is timed, and labelled as the CPU path. What it does
+not measure: the CUDA int8 kernels of ``qatlab.kernels``, even on a GPU machine; their
+figures (against cuBLASLt, fp16 and cuDNN) come from ``benchmarks/kernels.py``
+(``workbook bench kernels``). The plot's title carries ``gpu_status()``.
 """
 from __future__ import annotations
 

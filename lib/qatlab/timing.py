@@ -1,0 +1,62 @@
+"""Wall-clock timing for benchmarks: medians, round-robin interleaving, machine facts.
+
+Shared by ``workbook bench`` and the scripts in ``benchmarks/``. It lives in the
+library, below both, so that neither imports the other to time something.
+
+Figures are meant as ratios against a baseline timed in the same run: machines are
+shared and noisy, so absolute seconds mean little, and running the candidates
+round-robin makes drift hit all of them alike.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    """Median seconds of ``repeats`` back-to-back calls of ``fn``."""
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def interleaved(fns: Mapping[str, Callable[[], object]], repeats: int = 15, warmup: int = 2) -> dict[str, float]:
+    """Median seconds of each fn, run round-robin so drift hits all of them alike."""
+    if not fns:
+        raise ValueError("interleaved needs at least one function to time")
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
+        raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            samples[name].append(median_time(fn, 1))
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def machine() -> dict[str, object]:
+    """What a figure was measured on: host, CPU, core count, torch version and threads."""
+    import torch  # deferred: the timing functions above do not need torch
+
+    return {
+        "host": platform.node(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+__all__ = ["interleaved", "machine", "median_time"]
