@@ -29,11 +29,10 @@ def asic(int_model: Any, rows: int = 32, cols: int = 32, dataflow: str = "ws", p
 
 
 def fpga(int_model: Any, device: str = "ZCU104") -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Per-layer folding, cycles and resources of the fastest design that fits."""
+    """Per-op folding, cycles and resources of the fastest design that fits (every op a row)."""
     from qatlab.hw import fpga as f
-    from qatlab.hw.workload import from_intmodel
 
-    rep = f.analyze(from_intmodel(int_model), device, params=f.params_from_intmodel(int_model))
+    rep = f.analyze_intmodel(int_model, device)
     d = rep.to_dict()
     return pd.DataFrame(d["layers"]), d["totals"]
 

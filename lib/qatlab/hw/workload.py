@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from qatlab.atomic import write_text
@@ -207,32 +207,59 @@ def _sparsity(text: str, where: str) -> tuple[int, int]:
     return n, m
 
 
-def from_intmodel(model: "IntModel", batch: int = 1) -> list[Layer]:  # noqa: F821 - imported lazily
+def from_intmodel(model: "IntModel", batch: int = 1, per_group: bool = False) -> list[Layer]:  # noqa: F821 - imported lazily
     """The conv and linear layers of an IntModel as workloads (padding folded into the input).
 
-    Grouped convolutions are described per group's channel count (MACs stay right);
-    a dilated kernel is described by its effective (dilated) extent.
+    A grouped convolution is one layer per op described by one group's channel count
+    (MACs stay right; the FPGA model's one-entry-per-op view), or with ``per_group``
+    one layer per group, as SCALE-Sim maps it (:func:`group_layers`). A dilated kernel
+    is described by its effective (dilated) extent.
     """
     layers: list[Layer] = []
     for op in model.compute_ops():
-        a = op.attrs
-        w = op.tensors["weight"]
-        w_bits, a_bits = int(a["w_bits"]), int(a["a_bits"])
-        density = float((w != 0).float().mean()) if w.numel() else 1.0
-        meta = {"op": op.name, "weight_density": density, "relu": bool(a.get("relu", False))}
-        if op.kind == "linear":
-            out_f, in_f = w.shape
-            layers.append(Layer.gemm(op.name, batch, int(out_f), int(in_f), w_bits=w_bits, a_bits=a_bits, meta=meta))
-            continue
-        c, h, wd = a["in_shape"]
-        ph, pw = a["padding"]
-        kh, kw = a["kernel"]
-        dh, dw = a["dilation"]
-        layers.append(
-            Layer(
-                op.name, int(h + 2 * ph), int(wd + 2 * pw), int((kh - 1) * dh + 1), int((kw - 1) * dw + 1),
-                int(c // a["groups"]), int(w.shape[0]), int(a["stride"][0]), int(a["stride"][1]),
-                batch=batch, w_bits=w_bits, a_bits=a_bits, meta={**meta, "groups": int(a["groups"])},
-            )
-        )
+        if per_group:
+            layers.extend(group_layers(op, batch))
+        else:
+            layers.append(op_layer(op, batch))
     return layers
+
+
+def op_layer(op: "IntOp", batch: int = 1) -> Layer:  # noqa: F821
+    """One conv or linear op as one workload layer (a grouped conv by one group's channels)."""
+    a = op.attrs
+    w = op.tensors["weight"]
+    w_bits, a_bits = int(a["w_bits"]), int(a["a_bits"])
+    density = float((w != 0).float().mean()) if w.numel() else 1.0
+    meta = {"op": op.name, "weight_density": density, "relu": bool(a.get("relu", False))}
+    if op.kind == "linear":
+        out_f, in_f = w.shape
+        return Layer.gemm(op.name, batch, int(out_f), int(in_f), w_bits=w_bits, a_bits=a_bits, meta=meta)
+    c, h, wd = a["in_shape"]
+    ph, pw = a["padding"]
+    kh, kw = a["kernel"]
+    dh, dw = a["dilation"]
+    return Layer(
+        op.name, int(h + 2 * ph), int(wd + 2 * pw), int((kh - 1) * dh + 1), int((kw - 1) * dw + 1),
+        int(c // a["groups"]), int(w.shape[0]), int(a["stride"][0]), int(a["stride"][1]),
+        batch=batch, w_bits=w_bits, a_bits=a_bits, meta={**meta, "groups": int(a["groups"])},
+    )
+
+
+def group_layers(op: "IntOp", batch: int = 1) -> list[Layer]:  # noqa: F821
+    """A conv op as SCALE-Sim runs a grouped convolution: one layer per group.
+
+    Group g convolves its ``C/G`` input channels with its ``N/G`` filters, an
+    independent GEMM of ``K = kh·kw·C/G`` and ``N/G`` columns: SCALE-Sim's own
+    depthwise handling (a topology layer named ``DP...`` becomes one single-channel
+    layer per channel) is the ``C/G = 1`` case. Ungrouped ops give their one layer.
+    """
+    full = op_layer(op, batch)
+    g = int(op.attrs.get("groups", 1)) if op.kind == "conv" else 1
+    if g == 1:
+        return [full]
+    if full.num_filters % g:
+        raise ValueError(f"op {op.name!r}: {full.num_filters} filters do not split into {g} groups")
+    return [
+        replace(full, name=f"{op.name}.g{i}", num_filters=full.num_filters // g, meta={**full.meta, "group": i})
+        for i in range(g)
+    ]

@@ -1,4 +1,4 @@
-"""`workbook sim asic`: json and csv output, the DESIGN.md fields, user errors."""
+"""`workbook sim asic`: json and csv output, the record fields of docs/cli.md, user errors."""
 from __future__ import annotations
 
 import csv

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qatlab.hw.asic.dataflow import Mapping, skew_counts
+from qatlab.hw.asic.dataflow import ArrayMapping, skew_counts
 
 dims = st.integers(1, 40)
 arr = st.integers(1, 9)
@@ -22,7 +22,7 @@ def skew(block: np.ndarray) -> np.ndarray:
     return out
 
 
-def ofmap_demand(m: Mapping) -> np.ndarray:
+def ofmap_demand(m: ArrayMapping) -> np.ndarray:
     """The ofmap demand rows of every fold, built explicitly (1 = a write, -1 = none)."""
     R, C, T = m.R, m.C, m.T  # noqa: N806
     folds = []
@@ -42,7 +42,7 @@ def ofmap_demand(m: Mapping) -> np.ndarray:
 
 @given(dataflows, arr, arr, dims, dims, dims)
 def test_row_counts_equal_explicit_demand_matrices(df, r, c, m_, n_, k_):
-    m = Mapping(df, r, c, m_, n_, k_)
+    m = ArrayMapping(df, r, c, m_, n_, k_)
     dem = ofmap_demand(m)
     assert dem.shape[0] == m.compute_rows
     per_row = (dem != -1).sum(axis=1)
@@ -58,7 +58,7 @@ def test_row_counts_equal_explicit_demand_matrices(df, r, c, m_, n_, k_):
 
 @given(dataflows, arr, arr, dims, dims, dims)
 def test_utilizations_equal_a_plain_per_fold_loop(df, r, c, m_, n_, k_):
-    m = Mapping(df, r, c, m_, n_, k_)
+    m = ArrayMapping(df, r, c, m_, n_, k_)
     eff, util = [], []
     for cu in m.col_used():  # column folds outer, as SCALE-Sim
         for ru in m.row_used():
@@ -79,15 +79,15 @@ def test_skew_counts_formula():
 
 
 def test_fold_table():
-    m = Mapping("ws", 8, 4, 100, 10, 20)  # M, N, K
+    m = ArrayMapping("ws", 8, 4, 100, 10, 20)  # M, N, K
     assert (m.Sr, m.Sc, m.T, m.row_fold, m.col_fold) == (20, 10, 100, 3, 3)
     assert m.rows_per_fold == 100 + 2 * 8 + 4 - 2
     assert (m.sram_ifmap_reads, m.sram_filter_reads, m.sram_ofmap_writes_corrected) == (3 * 100 * 20, 200, 3 * 1000)
-    o = Mapping("os", 8, 4, 100, 10, 20)
+    o = ArrayMapping("os", 8, 4, 100, 10, 20)
     assert (o.Sr, o.Sc, o.T, o.rows_per_fold) == (100, 10, 20, 20 + 8 + 4 - 2)
-    i = Mapping("is", 8, 4, 100, 10, 20)
+    i = ArrayMapping("is", 8, 4, 100, 10, 20)
     assert (i.Sr, i.Sc, i.T) == (20, 100, 10)
     with pytest.raises(ValueError):
-        Mapping("xs", 1, 1, 1, 1, 1)
+        ArrayMapping("xs", 1, 1, 1, 1, 1)
     with pytest.raises(ValueError):
-        Mapping("os", 0, 1, 1, 1, 1)
+        ArrayMapping("os", 0, 1, 1, 1, 1)

@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from qatlab.hw.asic import memory as mem
-from qatlab.hw.asic.dataflow import Mapping
+from qatlab.hw.asic.dataflow import ArrayMapping
 
 
 @given(
@@ -14,7 +14,7 @@ from qatlab.hw.asic.dataflow import Mapping
     st.integers(2, 160), st.integers(1, 12),
 )
 def test_write_buffer_equals_word_by_word_replay(df, r, c, m_, n_, k_, size, bw):
-    m = Mapping(df, r, c, m_, n_, k_)
+    m = ArrayMapping(df, r, c, m_, n_, k_)
     fast = mem.write_buffer(m.ofmap_rows, size, bw)
     slow = mem.write_buffer_stepwise(list(m.ofmap_rows.dense()), size, bw)
     assert (fast.stall_cycles, fast.dram_writes, fast.dram_words, fast.dram_start, fast.dram_stop) == (
@@ -29,7 +29,7 @@ def test_write_buffer_equals_word_by_word_replay(df, r, c, m_, n_, k_, size, bw)
 
 
 def test_write_buffer_stalls_when_drains_are_slower_than_writes():
-    m = Mapping("ws", 8, 8, 200, 8, 8)  # 8 outputs per cycle
+    m = ArrayMapping("ws", 8, 8, 200, 8, 8)  # 8 outputs per cycle
     roomy = mem.write_buffer(m.ofmap_rows, 4096, 8)
     assert roomy.stall_cycles == 0
     tight = mem.write_buffer(m.ofmap_rows, 64, 1)  # drained at 1 word per cycle

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qatlab.hw.asic import ArrayConfig, Mapping, simulate_layer
+from qatlab.hw.asic import ArrayConfig, ArrayMapping, simulate_layer
 from qatlab.hw.asic.stepped import conv_reference, im2col, kept_positions, run_conv, run_gemm
 from qatlab.hw.workload import Layer
 
@@ -33,7 +33,7 @@ def test_gemm_bit_exact_and_cycles_equal_closed_form(g, df, pack):
     res = run_gemm(a, b, r, c, df, pack)
     ref = (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
     np.testing.assert_array_equal(res.out, ref)
-    mp = Mapping(df, r, c, m, n, -(-k // pack))
+    mp = ArrayMapping(df, r, c, m, n, -(-k // pack))
     assert res.cycles == mp.compute_rows
     assert res.fold_cycles == [mp.rows_per_fold] * mp.folds
     # The words the stepped array actually moves are the closed form's (corrected) counts.
@@ -67,7 +67,7 @@ def test_scalesim_os_ofmap_write_count_is_inflated_by_rows_plus_cols_per_fold():
     rng = np.random.default_rng(0)
     a, b = int8(rng, (10, 7)), int8(rng, (7, 9))
     res = run_gemm(a, b, 4, 4, "os")
-    mp = Mapping("os", 4, 4, 10, 9, 7)
+    mp = ArrayMapping("os", 4, 4, 10, 9, 7)
     assert res.sram_ofmap_writes == 10 * 9 == mp.sram_ofmap_writes_corrected
     assert mp.sram_ofmap_writes_scalesim == 10 * 9 + mp.folds * (4 + 4)
 
@@ -99,7 +99,7 @@ def test_packing_halves_the_reduction_cycles_and_stays_exact():
     b = rng.integers(-8, 8, (40, 6)).astype(np.int8)
     one, two = run_gemm(a, b, 4, 4, "os", 1), run_gemm(a, b, 4, 4, "os", 2)
     np.testing.assert_array_equal(one.out, two.out)
-    assert (one.cycles - two.cycles) == Mapping("os", 4, 4, 12, 6, 20).folds * 20
+    assert (one.cycles - two.cycles) == ArrayMapping("os", 4, 4, 12, 6, 20).folds * 20
     assert two.macs == one.macs
 
 

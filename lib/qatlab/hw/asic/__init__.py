@@ -13,22 +13,24 @@ Modules: :mod:`.config` (the ``.cfg`` reader), :mod:`.dataflow` (folding, closed
 compute counts), :mod:`.memory` (SRAM/DRAM closed forms and the write-buffer replay),
 :mod:`.trace` and :mod:`.user_replay` (exact replays of SCALE-Sim's read buffers, for
 ``dram_model="exact"``), :mod:`.energy` (cited energy table, node scaling),
-:mod:`.simulate` (records and totals), :mod:`.stepped` (the cycle-stepped functional
+:mod:`.simulate` (records and totals), :mod:`.network` (an IntModel op by op),
+:mod:`.vector` (the vector unit beside the array), :mod:`.stepped` (the cycle-stepped functional
 model that checks the closed form), :mod:`.scalesim_reports` (reads SCALE-Sim's own
 report files for comparison).
 """
 from qatlab.hw.asic.config import ArrayConfig, ConfigError
-from qatlab.hw.asic.dataflow import Mapping
+from qatlab.hw.asic.dataflow import ArrayMapping
 from qatlab.hw.asic.energy import EnergyTable
-from qatlab.hw.asic.simulate import RECORD_FIELDS, AsicReport, LayerRecord, simulate, simulate_intmodel, simulate_layer
+from qatlab.hw.asic.network import simulate_intmodel
+from qatlab.hw.asic.simulate import RECORD_FIELDS, AsicReport, LayerRecord, simulate, simulate_layer
 
 __all__ = [
     "ArrayConfig",
+    "ArrayMapping",
     "AsicReport",
     "ConfigError",
     "EnergyTable",
     "LayerRecord",
-    "Mapping",
     "RECORD_FIELDS",
     "simulate",
     "simulate_intmodel",

@@ -67,6 +67,10 @@ class ArrayConfig:
     dram_model: str = "fast"
     node_nm: float = 45.0
     vdd: float = 0.9
+    # Lanes of the vector unit beside the array (elementwise, pooling, requantization):
+    # 0 = one lane per array column, as TPU v1's activation and pooling units take the
+    # array's full output width each cycle (qatlab.hw.asic.vector).
+    vector_lanes: int = 0
     source: str = field(default="", compare=False)
     # Where each field came from ("file:line"), for error messages about layer-dependent checks.
     lines: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
@@ -91,6 +95,8 @@ class ArrayConfig:
             raise ConfigError(f"{where}: field 'pack_max' must be a positive integer, got {self.pack_max!r}")
         if self.dram_model not in ("fast", "exact"):
             raise ConfigError(f"{where}: field 'dram_model' must be fast or exact, got {self.dram_model!r}")
+        if isinstance(self.vector_lanes, bool) or not isinstance(self.vector_lanes, int) or self.vector_lanes < 0:
+            raise ConfigError(f"{where}: field 'vector_lanes' must be 0 (one per array column) or a positive integer, got {self.vector_lanes!r}")
         if not (self.node_nm > 0 and self.vdd > 0):
             raise ConfigError(f"{where}: fields 'node_nm' and 'vdd' must be positive, got {self.node_nm!r}, {self.vdd!r}")
 
@@ -104,6 +110,11 @@ class ArrayConfig:
     @property
     def num_pes(self) -> int:
         return self.rows * self.cols
+
+    @property
+    def lanes(self) -> int:
+        """The vector unit's lanes (``vector_lanes``, or the array's columns when 0)."""
+        return self.vector_lanes or self.cols
 
     @property
     def freq_hz(self) -> float:
@@ -143,6 +154,7 @@ _OURS = {
     "dram_model": ("dram_model", str),
     "node_nm": ("node_nm", float),
     "vdd": ("vdd", float),
+    "vector_lanes": ("vector_lanes", int),
 }
 
 

@@ -37,7 +37,7 @@ import numpy as np
 
 
 @dataclass(frozen=True)
-class Mapping:
+class ArrayMapping:
     """One GEMM ``(M, N, K)`` folded onto an ``R x C`` array with a dataflow."""
 
     dataflow: str
@@ -256,7 +256,7 @@ class RowCounts:
         self.total = int(self._fold_cum[-1])
 
     @classmethod
-    def for_mapping(cls, m: Mapping) -> "RowCounts":
+    def for_mapping(cls, m: ArrayMapping) -> "RowCounts":
         rpf = m.rows_per_fold
         ru, cu = m.row_used(), m.col_used()
         # Fold order: column folds outer, row folds inner. Only the last row fold and
@@ -302,4 +302,4 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-__all__ = ["Mapping", "RowCounts", "skew_counts", "ceil_div"]
+__all__ = ["ArrayMapping", "RowCounts", "skew_counts", "ceil_div"]

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qatlab.hw.asic.dataflow import Mapping, RowCounts, ceil_div
+from qatlab.hw.asic.dataflow import ArrayMapping, RowCounts, ceil_div
 
 ACTIVE_FRAC = 0.5  # SCALE-Sim's active/prefetch split of every double buffer
 CALC_SETS = 100  # estimate mode tracks a buffer as 100 sets ...
@@ -154,7 +154,7 @@ def write_buffer(rows: RowCounts, size_words: int, bw: int) -> WriteBufferResult
     return WriteBufferResult(stall, writes, total, int(start or 0), int(stop or 0), drains)
 
 
-def ofmap_write_buffer(m: Mapping, size_words: int, bw: int) -> WriteBufferResult:
+def ofmap_write_buffer(m: ArrayMapping, size_words: int, bw: int) -> WriteBufferResult:
     """:func:`write_buffer` for a mapping's output stream, skipping the replay when it cannot drain early.
 
     While the layer writes no more than half the buffer, nothing drains before the last
@@ -303,7 +303,7 @@ def user_read_estimate(size_words: int, prefetch_entries: int, bw: int, passes: 
     return words, stall
 
 
-def operand_passes(m: Mapping) -> dict[str, int]:
+def operand_passes(m: ArrayMapping) -> dict[str, int]:
     """How many times the fold order sweeps each whole operand (see dataflow's table)."""
     if m.dataflow == "os":
         return {"ifmap": m.col_fold, "filter": 1}

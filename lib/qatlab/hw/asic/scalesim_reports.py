@@ -13,7 +13,7 @@ from pathlib import Path
 
 from qatlab.hw.asic.config import ConfigError
 
-# SCALE-Sim column -> our field (DESIGN.md's names).
+# SCALE-Sim column -> our field (the record names docs/cli.md lists under `sim asic`).
 COMPUTE_COLUMNS = {
     "Total Cycles (incl. prefetch)": "total_cycles_incl_prefetch",
     "Total Cycles": "total_cycles",

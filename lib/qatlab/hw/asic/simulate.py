@@ -1,6 +1,6 @@
 """Run a layer list on an :class:`ArrayConfig`: per-layer records and totals.
 
-The records carry SCALE-Sim's report columns under the names DESIGN.md fixes, plus ours
+The records carry SCALE-Sim's report columns under the names docs/cli.md fixes, plus ours
 (MACs, energy, latency, corrected counts). ``scalesim_exact`` says whether every
 SCALE-Sim-named figure of the record is provably SCALE-Sim 3.0.0's (see
 :mod:`qatlab.hw.asic.memory` for when DRAM counts and stalls are estimates; operand
@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, fields
 
 from qatlab.hw.asic import memory as mem
 from qatlab.hw.asic.config import ArrayConfig, ConfigError
-from qatlab.hw.asic.dataflow import Mapping, ceil_div
+from qatlab.hw.asic.dataflow import ArrayMapping, ceil_div
 from qatlab.hw.asic.energy import EnergyTable
 from qatlab.hw.asic.trace import IfmapAddresses, calc_dram_reads_exact
 from qatlab.hw.asic.user_replay import user_replay
@@ -60,6 +60,11 @@ class LayerRecord:
     energy_sram_pj: float
     energy_dram_pj: float
     scalesim_exact: bool
+    # ---- the IntModel op the row stands for (defaults: a topology layer on the array) ----
+    op_kind: str = ""
+    unit: str = "array"  # array | vector (the unit beside the array) | none (pass-through)
+    groups: int = 1  # GEMMs the row sums: a grouped conv runs one per group
+    vector_util_pct: float = 0.0  # lane-cycles with work / (cycles x lanes) of the vector unit
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -161,7 +166,7 @@ def ifmap_unique_words(layer: Layer, k_pack: int, scalesim: bool = False) -> int
     )
 
 
-def check_sram_holds_fold(m: Mapping, cfg: ArrayConfig, layer: Layer) -> None:
+def check_sram_holds_fold(m: ArrayMapping, cfg: ArrayConfig, layer: Layer) -> None:
     """Each SRAM must hold one fold's share of its operand, or nothing can run.
 
     The operand that stays in the array (outputs for os, weights for ws, inputs for is)
@@ -202,7 +207,7 @@ class _Memory:
     exact: bool
 
 
-def _memory(m: Mapping, u_ifmap: int, cfg: ArrayConfig, addr: IfmapAddresses | None, replay: bool) -> _Memory:
+def _memory(m: ArrayMapping, u_ifmap: int, cfg: ArrayConfig, addr: IfmapAddresses | None, replay: bool) -> _Memory:
     """Memory figures of one mapping. ``replay``: replay SCALE-Sim's buffers where the closed
     form is not exact (``addr`` is needed for that); otherwise estimate there."""
     isz, fsz, osz = cfg.ifmap_sram_kb * 1024, cfg.filter_sram_kb * 1024, cfg.ofmap_sram_kb * 1024
@@ -278,8 +283,8 @@ def simulate_layer(layer: Layer, cfg: ArrayConfig, table: EnergyTable | None = N
     transformed = k_pack != 1 or k_sparse != layer.K
 
     # Two geometries when they differ: SCALE-Sim's (its named fields) and the real one (ours).
-    m = Mapping(cfg.dataflow, cfg.rows, cfg.cols, layer.M, layer.N, k_eff)
-    m_ss = m if scalesim_m(layer) == layer.M else Mapping(cfg.dataflow, cfg.rows, cfg.cols, scalesim_m(layer), layer.N, k_eff)
+    m = ArrayMapping(cfg.dataflow, cfg.rows, cfg.cols, layer.M, layer.N, k_eff)
+    m_ss = m if scalesim_m(layer) == layer.M else ArrayMapping(cfg.dataflow, cfg.rows, cfg.cols, scalesim_m(layer), layer.N, k_eff)
     check_sram_holds_fold(m_ss, cfg, layer)
 
     def unique(scalesim: bool) -> int:
@@ -402,16 +407,3 @@ def simulate(layers: list[Layer], config: ArrayConfig, energy: EnergyTable | Non
     records = [simulate_layer(lay, config, table) for lay in layers]
     batch = max(lay.batch for lay in layers)
     return AsicReport(config, records, totals(records, config, batch))
-
-
-def simulate_intmodel(model: object, config: ArrayConfig, batch: int = 1, energy: EnergyTable | None = None) -> AsicReport:
-    """Simulate a converted integer model (``qatlab.intmodel`` IntModel) layer by layer.
-
-    Its conv and linear layers become workloads through
-    :func:`qatlab.hw.workload.from_intmodel` (bit widths and weight density included);
-    with ``config.pack`` / ``config.sparsity`` the trained bit widths and N:M patterns
-    change the counts.
-    """
-    from qatlab.hw.workload import from_intmodel
-
-    return simulate(from_intmodel(model, batch=batch), config, energy)  # type: ignore[arg-type]

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qatlab.hw.asic.dataflow import Mapping, ceil_div
+from qatlab.hw.asic.dataflow import ArrayMapping, ceil_div
 
 
 @dataclass
@@ -80,7 +80,7 @@ def run_gemm(a: np.ndarray, b: np.ndarray, rows: int, cols: int, dataflow: str, 
     ap = _pack(a.astype(np.int64), 1, pack)  # (M, K', k)
     bp = _pack(b.astype(np.int64), 0, pack)  # (K', N, k)
     kk = ap.shape[1]
-    mp = Mapping(dataflow, rows, cols, m_, n_, kk)
+    mp = ArrayMapping(dataflow, rows, cols, m_, n_, kk)
     out = np.zeros((m_, n_), dtype=np.int64)
     res = SteppedResult(out, 0, [], 0, 0, 0, 0, 0)
     for fc in range(mp.col_fold):

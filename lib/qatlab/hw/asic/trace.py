@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qatlab.hw.asic.dataflow import Mapping
+from qatlab.hw.asic.dataflow import ArrayMapping
 from qatlab.hw.asic.memory import CALC_ACTIVE_SETS, CALC_PREFETCH_SETS, calc_items_per_set
 
 
@@ -53,7 +53,7 @@ class IfmapAddresses:
         return np.where((y < self.h) & (x < self.w), addr, -1)
 
 
-def ifmap_folds(m: Mapping, addr: IfmapAddresses):
+def ifmap_folds(m: ArrayMapping, addr: IfmapAddresses):
     """Per fold: (ifmap word, demand row within the fold) in SCALE-Sim's request order."""
     ru, cu = m.row_used(), m.col_used()
     for fc in range(m.col_fold):
@@ -71,7 +71,7 @@ def ifmap_folds(m: Mapping, addr: IfmapAddresses):
                 yield addr(mm, kk), np.repeat(m.R - 1 - rows, int(cu[fc]))
 
 
-def filter_folds(m: Mapping):
+def filter_folds(m: ArrayMapping):
     """Per fold: (filter word n*K + k, demand row within the fold) in SCALE-Sim's request order."""
     ru, cu = m.row_used(), m.col_used()
     for fc in range(m.col_fold):
@@ -94,12 +94,12 @@ def _stream(folds) -> np.ndarray:
     return s[s >= 0]
 
 
-def ifmap_stream(m: Mapping, addr: IfmapAddresses) -> np.ndarray:
+def ifmap_stream(m: ArrayMapping, addr: IfmapAddresses) -> np.ndarray:
     """Ifmap words in SCALE-Sim's request order (entries outside the input dropped)."""
     return _stream(ifmap_folds(m, addr))
 
 
-def filter_stream(m: Mapping) -> np.ndarray:
+def filter_stream(m: ArrayMapping) -> np.ndarray:
     """Filter words (address n*K + k) in SCALE-Sim's request order."""
     return _stream(filter_folds(m))
 
@@ -139,7 +139,7 @@ def window_misses(stream: np.ndarray, n_addr: int, size_words: int) -> int:
     return count
 
 
-def calc_dram_reads_exact(m: Mapping, addr: IfmapAddresses, ifmap_size_words: int, filter_size_words: int) -> tuple[int, int]:
+def calc_dram_reads_exact(m: ArrayMapping, addr: IfmapAddresses, ifmap_size_words: int, filter_size_words: int) -> tuple[int, int]:
     """(ifmap, filter) DRAM reads of SCALE-Sim's CALC mode, replayed exactly."""
     si, sf = ifmap_stream(m, addr), filter_stream(m)
     i = window_misses(si, int(si.max()) + 1, ifmap_size_words)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qatlab.hw.asic.dataflow import Mapping, ceil_div
+from qatlab.hw.asic.dataflow import ArrayMapping, ceil_div
 from qatlab.hw.asic.trace import IfmapAddresses, _diag, filter_folds, ifmap_folds
 
 
@@ -33,7 +33,7 @@ def _rolled(mat: np.ndarray) -> np.ndarray:
     return mat[t, c]
 
 
-def ifmap_prefetch(m: Mapping, addr: IfmapAddresses) -> np.ndarray:
+def ifmap_prefetch(m: ArrayMapping, addr: IfmapAddresses) -> np.ndarray:
     """The ifmap prefetch matrix in fetch order (-1 = padding or outside the input)."""
     ru, cu = m.row_used(), m.col_used()
     blocks = []
@@ -52,7 +52,7 @@ def ifmap_prefetch(m: Mapping, addr: IfmapAddresses) -> np.ndarray:
     return np.vstack(blocks).ravel()
 
 
-def filter_prefetch(m: Mapping) -> np.ndarray:
+def filter_prefetch(m: ArrayMapping) -> np.ndarray:
     """The filter prefetch matrix in fetch order (words n*K + k; -1 = padding)."""
     ru, cu = m.row_used(), m.col_used()
     blocks = []
@@ -176,7 +176,7 @@ class WriteBuffer:
             cycle = self._drain(cycle)[1] + 1
 
 
-def _rows_of(folds, m: Mapping) -> tuple[list[int], np.ndarray]:
+def _rows_of(folds, m: ArrayMapping) -> tuple[list[int], np.ndarray]:
     """Requested words (invalid dropped) and each demand row's slice bounds, all folds."""
     words, rows = [], []
     for f, (a, r) in enumerate(folds):
@@ -187,7 +187,7 @@ def _rows_of(folds, m: Mapping) -> tuple[list[int], np.ndarray]:
     return w.tolist(), np.searchsorted(r, np.arange(m.compute_rows + 1), side="left")
 
 
-def user_replay(m: Mapping, addr: IfmapAddresses, size_words: tuple[int, int, int], bws: tuple[int, int, int]) -> dict:
+def user_replay(m: ArrayMapping, addr: IfmapAddresses, size_words: tuple[int, int, int], bws: tuple[int, int, int]) -> dict:
     """Replay SCALE-Sim's USER mode over every demand row; SCALE-Sim's figures, exactly."""
     isz, fsz, osz = size_words
     ibw, fbw, obw = bws

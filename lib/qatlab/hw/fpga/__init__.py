@@ -14,6 +14,7 @@ Python API::
     layers = read_topology("lenet.csv")
     rep = fpga.analyze(layers, "ZCU104", target_fps=10_000)       # or folding=..., or fastest
     rep.to_dict()                                                  # {"layers": [...], "totals": {...}}
+    rep = fpga.analyze_intmodel(int_model, "ZCU104")               # every op of an IntModel, one row each
     res = fpga.simulate(layers, params, rep.folding, frames)       # cycle-stepped, bit-exact
     outs = fpga.reference_forward(layers, params, frame)           # the integer reference
     params = fpga.params_from_intmodel(int_model)                  # from a trained IntModel
@@ -47,6 +48,7 @@ from .errors import (
 )
 from .folding import LayerFolding, parse_folding, read_folding, write_folding
 from .geometry import Geometry, geometry
+from .network import analyze_intmodel
 from .reference import IntLayer, reference_forward
 from .schedule import compute_schedule
 from .search import SearchResult, search_folding
@@ -57,7 +59,7 @@ __all__ = [
     "AccumulatorBits", "AccumulatorOverflowError", "AccumulatorStudy", "ChainError", "DEVICES", "DeadlockError",
     "Device", "DoesNotFitError", "FINN_RES_LIMITS", "FoldingError", "FpgaError", "FpgaReport", "Geometry",
     "IntLayer", "LayerFolding", "LayerReport", "ParamsError", "SearchResult", "StreamResult", "UnknownDeviceError",
-    "UnreachableTargetError", "accumulate", "accumulator_bits", "accumulator_study", "analyze", "apply_thresholds",
+    "UnreachableTargetError", "accumulate", "accumulator_bits", "accumulator_study", "analyze", "analyze_intmodel", "apply_thresholds",
     "bits_for_range", "check_accumulators", "compute_schedule", "device_names", "geometry", "get_device", "params_from_intmodel", "parse_folding",
     "read_folding", "reference_forward", "requantize", "search_folding", "simulate", "thresholds",
     "write_folding",

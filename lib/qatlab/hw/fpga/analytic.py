@@ -214,62 +214,67 @@ def _report(
 ) -> FpgaReport:
     rows: list[LayerReport] = []
     unit_cycles: list[tuple[int, str, int]] = []  # (cycles, unit, layer index)
-    for i, (s, f) in enumerate(zip(specs, folds)):
-        g = s.geom
-        mv, sw, ds = s.cycles(f)
-        cost = s.cost(f, dev)
-        tot = cost.total
-        unit_cycles += [(mv, "mvau", i)] + ([(sw, "swu", i)] if g.unit == "swu" else []) + (
-            [(ds, "ds", i)] if g.unit == "ds" else [])
+    for index, (spec, fold) in enumerate(zip(specs, folds)):
+        geom = spec.geom
+        mvau_cycles, swu_cycles, ds_cycles = spec.cycles(fold)
+        cost = spec.cost(fold, dev)
+        total = cost.total
+        unit_cycles += [(mvau_cycles, "mvau", index)] + (
+            [(swu_cycles, "swu", index)] if geom.unit == "swu" else []) + (
+            [(ds_cycles, "ds", index)] if geom.unit == "ds" else [])
         rows.append(LayerReport(
-            layer=g.name, pe=f.pe, simd=f.simd, cycles=mv, swu_cycles=sw, lut=tot.lut, dsp=tot.dsp,
-            bram18=tot.bram18, acc_bits=s.acc.used, uram=tot.uram, kind=g.kind, unit=g.unit, mh=g.mh, mw=g.mw,
-            pixels=g.pixels, swu_simd=f.swu_simd, ds_cycles=ds, ii_cycles=max(mv, sw, ds), impl=cost.impl,
-            ram_style=cost.ram_style, weight_bits=g.mh * g.mw * s.w_bits, wmem_depth=cost.wmem_depth,
-            wmem_width=cost.wmem_width, line_buffer_bits=s.line_buffer_bits, acc_bits_worst=s.acc.worst,
-            acc_bits_tight=s.acc.tight, acc_overflow_possible=s.acc.overflow_possible, out_bits=s.out_bits,
+            layer=geom.name, pe=fold.pe, simd=fold.simd, cycles=mvau_cycles, swu_cycles=swu_cycles,
+            lut=total.lut, dsp=total.dsp, bram18=total.bram18, acc_bits=spec.acc.used, uram=total.uram,
+            kind=geom.kind, unit=geom.unit, mh=geom.mh, mw=geom.mw, pixels=geom.pixels, swu_simd=fold.swu_simd,
+            ds_cycles=ds_cycles, ii_cycles=max(mvau_cycles, swu_cycles, ds_cycles), impl=cost.impl,
+            ram_style=cost.ram_style, weight_bits=geom.mh * geom.mw * spec.w_bits, wmem_depth=cost.wmem_depth,
+            wmem_width=cost.wmem_width, line_buffer_bits=spec.line_buffer_bits, acc_bits_worst=spec.acc.worst,
+            acc_bits_tight=spec.acc.tight, acc_overflow_possible=spec.acc.overflow_possible,
+            out_bits=spec.out_bits,
         ))
-    ii, bunit, bi = max(unit_cycles)
-    rows[bi].bottleneck = True
+    ii, bottleneck_unit, bottleneck_index = max(unit_cycles)
+    rows[bottleneck_index].bottleneck = True
     clock_hz = clock * 1e6
     latency = None
     depths: list[int] | None = None
     stage_names: list[str] = []
     converged = None
     if do_schedule:
-        stages = build_stages([s.geom for s in specs], folds)
-        sch = compute_schedule(stages, fifo_depths=True)
-        assert sch.period == ii, (sch.period, ii)
-        latency, depths, converged = sch.latency, sch.fifo_depth, sch.converged
+        stages = build_stages([spec.geom for spec in specs], folds)
+        schedule = compute_schedule(stages, fifo_depths=True)
+        assert schedule.period == ii, (schedule.period, ii)
+        latency, depths, converged = schedule.latency, schedule.fifo_depth, schedule.converged
         stage_names = [st.name for st in stages]
-        for k, d in enumerate(depths):
-            prod, cons = stages[k], stages[k + 1]
-            lr = rows[cons.layer]
-            spec = specs[max(prod.layer, 0)] if prod.unit != "source" else specs[0]
-            words = math.ceil(d / prod.write_width)
-            fr = fifo_resources(words, prod.write_width * _elem_bits(spec, prod))
-            lr.fifo_lut += fr.lut
-            lr.fifo_bram18 += fr.bram18
-            first_unit = cons.unit != "mvau" or specs[cons.layer].geom.unit == "none"
+        for fifo_index, depth in enumerate(depths):
+            producer, consumer = stages[fifo_index], stages[fifo_index + 1]
+            consumer_row = rows[consumer.layer]
+            producer_spec = specs[max(producer.layer, 0)] if producer.unit != "source" else specs[0]
+            words = math.ceil(depth / producer.write_width)
+            fifo = fifo_resources(words, producer.write_width * _elem_bits(producer_spec, producer))
+            consumer_row.fifo_lut += fifo.lut
+            consumer_row.fifo_bram18 += fifo.bram18
+            first_unit = consumer.unit != "mvau" or specs[consumer.layer].geom.unit == "none"
             if first_unit:
-                lr.in_fifo_depth = d
+                consumer_row.in_fifo_depth = depth
             else:
-                lr.mid_fifo_depth = d
+                consumer_row.mid_fifo_depth = depth
     res = Resources()
-    for lr in rows:
-        res = res + Resources(lr.lut + lr.fifo_lut, lr.dsp, lr.bram18 + lr.fifo_bram18, lr.uram)
+    for row in rows:
+        res = res + Resources(row.lut + row.fifo_lut, row.dsp, row.bram18 + row.fifo_bram18, row.uram)
     used = res.as_dict()
-    fits = all(used[r] <= dev.capacity(r) for r in RESOURCES)
-    within = all(used[r] <= dev.capacity(r) * FINN_RES_LIMITS[r] for r in RESOURCES)
-    spec_b, fold_b = specs[bi], folds[bi]
+    fits = all(used[kind] <= dev.capacity(kind) for kind in RESOURCES)
+    within = all(used[kind] <= dev.capacity(kind) * FINN_RES_LIMITS[kind] for kind in RESOURCES)
+    spec_b, fold_b = specs[bottleneck_index], folds[bottleneck_index]
     explanation = (
-        f"bottleneck {spec_b.name}.{bunit}: {_unit_formula(spec_b, fold_b, bunit, ii)} cycles per frame -> "
+        f"bottleneck {spec_b.name}.{bottleneck_unit}: "
+        f"{_unit_formula(spec_b, fold_b, bottleneck_unit, ii)} cycles per frame -> "
         f"{clock_hz / ii:.6g} fps at {clock:g} MHz"
     )
     if sr is not None:
         explanation += f"; search: {sr.explanation}"
     if not fits:
-        over = [f"{r.upper()} {used[r]} > {dev.capacity(r)}" for r in RESOURCES if used[r] > dev.capacity(r)]
+        over = [f"{kind.upper()} {used[kind]} > {dev.capacity(kind)}"
+                for kind in RESOURCES if used[kind] > dev.capacity(kind)]
         explanation += f"; DOES NOT FIT {dev.name}: {', '.join(over)}"
     totals: dict[str, Any] = {
         "fps": clock_hz / ii,
@@ -281,24 +286,24 @@ def _report(
         "latency_us": (latency / clock if latency is not None else None),
         # FINN's latency estimate (dataflow_performance "critical_path_cycles"): the sum of
         # every unit's cycles along the chain, as if no unit overlapped another.
-        "latency_cycles_sum": sum(r.cycles + r.swu_cycles + r.ds_cycles for r in rows),
-        "bottleneck": f"{spec_b.name}.{bunit}",
+        "latency_cycles_sum": sum(row.cycles + row.swu_cycles + row.ds_cycles for row in rows),
+        "bottleneck": f"{spec_b.name}.{bottleneck_unit}",
         "lut": used["lut"], "dsp": used["dsp"], "bram18": used["bram18"], "uram": used["uram"],
         "lut_pct": 100.0 * used["lut"] / dev.lut,
         "dsp_pct": 100.0 * used["dsp"] / dev.dsp,
         "bram18_pct": 100.0 * used["bram18"] / dev.bram18,
         # A device without UltraRAM: 0 % if none is used, else None (JSON has no infinity).
         "uram_pct": (100.0 * used["uram"] / dev.uram) if dev.uram else (0.0 if used["uram"] == 0 else None),
-        "fifo_lut": sum(r.fifo_lut for r in rows),
-        "fifo_bram18": sum(r.fifo_bram18 for r in rows),
+        "fifo_lut": sum(row.fifo_lut for row in rows),
+        "fifo_bram18": sum(row.fifo_bram18 for row in rows),
         "fifo_depths_converged": converged,
         "within_finn_limits": within,
-        "macs_per_frame": sum(s.geom.macs for s in specs),
-        "weight_bits": sum(r.weight_bits for r in rows),
+        "macs_per_frame": sum(spec.geom.macs for spec in specs),
+        "weight_bits": sum(row.weight_bits for row in rows),
         "search": sr.mode if sr else "given",
         "target_fps": sr.target_fps if sr else None,
         "search_s": sr.elapsed_s if sr else None,
         "explanation": explanation,
     }
-    fmap = {s.name: f for s, f in zip(specs, folds)}
+    fmap = {spec.name: fold for spec, fold in zip(specs, folds)}
     return FpgaReport(dev, clock, rows, fmap, totals, sr, stage_names, depths)

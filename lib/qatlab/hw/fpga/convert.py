@@ -58,7 +58,7 @@ def params_from_intmodel(model: Any) -> list[IntLayer]:
             raise ParamsError(f"op {op.name!r}: its input {src!r} is not produced by an op of the model")
         in_q = prod.out_q
         w = _weights_hwc(op)
-        if op.kind == "linear" and prod.kind == "flatten":
+        if op.kind == "linear" and (prod.kind == "flatten" or (prod.kind == "reshape" and len(tuple(prod.attrs.get("out_shape", ()))) == 1)):
             # The IntModel flattens NCHW; the stream carries HWC: permute the columns.
             feeder = produced.get(prod.inputs[0])
             shape = tuple(feeder.attrs.get("out_shape", ())) if feeder is not None else ()

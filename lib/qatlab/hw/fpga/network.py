@@ -1,0 +1,254 @@
+"""An IntModel as a FINN-style dataflow design: one row per op, every op in the totals.
+
+conv (``groups == 1``), linear and grouped (not depthwise) conv are MVAUs, folded by
+:func:`.analytic.analyze` (a grouped conv as one MVAU of ``MW = k_h·k_w·C/G``: FINN
+has no grouped MVAU, and this keeps its weights and MACs right). Every other op is a
+chain of FINN streaming units (:mod:`.units`): a depthwise conv a VVAU, pooling a
+Pool or GlobalAccPool, add/mul/cat their stream units, lookup tables Thresholding or
+a ROM; pass-through ops cost nothing.
+
+Folding: the MVAUs as :func:`.analytic.analyze` folds them (a given config, a target
+frame rate, or the fastest design that fits); then each unit gets, like FINN's
+``SetFolding``, the cheapest PE (and SIMD) that keeps it within the MVAU design's
+cycle budget (the target's, else the MVAUs' initiation interval). A unit that cannot
+keep up even fully unfolded becomes the bottleneck and sets the frame rate. For the
+fastest design that fits, the MVAUs are searched again within what the units leave
+of the budget (``UNIT_ROUNDS`` rounds, until the whole design fits or nothing
+changes). A given folding config may name any op (MVAU or unit) by its name.
+
+Totals sum every row's resources; ``fps`` comes from the slowest unit of any row.
+``latency_cycles`` is FINN's own estimate here (the sum of every unit's cycles,
+``latency_cycles_sum``): the max-plus schedule of :mod:`.schedule` times the MVAU
+chain only, reported as ``mvau_chain_latency_cycles``. FIFOs between the new units
+are not sized.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import replace
+from typing import Any, Mapping
+
+from qatlab.hw.opgraph import op_infos
+from qatlab.hw.workload import op_layer
+
+from .analytic import FpgaReport, LayerReport, analyze
+from .convert import params_from_intmodel
+from .devices import FINN_RES_LIMITS, RESOURCES, get_device
+from .errors import DoesNotFitError, FoldingError, FpgaError
+from .folding import LayerFolding, read_folding
+from .resources import Resources
+from .units import UnitOption, UnitSpec, choose, unit_spec
+
+# Rounds of the MVAU search that make room for the units (see analyze_intmodel).
+UNIT_ROUNDS = 4
+
+
+def _limits(limits: Mapping[str, float] | float | None) -> dict[str, float]:
+    if limits is None:
+        return {}
+    if isinstance(limits, (int, float)):
+        return {r: float(limits) for r in RESOURCES}
+    return dict(limits)
+
+
+def _is_mvau(info: Any) -> bool:
+    return info.role == "gemm" or (info.role == "grouped" and not info.depthwise)
+
+
+def _unit_row(spec: UnitSpec, opt: UnitOption) -> LayerReport:
+    i = spec.info
+    cyc = dict(opt.cycles)
+    swu = cyc.pop("ConvolutionInputGenerator", 0)
+    main = max(cyc.values(), default=0)
+    acc = spec.acc
+    r = opt.res
+    pix = math.prod(i.out_shape[1:]) if len(i.out_shape) > 1 else 1
+    return LayerReport(
+        layer=i.name, pe=opt.pe, simd=opt.simd, cycles=main, swu_cycles=swu, lut=r.lut, dsp=r.dsp, bram18=r.bram18,
+        acc_bits=acc.used if acc else 0, uram=r.uram, kind=i.kind, unit="+".join(spec.nodes) or "passthrough",
+        mh=i.out_shape[0] if i.out_shape else 0, mw=spec.simd_axis if spec.nodes and "VVAU" in spec.nodes else 0,
+        pixels=pix, swu_simd=opt.swu_simd, ii_cycles=opt.ii, impl="hls" if spec.nodes else "",
+        ram_style=opt.ram_style, weight_bits=spec.weight_bits, wmem_depth=opt.wmem_depth, wmem_width=opt.wmem_width,
+        line_buffer_bits=spec.line_buffer_bits, acc_bits_worst=acc.worst if acc else 0,
+        acc_bits_tight=acc.tight if acc else None, acc_overflow_possible=bool(acc.overflow_possible) if acc else False,
+        out_bits=i.out_bits,
+    )
+
+
+def _split_folding(
+    folding: Mapping[str, LayerFolding] | str | os.PathLike[str] | None, mvau_names: list[str], unit_names: list[str]
+) -> tuple[dict[str, LayerFolding] | None, dict[str, LayerFolding]]:
+    if folding is None:
+        return None, {}
+    if isinstance(folding, (str, os.PathLike)):
+        fmap = read_folding(folding)
+    elif isinstance(folding, Mapping):
+        fmap = dict(folding)
+    else:
+        raise FoldingError(f"an IntModel's folding is a mapping of op name -> LayerFolding (or a FINN folding file), got {type(folding).__name__}")
+    known = set(mvau_names) | set(unit_names) | {"*"}
+    unknown = [n for n in fmap if n not in known]
+    if unknown:
+        raise FoldingError(
+            f"folding names op(s) not in the model: {', '.join(map(repr, unknown))}; ops are: {', '.join(mvau_names + unit_names)}"
+        )
+    mv = {k: v for k, v in fmap.items() if k in mvau_names or k == "*"}
+    un = {k: v for k, v in fmap.items() if k in unit_names or k == "*"}
+    return mv, un
+
+
+def analyze_intmodel(
+    model: Any,
+    device: str | Any,
+    *,
+    folding: Mapping[str, LayerFolding] | str | os.PathLike[str] | None = None,
+    target_fps: float | None = None,
+    clock_mhz: float | None = None,
+    res_type: str = "auto",
+    ram_style: str = "auto",
+    limits: Mapping[str, float] | float | None = None,
+    schedule: bool = True,
+) -> FpgaReport:
+    """Every op of ``model`` (an IntModel) as FINN units on ``device``: one row per op."""
+    if folding is not None and target_fps is not None:
+        raise FpgaError("give a folding or a target frame rate, not both")
+    dev = get_device(device)
+    infos = op_infos(model)
+    names = [i.name for i in infos]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise FpgaError(f"op names must be unique (folding configs key on them): {', '.join(dup)}")
+    mv_infos = [i for i in infos if _is_mvau(i)]
+    specs = {i.name: unit_spec(i) for i in infos if not _is_mvau(i)}
+    mv_fold, unit_fold = _split_folding(folding, [i.name for i in mv_infos], list(specs))
+
+    base = {**FINN_RES_LIMITS, **_limits(limits)}
+    if target_fps is not None and not target_fps > 0:
+        raise FpgaError(f"target frame rate must be positive, got {target_fps}")
+    mvau_layers = [op_layer(i.op) for i in mv_infos]
+    by_name = dict(zip((op.name for op in model.compute_ops()), params_from_intmodel(model))) if mv_infos else {}
+    params = [by_name[i.name] for i in mv_infos]
+
+    def mvau_design(lim: dict[str, float]) -> FpgaReport:
+        return analyze(
+            mvau_layers, dev, folding=mv_fold, target_fps=target_fps, clock_mhz=clock_mhz, params=params,
+            res_type=res_type, ram_style=ram_style, limits=lim, schedule=schedule,
+        )
+
+    def fold_units(rep: FpgaReport | None, clock: float) -> dict[str, UnitOption]:
+        if target_fps is not None:
+            budget: int | None = int(clock * 1e6 // target_fps)
+        else:
+            budget = int(rep.totals["ii_cycles"]) if rep is not None else None
+        out = {}
+        for name, spec in specs.items():
+            given = unit_fold.get(name, unit_fold.get("*")) if unit_fold else None
+            if not spec.nodes:
+                out[name] = spec.cost(1, 1)
+            elif given is not None:
+                out[name] = spec.cost(given.pe, given.simd)
+            else:
+                out[name] = choose(spec, dev, budget, base)
+        return out
+
+    rep: FpgaReport | None = None
+    if mv_infos:
+        rep = mvau_design(base)
+        clock = rep.clock_mhz
+    else:
+        clock = float(clock_mhz if clock_mhz is not None else dev.default_clock_mhz)
+        if not clock > 0 or not math.isfinite(clock):
+            raise FpgaError(f"clock must be a positive frequency in MHz, got {clock_mhz!r}")
+    opts = fold_units(rep, clock)
+    if rep is not None and folding is None and target_fps is None:
+        # "Fastest that fits" must leave room for the units: search the MVAUs again
+        # within what the units leave of the budget, a few rounds (slower MVAUs let the
+        # units fold further, which frees more room).
+        for _ in range(UNIT_ROUNDS):
+            units = sum((o.res for o in opts.values()), Resources()).as_dict()
+            mv_used = {k: rep.totals[k] for k in RESOURCES}
+            if all(mv_used[k] + units[k] <= dev.capacity(k) * base[k] for k in RESOURCES):
+                break
+            left = {k: base[k] - units[k] / dev.capacity(k) if dev.capacity(k) else base[k] for k in RESOURCES}
+            if any(v <= 0 for v in left.values()):
+                break
+            try:
+                nxt = mvau_design(left)
+            except DoesNotFitError:
+                break
+            if nxt.folding == rep.folding:
+                break  # no progress: the units alone leave no more room
+            rep = nxt
+            opts = fold_units(rep, clock)
+
+    mv_rows = {r.layer: r for r in (rep.layers if rep else [])}
+    rows: list[LayerReport] = []
+    fmap: dict[str, LayerFolding] = dict(rep.folding) if rep else {}
+    for info in infos:
+        if info.name in mv_rows:
+            rows.append(replace(mv_rows[info.name], kind=info.kind))
+            continue
+        spec, opt = specs[info.name], opts[info.name]
+        rows.append(_unit_row(spec, opt))
+        if spec.nodes:
+            fmap[info.name] = LayerFolding(opt.pe, opt.simd, opt.swu_simd)
+    vvau_macs = sum(i.out_elems * specs[i.name].simd_axis for i in infos if i.role == "grouped" and i.depthwise)
+    totals = _totals(rows, rep, dev, clock, set(mv_rows), vvau_macs)
+    return FpgaReport(dev, clock, rows, fmap, totals, rep.search if rep else None,
+                      rep.stages if rep else [], rep.fifo_depths if rep else None)
+
+
+def _totals(
+    rows: list[LayerReport], rep: FpgaReport | None, dev: Any, clock: float, mvau_names: set[str], vvau_macs: int
+) -> dict[str, Any]:
+    t: dict[str, Any] = dict(rep.totals) if rep else {"search": "units only", "target_fps": None, "search_s": None}
+    res = Resources()
+    for r in rows:
+        res = res + Resources(r.lut + r.fifo_lut, r.dsp, r.bram18 + r.fifo_bram18, r.uram)
+    used = res.as_dict()
+    # On a tie the MVAU design sets the rate: the units were folded to match it.
+    ii_row = max(rows, key=lambda r: (r.ii_cycles, r.layer in mvau_names))
+    ii = max(ii_row.ii_cycles, 1)
+    for r in rows:
+        r.bottleneck = r is ii_row
+    clock_hz = clock * 1e6
+    fits = all(used[k] <= dev.capacity(k) for k in RESOURCES)
+    chain = t.get("latency_cycles")
+    total_sum = sum(r.cycles + r.swu_cycles + r.ds_cycles for r in rows)
+    if rep is not None and ii_row.layer in mvau_names:
+        where = str(rep.totals["bottleneck"])
+    else:
+        where = f"{ii_row.layer}.{ii_row.unit}"
+    expl = f"bottleneck {where}: {ii} cycles per frame -> {clock_hz / ii:.6g} fps at {clock:g} MHz"
+    if rep is not None:
+        expl += f"; MVAU design: {rep.totals['explanation']}"
+    if not fits:
+        over = [f"{k.upper()} {used[k]} > {dev.capacity(k)}" for k in RESOURCES if used[k] > dev.capacity(k)]
+        expl += f"; DOES NOT FIT {dev.name}: {', '.join(over)}"
+    t.update({
+        "fps": clock_hz / ii,
+        "ii_cycles": ii,
+        "bottleneck": where,
+        "fits": fits,
+        "device": dev.name,
+        "clock_mhz": clock,
+        "mvau_chain_latency_cycles": chain,
+        "latency_cycles_sum": total_sum,
+        "latency_cycles": total_sum,
+        "latency_us": total_sum / clock,
+        "lut": used["lut"], "dsp": used["dsp"], "bram18": used["bram18"], "uram": used["uram"],
+        "lut_pct": 100.0 * used["lut"] / dev.lut,
+        "dsp_pct": 100.0 * used["dsp"] / dev.dsp,
+        "bram18_pct": 100.0 * used["bram18"] / dev.bram18,
+        "uram_pct": (100.0 * used["uram"] / dev.uram) if dev.uram else (0.0 if used["uram"] == 0 else None),
+        "within_finn_limits": all(used[k] <= dev.capacity(k) * FINN_RES_LIMITS[k] for k in RESOURCES),
+        "weight_bits": sum(r.weight_bits for r in rows),
+        "ops": len(rows),
+        "macs_per_frame": int(t.get("macs_per_frame", 0)) + vvau_macs,
+        "explanation": expl,
+    })
+    t.setdefault("fifo_lut", 0)
+    t.setdefault("fifo_bram18", 0)
+    t.setdefault("fifo_depths_converged", None)
+    return t
