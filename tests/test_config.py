@@ -45,3 +45,146 @@ def test_profiles():
     assert profile("full", w_bits=4).w_bits == 4
     with pytest.raises(ConfigError, match="profile"):
         profile("huge")
+
+
+# ---- one place for the fields: kinds, stages, ids -----------------------------------------
+
+import hashlib  # noqa: E402
+import json  # noqa: E402
+from dataclasses import fields  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from qatlab.config import (  # noqa: E402
+    FIELDS,
+    FP32_FIELDS,
+    FP32_IGNORED,
+    FieldTypeError,
+    check_field,
+    config_digest,
+    dataset_kind,
+    fields_of,
+    normalize_field,
+)
+
+# The fields as they were when trial ids were first published, and the id as it was
+# computed then: sha256 over every one of them but the device.
+LEGACY_FIELDS = (
+    "model", "dataset", "method", "w_bits", "a_bits", "granularity", "estimator", "ste", "seed", "epochs",
+    "qat_epochs", "batch_size", "lr", "qat_lr", "limit_train", "limit_test", "val_fraction", "calib_batches",
+    "first_last_bits", "freeze_fraction", "rounding", "device",
+)  # fmt: skip
+LEGACY_FP32 = ("model", "dataset", "seed", "epochs", "batch_size", "lr", "limit_train", "val_fraction")
+
+
+def legacy_digest(d: dict, keys) -> str:
+    return hashlib.sha256(json.dumps({k: d[k] for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    method=st.sampled_from(["fp32", "ptq", "qat"]),
+    bits=st.integers(2, 16),
+    seed=st.integers(0, 9),
+    lr=st.floats(1e-6, 1.0),
+    limit=st.one_of(st.none(), st.integers(1, 10**6)),
+    dataset=st.sampled_from(["digits", "fashion-mnist"]),
+    device=st.sampled_from(["auto", "cpu", "cuda:1"]),
+)
+def test_ids_of_existing_configs_are_unchanged(method, bits, seed, lr, limit, dataset, device):
+    cfg = TrainConfig(method=method, w_bits=bits, a_bits=bits, seed=seed, lr=lr, limit_train=limit, dataset=dataset, device=device)
+    d = cfg.to_dict()
+    assert cfg.trial_id == legacy_digest(d, [k for k in LEGACY_FIELDS if k != "device"])
+    assert cfg.fp32_key == legacy_digest(d, LEGACY_FP32)
+    assert config_digest(d) == cfg.trial_id
+
+
+def test_stages_partition_the_fields_and_derive_the_fp32_sets():
+    stages = [fields_of(s) for s in ("fp32", "quant", "trial", "none")]
+    assert sorted(n for s in stages for n in s) == sorted(FIELDS)
+    assert FP32_FIELDS == stages[0] and FP32_IGNORED == stages[1]
+    assert set(LEGACY_FP32) <= set(FP32_FIELDS) and {"model_args", "loader_args"} <= set(FP32_FIELDS)
+    assert "method" not in FP32_IGNORED and "device" in fields_of("none") and "num_workers" in fields_of("none")
+
+
+# A valid non-default value per field: changing it moves the trial id unless the field
+# is stage "none", and the FP32 key exactly when the field is an fp32 one.
+OTHER = {
+    "model": "mlp", "dataset": "digits", "method": "ptq", "w_bits": 4, "a_bits": 4, "granularity": "tensor",
+    "estimator": "mse", "ste": "pact", "seed": 3, "epochs": 5, "qat_epochs": 2, "batch_size": 64, "lr": 0.01,
+    "qat_lr": 0.001, "limit_train": 100, "limit_test": 50, "val_fraction": 0.2, "calib_batches": 3,
+    "first_last_bits": 8, "freeze_fraction": 0.5, "rounding": "fixed", "device": "cpu", "num_workers": 2,
+    "model_args": {"width": 3}, "loader_args": {"n": 1},
+}  # fmt: skip
+
+
+def test_each_field_moves_the_keys_its_stage_says():
+    assert set(OTHER) == set(FIELDS)
+    base = {"model": "pkg.nets:net", "dataset": "pkg.data:load"}  # so that model_args / loader_args apply
+    ref = TrainConfig(**base)
+    for name, value in OTHER.items():
+        cfg = TrainConfig(**{**base, name: value})
+        stage = FIELDS[name].metadata["stage"]
+        assert (cfg.trial_id != ref.trial_id) == (stage != "none"), name
+        assert (cfg.fp32_key != ref.fp32_key) == (stage == "fp32"), name
+
+
+@pytest.mark.parametrize(
+    "name, value, err, match",
+    [
+        ("model", "vgg", FieldTypeError, "model: unknown model 'vgg'"),
+        ("model", "pkg.mod:", FieldTypeError, "unknown model"),
+        ("dataset", "cifar", FieldTypeError, "dataset: unknown dataset 'cifar'"),
+        ("model_args", [1], FieldTypeError, "model_args: expected a mapping"),
+        ("model_args", {"a": float("nan")}, FieldTypeError, "plain JSON"),
+        ("model_args", {"not an id": 1}, FieldTypeError, "identifiers"),
+        ("lr", "fast", FieldTypeError, "lr: expected a number"),
+        ("lr", float("inf"), FieldTypeError, "finite"),
+        ("num_workers", -1, ConfigError, "num_workers must be >= 0"),
+        ("device", "cuda:x", ConfigError, "device must be"),
+    ],
+)
+def test_field_checks_name_the_field(name, value, err, match):
+    with pytest.raises(err, match=match) as e:
+        check_field(name, value)
+    assert e.value.field == name
+
+
+def test_normalisation_is_shared():
+    assert normalize_field("lr", 1) == 1.0 and isinstance(normalize_field("lr", 1), float)
+    assert normalize_field("lr", "1e-3") == 1e-3  # YAML 1.1 reads 1e-3 as a string
+    assert TrainConfig(lr=1).trial_id == TrainConfig(lr=1.0).trial_id
+    assert normalize_field("model_args", {"k": (1, 2)}) == {"k": [1, 2]}
+    assert normalize_field("w_bits", 1) == 1  # the range is check_field's, not the kind's
+
+
+@pytest.mark.parametrize(
+    "value, kind",
+    [("digits", "builtin"), ("a.b:load", "import"), ("x/y.npz", "npz"), ("d.NPZ", "npz"),
+     ("./imgs", "folder"), ("/data/imgs/", "folder"), ("~/imgs", "folder"), ("cifar", "unknown")],
+)
+def test_dataset_kinds(value, kind):
+    assert dataset_kind(value) == kind
+
+
+def test_cross_field_rules():
+    with pytest.raises(ConfigError, match="model_args apply to an import-path model only"):
+        TrainConfig(model="lenet", model_args={"hidden": 3})
+    with pytest.raises(ConfigError, match="loader_args do not apply to a .npz file"):
+        TrainConfig(dataset="/d/x.npz", loader_args={"a": 1})
+    with pytest.raises(ConfigError, match="loader_args do not apply to a built-in"):
+        TrainConfig(dataset="digits", loader_args={"a": 1})
+    with pytest.raises(ConfigError, match="loader_args are invalid for an image folder: channels must be 1 or 3"):
+        TrainConfig(dataset="/d/imgs", loader_args={"channels": 2})
+    ok = TrainConfig(model="pkg.nets:net", model_args={"w": 2}, dataset="/d/imgs", loader_args={"size": [8, 8]})
+    assert TrainConfig.from_dict(ok.to_dict()) == ok and hash(ok) == hash(TrainConfig.from_dict(ok.to_dict()))
+    assert {f.name for f in fields(TrainConfig)} == set(FIELDS)
+
+
+def test_errors_survive_pickling():
+    import pickle
+
+    for e in (ConfigError("lr", "must be > 0, got -1.0"), FieldTypeError("w_bits", "expected an integer, got 'x'")):
+        back = pickle.loads(pickle.dumps(e))
+        assert type(back) is type(e) and str(back) == str(e) and back.field == e.field

@@ -80,7 +80,7 @@ def server(files: dict[str, bytes]) -> Iterator[str]:
     bytes), /truncated/F (announces more bytes than it sends, then closes), else 404."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        def do_GET(self) -> None:
             _, mode, name = self.path.split("/", 2)
             blob = files.get(name)
             if blob is None or mode not in ("good", "corrupt", "truncated"):

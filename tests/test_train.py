@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from qatlab.config import profile
@@ -53,8 +54,8 @@ def test_failed_trial_keeps_traceback(tmp_path, monkeypatch):
 def test_checkpoint_round_trip_and_bad_files(tmp_path, monkeypatch):
     import pytest
 
-    from qatlab.train import CheckpointError, load_checkpoint, predictions
     from qatlab.data import load_dataset
+    from qatlab.train import CheckpointError, load_checkpoint, predictions
 
     monkeypatch.setenv("QATLAB_CACHE", str(tmp_path / "cache"))
     r = run_trial(_tiny(method="qat", w_bits=4, a_bits=4, ste="lsq", epochs=1), out_dir=tmp_path / "t")
@@ -73,3 +74,64 @@ def test_checkpoint_round_trip_and_bad_files(tmp_path, monkeypatch):
         load_checkpoint(tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="no such"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def _npz(path, n_train=300, n_test=100, side=8, classes=3):
+    """Separable data: class c is brighter by 90 grey levels per class (a pooled CNN sees that)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+
+    def make(n):
+        y = np.arange(n) % classes
+        x = (rng.integers(0, 60, (n, side, side)) + 90 * y[:, None, None]).astype(np.uint8)
+        return x, y
+
+    (xtr, ytr), (xte, yte) = make(n_train), make(n_test)
+    np.savez(path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    return str(path)
+
+
+@pytest.mark.slow  # ~8 s on 2 CPU cores, most of it the first conv backward's warm-up
+def test_user_model_on_npz_data_end_to_end(tmp_path, monkeypatch):
+    from qatlab.train import load_checkpoint
+
+    monkeypatch.setenv("QATLAB_CACHE", str(tmp_path / "cache"))
+    cfg = {"model": "tests.usercode.nets:tiny_cnn", "model_args": {"width": 8}, "dataset": _npz(tmp_path / "d.npz"),
+           "method": "qat", "w_bits": 8, "a_bits": 8, "epochs": 1, "qat_epochs": 1, "batch_size": 32, "lr": 0.02,
+           "calib_batches": 2}  # fmt: skip
+    r = run_trial(cfg, out_dir=tmp_path / "t")
+    assert r["status"] == "ok", r["error"]
+    assert r["n_train"] == 270 and r["n_test"] == 100 and r["model_args"] == {"width": 8}
+    # one epoch of 9 batches: well above chance (1/3), not converged
+    assert r["fp32_acc"] > 0.6 and r["test_acc"] > 0.6 and r["int_agreement"] > 0.97
+    assert list((tmp_path / "cache" / "fp32").glob("tests.usercode.nets_tiny_cnn-*-*.pt"))  # a safe cache name
+    model, back, shape = load_checkpoint(tmp_path / "t" / "model.pt")
+    assert back.model_args == {"width": 8} and shape == (1, 8, 8)
+
+
+def test_streamed_image_folder_and_loader_trials(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    monkeypatch.setenv("QATLAB_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        (tmp_path / "imgs" / f"class{c}").mkdir(parents=True)
+        for i in range(30):
+            a = rng.integers(0, 60, (6, 6)).astype(np.uint8)
+            a[:, 3 * c : 3 * c + 3] = 250
+            Image.fromarray(a).save(tmp_path / "imgs" / f"class{c}" / f"{i}.png")
+    common = {"model": "tests.usercode.nets:TinyMLP", "epochs": 2, "batch_size": 16, "lr": 0.02, "calib_batches": 2}
+    r = run_trial({**common, "dataset": str(tmp_path / "imgs"), "method": "ptq", "loader_args": {"test_fraction": 0.25}})
+    assert r["status"] == "ok", r["error"]
+    assert r["n_test"] == 16 and r["test_acc"] > 0.9 and r["int_agreement"] > 0.9
+    r = run_trial({**common, "dataset": "tests.usercode.loaders:load", "loader_args": {"n_train": 200}, "method": "fp32"})
+    assert r["status"] == "ok", r["error"]
+    assert r["n_train"] == 180 and r["fp32_acc"] > 0.9
+
+
+def test_bad_user_model_fails_the_trial_with_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("QATLAB_CACHE", str(tmp_path))
+    r = run_trial({"model": "tests.usercode.nets:not_a_model", "dataset": _npz(tmp_path / "d.npz", 40, 10), "epochs": 1})
+    assert r["status"] == "failed" and "UserModelError" in r["error"] and "not a torch.nn.Module" in r["error"]

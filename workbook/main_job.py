@@ -47,7 +47,7 @@ def parse_params(pairs: list[str], nb_params: dict[str, dict[str, Any]]) -> tupl
     import yaml
 
     from qatlab.config import TrainConfig
-    from workbook.cli import CommandError
+    from workbook.errors import CommandError
 
     train_keys = set(TrainConfig.__dataclass_fields__)
     nb_keys = {k for d in nb_params.values() for k in d} - {"run_dir"}
@@ -71,7 +71,7 @@ def parse_params(pairs: list[str], nb_params: dict[str, dict[str, Any]]) -> tupl
 def load_run_spec(name: str, train_overrides: dict[str, Any]):  # noqa: ANN201 - a workbook.spec.Spec
     import yaml
 
-    from workbook.cli import CommandError
+    from workbook.errors import CommandError
     from workbook.spec import SpecError, load_spec, resolve_spec_path, spec_from_dict
 
     try:
@@ -85,7 +85,7 @@ def load_run_spec(name: str, train_overrides: dict[str, Any]):  # noqa: ANN201 -
             if key in over:
                 data[key] = over.pop(key)
         data["train"] = {**(data.get("train") or {}), **over}
-        return spec_from_dict(data, f"{path} with -p overrides")
+        return spec_from_dict(data, f"{path} with -p overrides", base_dir=path.resolve().parent)
     except SpecError as e:
         raise CommandError(str(e)) from None
 

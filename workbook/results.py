@@ -27,7 +27,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from qatlab import atomic
 
-# DESIGN.md's result columns, first and in this order; any other record field follows.
+# The contract's result columns (docs/cli.md), first and in this order; any other record field follows.
 REQUIRED_COLUMNS = (
     "trial_id", "model", "dataset", "method", "w_bits", "a_bits", "granularity", "estimator",
     "ste", "seed", "status", "test_acc", "fp32_acc", "epochs", "train_s", "error",
@@ -197,7 +197,7 @@ def _alive(holder: Mapping[str, Any]) -> bool:
 
 
 def columns(records: Sequence[Mapping[str, Any]]) -> list[str]:
-    """DESIGN.md's columns first (present even when no record has them), then the rest."""
+    """The contract's columns first (present even when no record has them), then the rest."""
     cols: list[str] = list(REQUIRED_COLUMNS)
     seen = set(cols)
     for r in records:
@@ -242,6 +242,8 @@ def records_to_parquet_bytes(records: Iterable[Mapping[str, Any]]) -> bytes:
 
 def _cell(v: Any) -> Any:
     if isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, Mapping) and not v:  # parquet has no empty struct (e.g. model_args: {})
         return None
     return v
 

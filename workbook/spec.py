@@ -1,6 +1,6 @@
 """Experiment specs: YAML → validated, expanded trials.
 
-A spec describes a sweep once (format in DESIGN.md)::
+A spec describes a sweep once (format in docs/cli.md)::
 
     name: w-a-bits
     dataset: fashion-mnist
@@ -13,29 +13,41 @@ A spec describes a sweep once (format in DESIGN.md)::
 Two kinds of mistakes are told apart:
 
 * Structural ones — unknown keys, wrong types, empty grid lists, unknown model or
-  dataset, bad resources, YAML syntax — make the whole spec unusable: ``load_spec``
-  raises :class:`SpecError` with one line naming the file and the key, before
+  dataset (a model or loader import path that does not import, a data path that does
+  not exist), bad resources, YAML syntax — make the whole spec unusable: ``load_spec``
+  raises :class:`SpecError` with one line naming ``FILE:LINE:COL`` and the key, before
   anything runs.
 * An impossible *value* in one trial (``w_bits: 1``) only spoils that trial: it is
   kept as a :class:`Trial` with ``error`` set (naming the field and where it came
   from), so a sweep can record it ``failed`` and still run the others. When no trial
   at all is valid the spec is an error.
 
-Extensions over DESIGN.md's format (all optional): ``description``; ``bits: B`` as
+Optional keys beyond the example above (all in docs/cli.md): ``description``; ``bits: B`` as
 a shorthand for ``w_bits: B, a_bits: B`` (in ``train``, ``grid`` and ``include``);
 list values inside an ``include`` entry expand like a small grid; ``save_models``
 (default true); ``resources.memory``, ``resources.custom`` (Ray custom resources),
 ``resources.max_retries`` (infrastructure retries) and ``resources.timeout_s``.
+
+What a trial field may hold, and the trial id, are ``qatlab.config``'s: this module
+reads YAML, expands grids and includes, and says where in the file a value came from.
+
+A user's model or data (see ``qatlab.usermodel`` and ``qatlab.datasets``)::
+
+    model: mypkg.nets:small_cnn          # importable here and on every Ray worker
+    train: {model_args: {width: 32}}
+    dataset: data/shapes.npz             # or data/images/ (one folder per class),
+                                         # or mypkg.data:load (returns train, test)
+
+A relative data path is taken from the spec file's folder and stored absolute, so a
+Ray worker, whatever its working directory, reads the same files by the same string.
 
 Importing this module is cheap; validation imports qatlab (and thus torch) lazily.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import json
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -46,17 +58,22 @@ SPECS_DIR = Path(__file__).resolve().parent / "specs"
 
 TOP_KEYS = ("name", "description", "dataset", "model", "train", "grid", "include", "resources", "save_models")
 RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory", "custom", "max_retries", "timeout_s")
-# fp32 trials do not depend on these: their values are reset to TrainConfig's defaults
-# so that `method: [fp32, qat] × w_bits: [8, 4]` yields one fp32 trial, not two.
-FP32_IGNORED = (
-    "w_bits", "a_bits", "granularity", "estimator", "ste", "first_last_bits",
-    "calib_batches", "rounding", "qat_epochs", "qat_lr", "freeze_fraction",
-)  # fmt: skip
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 class SpecError(ValueError):
-    """An unusable spec. The message is one line: ``FILE: KEY: problem``."""
+    """An unusable spec. The message is one line: ``FILE[:LINE:COL]: KEY: problem``."""
+
+
+def __getattr__(name: str) -> Any:
+    # fp32 trials do not depend on these (qatlab.config declares them per field): their
+    # values are reset to TrainConfig's defaults so that `method: [fp32, qat] × w_bits:
+    # [8, 4]` yields one fp32 trial, not two. Lazy, to keep this import free of torch.
+    if name == "FP32_IGNORED":
+        from qatlab.config import FP32_IGNORED
+
+        return FP32_IGNORED
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -175,61 +192,74 @@ def load_spec(name_or_path: str | os.PathLike[str]) -> Spec:
         raise SpecError(f"{where}: YAML syntax error: {problem}") from None
     except yaml.YAMLError as e:
         raise SpecError(f"{path}: YAML error: {' '.join(str(e).split())}") from None
-    return parse_spec(data, path, text)
+    return parse_spec(data, path, text, locations=_locations(text))
 
 
 # ---- validation ---------------------------------------------------------------------
 
 
-def _field_kinds() -> dict[str, str]:
-    """TrainConfig field → 'int' | 'int?' | 'float' | 'str' (from its annotations)."""
-    from qatlab.config import TrainConfig
+def _locations(text: str) -> dict[str, tuple[int, int]]:
+    """Key path (``train.lr``, ``grid.w_bits[1]``, ``include[0].method``) -> (line, column), 1-based."""
+    import yaml
 
-    kinds = {}
-    for f in dataclasses.fields(TrainConfig):
-        t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        t = t.replace(" ", "")
-        kinds[f.name] = {"int": "int", "float": "float", "str": "str"}.get(t, "int?" if t in ("int|None", "Optional[int]") else t)
-    return kinds
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    out: dict[str, tuple[int, int]] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode):
+                    path = f"{prefix}.{k.value}" if prefix else str(k.value)
+                    out.setdefault(path, (k.start_mark.line + 1, k.start_mark.column + 1))
+                    walk(v, path)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                path = f"{prefix}[{i}]"
+                out.setdefault(path, (item.start_mark.line + 1, item.start_mark.column + 1))
+                walk(item, path)
+
+    walk(root, "")
+    return out
 
 
-def _check_value(kind: str, value: Any, where: str) -> Any:
-    """Type-check (and normalise) one trial value; raise SpecError naming ``where``."""
-    if kind == "int" or kind == "int?":
-        if value is None and kind == "int?":
-            return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SpecError(f"{where}: expected an integer{' or null' if kind == 'int?' else ''}, got {value!r}")
-        return value
-    if kind == "float":
-        # YAML 1.1 (PyYAML) reads `1e-3` as a string: accept numeric strings. Ints
-        # become floats so `lr: 1` and `lr: 1.0` give the same trial id.
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise SpecError(f"{where}: expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise SpecError(f"{where}: expected a finite number, got {value!r}")
-        return float(value)
-    if kind == "str":
-        if not isinstance(value, str):
-            raise SpecError(f"{where}: expected a string, got {value!r}")
-        return value
-    raise AssertionError(f"unhandled field kind {kind}")
+_PARENT_RE = re.compile(r"^(.*?)(\.[^.\[\]]+|\[\d+\])$")
+
+
+def _number(kind: str, value: Any, where: str) -> Any:
+    """A resources value through qatlab.config's number kinds; SpecError naming ``where``."""
+    from qatlab.config import FieldTypeError, as_float, as_int
+
+    try:
+        return as_int(where, value) if kind == "int" else as_float(where, value)
+    except FieldTypeError as e:
+        raise SpecError(f"{where}: {e.problem}") from None
 
 
 class _Checker:
-    def __init__(self, source: str) -> None:
-        from qatlab.data import DATASETS
-        from qatlab.models import MODELS
+    def __init__(self, source: str, locations: Mapping[str, tuple[int, int]] | None = None, base_dir: Path | None = None) -> None:
+        from qatlab.config import FIELDS
 
         self.source = source
-        self.kinds = _field_kinds()
-        self.names = {"model": tuple(MODELS), "dataset": tuple(DATASETS)}
+        self.locations = dict(locations or {})
+        self.base_dir = base_dir
+        self.fields = tuple(FIELDS)
+
+    def at(self, key: str) -> str:
+        """``FILE:LINE:COL`` of ``key`` (or of the nearest enclosing key), else ``FILE``."""
+        k = key
+        while k:
+            if k in self.locations:
+                line, col = self.locations[k]
+                return f"{self.source}:{line}:{col}"
+            m = _PARENT_RE.match(k)
+            k = m.group(1) if m else ""
+        return self.source
 
     def err(self, key: str, msg: str) -> SpecError:
-        return SpecError(f"{self.source}: {key}: {msg}")
+        return SpecError(f"{self.at(key)}: {key}: {msg}")
 
     def mapping(self, value: Any, key: str) -> dict[str, Any]:
         if value is None:
@@ -242,18 +272,52 @@ class _Checker:
         return dict(value)
 
     def trial_value(self, key: str, value: Any, where: str) -> Any:
-        """One value for trial key ``key`` (``bits`` included)."""
-        v = _check_value("int" if key == "bits" else self.kinds[key], value, f"{self.source}: {where}")
-        if key in self.names and v not in self.names[key]:
-            raise self.err(where, f"unknown {key} {v!r}; expected one of {', '.join(self.names[key])}")
+        """One value for trial key ``key`` (``bits`` included), normalised by qatlab.config.
+
+        Values of the wrong kind are errors here; values out of range only spoil their
+        trial (found when the trial's TrainConfig is built).
+        """
+        from qatlab.config import FieldTypeError, as_int, dataset_kind, model_kind, normalize_field
+
+        try:
+            v = as_int(key, value) if key == "bits" else normalize_field(key, value)
+        except FieldTypeError as e:
+            raise self.err(where, e.problem) from None
+        if key == "model" and model_kind(v) == "import":
+            self.importable(v, "model factory", where)
+        elif key == "dataset":
+            kind = dataset_kind(v)
+            if kind == "import":
+                self.importable(v, "dataset loader", where)
+            elif kind in ("npz", "folder"):
+                v = self.data_path(v, kind, where)
         return v
 
+    def importable(self, path: str, what: str, where: str) -> None:
+        from qatlab.importpath import ImportPathError, resolve
+
+        try:
+            resolve(path, what)
+        except ImportPathError as e:
+            raise self.err(where, str(e)) from None
+
+    def data_path(self, value: str, kind: str, where: str) -> str:
+        p = Path(value).expanduser()
+        if not p.is_absolute():
+            p = (self.base_dir or Path.cwd()) / p
+        p = Path(os.path.normpath(p))
+        if kind == "npz" and not p.is_file():
+            raise self.err(where, f"no such .npz file {str(p)!r}")
+        if kind == "folder" and not p.is_dir():
+            raise self.err(where, f"no such image folder {str(p)!r}")
+        return str(p)
+
     def trial_keys(self, d: Mapping[str, Any], where: str) -> None:
-        unknown = [k for k in d if k not in self.kinds and k != "bits"]
+        unknown = [k for k in d if k not in self.fields and k != "bits"]
         if unknown:
             raise self.err(
                 f"{where}.{unknown[0]}" if where else unknown[0],
-                f"unknown trial key; valid keys: bits, {', '.join(sorted(self.kinds))}",
+                f"unknown trial key; valid keys: bits, {', '.join(sorted(self.fields))}",
             )
         if "bits" in d:
             both = [k for k in ("w_bits", "a_bits") if k in d]
@@ -272,22 +336,25 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _digest(config: Mapping[str, Any]) -> str:
-    # The same hash TrainConfig.trial_id takes, so ids of impossible configs live in
-    # the same space (and a config fixed later gets the id it would have had).
-    d = {k: v for k, v in config.items() if k != "device"}
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def parse_spec(data: Any, path: str | os.PathLike[str] | None = None, text: str = "", source: str | None = None) -> Spec:
+def parse_spec(
+    data: Any,
+    path: str | os.PathLike[str] | None = None,
+    text: str = "",
+    source: str | None = None,
+    locations: Mapping[str, tuple[int, int]] | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+) -> Spec:
     """Validate a spec already read from YAML (a mapping) and expand its trials.
 
-    ``source`` names the spec in error messages (default: its path).
+    ``source`` names the spec in error messages (default: its path); ``locations``
+    (key path -> line, column in ``path``) adds the line to them. Relative data paths
+    are taken from ``base_dir``, else ``path``'s folder, else the working directory.
     """
-    from qatlab.config import ConfigError, TrainConfig
+    from qatlab.config import FP32_IGNORED, ConfigError, TrainConfig, config_digest
 
     p = Path(path) if path is not None else None
-    c = _Checker(source or (str(p) if p else "<spec>"))
+    base = Path(base_dir).resolve() if base_dir is not None else p.resolve().parent if p else None
+    c = _Checker(source or (str(p) if p else "<spec>"), locations, base)
     if not isinstance(data, Mapping):
         got = "an empty file" if data is None else f"{type(data).__name__}"
         raise SpecError(f"{c.source}: expected a mapping with at least 'name' and 'grid' or 'include', got {got}")
@@ -397,11 +464,10 @@ def parse_spec(data: Any, path: str | os.PathLike[str] | None = None, text: str 
         try:
             tid = TrainConfig.from_dict(cfg).trial_id
         except ConfigError as e:
-            msg = str(e)
-            fld = msg.split(" ", 1)[0]
-            where = prov.get(fld, fld if fld in cfg else "")
-            error = f"{msg} ({where + ' in ' if where else ''}{c.source})"
-            tid = _digest(cfg)
+            where = prov.get(e.field, e.field if e.field in cfg else "")
+            error = f"{e} ({where + ' in ' + c.at(where) if where else c.source})"
+            # an impossible config still gets an id, the one it would have once fixed
+            tid = config_digest(cfg)
         if tid in seen:
             collapsed += 1
             continue
@@ -436,7 +502,7 @@ def _parse_resources(c: _Checker, raw: Any) -> Resources:
         v = r.get(key, default)
         if v is None and allow_none:
             return None
-        v = _check_value("float", v, f"{c.source}: resources.{key}")
+        v = _number("float", v, f"{c.at(f'resources.{key}')}: resources.{key}")
         if v < minimum:
             raise c.err(f"resources.{key}", f"must be >= {minimum:g}, got {v:g}")
         return v
@@ -448,7 +514,7 @@ def _parse_resources(c: _Checker, raw: Any) -> Resources:
         raise c.err("resources.num_gpus", f"a fraction must be below 1 (Ray shares one GPU); above 1 use a whole number, got {num_gpus:g}")
     memory = r.get("memory")
     if memory is not None:
-        memory = _check_value("int", memory, f"{c.source}: resources.memory")
+        memory = _number("int", memory, f"{c.at('resources.memory')}: resources.memory")
         if memory < 1:
             raise c.err("resources.memory", f"bytes, must be >= 1, got {memory}")
     custom_raw = c.mapping(r.get("custom"), "resources.custom")
@@ -456,12 +522,12 @@ def _parse_resources(c: _Checker, raw: Any) -> Resources:
     for k, v in custom_raw.items():
         if k in ("CPU", "GPU", "memory", "object_store_memory"):
             raise c.err(f"resources.custom.{k}", "a built-in resource: use num_cpus / num_gpus / memory")
-        v = _check_value("float", v, f"{c.source}: resources.custom.{k}")
+        v = _number("float", v, f"{c.at(f'resources.custom.{k}')}: resources.custom.{k}")
         if v <= 0:
             raise c.err(f"resources.custom.{k}", f"must be > 0, got {v:g}")
         custom[k] = v
     max_retries = r.get("max_retries", 3)
-    max_retries = _check_value("int", max_retries, f"{c.source}: resources.max_retries")
+    max_retries = _number("int", max_retries, f"{c.at('resources.max_retries')}: resources.max_retries")
     if max_retries < -1:
         raise c.err("resources.max_retries", f"must be >= 0 (or -1: retry forever), got {max_retries}")
     timeout_s = number("timeout_s", None, 0.0, allow_none=True)
@@ -501,6 +567,8 @@ def _with_labels(trials: Sequence[Trial]) -> list[Trial]:
             and len({json.dumps(t.config.get(k)) for t in group}) > 1
         ]  # fmt: skip
 
+    from qatlab.config import FP32_IGNORED
+
     quant = [t for t in trials if t.config.get("method") != "fp32"]
     extra_q = varying(quant, ())
     extra_f = varying(list(trials), FP32_IGNORED)
@@ -510,12 +578,15 @@ def _with_labels(trials: Sequence[Trial]) -> list[Trial]:
     ]
 
 
-def spec_from_dict(data: Mapping[str, Any], source: str = "<spec>") -> Spec:
-    """Build a Spec from a dict (benchmarks, notebooks); same validation as a file."""
+def spec_from_dict(data: Mapping[str, Any], source: str = "<spec>", base_dir: str | os.PathLike[str] | None = None) -> Spec:
+    """Build a Spec from a dict (benchmarks, notebooks); same validation as a file.
+
+    ``base_dir``: the folder relative data paths are taken from (default: the working directory).
+    """
     import yaml
 
     try:  # kept beside the results as spec.yaml
         text = yaml.safe_dump(dict(data), sort_keys=False)
     except yaml.YAMLError:
         text = ""
-    return parse_spec(dict(data), None, text, source)
+    return parse_spec(dict(data), None, text, source, base_dir=base_dir)

@@ -1,4 +1,6 @@
-"""Datasets as torch tensors: Fashion-MNIST and scikit-learn's ``digits``.
+"""Datasets as torch tensors: Fashion-MNIST and scikit-learn's ``digits``; and the
+entry point for every dataset a TrainConfig may name (:func:`load_dataset`: a user's
+loader, ``.npz`` file or image folder goes to :mod:`qatlab.datasets`).
 
 Why this module is careful about files: every experiment's accuracy is only as
 trustworthy as the bytes it was trained on, and a sweep runs many processes that
@@ -30,7 +32,6 @@ import gzip
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -39,8 +40,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from qatlab.atomic import atomic_path
 from torch.utils.data import TensorDataset
+
+from qatlab.atomic import atomic_path
+from qatlab.datasets import load_user_dataset
+from qatlab.datasets.errors import DatasetError
+from qatlab.datasets.splits import DataSplits, check_split_args, val_train_indices
+from qatlab.sources import dataset_kind
+
+__all__ = ["DATASETS", "DataSplits", "DatasetError", "FileCheck", "load_dataset", "load_raw"]
 
 DATASETS = ("fashion-mnist", "digits")
 SPLITS = ("train", "test")
@@ -59,10 +67,6 @@ _FIX_HINT = (
     "(apt-get install dataset-fashion-mnist), or set QATLAB_DATA to a folder holding "
     "the four Fashion-MNIST *-ubyte.gz files, or set QATLAB_FMNIST_URL to a mirror."
 )
-
-
-class DatasetError(RuntimeError):
-    """A dataset file is missing, corrupt, foreign or could not be downloaded."""
 
 
 @dataclass(frozen=True)
@@ -353,7 +357,10 @@ def _digits_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def _check_name(name: str) -> None:
     if name not in DATASETS:
-        raise ValueError(f"name: unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+        raise ValueError(
+            f"name: unknown dataset {name!r}; expected one of {', '.join(DATASETS)}, "
+            "an import path package.module:loader, a .npz file or an image folder (a path with a '/')"
+        )
 
 
 def load_raw(name: str, split: str, root: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -384,30 +391,7 @@ def clear_cache() -> None:
 # ---- splits and tensors -------------------------------------------------------------
 
 
-@dataclass
-class DataSplits:
-    """Normalised tensors for one dataset, and what was done to make them."""
-
-    train: TensorDataset  # float32 images [N, 1, H, W], int64 labels [N]
-    val: TensorDataset
-    test: TensorDataset
-    num_classes: int
-    input_shape: tuple[int, int, int]  # (C, H, W)
-    name: str
-    mean: float  # of train pixels after scaling to [0, 1]
-    std: float
-
-
 _PIXEL_MAX = {"fashion-mnist": 255.0, "digits": 16.0}
-
-
-def _check_limit(arg: str, value: int | None) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{arg} must be a positive integer or None, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{arg} must be a positive integer or None, got {value}")
 
 
 def load_dataset(
@@ -418,8 +402,12 @@ def load_dataset(
     limit_test: int | None = None,
     seed: int = 0,
     root: str | None = None,
+    loader_args: Mapping[str, object] | None = None,
 ) -> DataSplits:
-    """Train/val/test tensors, normalised with the train split's mean and std.
+    """Train/val/test splits, normalised with the train split's mean and std.
+
+    ``name`` is a built-in dataset (tensors in memory, described here) or what
+    :func:`qatlab.datasets.load_user_dataset` reads (``loader_args`` go there).
 
     - The train split is shuffled with ``numpy.random.default_rng(seed)``; the first
       ``round(val_fraction * N)`` images are the validation set, the rest the train
@@ -430,22 +418,19 @@ def load_dataset(
     - The test set is fixed; ``limit_test`` keeps its first images (its order is
       already mixed in both datasets).
     """
+    if name not in DATASETS and isinstance(name, str) and dataset_kind(name) != "unknown":
+        return load_user_dataset(
+            name, loader_args, val_fraction=val_fraction, limit_train=limit_train, limit_test=limit_test, seed=seed
+        )
     _check_name(name)
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
-    _check_limit("limit_train", limit_train)
-    _check_limit("limit_test", limit_test)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if loader_args:
+        raise ValueError(f"loader_args: the built-in dataset {name!r} takes none, got {dict(loader_args)}")
+    check_split_args(val_fraction, limit_train, limit_test, seed)
 
     train_x, train_y = load_raw(name, "train", root)
     test_x, test_y = load_raw(name, "test", root)
 
-    order = np.random.default_rng(seed).permutation(len(train_y))
-    n_val = int(round(val_fraction * len(order)))
-    val_idx, train_idx = order[:n_val], order[n_val:]
-    if len(train_idx) == 0:
-        raise ValueError(f"val_fraction={val_fraction} leaves no training images")
+    val_idx, train_idx = val_train_indices(len(train_y), val_fraction, seed)
 
     scale = np.float32(1.0 / _PIXEL_MAX[name])
     # float64 sums: float32 accumulation over 42M pixels loses digits.

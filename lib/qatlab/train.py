@@ -9,10 +9,17 @@ of its integer model (``convert`` + an IntModel executor: the CPU reference unle
 ``int_backend`` / ``$QATLAB_INT_BACKEND`` names another; the record's ``int_backend``
 says which ran — all of them give the same codes).
 Deterministic under a seed on CPU: same config, same metrics.
+
+Data: training, calibration and evaluation all go through a ``DataLoader``
+(``num_workers`` from the config, pinned memory on CUDA), so a dataset streamed from
+disk (an image folder, a user's loader) need never fit in memory. Splits held as
+tensors (the built-in datasets, ``.npz`` files) are evaluated by slicing the tensors
+directly, as they always were: the same numbers, without a loader's per-item cost.
 """
 from __future__ import annotations
 
 import os
+import re
 import time
 import traceback
 from pathlib import Path
@@ -21,15 +28,15 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from qatlab.config import TrainConfig
 from qatlab.atomic import atomic_path
+from qatlab.config import TrainConfig
 from qatlab.data import DataSplits, load_dataset
 from qatlab.intmodel import IntModel, convert, get_runner, predict
-from qatlab.models import build_model
 from qatlab.nn import calibrate, freeze_bn, prepare_qat, set_observe
 from qatlab.quant import QuantSpec
+from qatlab.usermodel import make_model
 
 CHECKPOINT_FORMAT = "qatlab.checkpoint"
 
@@ -53,8 +60,19 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def loader(ds: TensorDataset, batch_size: int, gen: torch.Generator | None, shuffle: bool) -> DataLoader:
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=0)
+def loader(
+    ds: Dataset, batch_size: int, gen: torch.Generator | None, shuffle: bool, num_workers: int = 0, pin_memory: bool = False
+) -> DataLoader:
+    """Batches of ``ds``. The shuffle order comes from ``gen`` in this process whatever
+    ``num_workers`` is, so workers change the speed, never the batches."""
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=num_workers, pin_memory=pin_memory)
+
+
+def _loader_for(cfg: TrainConfig, device: torch.device) -> Callable[..., DataLoader]:
+    def make(ds: Dataset, batch_size: int, gen: torch.Generator | None, shuffle: bool) -> DataLoader:
+        return loader(ds, batch_size, gen, shuffle, cfg.num_workers, device.type == "cuda")
+
+    return make
 
 
 def fit(
@@ -92,7 +110,43 @@ def fit(
 def predictions(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 1000) -> torch.Tensor:
     model.eval()
     out = [model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
-    return torch.cat(out)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
+
+
+def batches(ds: Dataset, batch_size: int = 1000, num_workers: int = 0, pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(x, y)`` batches of ``ds`` in order: slices of a TensorDataset, else a DataLoader's."""
+    if isinstance(ds, TensorDataset):
+        x, y = ds.tensors
+        for i in range(0, len(x), batch_size):
+            yield x[i : i + batch_size], y[i : i + batch_size]
+        return
+    yield from loader(ds, batch_size, None, False, num_workers, pin_memory)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, ds: Dataset, device: torch.device, batch_size: int = 1000, num_workers: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predictions, labels) over ``ds``, streamed batch by batch."""
+    if isinstance(ds, TensorDataset):  # the in-memory path, exactly as before streaming existed
+        x, y = ds.tensors
+        return predictions(model, x, device, batch_size), y
+    model.eval()
+    preds, labels = [], []
+    for x, y in batches(ds, batch_size, num_workers, device.type == "cuda"):
+        preds.append(model(x.to(device, non_blocking=True)).argmax(1).cpu())
+        labels.append(torch.as_tensor(y))
+    if not preds:
+        return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
+    return torch.cat(preds), torch.cat(labels)
+
+
+def int_predictions(im: IntModel, ds: Dataset, backend: str, batch_size: int = 1000, num_workers: int = 0) -> torch.Tensor:
+    """The integer model's predictions over ``ds`` (in order), streamed batch by batch."""
+    if isinstance(ds, TensorDataset):
+        return predict(im, ds.tensors[0], backend=backend)  # type: ignore[arg-type]
+    out = [predict(im, x, batch_size, backend=backend) for x, _ in batches(ds, batch_size, num_workers)]  # type: ignore[arg-type]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
 
 
 def accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
@@ -104,10 +158,25 @@ def _input_batches(data: DataLoader, device: torch.device) -> Iterator[torch.Ten
         yield x.to(device)
 
 
+def build_for(cfg: TrainConfig, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """A fresh model of ``cfg.model`` (zoo name or import path) sized for the data."""
+    return make_model(cfg.model, num_classes, input_shape, cfg.model_args)  # type: ignore[arg-type]
+
+
+def fp32_cache_path(cfg: TrainConfig) -> Path:
+    """Where :func:`pretrain_fp32` caches the FP32 model of ``cfg`` on this machine."""
+    # Import paths and dataset paths hold ':' and '/': a filesystem-safe stem (the
+    # key alone identifies the entry; zoo names and built-in datasets keep theirs).
+    def safe(s: str) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("_")[-60:] or "x"
+
+    return cache_dir() / "fp32" / f"{safe(cfg.model)}-{safe(cfg.dataset)}-{cfg.fp32_key}.pt"
+
+
 def pretrain_fp32(cfg: TrainConfig, splits: DataSplits, device: torch.device, use_cache: bool = True) -> tuple[nn.Module, dict[str, Any]]:
     """The FP32 model for ``cfg`` from the cache, or trained and cached (atomically)."""
-    path = cache_dir() / "fp32" / f"{cfg.model}-{cfg.dataset}-{cfg.fp32_key}.pt"
-    model = build_model(cfg.model, splits.num_classes, splits.input_shape)
+    path = fp32_cache_path(cfg)
+    model = build_for(cfg, splits.num_classes, splits.input_shape)
     if use_cache and path.exists():
         try:
             ck = torch.load(path, map_location="cpu", weights_only=True)
@@ -116,9 +185,9 @@ def pretrain_fp32(cfg: TrainConfig, splits: DataSplits, device: torch.device, us
         except Exception:  # a damaged cache entry is retrained, never trusted
             path.unlink(missing_ok=True)
     gen = seed_everything(cfg.seed)
-    model = build_model(cfg.model, splits.num_classes, splits.input_shape).to(device)
+    model = build_for(cfg, splits.num_classes, splits.input_shape).to(device)
     t0 = time.perf_counter()
-    fit(model, loader(splits.train, cfg.batch_size, gen, True), cfg.epochs, cfg.lr, device)
+    fit(model, _loader_for(cfg, device)(splits.train, cfg.batch_size, gen, True), cfg.epochs, cfg.lr, device)
     train_s = time.perf_counter() - t0
     if use_cache:
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -145,8 +214,9 @@ def quantize_model(cfg: TrainConfig, fp32: nn.Module, splits: DataSplits, device
     """PTQ (calibrate) or QAT (calibrate, then fine-tune with late freezing). Returns (model, steps)."""
     w_spec, a_spec = specs(cfg)
     gen = seed_everything(cfg.seed + 1)
+    make_loader = _loader_for(cfg, device)
     q = prepare_qat(fp32, w_spec, a_spec, cfg.ste, first_last_bits=cfg.first_last_bits).to(device)
-    calibrate(q, _input_batches(loader(splits.train, cfg.batch_size, gen, True), device), cfg.calib_batches)
+    calibrate(q, _input_batches(make_loader(splits.train, cfg.batch_size, gen, True), device), cfg.calib_batches)
     if cfg.method == "ptq":
         set_observe(q, False)
         return q, 0
@@ -159,7 +229,7 @@ def quantize_model(cfg: TrainConfig, fp32: nn.Module, splits: DataSplits, device
             set_observe(q, False)
             freeze_at.append(step)
 
-    steps = fit(q, loader(splits.train, cfg.batch_size, gen, True), cfg.qat_epochs, cfg.qat_lr, device, on_step)
+    steps = fit(q, make_loader(splits.train, cfg.batch_size, gen, True), cfg.qat_epochs, cfg.qat_lr, device, on_step)
     freeze_bn(q)
     set_observe(q, False)
     return q, steps
@@ -209,31 +279,36 @@ def run_trial(
 def _run(cfg: TrainConfig, out_dir: str | os.PathLike[str] | None, use_cache: bool, int_backend: str | None) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     int_backend = resolve_int_backend(int_backend) if cfg.method != "fp32" else None
-    splits = load_dataset(cfg.dataset, val_fraction=cfg.val_fraction, limit_train=cfg.limit_train, limit_test=cfg.limit_test, seed=cfg.seed)
-    x_test, y_test = splits.test.tensors
-    x_val, y_val = splits.val.tensors
+    splits = load_dataset(
+        cfg.dataset, val_fraction=cfg.val_fraction, limit_train=cfg.limit_train, limit_test=cfg.limit_test,
+        seed=cfg.seed, loader_args=cfg.loader_args,
+    )  # fmt: skip
+
+    def score(model: nn.Module, ds: Dataset) -> float:
+        return accuracy(*evaluate(model, ds, device, num_workers=cfg.num_workers))
+
     fp32, info = pretrain_fp32(cfg, splits, device, use_cache)
     res: dict[str, Any] = {
         "device": str(device),
         "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "fp32_acc": accuracy(predictions(fp32, x_test, device), y_test),
-        "n_train": len(splits.train),
-        "n_test": len(y_test),
+        "fp32_acc": score(fp32, splits.test),
+        "n_train": len(splits.train),  # type: ignore[arg-type]
+        "n_test": len(splits.test),  # type: ignore[arg-type]
         **info,
     }
     if cfg.method == "fp32":
-        res.update(test_acc=res["fp32_acc"], val_acc=accuracy(predictions(fp32, x_val, device), y_val), qat_steps=0)
+        res.update(test_acc=res["fp32_acc"], val_acc=score(fp32, splits.val), qat_steps=0)
         _save(out_dir, cfg, fp32, None, splits)
         return res
     t0 = time.perf_counter()
     q, steps = quantize_model(cfg, fp32, splits, device)
     res["quant_s"] = round(time.perf_counter() - t0, 3)
     res["int_backend"] = int_backend
-    fq_pred = predictions(q, x_test, device)
-    res.update(test_acc=accuracy(fq_pred, y_test), val_acc=accuracy(predictions(q, x_val, device), y_val), qat_steps=steps)
+    fq_pred, y_test = evaluate(q, splits.test, device, num_workers=cfg.num_workers)
+    res.update(test_acc=accuracy(fq_pred, y_test), val_acc=score(q, splits.val), qat_steps=steps)
     try:
         im = convert(q.cpu(), splits.input_shape, cfg.rounding, meta={"config": cfg.to_dict()})
-        int_pred = predict(im, x_test, backend=int_backend)  # type: ignore[arg-type]
+        int_pred = int_predictions(im, splits.test, int_backend, num_workers=cfg.num_workers)  # type: ignore[arg-type]
         res.update(int_acc=accuracy(int_pred, y_test), int_agreement=accuracy(int_pred, fq_pred), int_error=None)
     except Exception as e:  # a model the integer path cannot run still has its fake-quant result
         im = None
@@ -285,7 +360,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, TrainConfi
     try:
         cfg = TrainConfig.from_dict(ck["config"])
         input_shape = tuple(int(v) for v in ck["input_shape"])
-        model = build_model(cfg.model, int(ck["num_classes"]), input_shape)  # type: ignore[arg-type]
+        model = build_for(cfg, int(ck["num_classes"]), input_shape)
         if cfg.method != "fp32":
             w_spec, a_spec = specs(cfg)
             model = prepare_qat(model, w_spec, a_spec, cfg.ste, first_last_bits=cfg.first_last_bits)

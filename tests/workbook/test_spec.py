@@ -261,3 +261,79 @@ def test_kuberay_raycluster_manifest_is_sane():
         tol = w["template"]["spec"].get("tolerations", [])
         assert any(t.get("key") == "nvidia.com/gpu" for t in tol)
     assert head_c["image"].split(":")[0] == gpu_groups[0]["template"]["spec"]["containers"][0]["image"].split(":")[0]
+
+
+# ---- errors point to the line; a user's model and data --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        ("name: t\ngrid: {seed: [0]}\ntrain:\n  epochs: 1\n  wbits: 4\n", ":5:3: train.wbits: unknown trial key"),
+        ("name: t\ngrid:\n  w_bits: [8, eight]\n", ":3:15: grid.w_bits[1]: expected an integer"),
+        ("name: t\nmodel: vgg\ngrid: {seed: [0]}\n", ":2:1: model: unknown model 'vgg'"),
+        ("name: t\ngrid: {seed: [0]}\nresources:\n  num_gpus: 1.5\n", ":4:3: resources.num_gpus: a fraction"),
+        ("name: t\ndataset: digits\nmodel: tests.usercode.nets:missing\ngrid: {seed: [0]}\n",
+         ":3:1: model: model factory 'tests.usercode.nets:missing': 'tests.usercode.nets' has no attribute 'missing'"),
+        ("name: t\ndataset: digits\ngrid:\n  model: [lenet, tests.usercode.nosuch:net]\n",
+         ":4:18: grid.model[1]: model factory 'tests.usercode.nosuch:net': cannot import module"),
+        ("name: t\ndataset: tests.usercode.loaders:nope\ngrid: {seed: [0]}\n", ":2:1: dataset: dataset loader"),
+        ("name: t\ndataset: missing/data.npz\ngrid: {seed: [0]}\n", ":2:1: dataset: no such .npz file"),
+        ("name: t\ndataset: ./no-folder\ngrid: {seed: [0]}\n", ":2:1: dataset: no such image folder"),
+    ],
+)
+def test_errors_point_to_file_line_column(tmp_path, text, where):
+    p = write(tmp_path, text)
+    with pytest.raises(SpecError) as e:
+        load_spec(p)
+    msg = str(e.value)
+    assert msg.startswith(str(p) + where) and "\n" not in msg, msg
+
+
+def test_invalid_trial_names_its_line(tmp_path):
+    p = write(tmp_path, "name: t\ndataset: digits\ngrid: {seed: [0]}\ninclude:\n  - {method: qat, w_bits: 1}\n")
+    (bad,) = load_spec(p).invalid_trials
+    assert f"include[0].w_bits in {p}:5:" in bad.error
+
+
+def test_user_model_and_npz_data_in_a_spec(tmp_path):
+    import numpy as np
+
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data" / "d.npz", x_train=np.zeros((8, 4, 4), np.uint8), y_train=np.arange(8) % 2,
+             x_test=np.zeros((4, 4, 4), np.uint8), y_test=np.arange(4) % 2)  # fmt: skip
+    (tmp_path / "imgs").mkdir()
+    p = write(
+        tmp_path,
+        "name: u\nmodel: tests.usercode.nets:tiny_cnn\ndataset: data/d.npz\n"
+        "train: {model_args: {width: 4}, num_workers: 2}\ngrid: {seed: [0, 1]}\n"
+        "include: [{dataset: ./imgs, loader_args: {size: 8}}]\n",
+    )
+    s = load_spec(p)
+    assert not s.invalid_trials and len(s.trials) == 3
+    npz = [t for t in s.trials if t.config["dataset"].endswith(".npz")]
+    # relative paths are taken from the spec's folder and stored absolute for the workers
+    assert {t.config["dataset"] for t in npz} == {str(tmp_path / "data" / "d.npz")}
+    assert all(t.config["model_args"] == {"width": 4} and t.config["num_workers"] == 2 for t in s.trials)
+    img = next(t for t in s.trials if t.origin == "include[0]")
+    assert img.config["dataset"] == str(tmp_path / "imgs") and img.config["loader_args"] == {"size": 8}
+    # num_workers only changes speed: not in the id
+    again = spec_from_dict({"name": "u", "model": "tests.usercode.nets:tiny_cnn", "dataset": str(tmp_path / "data" / "d.npz"),
+                            "train": {"model_args": {"width": 4}}, "grid": {"seed": [0, 1]}})  # fmt: skip
+    assert {t.trial_id for t in again.trials} == {t.trial_id for t in npz}
+
+
+def test_cross_field_errors_spoil_only_their_trial(tmp_path):
+    p = write(tmp_path, "name: t\ndataset: digits\ngrid: {seed: [0]}\ninclude:\n  - {model_args: {hidden: 3}}\n")
+    (bad,) = load_spec(p).invalid_trials
+    assert "model_args apply to an import-path model only" in bad.error and f"include[0].model_args in {p}:5:" in bad.error
+
+
+def test_relative_data_paths_follow_base_dir(tmp_path, monkeypatch):
+    (tmp_path / "sub" / "imgs").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    d = {"name": "r", "dataset": "./imgs", "grid": {"seed": [0]}}
+    with pytest.raises(SpecError, match="no such image folder"):
+        spec_from_dict(d)  # the working directory has no imgs/
+    s = spec_from_dict(d, base_dir=tmp_path / "sub")
+    assert s.trials[0].config["dataset"] == str(tmp_path / "sub" / "imgs")

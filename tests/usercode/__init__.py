@@ -1,0 +1,1 @@
+"""A user's own model factories and dataset loaders, imported by path in tests."""
