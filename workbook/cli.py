@@ -5,25 +5,10 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-
-class CommandError(Exception):
-    """A user-facing failure: printed without a traceback, exit status 2."""
-
-
-def int_at_least(lo: int) -> Callable[[str], int]:
-    """An argparse ``type`` for integers >= ``lo``, naming the bad value."""
-    what = "a positive integer" if lo == 1 else "a non-negative integer" if lo == 0 else f"an integer >= {lo}"
-
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {v}")
-        return v
-
-    return parse
+# Re-exported: callers written against `workbook.cli` keep working; the commands
+# themselves import these from their own modules, so nothing here imports back.
+from workbook.argtypes import int_at_least  # noqa: F401
+from workbook.errors import CommandError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,14 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _module(name: str):  # noqa: ANN202
+def _module(name: str):
     # Command modules declare their own options; they import torch/Ray only inside run().
     import importlib
 
     return importlib.import_module(name)
 
 
-def _sim_module(target: str):  # noqa: ANN202
+def _sim_module(target: str):
     return _module(f"workbook.sim_{target}")
 
 

@@ -46,7 +46,7 @@ def _load(path: str) -> tuple[Any, Any, Any]:
 
     from qatlab.intmodel import FORMAT, IntModel, IntModelFormatError, convert
     from qatlab.train import CheckpointError, load_checkpoint
-    from workbook.cli import CommandError
+    from workbook.errors import CommandError
 
     if os.path.isdir(path):
         raise CommandError(f"{path}: is a folder; give the trial's model.pt or intmodel.pt")
@@ -77,7 +77,7 @@ def _load(path: str) -> tuple[Any, Any, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from workbook.cli import CommandError
+    from workbook.errors import CommandError
 
     if not str(args.out).endswith(".onnx"):
         raise CommandError(f"{args.out}: the output file should end in .onnx")
@@ -119,7 +119,7 @@ def _test_set(args: argparse.Namespace, im: Any, cfg: Any) -> tuple[Any, Any]:
     """The test split, normalised exactly as the trial's training saw it."""
     from qatlab.config import TrainConfig
     from qatlab.data import load_dataset
-    from workbook.cli import CommandError
+    from workbook.errors import CommandError
 
     if cfg is None and isinstance(im.meta.get("config"), dict):
         try:

@@ -105,7 +105,7 @@ def rerender(run_dir: Path, no_input: bool = False) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from workbook.cli import CommandError
+    from workbook.errors import CommandError
 
     dirs = [Path(d) for d in args.run_dirs]
     root = Path(args.root)

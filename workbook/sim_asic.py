@@ -14,7 +14,7 @@ import tempfile
 
 from qatlab.atomic import write_text
 
-from workbook.cli import int_at_least
+from workbook.argtypes import int_at_least
 
 
 _pos_int = int_at_least(0)
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     from qatlab.hw.asic import ArrayConfig, ConfigError, simulate
     from qatlab.hw.workload import TopologyError, read_topology
-    from workbook.cli import CommandError
+    from workbook.errors import CommandError
 
     overrides = {
         k: v

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     from qatlab.hw import fpga
     from qatlab.hw.workload import TopologyError, read_topology
-    from workbook.cli import CommandError
+    from workbook.errors import CommandError
 
     for flag, v in (("--w-bits", args.w_bits), ("--a-bits", args.a_bits)):
         if v is not None and not 1 <= v <= 32:

@@ -1,8 +1,10 @@
-"""The Ray sweep runner: resume, failures, logical GPUs, a node dying mid-sweep, results.
+"""The Ray sweep runner: resume, failures, logical GPUs, a node dying mid-sweep, FP32
+pretraining shared as a Ray dependency, results.
 
 Ray runs with 2 CPUs, a small object store and no dashboard. The two-node test starts
 its own cluster (``ray start``) on dedicated ports in a private temp dir, and stops
 only the processes it started, by pid. Trials are LeNet on digits, 1 epoch: seconds.
+Every test that starts Ray is marked slow; the pieces below them run without Ray.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from workbook.cli import main
 from workbook.results import REQUIRED_COLUMNS, ResultStore, SweepLockedError, records_to_parquet_bytes, write_json_atomic
 from workbook.spec import spec_from_dict
 from workbook.sweep import execute_trial, plan
+from workbook.sweep.flight import FP32, TRIAL, Flight
+from workbook.sweep.fp32 import Fp32PayloadError, install, pretrain
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -124,7 +128,7 @@ def test_two_nodes_one_dies_mid_sweep_every_trial_ok_once(tmp_path):
         started.append(node2)
 
         spec = write_spec(tmp, "name: twonode\ndataset: digits\n" + TRAIN
-                          + "grid: {method: [qat], bits: [8], seed: [0, 1, 2, 3]}\n"
+                          + "grid: {method: [qat], bits: [8, 4], seed: [0, 1]}\n"
                           "resources: {num_cpus: 0.5, custom: {trial_slot: 1}, max_retries: 3}\nsave_models: false\n")  # fmt: skip
         out = tmp / "out"
         with open(tmp / "driver.out", "w") as log:
@@ -153,6 +157,8 @@ def test_two_nodes_one_dies_mid_sweep_every_trial_ok_once(tmp_path):
         assert len(df) == 4 and df.trial_id.is_unique and (df.status == "ok").all(), df[["trial_id", "status", "error"]]
         victim = df.set_index("trial_id").loc[killed_trial]
         assert victim.attempts >= 2, (text[-3000:], df[["trial_id", "attempts", "node_id", "worker_pid", "started_at"]])  # run again after the node died
+        # two FP32 groups, each pretrained once by its own task: no trial pretrained, not even the one run again
+        assert df.fp32_cached.all() and df.fp32_node_ip.notna().all(), df[["trial_id", "fp32_cached", "fp32_node_ip"]]
         assert not psutil.pid_exists(node2.pid) or psutil.Process(node2.pid).status() == psutil.STATUS_ZOMBIE
     finally:
         if driver is not None and driver.poll() is None:
@@ -224,8 +230,12 @@ def test_digits_sweep_resume_and_rerun_one(ray_local, tmp_path, capsys):
     for col in ("node_id", "node_ip", "worker_pid", "gpu_ids", "device", "attempts", "queue_s", "label", "sweep"):
         assert col in df.columns
     assert (df.device == "cpu").all() and df.gpu_ids.map(len).eq(0).all()
-    # the fp32 trial pretrained; the others were held back and read its cached model
+    # the fp32 trial pretrained; the others took its FP32 model as a Ray dependency
     assert df.set_index("method").loc["qat", "fp32_cached"].all()
+    assert not df.set_index("method").loc["fp32", "fp32_cached"]
+    fp32_id = df.set_index("method").loc["fp32", "trial_id"]
+    for tid in df[df.method != "fp32"].trial_id:
+        assert f"from trial fp32 seed=0 [{fp32_id}]" in ResultStore(out).log_path(tid).read_text()
     store = ResultStore(out)
     for tid in df.trial_id:
         assert store.result_path(tid).is_file()
@@ -253,6 +263,7 @@ def test_digits_sweep_resume_and_rerun_one(ray_local, tmp_path, capsys):
     assert {t: store.result_path(t).stat().st_mtime_ns for t in before} == before
 
 
+@pytest.mark.slow
 def test_invalid_trial_fails_alone_and_exit_nonzero(ray_local, tmp_path, capsys):
     spec = write_spec(tmp_path, "name: onebad\ndataset: digits\n" + TRAIN
                       + "grid: {method: [ptq], bits: [8], seed: [0, 1]}\n"
@@ -298,6 +309,7 @@ def test_logical_gpus_get_distinct_ids_and_train_on_cpu(ray_local, tmp_path):
     assert df.gpu_name.isna().all()
 
 
+@pytest.mark.slow
 def test_max_concurrent_one_runs_trials_one_at_a_time(ray_local, tmp_path):
     spec = write_spec(tmp_path, "name: serial\ndataset: digits\n" + TRAIN
                       + "grid: {method: [fp32], seed: [0, 1]}\nresources: {num_cpus: 0.5}\nsave_models: false\n")  # fmt: skip
@@ -308,6 +320,7 @@ def test_max_concurrent_one_runs_trials_one_at_a_time(ray_local, tmp_path):
     assert pd.Timestamp(df.started_at.iloc[1]) >= first_end - pd.Timedelta(seconds=0.5)
 
 
+@pytest.mark.slow
 def test_trial_over_timeout_is_cancelled_and_failed(ray_local, tmp_path, capsys):
     spec = write_spec(tmp_path, "name: slow\ndataset: digits\ntrain: {epochs: 200, batch_size: 16}\n"
                       "grid: {method: [fp32], seed: [30]}\nresources: {num_cpus: 1, timeout_s: 2}\n")  # fmt: skip
@@ -320,12 +333,28 @@ def test_trial_over_timeout_is_cancelled_and_failed(ray_local, tmp_path, capsys)
     assert "1 failed" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_locked_directory_is_refused(ray_local, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / ".sweep.lock").write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
     assert main(["sweep", "digits-smoke", "--out", str(out)]) == 2
     assert "another sweep" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_group_without_fp32_trial_pretrains_once_in_its_own_task(ray_local, tmp_path):
+    spec = write_spec(tmp_path, "name: shared\ndataset: digits\n" + TRAIN
+                      + "grid: {method: [qat], bits: [8, 4], seed: [7]}\nresources: {num_cpus: 1}\nsave_models: false\n")  # fmt: skip
+    out = tmp_path / "out"
+    assert main(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 0
+    df = read_results(out)
+    assert len(df) == 2 and (df.status == "ok").all()
+    assert df.fp32_cached.all() and df.fp32_node_ip.notna().all()  # neither trial pretrained
+    assert df.fp32_train_s.nunique() == 1  # one checkpoint for both
+    logs = [ResultStore(out).log_path(t).read_text() for t in df.trial_id]
+    for log in logs:
+        assert "from pretraining task for" in log and "FP32 model trained in" in log
 
 
 # ---- pieces, without Ray ------------------------------------------------------------
@@ -398,3 +427,183 @@ def test_lock_taken_over_from_dead_process(tmp_path):
             with ResultStore(tmp_path).lock():
                 pass
     assert not (tmp_path / ".sweep.lock").exists()
+
+
+# ---- FP32 pretraining as a dependency, without Ray ------------------------------------
+
+
+def _ptq_trial(seed: int = 0):
+    spec = spec_from_dict({"name": "x", "dataset": "digits", "train": {"epochs": 1, "batch_size": 64, "calib_batches": 2, "limit_train": 300, "seed": seed},
+                           "include": [{"method": "ptq", "bits": 8}]})  # fmt: skip
+    t = spec.trials[0]
+    return t, {"sweep": "x", "label": t.label, "origin": t.origin, "num_cpus": 1, "save_models": False}
+
+
+def test_pretrained_model_travels_to_another_node_cache(tmp_path, monkeypatch):
+    from qatlab.config import TrainConfig
+    from qatlab.train import fp32_cache_path
+
+    t, meta = _ptq_trial()
+    monkeypatch.setenv("QATLAB_CACHE", str(tmp_path / "node-a"))
+    summary, payload = pretrain(dict(t.config), meta)
+    assert summary["error"] is None and "checkpoint" not in summary and isinstance(payload["checkpoint"], bytes)
+    assert "FP32 model trained in" in payload["log"]
+    monkeypatch.setenv("QATLAB_CACHE", str(tmp_path / "node-b"))  # another node: an empty cache
+    res = execute_trial(dict(t.config), t.trial_id, meta, payload)
+    rec = res["record"]
+    assert rec["status"] == "ok" and rec["fp32_cached"] and rec["failure"] is None
+    assert fp32_cache_path(TrainConfig.from_dict(dict(t.config))).read_bytes() == payload["checkpoint"]
+    assert "installed into this node's cache" in res["log"] and "FP32 pretraining" in res["log"]
+
+
+def test_failed_pretraining_fails_the_trial_with_its_error(tmp_path, monkeypatch):
+    import qatlab.data
+    import qatlab.train
+
+    t, meta = _ptq_trial()
+    monkeypatch.setenv("QATLAB_CACHE", str(tmp_path / "cache"))
+
+    def no_data(*_a, **_k):
+        raise RuntimeError("no digits on this node")
+
+    monkeypatch.setattr(qatlab.data, "load_dataset", no_data)
+    summary, payload = pretrain(dict(t.config), meta)
+    assert "no digits on this node" in summary["error"] and "checkpoint" not in payload
+
+    def must_not_run(*_a, **_k):
+        raise AssertionError("the trial ran without its FP32 model")
+
+    monkeypatch.setattr(qatlab.train, "run_trial", must_not_run)
+    res = execute_trial(dict(t.config), t.trial_id, meta, payload)
+    rec = res["record"]
+    assert rec["status"] == "failed" and rec["failure"] == "fp32" and rec["trial_id"] == t.trial_id
+    assert "FP32 pretraining (pretraining task for" in rec["error"] and "no digits on this node" in rec["error"]
+    assert "no digits on this node" in res["log"] and res["artifacts"] == {}
+
+
+def test_fp32_trial_hands_on_its_model_or_its_error(tmp_path, monkeypatch):
+    import qatlab.train
+    from qatlab.config import TrainConfig
+    from qatlab.train import fp32_cache_path
+    from workbook.sweep.fp32 import execute_source_trial
+
+    monkeypatch.setenv("QATLAB_CACHE", str(tmp_path / "cache"))
+    spec = spec_from_dict({"name": "x", "dataset": "digits", "train": {"epochs": 1, "batch_size": 64, "limit_train": 300},
+                           "include": [{"method": "fp32"}]})  # fmt: skip
+    t = spec.trials[0]
+    meta = {"sweep": "x", "label": t.label, "origin": t.origin, "num_cpus": 1, "save_models": False}
+    res, payload = execute_source_trial(dict(t.config), t.trial_id, meta)
+    assert res["record"]["status"] == "ok" and not res["record"]["fp32_cached"] and payload["error"] is None
+    assert payload["checkpoint"] == fp32_cache_path(TrainConfig.from_dict(dict(t.config))).read_bytes()
+    assert t.trial_id in payload["source"]
+
+    def broken(cfg, out_dir=None):
+        return {"status": "failed", "error": "Traceback: the fp32 trial broke"}
+
+    monkeypatch.setattr(qatlab.train, "run_trial", broken)
+    fp32_cache_path(TrainConfig.from_dict(dict(t.config))).unlink()
+    res, payload = execute_source_trial(dict(t.config), t.trial_id, meta)
+    assert res["record"]["status"] == "failed" and "the fp32 trial broke" in payload["error"] and "checkpoint" not in payload
+
+
+def test_install_refuses_a_foreign_or_empty_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("QATLAB_CACHE", str(tmp_path))
+    t, _ = _ptq_trial(seed=0)
+    other, _ = _ptq_trial(seed=1)
+    from workbook.sweep.fp32 import fp32_key
+
+    with pytest.raises(Fp32PayloadError, match="given to a trial with key"):
+        install({"fp32_key": fp32_key(other.config), "checkpoint": b"x"}, t.config)
+    with pytest.raises(Fp32PayloadError, match="carries no checkpoint bytes"):
+        install({"fp32_key": fp32_key(t.config), "checkpoint": b""}, t.config)
+    assert not any(tmp_path.rglob("*.pt"))
+
+
+# ---- which tasks in flight run: inferred from capacity, first come first served ------
+
+
+def _flight_ops():
+    from hypothesis import strategies as st
+
+    op = st.one_of(
+        st.tuples(st.just("add"), st.sampled_from(["a", "b", "c"]), st.booleans(), st.booleans()),
+        st.tuples(st.just("end"), st.integers(0, 50)),
+        st.tuples(st.just("fp32_done"), st.sampled_from(["a", "b", "c"])),
+        st.tuples(st.just("capacity"), st.integers(0, 4)),
+    )
+    return st.lists(op, max_size=40)
+
+
+def _reference_running(history):
+    """Replay as Ray's slots would: runnable jobs in order of becoming runnable take free slots."""
+    running, order = set(), []
+    for step in history:
+        if step[0] == "runnable":
+            order.append(step[1])
+        elif step[0] == "end":
+            running.discard(step[1])
+            order = [j for j in order if j != step[1]]
+        elif step[0] == "fill":
+            for j in order:
+                if len(running) >= step[1]:
+                    break
+                running.add(j)
+    return running
+
+
+def test_flight_infers_running_like_fifo_slots():
+    from hypothesis import given, settings
+
+    @settings(max_examples=150, deadline=None)
+    @given(_flight_ops())
+    def check(ops):
+        f = Flight()
+        history: list[tuple] = []
+        refs: list[int] = []
+        capacity, now = 2, 0.0
+        for op in ops:
+            now += 1.0
+            if op[0] == "add":
+                _, key, source, runnable = op
+                ref = len(refs)
+                refs.append(ref)
+                runnable = runnable or source
+                f.add(ref, FP32 if source and runnable else TRIAL, key, None if source and runnable else f"t{ref}", now,
+                      runnable=runnable, source=source)  # fmt: skip
+                if runnable:
+                    history.append(("runnable", ref))
+            elif op[0] == "end" and op[1] < len(refs) and op[1] in f.jobs:
+                f.pop(op[1])
+                history.append(("end", op[1]))
+            elif op[0] == "fp32_done":
+                waiting = sorted((r for r, j in f if j.key == op[1] and j.runnable_since is None), key=lambda r: f.jobs[r].seq)
+                f.fp32_done(op[1], now)
+                history += [("runnable", r) for r in waiting]
+            elif op[0] == "capacity":
+                capacity = op[1]
+            f.infer_running(capacity, now)
+            history.append(("fill", capacity))
+            running = {r for r, j in f if j.running_since is not None}
+            assert running == _reference_running(history)
+            assert all(f.jobs[r].runnable_since is not None for r in running)
+            counts = f.counts()
+            assert counts["running"] + counts["queued"] == sum(1 for _, j in f if j.kind == TRIAL)
+            for r, j in f.overdue(1.5, now):
+                assert now - j.running_since > 1.5 and r in running
+
+    check()
+
+
+def test_flight_rejects_inconsistent_jobs():
+    f = Flight()
+    with pytest.raises(ValueError, match="job kind"):
+        f.add(1, "other", "k", "t", 0.0, True)
+    with pytest.raises(ValueError, match="needs trial id"):
+        f.add(1, TRIAL, "k", None, 0.0, True)
+    with pytest.raises(ValueError, match="source"):
+        f.add(1, FP32, "k", None, 0.0, True, source=False)
+    f.add(1, FP32, "k", None, 0.0, True, source=True)
+    with pytest.raises(ValueError, match="already in flight"):
+        f.add(1, TRIAL, "k", "t", 0.0, True)
+    f.infer_running(float("inf"), 1.0)
+    assert f.counts() == {"running": 0, "queued": 0, "pretraining": 1}

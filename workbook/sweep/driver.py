@@ -1,0 +1,254 @@
+"""The driver: submit each trial (and its group's FP32 source), wait on Ray, record every trial."""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, TextIO
+
+from qatlab.atomic import write_text
+from workbook.results import ResultStore
+from workbook.sweep import cluster
+from workbook.sweep.flight import FP32, TRIAL, Flight, Job
+from workbook.sweep.plan import plan
+from workbook.sweep.progress import Progress
+from workbook.sweep.records import config_failure, driver_failure, iso, outcome_line
+from workbook.sweep.summary import SweepSummary, header_line, print_summary, write_manifest
+from workbook.sweep.tasks import remote
+
+if TYPE_CHECKING:
+    from workbook.spec import Spec, Trial
+
+
+def run_sweep(
+    spec: "Spec",
+    out: str | os.PathLike[str],
+    *,
+    mode: str = "resume",
+    max_concurrent: int | None = None,
+    progress: bool = True,
+    stream: TextIO | None = None,
+    cpu_fallback: bool = False,
+) -> SweepSummary:
+    """Run ``spec``'s trials that need running on the connected Ray; write all results.
+
+    ``cpu_fallback``: when the cluster has no GPU at all, drop the spec's ``num_gpus``
+    and train on CPU (right for the embedded local Ray; a cluster may be waiting for
+    its autoscaler to add GPU nodes, so there the request stands).
+    """
+    import ray
+
+    if not ray.is_initialized():
+        raise RuntimeError("run_sweep needs a connected Ray (ray.init or workbook.sweep.connect)")
+    store = ResultStore(out)
+    with store.lock():
+        return _Driver(spec, store, mode, max_concurrent, progress, stream or sys.stderr, cpu_fallback).run()
+
+
+class _Driver:
+    def __init__(self, spec: "Spec", store: ResultStore, mode: str, max_concurrent: int | None,
+                 progress: bool, stream: TextIO, cpu_fallback: bool) -> None:  # fmt: skip
+        self.spec, self.store, self.mode = spec, store, mode
+        self.limit = max_concurrent or math.inf
+        self.show_progress, self.cpu_fallback = progress, cpu_fallback
+        self.out = Progress(stream)
+        self.by_id = {t.trial_id: t for t in spec.trials}
+        self.flight = Flight()
+        self.key: dict[str, str] = {}  # trial id -> fp32 key, for the trials to run
+        self.left: dict[str, int] = {}  # fp32 key -> its trials not yet recorded
+        self.payload: dict[str, Any] = {}  # fp32 key -> ObjectRef of its FP32 model, while trials need it
+        self.source_ended: set[str] = set()
+        self.dead: dict[str, str] = {}  # fp32 key -> how its source timed out
+        self.here: str | None = None
+        self.client = cluster.client_mode()
+        self.n_ok = self.n_failed = 0
+
+    def run(self) -> SweepSummary:
+        t0 = time.time()
+        spec, store = self.spec, self.store
+        to_run, done, left = plan(spec, store, self.mode)
+        summary = SweepSummary(out=store.root, total=len(spec.trials), done_before=len(done), left_out=len(left))
+        store.root.mkdir(parents=True, exist_ok=True)
+        write_text(store.root / "spec.yaml", spec.text or json.dumps({"name": spec.name}) + "\n")
+        num_gpus = cluster.gpu_request(spec.resources.num_gpus, self.cpu_fallback, self.out.echo)
+        run_info = {"started_at": iso(t0), "mode": self.mode, **cluster.describe(), "num_gpus_per_trial": num_gpus, "to_run": len(to_run)}
+        write_manifest(spec, store, run_info)
+        self.out.echo(header_line(spec, store, len(done), len(to_run), len(left), num_gpus))
+        for t in spec.invalid_trials:
+            if t in to_run:
+                self.out.echo(f"invalid trial {t.label} [{t.trial_id}]: {t.error} - recorded failed")
+        self.out.start(len(to_run), self.show_progress)
+        try:
+            for t in to_run:
+                if not t.valid:
+                    self._finish(t, config_failure(t, spec.name), log=f"not run: impossible config: {t.error}\n", artifacts={})
+            pending = [t for t in to_run if t.valid]
+            if pending:
+                self._loop(pending, num_gpus)
+        except KeyboardInterrupt:
+            import ray
+
+            summary.interrupted = True
+            for ref, _ in self.flight:
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref, force=True)  # a source's dependents fail with it
+            self.out.echo("interrupted: finished trials are saved; run the same command again to resume")
+        finally:
+            self.out.close()
+            store.rebuild_parquet([t.trial_id for t in spec.trials])
+        summary.ran = self.n_ok + self.n_failed
+        summary.count(spec, store)
+        summary.wall_s = round(time.time() - t0, 3)
+        write_manifest(spec, store, {**run_info, "finished_at": iso(time.time()), **summary.figures()})
+        print_summary(spec, store, summary)
+        return summary
+
+    def _loop(self, pending: list["Trial"], num_gpus: float) -> None:
+        import ray
+
+        from workbook.sweep.fp32 import fp32_key
+
+        opts = self.spec.resources.ray_options(num_gpus)
+        demand = self.spec.resources.demand(num_gpus)
+        with contextlib.suppress(Exception):
+            self.here = ray.get_runtime_context().get_node_id()
+        for t in pending:
+            self.key[t.trial_id] = k = fp32_key(t.config)
+            self.left[k] = self.left.get(k, 0) + 1
+        capacity, last_capacity = cluster.capacity(demand), time.time()
+        last_parquet = time.time()
+        while pending or len(self.flight):
+            self._submit_some(pending, opts)
+            self.flight.infer_running(capacity, time.time())
+            self.out.status(self.n_ok, self.n_failed, self.flight.counts())
+            if not len(self.flight):
+                continue
+            ready, _ = ray.wait(self.flight.refs(), num_returns=1, timeout=1.0)
+            for ref in ready:
+                job = self.flight.pop(ref)
+                if job.source:
+                    self.source_ended.add(job.key)
+                    self.flight.fp32_done(job.key, time.time())
+                if job.kind == TRIAL:
+                    self._collect(ref, job)
+            self._check_timeouts()
+            now = time.time()
+            if now - last_capacity > 5:
+                capacity, last_capacity = cluster.capacity(demand), now
+            if ready and now - last_parquet > 30:  # long sweeps: a fresh table now and then
+                self.store.rebuild_parquet([t.trial_id for t in self.spec.trials])
+                last_parquet = now
+
+    def _submit_some(self, pending: list["Trial"], opts: Mapping[str, Any]) -> None:
+        """Submit in spec order while under --max-concurrent; a group's source goes first."""
+        while pending and len(self.flight) < self.limit:
+            t = pending[0]
+            k = self.key[t.trial_id]
+            if k in self.dead:  # its source timed out: running it again would only time out again
+                pending.pop(0)
+                self._timed_out(t, f"not run: its FP32 source {self.dead[k]}", submitted=None)
+                continue
+            if self.left[k] == 1 and k not in self.payload:  # alone in its group: nothing to share
+                pending.pop(0)
+                self._submit(t, k, opts, "alone")
+                continue
+            if k not in self.payload:
+                # The group's fp32 trial pretrains anyway: it is the source when it runs now.
+                src = next((s for s in pending if self.key[s.trial_id] == k and s.config.get("method") == "fp32"), None)
+                if src is not None:
+                    pending.remove(src)
+                    self._submit(src, k, opts, "source")
+                else:
+                    meta = {"num_cpus": self.spec.resources.num_cpus, "label": t.label}
+                    task = remote(FP32).options(**opts, num_returns=2, name=f"qatlab-fp32-{k}")
+                    summary_ref, self.payload[k] = task.remote(dict(t.config), meta)
+                    self.flight.add(summary_ref, FP32, k, None, time.time(), runnable=True, source=True)
+                continue  # the limit is checked again before the next task
+            pending.pop(0)
+            self._submit(t, k, opts, "dependent")
+
+    def _submit(self, t: "Trial", k: str, opts: Mapping[str, Any], role: str) -> None:
+        """``role``: source (hands on its FP32 model), dependent (takes it), alone (neither)."""
+        now = time.time()
+        meta = {
+            "sweep": self.spec.name, "label": t.label, "origin": t.origin, "num_cpus": self.spec.resources.num_cpus,
+            "save_models": self.spec.save_models, "submitted_at": now,
+            "live_log": None if self.client else {"node_id": self.here, "path": str(self._live_log(t.trial_id).resolve())},
+        }  # fmt: skip
+        args: list[Any] = [dict(t.config), t.trial_id, meta] + ([self.payload[k]] if role == "dependent" else [])
+        name = f"qatlab-trial-{t.trial_id}"
+        if role == "source":
+            ref, self.payload[k] = remote("source").options(**opts, num_returns=2, name=name).remote(*args)
+        else:
+            ref = remote("trial").options(**opts, name=name).remote(*args)
+        runnable = role != "dependent" or k in self.source_ended
+        self.flight.add(ref, TRIAL, k, t.trial_id, now, runnable=runnable, source=role == "source")
+
+    def _live_log(self, trial_id: str) -> Path:
+        return self.store.trial_dir(trial_id) / "trial.log.running"
+
+    def _check_timeouts(self) -> None:
+        timeout = self.spec.resources.timeout_s
+        if not timeout:
+            return
+        import ray
+
+        for ref, job in self.flight.overdue(timeout, time.time()):
+            if ref not in self.flight.jobs:  # went with its source below
+                continue
+            what = "FP32 pretraining still running" if job.kind == FP32 else "still running"
+            error = f"timed out: {what} after {timeout:g} s (resources.timeout_s); cancelled"
+            doomed = [(ref, job)] + (self.flight.waiting_on(job.key) if job.source else [])
+            if job.source:
+                self.dead[job.key] = error
+            for r, j in doomed:
+                with contextlib.suppress(Exception):
+                    ray.cancel(r, force=True)
+                self.flight.pop(r)
+                if j.trial_id is not None:
+                    self._timed_out(self.by_id[j.trial_id], error if j is job else f"not run: its FP32 source {error}", j.submitted)
+
+    def _timed_out(self, t: "Trial", error: str, submitted: float | None) -> None:
+        self._finish(t, driver_failure(t, self.spec.name, error, "timeout", attempts=None, submitted=submitted), error + "\n", {})
+
+    def _collect(self, ref: Any, job: Job) -> None:
+        import ray
+
+        t = self.by_id[str(job.trial_id)]
+        try:
+            out = ray.get(ref)
+        except ray.exceptions.TaskCancelledError as e:
+            kind, error, attempts = "cancelled", f"cancelled: {e}", None
+        except ray.exceptions.RayTaskError as e:  # the runner itself raised: a bug, not retried
+            kind, error, attempts = "runner", str(e), 1
+        except ray.exceptions.RayError as e:  # a worker or node died more than max_retries times (its own or its source's)
+            n = self.spec.resources.max_retries
+            kind, error, attempts = "infra", f"infrastructure failure after {n} retries: {type(e).__name__}: {e}", (n + 1 if n >= 0 else None)
+        else:
+            rec = out["record"]
+            rec["submitted_at"] = iso(job.submitted)
+            rec["roundtrip_s"] = round(time.time() - job.submitted, 3)
+            self._finish(t, rec, log=out.get("log"), artifacts=out.get("artifacts") or {})
+            return
+        rec = driver_failure(t, self.spec.name, error, kind, attempts=attempts, submitted=job.submitted)
+        self._finish(t, rec, log=error + "\n", artifacts={})
+
+    def _finish(self, t: "Trial", rec: dict[str, Any], log: str | None, artifacts: Mapping[str, bytes]) -> None:
+        self.store.save(rec, log=log, artifacts=artifacts)
+        self._live_log(t.trial_id).unlink(missing_ok=True)  # left behind by a worker that died
+        k = self.key.get(t.trial_id)
+        if k is not None:
+            self.left[k] -= 1
+            if not self.left[k]:  # Ray frees the FP32 model once no task holds its ref
+                self.payload.pop(k, None)
+        if rec.get("status") == "ok":
+            self.n_ok += 1
+        else:
+            self.n_failed += 1
+        self.out.echo(outcome_line(t, rec, self.store.log_path(t.trial_id)))
+        self.out.status(self.n_ok, self.n_failed, self.flight.counts())
+        self.out.advance()
