@@ -485,7 +485,7 @@ def test_fp32_trial_hands_on_its_model_or_its_error(tmp_path, monkeypatch):
     import qatlab.train
     from qatlab.config import TrainConfig
     from qatlab.train import fp32_cache_path
-    from workbook.sweep.fp32 import execute_source_trial
+    from workbook.sweep.worker import execute_source_trial
 
     monkeypatch.setenv("QATLAB_CACHE", str(tmp_path / "cache"))
     spec = spec_from_dict({"name": "x", "dataset": "digits", "train": {"epochs": 1, "batch_size": 64, "limit_train": 300},

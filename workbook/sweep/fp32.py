@@ -17,7 +17,6 @@ from typing import Any, Mapping
 
 from workbook.sweep.node import attempt, captured, pick_device, worker_info
 from workbook.sweep.records import iso
-from workbook.sweep.worker import execute_trial
 
 
 class Fp32PayloadError(ValueError):
@@ -31,7 +30,7 @@ def fp32_key(config: Mapping[str, Any]) -> str:
     return TrainConfig.from_dict(dict(config)).fp32_key
 
 
-def _from_cache(config: Mapping[str, Any], source: str, error: str | None) -> dict[str, Any]:
+def from_cache(config: Mapping[str, Any], source: str, error: str | None) -> dict[str, Any]:
     """The payload a source hands on: this node's cached checkpoint, or ``error`` when there is none."""
     from qatlab.config import TrainConfig
     from qatlab.train import fp32_cache_path
@@ -82,20 +81,10 @@ def pretrain(config: Mapping[str, Any], meta: Mapping[str, Any]) -> tuple[dict[s
     except Exception:
         error = traceback.format_exc()
         log.write(error)
-    payload = _from_cache(config, f"pretraining task for {meta.get('label')}", error)
+    payload = from_cache(config, f"pretraining task for {meta.get('label')}", error)
     payload["log"] = log.getvalue()
     payload["task_s"] = round(time.time() - started, 3)
     return {k: v for k, v in payload.items() if k != "checkpoint"}, payload
-
-
-def execute_source_trial(config: Mapping[str, Any], trial_id: str, meta: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Run an ``fp32`` trial (``execute_trial``) and hand on the FP32 model it trained."""
-    res = execute_trial(config, trial_id, meta)
-    rec = res["record"]
-    error = None if rec.get("status") == "ok" else (rec.get("error") or "the fp32 trial failed")
-    payload = _from_cache(config, f"trial {meta.get('label')} [{trial_id}]", error)
-    payload["log"] = f"{iso(time.time())} FP32 model of trial {trial_id} on node {payload['node_ip']}\n"
-    return res, payload
 
 
 def install(payload: Mapping[str, Any], config: Mapping[str, Any]) -> str:

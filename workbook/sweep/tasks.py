@@ -12,8 +12,8 @@ def remote(name: str) -> Any:
     import ray
 
     if not _REMOTES:
-        from workbook.sweep.fp32 import execute_source_trial, pretrain
-        from workbook.sweep.worker import execute_trial
+        from workbook.sweep.fp32 import pretrain
+        from workbook.sweep.worker import execute_source_trial, execute_trial
 
         _REMOTES.update(trial=ray.remote(execute_trial), source=ray.remote(execute_source_trial), fp32=ray.remote(pretrain))
     if name not in _REMOTES:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, TextIO
 
+from workbook.sweep.fp32 import from_cache, install
 from workbook.sweep.node import attempt, captured, pick_device, worker_info
 from workbook.sweep.records import iso
 
@@ -62,6 +63,16 @@ def execute_trial(
     return {"record": record, "log": log, "artifacts": artifacts}
 
 
+def execute_source_trial(config: Mapping[str, Any], trial_id: str, meta: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run an ``fp32`` trial (``execute_trial``) and hand on the FP32 model it trained."""
+    res = execute_trial(config, trial_id, meta)
+    rec = res["record"]
+    error = None if rec.get("status") == "ok" else (rec.get("error") or "the fp32 trial failed")
+    payload = from_cache(config, f"trial {meta.get('label')} [{trial_id}]", error)
+    payload["log"] = f"{iso(time.time())} FP32 model of trial {trial_id} on node {payload['node_ip']}\n"
+    return res, payload
+
+
 def _log_file(meta: Mapping[str, Any], info: Mapping[str, Any], trial_id: str) -> Path:
     live = meta.get("live_log") or {}
     if live.get("node_id") and live.get("node_id") == info["node_id"] and live.get("path"):
@@ -81,7 +92,6 @@ def _run_logged(fh: TextIO, cfg: dict[str, Any], trial_id: str, meta: Mapping[st
                 cuda: bool, fp32: Mapping[str, Any] | None, run_trial: Any, artifacts: dict[str, bytes]) -> dict[str, Any]:  # fmt: skip
     import torch
 
-    from workbook.sweep.fp32 import install
 
     def say(msg: str) -> None:
         fh.write(f"{iso(time.time())} {msg}\n")
