@@ -134,6 +134,19 @@ def test_image_folder_train_test_layout_reads_the_pixels(tmp_path: Path) -> None
     assert s.mean == pytest.approx(px.mean(), rel=1e-9) and s.std == pytest.approx(px.std(), rel=1e-9)
 
 
+def test_test_tensors_of_a_streamed_dataset_equal_its_items(tmp_path: Path) -> None:
+    image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=3)
+    s = load_dataset(str(tmp_path / "imgs"), val_fraction=0.25, seed=0)
+    x, y = s.test_tensors(4)
+    assert x.shape == (4, 1, 6, 6) and x.dtype == torch.float32 and y.dtype == torch.int64
+    for i in range(4):
+        xi, yi = s.test[i]
+        assert torch.equal(x[i], xi) and int(y[i]) == yi
+    assert s.test_tensors()[0].shape[0] == len(s.test)
+    npz = load_dataset(str(save_npz(tmp_path / "d.npz")))
+    assert torch.equal(npz.test_tensors(5)[0], npz.test.tensors[0][:5])
+
+
 def test_image_folder_single_folder_split_is_fixed_and_per_class(tmp_path: Path) -> None:
     image_folder(tmp_path / "flat", classes=("x", "y"), per_class=10, split=False)
     classes, train, test = scan(tmp_path / "flat", test_fraction=0.3)

@@ -132,11 +132,11 @@ def _test_set(args: argparse.Namespace, im: Any, cfg: Any) -> tuple[Any, Any]:
     kw: dict[str, Any] = {}
     if cfg is not None and name == cfg.dataset:
         # Same split parameters as the trial: the normalisation statistics come from its train split.
-        kw = {"val_fraction": cfg.val_fraction, "limit_train": cfg.limit_train, "seed": cfg.seed}
+        kw = {"val_fraction": cfg.val_fraction, "limit_train": cfg.limit_train, "seed": cfg.seed, "loader_args": cfg.loader_args or None}
     try:
         splits = load_dataset(name, limit_test=args.limit, **kw)
     except (ValueError, OSError) as e:
         raise CommandError(f"dataset {name!r}: {_one_line(e)}") from e
     if tuple(splits.input_shape) != tuple(im.input_shape):
         raise CommandError(f"dataset {name!r} has inputs {splits.input_shape}; the model takes {tuple(im.input_shape)}")
-    return splits.test.tensors
+    return splits.test_tensors()

@@ -20,7 +20,7 @@ def trained_fp32(run_dir: str | Path | None, dataset: str = "digits", model: str
         for p in sorted(Path(run_dir).glob("trials/*/model.pt")):
             m, cfg, _ = load_checkpoint(p)
             if cfg.method == "fp32":
-                x = load_dataset(cfg.dataset, limit_test=n_images, seed=cfg.seed).test.tensors[0]
+                x = load_dataset(cfg.dataset, limit_test=n_images, seed=cfg.seed, loader_args=cfg.loader_args or None).test_tensors()[0]
                 return m, x, f"{cfg.model} on {cfg.dataset}, FP32 trial {p.parent.name} of {run_dir}"
     from qatlab.config import profile
     from qatlab.train import pretrain_fp32, resolve_device
@@ -28,4 +28,4 @@ def trained_fp32(run_dir: str | Path | None, dataset: str = "digits", model: str
     cfg = profile("tiny", dataset=dataset, model=model, method="fp32")
     splits = load_dataset(cfg.dataset, limit_test=n_images)
     m, _ = pretrain_fp32(cfg, splits, resolve_device("cpu"))
-    return m.eval(), splits.test.tensors[0], f"{model} on {dataset}, trained here ({cfg.epochs} epochs): no FP32 checkpoint in the run"
+    return m.eval(), splits.test_tensors()[0], f"{model} on {dataset}, trained here ({cfg.epochs} epochs): no FP32 checkpoint in the run"

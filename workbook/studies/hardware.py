@@ -125,7 +125,7 @@ def onnx_comparison(run_dir: str | Path, df: pd.DataFrame, limit_test: int | Non
         try:
             im = IntModel.load(path)
             model, cfg, _ = load_checkpoint(path.with_name("model.pt"))
-            x, y = load_dataset(cfg.dataset, limit_test=limit_test, seed=cfg.seed).test.tensors
+            x, y = load_dataset(cfg.dataset, limit_test=limit_test, seed=cfg.seed, loader_args=cfg.loader_args or None).test_tensors()
             c = compare_onnx(im, build_onnx(im).SerializeToString(), x, y, fake_quant=model, emulate=False)
             row.update(fake_quant_acc=c.fq_acc, intmodel_acc=c.int_acc, onnx_runtime_acc=c.ort_acc, ort_vs_intmodel_predictions=c.agreement, ort_vs_intmodel_codes=c.code_agreement)
         except Exception as e:  # one trial's export problem is a row, not a dead report

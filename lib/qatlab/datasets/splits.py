@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 
@@ -36,6 +37,24 @@ class DataSplits:
     def in_memory(self) -> bool:
         """All three splits are tensors (the fast path: batches are slices)."""
         return all(isinstance(s, TensorDataset) for s in (self.train, self.val, self.test))
+
+    def test_tensors(self, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``limit`` test items (all by default) as (images, labels) tensors.
+
+        For the reports and checks that want a batch in hand; a streamed dataset is read
+        item by item, so keep ``limit`` small for a large one.
+        """
+        test = self.test
+        n = len(test) if limit is None else min(int(limit), len(test))
+        if isinstance(test, TensorDataset):
+            x, y = test.tensors[:2]
+            return x[:n], y[:n]
+        if n == 0:
+            raise ValueError(f"dataset {self.name!r} has no test items")
+        items = [test[i] for i in range(n)]
+        x = torch.stack([torch.as_tensor(img, dtype=torch.float32) for img, _ in items])
+        y = torch.as_tensor([int(label) for _, label in items], dtype=torch.int64)
+        return x, y
 
 
 def check_split_args(val_fraction: float, limit_train: int | None, limit_test: int | None, seed: int) -> None:
