@@ -15,10 +15,13 @@ from typing import Iterator
 
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import qatlab.intmodel.backends as backends
 import qatlab.kernels.intmodel_backend as ib
+from qatlab.config import profile
 from qatlab.intmodel import (
     AccumulatorOverflowError,
     IntModel,
@@ -30,7 +33,6 @@ from qatlab.intmodel import (
     register_backend,
     run,
 )
-from qatlab.config import profile
 from qatlab.intmodel.model import ActQ, IntOp
 from qatlab.kernels import CupyUnavailableError, cuda_available, kernel_names
 from qatlab.kernels.intmodel_backend import make_runner
@@ -38,6 +40,7 @@ from qatlab.models import build_model
 from qatlab.nn import calibrate, prepare_qat
 from qatlab.quant import QuantSpec, quantize_multiplier
 from qatlab.train import resolve_int_backend, run_trial
+from tests.export.int_ops import BLOCKS, NetBuilder, images
 
 SHAPE = (1, 8, 8)  # digits-sized: every zoo model builds and runs in milliseconds
 MODELS = ("mlp", "lenet", "resnet8")
@@ -224,6 +227,83 @@ def test_grouped_dilated_conv_equals_reference(rounding: str, kernel_backend: st
     assert torch.equal(run(im, x, runner=make_runner(kernel_backend)), reference.run(im, x))
 
 
+# ---- the newer op kinds: clamp, lut, mul, cat, mean, adaptive pools, data movement ---------
+
+
+@pytest.mark.parametrize("conv_impl", CONV_IMPLS)
+@pytest.mark.parametrize("rounding", ["float", "fixed"])
+@pytest.mark.parametrize("block", sorted(BLOCKS))
+def test_new_kinds_blocks_equal_reference(block: str, rounding: str, conv_impl: str) -> None:
+    im = BLOCKS[block](rounding, 0, 8)
+    x = images(20, im.input_shape, 11)
+    runner = make_runner("cpu", conv_impl=conv_impl)
+    assert torch.equal(run(im, x, 6, runner=runner), reference.run(im, x))
+    depthwise = {op.name for op in im.ops if op.kind == "conv" and op.tensors["weight"].shape[1] == 1 and op.attrs["groups"] > 1}
+    assert depthwise and {layer.op.name for layer in runner._layers.values() if layer.depthwise} == depthwise
+
+
+@pytest.mark.parametrize("bits", [4, 6])
+def test_new_kinds_below_8_bits_equal_reference(bits: int) -> None:
+    for block in sorted(BLOCKS):
+        for rounding in ("float", "fixed"):
+            im = BLOCKS[block](rounding, 1, bits)
+            x = images(9, im.input_shape, 12)
+            assert torch.equal(run(im, x, runner=make_runner("cpu")), reference.run(im, x)), (block, rounding)
+
+
+@settings(max_examples=25)
+@given(
+    channels=st.integers(1, 6), k=st.sampled_from([1, 3, 5]), stride=st.integers(1, 2), padding=st.integers(0, 2),
+    dilation=st.integers(1, 2), size=st.integers(5, 9), rounding=st.sampled_from(["float", "fixed"]), seed=st.integers(0, 999),
+    clamp=st.booleans(),
+)
+def test_depthwise_conv_path_equals_reference(
+    channels: int, k: int, stride: int, padding: int, dilation: int, size: int, rounding: str, seed: int, clamp: bool
+) -> None:
+    """Depthwise convs take F.conv2d in float64 (exact integer sums) instead of one GEMM
+    per channel; the reference's im2col + int matmul is the plain twin."""
+    assume(size + 2 * padding >= dilation * (k - 1) + 1)
+    nb = NetBuilder(images(8, (channels, size, size), seed), rounding=rounding, seed=seed)
+    y = nb.conv("x_q", channels, k=k, stride=stride, padding=padding, groups=channels, dilation=dilation,
+                clamp=(-0.2, 0.3) if clamp else None)  # fmt: skip
+    im = nb.build(y)
+    x = images(5, im.input_shape, seed + 1)
+    runner = make_runner("cpu")
+    assert torch.equal(run(im, x, runner=runner), reference.run(im, x))
+    assert [layer.depthwise for layer in runner._layers.values()] == [channels > 1]
+
+
+@settings(max_examples=80)
+@given(
+    qmin=st.sampled_from([0, -128]), span=st.sampled_from([15, 255]), z=st.integers(0, 255), relu=st.booleans(),
+    c_lo=st.integers(-300, 300), width=st.integers(0, 400),
+)
+def test_out_range_is_the_references_two_clamps(qmin: int, span: int, z: int, relu: bool, c_lo: int, width: int) -> None:
+    q = ActQ(0.1, qmin + z % (span + 1), qmin, qmin + span)
+    op = IntOp("linear", "fc", ["x"], "y", q, {"relu": relu, "clamp": [c_lo, c_lo + width]})
+    y = torch.arange(-700, 700)
+    lo, hi = ib.out_range(op)
+    assert torch.equal(y.clamp(lo, hi).to(torch.int32), reference._saturate(y, op))
+
+
+@pytest.mark.parametrize("kernel_backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("rounding", ["float", "fixed"])
+def test_fused_clamp_narrows_the_epilogue(rounding: str, kernel_backend: str) -> None:
+    g = torch.Generator().manual_seed(5)
+    xq, yq = ActQ(0.05, 7, 0, 255), ActQ(0.1, 30, 0, 255)
+    w = torch.randint(-128, 128, (10, 33), generator=g, dtype=torch.int8)
+    real = (torch.rand(10, generator=g, dtype=torch.float64) + 0.5) * 2e-3
+    op = _linear_op(w, yq, torch.randint(-5000, 5000, (10,), generator=g, dtype=torch.int32), real, relu=True)
+    op.attrs["clamp"] = [40, 200]
+    x = torch.randint(0, 256, (37, 33), generator=g, dtype=torch.int32)
+    runner = make_runner(kernel_backend)
+    got = runner(op, {"x": x.to(runner.device)}, {"x": xq}, rounding).cpu()
+    want = reference.run_op(op, {"x": x}, {"x": xq}, rounding)
+    assert torch.equal(got, want)
+    assert int(want.min()) == 40 and int(want.max()) == 200  # the clamp bites at both ends
+    assert runner._layers[id(op)].mode == ("fused" if rounding == "float" else "int32")
+
+
 # ---- backends by name -----------------------------------------------------------------
 
 
@@ -305,6 +385,19 @@ def test_run_trial_records_its_int_backend(tmp_path: Path, monkeypatch: pytest.M
 
 
 # ---- GPU: the same models on the CUDA kernels -------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rounding", ["float", "fixed"])
+def test_cuda_new_kinds_equal_cpu(rounding: str) -> None:
+    for block in sorted(BLOCKS):
+        for bits in (8, 4):
+            im = BLOCKS[block](rounding, 0, bits)
+            x = images(70, im.input_shape, 13)
+            want = run(im, x, backend="cpu")
+            for conv_impl in ("im2col", "auto"):
+                got = run(im, x, 32, runner=make_runner("cuda", conv_impl=conv_impl))
+                assert torch.equal(got.cpu(), want), (block, bits, rounding, conv_impl)
 
 
 @pytest.mark.gpu

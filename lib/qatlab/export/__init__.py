@@ -13,7 +13,8 @@ where the disagreements come from.
 """
 from .errors import ExportError, UnsupportedLayerError
 from .qdq import LOW_BIT_FORMS, ExportInfo, build_onnx, export_onnx
-from .runtime import LayerDiff, OnnxComparison, OnnxOutputs, compare_onnx, emulate_ort, ort_kernels, ort_session, predict_onnx, run_onnx
+from .runtime import LayerDiff, OnnxComparison, compare_onnx, emulate_ort
+from .session import OnnxOutputs, ort_kernels, ort_session, predict_onnx, run_onnx
 
 __all__ = [
     "ExportError", "UnsupportedLayerError", "ExportInfo", "LOW_BIT_FORMS", "build_onnx", "export_onnx",

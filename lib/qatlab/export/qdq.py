@@ -30,16 +30,31 @@ Below 8 bits there are two forms (``low_bit``):
 ``clip`` is the default because it is the form ONNX Runtime runs as integers, for
 every width, and so the one that reproduces the reference (tests/test_export.py).
 
-The IntModel's output clamp ``[lo, qmax]`` (``lo`` = the zero point after a fused ReLU,
-else qmin) is Q's own saturation where it equals the type's range (a ``Relu`` before
-Q states a ReLU whose zero point is the type minimum; ONNX Runtime drops it when it
-fuses), else an integer ``Clip(lo, qmax)`` after Q — exactly the reference's clamp,
-and it keeps the group fusable. 4-bit codes take a float ``Relu`` instead (ORT has no
-4-bit Clip).
+The IntModel's output clamp ``[lo, hi]`` (``lo`` = the zero point after a fused ReLU,
+else qmin; a fused ``clamp`` such as ReLU6 narrows both, see :func:`out_bounds`) is
+Q's own saturation where it equals the type's range (a ``Relu`` before Q states a
+ReLU whose zero point is the type minimum; ONNX Runtime drops it when it fuses), else
+an integer ``Clip(lo, hi)`` after Q — exactly the reference's clamp, and it keeps the
+group fusable (a float Clip before Q would not). 4-bit codes take a float ``Relu``, or
+float ``Max``/``Min`` at the bounds' real values (ORT has no 4-bit Clip).
 
 Above 8 bits, codes live in 16-bit containers (opset 21), clamped by a float ``Clip``
-at the real values of ``lo`` and ``qmax`` before Q (ONNX Runtime cannot Clip 16-bit
+at the real values of ``lo`` and ``hi`` before Q (ONNX Runtime cannot Clip 16-bit
 integers); ORT runs those layers in float.
+
+The other kinds:
+
+* ``mul``: DQ→Mul→Q (QLinearMul, broadcasting as torch); ``cat``: DQ→Concat→Q
+  (QLinearConcat); depthwise/grouped convs: Conv's ``group`` (QLinearConv).
+* ``lut``: ``Gather`` of an integer table by the codes (Cast to int32): exact.
+* ``clamp``, ``reshape``, ``permute`` (Transpose), ``slice``: integer ops on the codes,
+  exact (in the int4 form Reshape/Slice move DQ'd floats into 8-bit codes instead).
+* ``mean`` over H, W of a 4-D value and adaptive pools to 1×1: GlobalAveragePool
+  (QLinearGlobalAveragePool). Other means and adaptive pools (PyTorch's uneven bins)
+  have no quantized ONNX op; they sum the centred codes in float64 (ReduceSum, or two
+  MatMuls with 0/1 bin matrices: integer sums, exact) and requantize in float64 with
+  the op's own multipliers (Mul, Round half to even, Add z, Clip, Cast), which is the
+  IntModel's float rounding bit for bit.
 """
 from __future__ import annotations
 
@@ -48,7 +63,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -60,12 +75,12 @@ from qatlab.atomic import write_bytes
 from qatlab.intmodel import ActQ, IntModel, IntOp, convert
 
 from .errors import ExportError, UnsupportedLayerError
+from .names import BATCH_DIM, CODES_NAME, INPUT_NAME, LOGITS_NAME
+from .session import run_onnx
 
 LOW_BIT_FORMS = ("clip", "int4")
 MIN_OPSET = 13  # per-axis (per-channel) QuantizeLinear/DequantizeLinear
 NARROW_OPSET = 21  # INT4/UINT4 and 16-bit Q/DQ
-INPUT_NAME, LOGITS_NAME, CODES_NAME = "input", "logits", "codes"
-BATCH_DIM = "N"
 
 # ONNX integer types for codes, narrowest first, with their (min, max).
 _RANGES: dict[int, tuple[int, int]] = {
@@ -77,7 +92,36 @@ _RANGES: dict[int, tuple[int, int]] = {
     TensorProto.INT16: (-32768, 32767),
 }
 _NUMPY = {TensorProto.UINT8: np.uint8, TensorProto.INT8: np.int8, TensorProto.UINT16: np.uint16, TensorProto.INT16: np.int16}
-_SUPPORTED_KINDS = ("quantize", "conv", "linear", "add", "avgpool", "maxpool", "relu", "flatten")
+_SUPPORTED_KINDS = (
+    "quantize", "conv", "linear", "add", "avgpool", "maxpool", "relu", "flatten",
+    "clamp", "lut", "mul", "cat", "mean", "reshape", "permute", "slice",
+)  # fmt: skip
+
+
+def out_bounds(op: IntOp) -> tuple[int, int]:
+    """The range ``[lo, hi]`` an op's requantized codes end in.
+
+    The IntModel applies a fused ``clamp`` ``[c_lo, c_hi]`` to the requantized codes,
+    then its ReLU and output range ``[z or qmin, qmax]``. Two clamps in a row are one
+    clamp, whose ends are the images of the extreme inputs.
+    """
+    q = op.out_q
+    lo = q.zero_point if op.attrs.get("relu") else q.qmin
+    c = op.attrs.get("clamp")
+    if c is None:
+        return lo, q.qmax
+    if len(c) != 2:
+        raise UnsupportedLayerError(f"layer {op.name} ({op.kind}): clamp must be [lo, hi], got {c!r}")
+    c_lo = q.qmin if c[0] is None else int(c[0])
+    c_hi = q.qmax if c[1] is None else int(c[1])
+    if c_lo > c_hi:
+        raise UnsupportedLayerError(f"layer {op.name} ({op.kind}): clamp [{c_lo}, {c_hi}] is empty")
+    return min(max(c_lo, lo), q.qmax), min(max(c_hi, lo), q.qmax)
+
+
+def adaptive_bins(size: int, out: int) -> list[tuple[int, int]]:
+    """PyTorch's adaptive pooling bins along one axis: [floor(i·n/o), ceil((i+1)·n/o))."""
+    return [((i * size) // out, -(-((i + 1) * size) // out)) for i in range(out)]
 
 
 @dataclass(frozen=True)
@@ -166,52 +210,89 @@ class _Builder:
         return self.qparam_names[key]
 
     def quantize(
-        self, value: str, pre: str, q: ActQ, who: str, relu: bool = False, may_leave_range: bool = True, four_bit_ok: bool = True
+        self, value: str, pre: str, q: ActQ, who: str, relu: bool = False, may_leave_range: bool = True, four_bit_ok: bool = True,
+        bounds: tuple[int, int] | None = None,
     ) -> None:
         """``pre`` (float) -> Q -> [Clip] -> codes of ``value`` -> DQ -> float twin.
 
         ``relu``: clamp the codes at the zero point (the IntModel's fused ReLU).
+        ``bounds``: the output clamp ``[lo, hi]`` (see :func:`out_bounds`); overrides ``relu``.
         ``may_leave_range``: False for data movement (max-pool, flatten, relu), whose
         codes are already inside [qmin, qmax].
         """
+        self.check_q(q, who)
+        lo, hi = bounds if bounds is not None else (q.zero_point if relu else q.qmin, q.qmax)
+        t = self.container(q, who, four_bit_ok)
+        tmin, tmax = _RANGES[t]
+        s, z = self.qparams(q, t)
+        if relu and lo == q.zero_point == tmin:
+            # Q's saturation at the type minimum = z already is the ReLU; the float Relu
+            # states it in the standard form (ONNX Runtime drops it when fusing).
+            pre = self.node("Relu", [pre], self.fresh(f"{value}_relu"), name=f"{value}/Relu")
+        clamp = may_leave_range and (lo, hi) != (tmin, tmax)
+        int_clip = False
+        if clamp and t in (TensorProto.INT4, TensorProto.UINT4) and (lo, hi) == (q.zero_point, tmax):
+            # The 4-bit form only uses 4-bit types for exact 4-bit ranges, so a ReLU above a
+            # nonzero z is a float Relu before Q (ORT has no 4-bit Clip).
+            pre = self.node("Relu", [pre], self.fresh(f"{value}_relu"), name=f"{value}/Relu")
+        elif clamp and t in (TensorProto.INT4, TensorProto.UINT4):
+            # Any other clamp of 4-bit codes: float Max/Min at the bounds' real values (a Clip
+            # before a 4-bit Q crashes ONNX Runtime 1.31's Clip/Q fusion).
+            lo_f, hi_f = self.real_bounds(value, q, lo, hi)
+            pre = self.node("Max", [pre, lo_f], self.fresh(f"{value}_max"), name=f"{value}/Max")
+            pre = self.node("Min", [pre, hi_f], self.fresh(f"{value}_min"), name=f"{value}/Min")
+            self.clips += 1
+        elif clamp and t in (TensorProto.UINT16, TensorProto.INT16):
+            # ONNX Runtime cannot Clip 16-bit integers; clamp the float at the real values of
+            # lo and hi instead: rint(clip(x)/s) lands on lo or hi exactly.
+            pre = self.float_clip(value, pre, q, lo, hi)
+        elif clamp:
+            int_clip = True
+        codes, fvalue = self.names(value)
+        qname = self.node("QuantizeLinear", [pre, s, z], self.fresh(codes) if int_clip else codes, name=f"{value}/Q")
+        if int_clip:
+            self.int_clip(value, qname, codes, t, lo, hi)
+        self.node("DequantizeLinear", [codes, s, z], fvalue, name=f"{value}/DQ")
+        self.codes_of[value], self.float_of[value], self.code_type[value], self.q_of[value] = codes, fvalue, t, q
+
+    def check_q(self, q: ActQ, who: str) -> None:
         if not (np.isfinite(q.scale) and q.scale > 0 and np.float32(q.scale) > 0):
             raise UnsupportedLayerError(f"layer {who}: activation scale {q.scale!r} is not a positive float32")
         if not (q.qmin <= q.zero_point <= q.qmax):
             raise UnsupportedLayerError(f"layer {who}: zero point {q.zero_point} lies outside [{q.qmin}, {q.qmax}]")
-        t = self.container(q, who, four_bit_ok)
-        tmin, tmax = _RANGES[t]
-        lo = q.zero_point if relu else q.qmin
+
+    def names(self, value: str) -> tuple[str, str]:
+        """(codes, float twin) tensor names of ``value``; the graph's outputs are named, not copied."""
+        if value == self.m.output_name:
+            return CODES_NAME, LOGITS_NAME
+        return f"{value}_q", value
+
+    def real_bounds(self, value: str, q: ActQ, lo: int, hi: int) -> tuple[str, str]:
+        """float32 initializers at the real values of codes lo and hi (rint(v/s) + z lands on them)."""
+        bounds = [np.float32((lo - q.zero_point) * np.float32(q.scale)), np.float32((hi - q.zero_point) * np.float32(q.scale))]
+        lo_n = self.init(f"{value}.clip_min", np.array(bounds[0], dtype=np.float32))
+        hi_n = self.init(f"{value}.clip_max", np.array(bounds[1], dtype=np.float32))
+        return lo_n, hi_n
+
+    def float_clip(self, value: str, pre: str, q: ActQ, lo: int, hi: int) -> str:
+        lo_n, hi_n = self.real_bounds(value, q, lo, hi)
+        self.clips += 1
+        return self.node("Clip", [pre, lo_n, hi_n], self.fresh(f"{value}_clip"), name=f"{value}/Clip")
+
+    def int_clip(self, value: str, src: str, codes: str, t: int, lo: int, hi: int) -> None:
+        np_t = _NUMPY[t]
+        lo_n = self.init(f"{value}.clip_min", np.array(lo, dtype=np_t))
+        hi_n = self.init(f"{value}.clip_max", np.array(hi, dtype=np_t))
+        self.node("Clip", [src, lo_n, hi_n], codes, name=f"{value}/Clip")
+        self.clips += 1
+
+    def integer_value(self, value: str, q: ActQ, t: int, make: "Callable[[str], None]") -> None:
+        """A value whose codes an integer node computes directly (``make(codes_name)``),
+        then its DQ float twin: exact data movement and table lookups."""
+        self.check_q(q, value)
         s, z = self.qparams(q, t)
-        if relu and q.zero_point == tmin:
-            # Q's saturation at the type minimum = z already is the ReLU; the float Relu
-            # states it in the standard form (ONNX Runtime drops it when fusing).
-            pre = self.node("Relu", [pre], self.fresh(f"{value}_relu"), name=f"{value}/Relu")
-        clamp = may_leave_range and (lo, q.qmax) != (tmin, tmax)
-        int_clip = False
-        if clamp and t in (TensorProto.INT4, TensorProto.UINT4):
-            # The 4-bit form only uses 4-bit types for exact 4-bit ranges, so what is left
-            # is a ReLU above a nonzero z: a float Relu before Q (ORT has no 4-bit Clip).
-            pre = self.node("Relu", [pre], self.fresh(f"{value}_relu"), name=f"{value}/Relu")
-        elif clamp and t in (TensorProto.UINT16, TensorProto.INT16):
-            # ONNX Runtime cannot Clip 16-bit integers; clamp the float at the real values of
-            # lo and qmax instead: rint(clip(x)/s) lands on lo or qmax exactly.
-            bounds = [np.float32((lo - q.zero_point) * np.float32(q.scale)), np.float32((q.qmax - q.zero_point) * np.float32(q.scale))]
-            lo_n = self.init(f"{value}.clip_min", np.array(bounds[0], dtype=np.float32))
-            hi_n = self.init(f"{value}.clip_max", np.array(bounds[1], dtype=np.float32))
-            pre = self.node("Clip", [pre, lo_n, hi_n], self.fresh(f"{value}_clip"), name=f"{value}/Clip")
-            self.clips += 1
-        elif clamp:
-            int_clip = True
-        is_out = value == self.m.output_name  # the graph's outputs are named, not copied (no Identity)
-        codes = CODES_NAME if is_out else f"{value}_q"
-        fvalue = LOGITS_NAME if is_out else value
-        qname = self.node("QuantizeLinear", [pre, s, z], self.fresh(codes) if int_clip else codes, name=f"{value}/Q")
-        if int_clip:
-            np_t = _NUMPY[t]
-            lo_n = self.init(f"{value}.clip_min", np.array(lo, dtype=np_t))
-            hi_n = self.init(f"{value}.clip_max", np.array(q.qmax, dtype=np_t))
-            self.node("Clip", [qname, lo_n, hi_n], codes, name=f"{value}/Clip")
-            self.clips += 1
+        codes, fvalue = self.names(value)
+        make(codes)
         self.node("DequantizeLinear", [codes, s, z], fvalue, name=f"{value}/DQ")
         self.codes_of[value], self.float_of[value], self.code_type[value], self.q_of[value] = codes, fvalue, t, q
 
@@ -281,7 +362,7 @@ class _Builder:
                 kernel_shape=list(a["kernel"]), strides=list(a["stride"]), pads=[ph, pw, ph, pw],
                 dilations=list(a["dilation"]), group=int(a["groups"]),
             )
-            self.quantize(op.output, y, op.out_q, op.name, relu=bool(a.get("relu")))
+            self.quantize(op.output, y, op.out_q, op.name, relu=bool(a.get("relu")), bounds=out_bounds(op))
         elif op.kind == "linear":
             x = src[0]
             in_shape = tuple(a.get("in_shape") or self.shape_of.get(op.inputs[0], ()))
@@ -289,10 +370,20 @@ class _Builder:
                 x = self.node("Flatten", [x], self.fresh(f"{op.output}_flat"), axis=1)
             wf, bf = self.weight(op)
             y = self.node("Gemm", [x, wf, bf], self.fresh(f"{op.output}_gemm"), name=f"{op.name}/Gemm", transB=1)
-            self.quantize(op.output, y, op.out_q, op.name, relu=bool(a.get("relu")))
+            self.quantize(op.output, y, op.out_q, op.name, relu=bool(a.get("relu")), bounds=out_bounds(op))
         elif op.kind == "add":
             y = self.node("Add", [src[0], src[1]], self.fresh(f"{op.output}_add"), name=f"{op.name}/Add")
-            self.quantize(op.output, y, op.out_q, op.name, relu=bool(a.get("relu")))
+            self.quantize(op.output, y, op.out_q, op.name, relu=bool(a.get("relu")), bounds=out_bounds(op))
+        elif op.kind == "avgpool" and a.get("adaptive"):
+            in_shape = self.shape_of[op.inputs[0]]
+            if len(in_shape) != 3:
+                raise UnsupportedLayerError(f"layer {op.name} (avgpool): needs a [C, H, W] input, got {in_shape}")
+            oh, ow = (int(v) for v in a["output_size"])
+            if (oh, ow) == (1, 1):
+                y = self.node("GlobalAveragePool", [src[0]], self.fresh(f"{op.output}_gap"), name=f"{op.name}/GlobalAveragePool")
+                self.quantize(op.output, y, op.out_q, op.name)
+            else:
+                self.adaptive_pool(op, in_shape, (oh, ow))
         elif op.kind == "avgpool":
             in_shape = self.shape_of[op.inputs[0]]
             k, st, pd = tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"])
@@ -326,7 +417,199 @@ class _Builder:
                 raise UnsupportedLayerError(f"layer {op.name} (flatten): only [batch, features] outputs are supported, got {out_shape}")
             y = self.node("Flatten", [src[0]], self.fresh(f"{op.output}_flat"), name=f"{op.name}/Flatten", axis=1)
             self.quantize(op.output, y, op.out_q, op.name, may_leave_range=False)
+        elif op.kind == "mul":
+            # DQ→Mul→Q: ONNX Runtime fuses it into QLinearMul (broadcasting included).
+            y = self.node("Mul", [src[0], src[1]], self.fresh(f"{op.output}_mul"), name=f"{op.name}/Mul")
+            self.quantize(op.output, y, op.out_q, op.name, relu=bool(a.get("relu")), bounds=out_bounds(op))
+        elif op.kind == "cat":
+            # DQ→Concat→Q: QLinearConcat, which requantizes each input by a 256-entry table.
+            ndim = len(self.shape_of[op.inputs[0]]) + 1
+            axis = int(a["axis"])
+            if not (-ndim < axis < ndim) or axis % ndim == 0:
+                raise UnsupportedLayerError(f"layer {op.name} (cat): axis {axis} must be a non-batch axis of a {ndim}-D value")
+            y = self.node("Concat", src, self.fresh(f"{op.output}_cat"), name=f"{op.name}/Concat", axis=axis)
+            self.quantize(op.output, y, op.out_q, op.name)
+        elif op.kind == "clamp":
+            self.clamp(op)
+        elif op.kind == "lut":
+            self.lut(op)
+        elif op.kind == "mean":
+            self.mean(op)
+        elif op.kind in ("reshape", "permute", "slice"):
+            self.move(op, out_shape)
         self.shape_of[op.output] = out_shape
+
+    # ---- the new kinds' forms -------------------------------------------------------
+    def same_q(self, op: IntOp) -> ActQ:
+        xq = self.q_of[op.inputs[0]]
+        if op.out_q != xq:
+            raise UnsupportedLayerError(f"layer {op.name} ({op.kind}): output qparams {op.out_q} differ from its input's {xq}")
+        return xq
+
+    def move(self, op: IntOp, out_shape: tuple[int, ...]) -> None:
+        """reshape / permute / slice: the integer op on the codes themselves (exact).
+
+        ONNX Runtime cannot Reshape or Slice 4-bit codes, so in the int4 form those move
+        the DQ'd floats and quantize again, into 8 bits (a type change also keeps ORT
+        from folding the DQ/Q pair back into a 4-bit op): the same codes.
+        """
+        xq = self.same_q(op)
+        a = op.attrs
+        ndim = len(self.shape_of[op.inputs[0]]) + 1
+        if op.kind == "reshape":
+            # 0 copies the batch dimension (also an empty batch, where -1 would be ambiguous).
+            shape = self.init(f"{op.name}.shape", np.array([0, *out_shape], dtype=np.int64))
+            op_type, extra, attrs = "Reshape", [shape], {}
+        elif op.kind == "permute":
+            perm = [int(d) for d in a["dims"]]
+            if sorted(perm) != list(range(ndim)) or perm[0] != 0:
+                raise UnsupportedLayerError(f"layer {op.name} (permute): dims {perm} must permute 0..{ndim - 1} keeping the batch first")
+            op_type, extra, attrs = "Transpose", [], {"perm": perm}
+        else:
+            axis = int(a["axis"])
+            if not (-ndim < axis < ndim) or axis % ndim == 0:
+                raise UnsupportedLayerError(f"layer {op.name} (slice): axis {axis} must be a non-batch axis of a {ndim}-D value")
+            st = self.init(f"{op.name}.starts", np.array([int(a["start"])], dtype=np.int64))
+            en = self.init(f"{op.name}.ends", np.array([int(a["end"])], dtype=np.int64))
+            ax = self.init(f"{op.name}.axes", np.array([axis % ndim], dtype=np.int64))
+            op_type, extra, attrs = "Slice", [st, en, ax], {}
+        x, t = self.codes_of[op.inputs[0]], self.code_type[op.inputs[0]]
+        if t in (TensorProto.INT4, TensorProto.UINT4):
+            y = self.node(op_type, [self.float_of[op.inputs[0]], *extra], self.fresh(f"{op.output}_{op_type.lower()}"), name=f"{op.name}/{op_type}", **attrs)
+            self.quantize(op.output, y, xq, op.name, may_leave_range=False, four_bit_ok=False)
+        else:
+            self.integer_value(op.output, xq, t, lambda c: self.node(op_type, [x, *extra], c, name=f"{op.name}/{op_type}", **attrs))
+
+    def clamp(self, op: IntOp) -> None:
+        """A standalone clamp of codes: an integer Clip on them (8-bit containers), else a
+        float Clip at the bounds' real values between DQ and Q (same codes)."""
+        xq = self.same_q(op)
+        lo, hi = int(op.attrs["lo"]), int(op.attrs["hi"])
+        # min(max(q, lo), hi) on codes inside [qmin, qmax] is one clamp to [lo', hi']:
+        lo_e, hi_e = min(max(xq.qmin, lo), hi), min(max(xq.qmax, lo), hi)
+        lo_e, hi_e = min(lo_e, hi_e), hi_e
+        if not (xq.qmin <= lo_e <= hi_e <= xq.qmax):
+            raise UnsupportedLayerError(f"layer {op.name} (clamp): bounds [{lo}, {hi}] put codes outside [{xq.qmin}, {xq.qmax}]")
+        x, t = self.codes_of[op.inputs[0]], self.code_type[op.inputs[0]]
+        if t in (TensorProto.UINT8, TensorProto.INT8):
+            self.integer_value(op.output, xq, t, lambda c: self.int_clip(op.output, x, c, t, lo_e, hi_e))
+        else:
+            y = self.float_clip(op.output, self.float_of[op.inputs[0]], xq, lo_e, hi_e)
+            self.quantize(op.output, y, xq, op.name, may_leave_range=False, four_bit_ok=False)
+
+    def lut(self, op: IntOp) -> None:
+        """``table[q − qmin]`` as a Gather of an integer table indexed by the codes.
+
+        The table spans the whole container (256 or 16 entries) so the codes index it
+        directly: unsigned codes as 0..n−1, signed codes as −n/2..n/2−1, which Gather
+        reads from the back (its negative indices). Entries outside [qmin, qmax] repeat
+        the nearest real entry; no code reaches them.
+        """
+        xq, yq = self.q_of[op.inputs[0]], op.out_q
+        x, t_in = self.codes_of[op.inputs[0]], self.code_type[op.inputs[0]]
+        if t_in not in (TensorProto.UINT8, TensorProto.INT8, TensorProto.UINT4, TensorProto.INT4):
+            raise UnsupportedLayerError(
+                f"layer {op.name} (lut): a lookup table needs 8-bit input codes, got {_type_name(t_in)} for [{xq.qmin}, {xq.qmax}]"
+            )
+        table = op.tensors["table"].to(torch.int64).cpu().numpy().ravel()
+        if table.size != xq.qmax - xq.qmin + 1:
+            raise ExportError(f"layer {op.name} (lut): table has {table.size} entries, the input range [{xq.qmin}, {xq.qmax}] needs {xq.qmax - xq.qmin + 1}")
+        if table.size and (table.min() < yq.qmin or table.max() > yq.qmax):
+            raise ExportError(f"layer {op.name} (lut): table values leave the output range [{yq.qmin}, {yq.qmax}]")
+        t_out = self.container(yq, op.name, four_bit_ok=False)
+        tmin, tmax = _RANGES[t_in]
+        n = tmax - tmin + 1
+        codes = np.arange(tmin, tmax + 1)
+        full = table[np.clip(codes, xq.qmin, xq.qmax) - xq.qmin]
+        order = np.argsort(codes % n)  # position p holds code c with c ≡ p (mod n)
+        tab = self.init(f"{op.name}.table", full[order].astype(_NUMPY[t_out]))
+        idx = self.node("Cast", [x], self.fresh(f"{op.output}_idx"), name=f"{op.name}/Cast", to=TensorProto.INT32)
+        self.integer_value(op.output, yq, t_out, lambda c: self.node("Gather", [tab, idx], c, name=f"{op.name}/Gather", axis=0))
+
+    def mean(self, op: IntOp) -> None:
+        """Mean over ``dims``: GlobalAveragePool (QLinearGlobalAveragePool) for the
+        spatial dims of a 4-D value, else the exact sum-and-requantize form."""
+        a = op.attrs
+        in_shape = self.shape_of[op.inputs[0]]
+        ndim = len(in_shape) + 1
+        dims = sorted({int(d) % ndim for d in a["dims"]})
+        if any(not (-ndim <= int(d) < ndim) for d in a["dims"]) or not dims or 0 in dims:
+            raise UnsupportedLayerError(f"layer {op.name} (mean): dims {list(a['dims'])} must be non-batch axes of a {ndim}-D value")
+        keep = bool(a.get("keepdim"))
+        if ndim == 4 and dims == [2, 3]:
+            pooled = op.output if keep else f"{op.output}_pooled"
+            y = self.node("GlobalAveragePool", [self.float_of[op.inputs[0]]], self.fresh(f"{op.output}_gap"), name=f"{op.name}/GlobalAveragePool")
+            if not keep and self.low_bit == "int4":
+                # ONNX Runtime cannot Reshape 4-bit codes: drop the axes before Q (no fusion
+                # to lose: the int4 form runs its pools in float).
+                shape = self.init(f"{op.name}.shape", np.array([0, in_shape[0]], dtype=np.int64))
+                y = self.node("Reshape", [y, shape], self.fresh(f"{op.output}_flat"), name=f"{op.name}/Reshape")
+                pooled = op.output
+            self.quantize(pooled, y, op.out_q, op.name)
+            self.shape_of[pooled] = (in_shape[0], 1, 1) if pooled != op.output else tuple(op.attrs["out_shape"])
+            if pooled != op.output:
+                codes, t = self.codes_of[pooled], self.code_type[pooled]
+                shape = self.init(f"{op.name}.shape", np.array([0, in_shape[0]], dtype=np.int64))
+                self.integer_value(op.output, op.out_q, t, lambda c: self.node("Reshape", [codes, shape], c, name=f"{op.name}/Reshape"))
+            return
+        mult = self.multiplier(op, (1,)).reshape(())
+        d = self.centered(op)
+        axes = self.init(f"{op.name}.axes", np.array(dims, dtype=np.int64))
+        acc = self.node("ReduceSum", [d, axes], self.fresh(f"{op.output}_sum"), name=f"{op.name}/ReduceSum", keepdims=int(keep))
+        self.requantize_exact(op, acc, mult)
+
+    def multiplier(self, op: IntOp, shape: tuple[int, ...]) -> np.ndarray:
+        """The op's float64 requantization multipliers (the IntModel's own values, so the
+        float64 form below reproduces its float rounding bit for bit)."""
+        m = op.tensors["multiplier"].to(torch.float64).cpu().numpy()
+        if m.size != int(np.prod(shape)):
+            raise ExportError(f"layer {op.name} ({op.kind}): multiplier has shape {list(m.shape)}, expected {list(shape)}")
+        return m.reshape(shape)
+
+    def adaptive_pool(self, op: IntOp, in_shape: tuple[int, ...], out: tuple[int, int]) -> None:
+        """Adaptive average pooling with PyTorch's (possibly uneven, overlapping) bins.
+
+        ONNX has no such pool: the bin sums are two MatMuls with 0/1 matrices on the
+        centred codes in float64 (integer sums, exact), then the exact requantization
+        with each bin's own multiplier s_x/(count·s_y).
+        """
+        _, h, w = in_shape
+        rows, cols = adaptive_bins(h, out[0]), adaptive_bins(w, out[1])
+        ph = np.zeros((out[0], h))
+        for i, (s0, e0) in enumerate(rows):
+            ph[i, s0:e0] = 1.0
+        pw = np.zeros((w, out[1]))
+        for j, (s0, e0) in enumerate(cols):
+            pw[s0:e0, j] = 1.0
+        mult = self.multiplier(op, out)
+        d = self.centered(op)
+        pw_n = self.init(f"{op.name}.bins_w", pw)
+        ph_n = self.init(f"{op.name}.bins_h", ph)
+        sw = self.node("MatMul", [d, pw_n], self.fresh(f"{op.output}_sumw"), name=f"{op.name}/MatMulW")
+        acc = self.node("MatMul", [ph_n, sw], self.fresh(f"{op.output}_sum"), name=f"{op.name}/MatMulH")
+        self.requantize_exact(op, acc, mult)
+
+    def centered(self, op: IntOp) -> str:
+        """float64 ``q − z`` of the op's input codes (exact)."""
+        xq = self.q_of[op.inputs[0]]
+        x = self.codes_of[op.inputs[0]]
+        xd = self.node("Cast", [x], self.fresh(f"{op.output}_f64"), name=f"{op.name}/Cast", to=TensorProto.DOUBLE)
+        z = self.init(f"{op.name}.input_zero_point", np.array(float(xq.zero_point), dtype=np.float64))
+        return self.node("Sub", [xd, z], self.fresh(f"{op.output}_centered"), name=f"{op.name}/Sub")
+
+    def requantize_exact(self, op: IntOp, acc: str, mult: np.ndarray) -> None:
+        """``clamp(round_half_even(acc · M) + z)`` in float64: the IntModel's float requantization."""
+        yq = op.out_q
+        t = self.container(yq, op.name, four_bit_ok=False)
+        m = self.init(f"{op.name}.multiplier", mult.astype(np.float64))
+        zo = self.init(f"{op.name}.output_zero_point", np.array(float(yq.zero_point), dtype=np.float64))
+        lo = self.init(f"{op.name}.output_min", np.array(float(yq.qmin), dtype=np.float64))
+        hi = self.init(f"{op.name}.output_max", np.array(float(yq.qmax), dtype=np.float64))
+        p = self.node("Mul", [acc, m], self.fresh(f"{op.output}_scaled"), name=f"{op.name}/Mul")
+        r = self.node("Round", [p], self.fresh(f"{op.output}_round"), name=f"{op.name}/Round")  # half to even
+        y = self.node("Add", [r, zo], self.fresh(f"{op.output}_shift"), name=f"{op.name}/Add")
+        c = self.node("Clip", [y, lo, hi], self.fresh(f"{op.output}_clip"), name=f"{op.name}/Clip")
+        self.integer_value(op.output, yq, t, lambda codes: self.node("Cast", [c], codes, name=f"{op.name}/CastOut", to=t))
 
     def build(self) -> tuple[onnx.ModelProto, int]:
         m = self.m
@@ -488,8 +771,6 @@ def export_onnx(
 
 def _verify(data: bytes, im: IntModel) -> None:
     """ONNX Runtime loads the bytes and runs two inputs; its failures become ExportErrors."""
-    from .runtime import run_onnx
-
     try:
         run_onnx(data, np.zeros((2, *im.input_shape), dtype=np.float32))
     except Exception as e:  # onnxruntime raises its own exception types (Fail, NotImplemented, …)

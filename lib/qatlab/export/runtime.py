@@ -1,4 +1,4 @@
-"""Running the exported graph in ONNX Runtime, and comparing it with the IntModel.
+"""Comparing the exported graph, as ONNX Runtime runs it (:mod:`.session`), with the IntModel.
 
 ONNX Runtime (CPU, default graph optimizations) fuses every DQ→op→Q group into an
 integer kernel; see ``emulate_ort`` for the arithmetic those kernels use and why it
@@ -8,130 +8,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
 import torch
 
 from qatlab.intmodel import ActQ, IntModel, IntOp, run
 from qatlab.intmodel.reference import run_conv, run_linear, run_op
 
+from . import ort_arith
 from .errors import ExportError
-from .qdq import CODES_NAME, INPUT_NAME, LOGITS_NAME
-
-OPTIMIZATIONS = ("all", "extended", "basic", "disable")
-
-
-def ort_session(model: str | os.PathLike[str] | bytes, *, optimization: str = "all", threads: int | None = None) -> Any:
-    """An ``onnxruntime.InferenceSession`` on the CPU provider.
-
-    ``optimization``: ONNX Runtime's graph optimization level; ``"all"`` (its default)
-    fuses the QDQ groups into integer kernels, ``"disable"`` runs every Q, DQ and
-    float op as written. ``threads`` defaults to ORT's own choice.
-    """
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort_session_level(optimization)
-    so.log_severity_level = 3
-    # Batch inference: idle pool threads should sleep, not spin on cores others need.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    if threads is not None:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-    src = model if isinstance(model, bytes) else os.fspath(model)
-    return ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"])
-
-
-def ort_kernels(model: str | os.PathLike[str] | bytes, *, optimization: str = "all") -> dict[str, int]:
-    """Op types of the graph ONNX Runtime actually executes after its optimizations
-    (e.g. ``QLinearConv`` where a DQ→Conv→Q group was fused into an integer kernel)."""
-    import tempfile
-
-    import onnx
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory() as d:
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        so.graph_optimization_level = ort_session_level(optimization)
-        so.optimized_model_filepath = os.path.join(d, "optimized.onnx")
-        src = model if isinstance(model, bytes) else os.fspath(model)
-        ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"])
-        graph = onnx.load(so.optimized_model_filepath).graph
-    counts: dict[str, int] = {}
-    for n in graph.node:
-        counts[n.op_type] = counts.get(n.op_type, 0) + 1
-    return counts
-
-
-def ort_session_level(optimization: str) -> Any:
-    import onnxruntime as ort
-
-    if optimization not in OPTIMIZATIONS:
-        raise ExportError(f"optimization {optimization!r} is unknown; expected one of {', '.join(OPTIMIZATIONS)}")
-    return {
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    }[optimization]
-
-
-class OnnxOutputs(NamedTuple):
-    logits: torch.Tensor  # float32 [N, classes]: the dequantized codes
-    codes: torch.Tensor  # int32 [N, classes]: the last QuantizeLinear's codes
-    extra: dict[str, torch.Tensor]  # other graph outputs (exposed intermediate codes), int32
-
-
-def _session(model: Any, optimization: str, threads: int | None) -> Any:
-    if hasattr(model, "run") and hasattr(model, "get_inputs"):
-        return model
-    return ort_session(model, optimization=optimization, threads=threads)
-
-
-def run_onnx(
-    model: str | os.PathLike[str] | bytes | Any,
-    x: torch.Tensor | np.ndarray,
-    *,
-    batch_size: int = 1000,
-    optimization: str = "all",
-    threads: int | None = None,
-) -> OnnxOutputs:
-    """Logits and output codes of an exported graph (a path, bytes or a session) on float inputs ``x``."""
-    sess = _session(model, optimization, threads)
-    xs = x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
-    types = {o.name: o.type for o in sess.get_outputs()}
-    if LOGITS_NAME not in types or CODES_NAME not in types:
-        raise ExportError(f"the graph's outputs {sorted(types)} lack '{LOGITS_NAME}'/'{CODES_NAME}': not a qatlab export")
-    # onnxruntime's Python API cannot hand out 4-bit tensors; the codes of a 4-bit
-    # output are recovered from the logits (exact: logits = s·(q − z) in float32).
-    names = [n for n, t in types.items() if "int4" not in t]
-    outs: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for start in range(0, xs.shape[0], batch_size):
-        res = sess.run(names, {INPUT_NAME: np.ascontiguousarray(xs[start : start + batch_size])})
-        for n, r in zip(names, res):
-            outs[n].append(r)
-    cat = {n: np.concatenate(v) for n, v in outs.items() if v}
-    if not cat:  # no inputs
-        shape = (0, *[d if isinstance(d, int) else 0 for d in sess.get_outputs()[0].shape[1:]])
-        cat = {n: np.empty(shape, dtype=np.float32) for n in names}
-    logits = cat[LOGITS_NAME].astype(np.float32)
-    if CODES_NAME in cat:
-        codes = cat[CODES_NAME].astype(np.int32)
-    else:
-        meta = sess.get_modelmeta().custom_metadata_map
-        scale, zp = np.float32(float(meta["qatlab.output_scale"])), int(meta["qatlab.output_zero_point"])
-        codes = (np.rint(logits / scale) + zp).astype(np.int32)
-    extra = {n: torch.from_numpy(v.astype(np.int32)) for n, v in cat.items() if n not in (LOGITS_NAME, CODES_NAME)}
-    return OnnxOutputs(torch.from_numpy(logits), torch.from_numpy(codes), extra)
-
-
-def predict_onnx(model: str | os.PathLike[str] | bytes | Any, x: torch.Tensor, **kw: Any) -> torch.Tensor:
-    """Class predictions: argmax of the output codes, first index on ties, as ``intmodel.predict``."""
-    return run_onnx(model, x, **kw).codes.argmax(dim=1)
-
+from .names import CODES_NAME
+from .qdq import build_onnx, out_bounds
+from .session import open_session, ort_session, run_onnx
 
 # ---- ONNX Runtime's arithmetic, replayed on the IntModel -----------------------------
 #
@@ -152,6 +40,7 @@ def predict_onnx(model: str | os.PathLike[str] | bytes | Any, x: torch.Tensor, *
 #   fixed-point AVX2 kernel of some MLAS versions, 22-bit multipliers rounded half
 #   away from zero, missed 16 of them.)
 # * QLinearGlobalAveragePool: ``scale = fp32(s_x / fp32(s_y · count))``, then as conv.
+# * mul, cat, mean, adaptive pools and the integer ops on codes: see ``ort_arith``.
 #
 # ``emulate_ort`` runs the IntModel with exactly these rules, so comparing ONNX Runtime
 # with it tells whether every difference from the reference is explained by them.
@@ -168,9 +57,8 @@ def _ort_round(t: torch.Tensor) -> torch.Tensor:
 def _clamp_out(y: torch.Tensor, op: IntOp) -> torch.Tensor:
     # The graph's Q saturates to its type and the Clip (or Relu) narrows to the
     # IntModel's [lo, qmax]; for codes both are the one clamp below.
-    q = op.out_q
-    lo = q.zero_point if op.attrs.get("relu") else q.qmin
-    return (y + q.zero_point).clamp(lo, q.qmax).to(torch.int32)
+    lo, hi = out_bounds(op)
+    return (y + op.out_q.zero_point).clamp(lo, hi).to(torch.int32)
 
 
 def _accumulator(op: IntOp, x: torch.Tensor, xq: ActQ) -> torch.Tensor:
@@ -180,7 +68,8 @@ def _accumulator(op: IntOp, x: torch.Tensor, xq: ActQ) -> torch.Tensor:
     tensors = dict(op.tensors)
     out_ch = tensors["weight"].shape[0]
     tensors["multiplier"] = torch.ones(out_ch, dtype=torch.float64)
-    raw = IntOp(op.kind, op.name, op.inputs, op.output, wide, {**op.attrs, "relu": False}, tensors)
+    attrs = {k: v for k, v in op.attrs.items() if k != "clamp"}  # the output clamp is _clamp_out's
+    raw = IntOp(op.kind, op.name, op.inputs, op.output, wide, {**attrs, "relu": False}, tensors)
     acc = run_conv(x, raw, xq, "float") if op.kind == "conv" else run_linear(x, raw, xq, "float")
     return acc.to(torch.int64)
 
@@ -231,6 +120,8 @@ def emulate_ort(model: IntModel, x: torch.Tensor, batch_size: int = 1000, captur
             out = _emulate_matmul_layer(op, vals[op.inputs[0]], qs[op.inputs[0]])
         elif op.kind == "add":
             out = _emulate_add(op, vals[op.inputs[0]], vals[op.inputs[1]], qs[op.inputs[0]], qs[op.inputs[1]])
+        elif op.kind in ort_arith.KINDS or (op.kind == "avgpool" and op.attrs.get("adaptive")):
+            out = ort_arith.emulate_op(op, vals, qs)
         elif op.kind == "avgpool":
             out = _emulate_avgpool(op, vals[op.inputs[0]], qs[op.inputs[0]], tuple(vals[op.inputs[0]].shape))
         if out is None:
@@ -336,7 +227,7 @@ def compare_onnx(
     """
     if len(x) != len(y):
         raise ExportError(f"x has {len(x)} images but y has {len(y)} labels")
-    sess = _session(onnx_model, optimization, threads)
+    sess = open_session(onnx_model, optimization, threads)
     ort_out = run_onnx(sess, x, batch_size=batch_size)
     # One pass of each executor; with per_layer it keeps every value's codes.
     ref_vals: dict[str, list[torch.Tensor]] | None = {} if per_layer else None
@@ -391,8 +282,6 @@ def _layer_diffs(
     ref_vals: dict[str, list[torch.Tensor]],
     emu_vals: dict[str, list[torch.Tensor]],
 ) -> list[LayerDiff]:
-    from .qdq import build_onnx
-
     proto = build_onnx(model, expose_codes=True, check=False, low_bit=low_bit)
     sess = ort_session(proto.SerializeToString(), optimization=optimization, threads=threads)
     fetchable = {o.name for o in sess.get_outputs() if o.type in ("tensor(uint8)", "tensor(int8)", "tensor(uint16)", "tensor(int16)")}

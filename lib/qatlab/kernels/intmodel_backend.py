@@ -4,8 +4,9 @@
     codes = run(model, x, backend="cuda")          # == run(model, x) bit for bit
 
 Activations stay on the device as int32 torch tensors (the reference's layout: NCHW
-codes), so every op that is plain integer torch arithmetic (quantize, add, pools,
-relu, flatten) runs the reference's own function on them. Conv and linear go
+codes), so every op that is plain integer torch arithmetic (quantize, add, mul, cat,
+pools, mean, lut, clamp, relu and the reshapes, permutes and slices) runs the
+reference's own function on them. Conv and linear go
 through the kernel registry, handed over zero-copy (``__cuda_array_interface__``
 in, DLPack out) on torch's current stream:
 
@@ -21,8 +22,13 @@ in, DLPack out) on torch's current stream:
   (``int8_conv2d[_requant]``: implicit GEMM on tensor cores; ``int8_conv2d_direct*``
   with ``impl="dp4a"``), NHWC activations, KRSC weights, padded taps reading the
   real zero; else (or for grouped convs) im2col in code space (the reference's
-  ``conv_rows``) + the GEMM. :meth:`IntModelRunner.conv_direct` is where the conv
-  kernels plug in.
+  ``conv_rows``) + one GEMM per group. :meth:`IntModelRunner.conv_direct` is where the
+  conv kernels plug in;
+* depthwise convs (one input channel per group): ``F.conv2d`` in float64 on the
+  centred codes (:meth:`IntModelRunner.conv_depthwise`), one launch where the GEMM
+  path would make one K = kh·kw GEMM per channel;
+* a fused ``clamp`` (and ReLU) narrows the epilogue's output range: the two clamps
+  of the reference are one clamp.
 
 Ops the int8 kernels cannot take (weights or activations wider than 8 bits) run the
 CPU reference and move back: torch has no integer matmul on CUDA.
@@ -38,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 
 from qatlab.intmodel import reference as ref
 from qatlab.intmodel.model import ActQ, IntOp
@@ -68,8 +75,11 @@ class _Layer:
     bias32: list[torch.Tensor]  # per group: int32 [N_g], bias + (o − z)·Σw (fused mode only)
     mult: list[torch.Tensor]  # per group: float64 [N_g]
     bias64: torch.Tensor  # int64 [N], the same folded bias for the unfused path
-    lo: int  # the output clamp's low end (z after a fused ReLU)
+    lo: int  # the output range's low end (z after a fused ReLU, or a fused clamp's)
+    hi: int  # its high end (qmax, or a fused clamp's)
+    depthwise: bool = False
     w_krsc: torch.Tensor | None = None  # the conv kernels' weight layout, made on first use
+    w_f64: torch.Tensor | None = None  # depthwise weights for F.conv2d, made on first use
 
 
 class IntModelRunner:
@@ -128,6 +138,8 @@ class IntModelRunner:
                 return fn(q.cpu(), op, xq, rounding).to(self.device)
             if op.kind == "linear":
                 return self._matmul_requant(layer, [q.reshape(q.shape[0], -1)], rounding)
+            if layer.depthwise:
+                return self.conv_depthwise(layer, q, xq, rounding)
             if self.conv is not None and op.attrs["groups"] == 1:
                 return self.conv_direct(layer, q, xq, rounding)
             y = self._matmul_requant(layer, ref.conv_rows(q, layer.dev_op, xq), rounding)
@@ -141,7 +153,7 @@ class IntModelRunner:
         a = [self._shifted_int8(r, layer) for r in rows]
         zq = layer.op.out_q
         if layer.mode == "fused":
-            ys = [self._call(self.gemm_requant, ag, w, b, m, zq.zero_point, layer.lo, zq.qmax)
+            ys = [self._call(self.gemm_requant, ag, w, b, m, zq.zero_point, layer.lo, layer.hi)
                   for ag, w, b, m in zip(a, layer.weights, layer.bias32, layer.mult)]  # fmt: skip
             return torch.cat(ys, dim=1).to(torch.int32)
         acc = torch.cat([self._call(self.gemm, ag, w) for ag, w in zip(a, layer.weights)], dim=1)
@@ -164,13 +176,31 @@ class IntModelRunner:
                     "pad_value": xq.zero_point - layer.offset}  # fmt: skip
         conv, conv_requant = self.conv  # type: ignore[misc]
         if layer.mode == "fused":
-            y = self._call(conv_requant, x, layer.w_krsc, layer.bias32[0], layer.mult[0], zq.zero_point, layer.lo, zq.qmax, **geometry)
+            y = self._call(conv_requant, x, layer.w_krsc, layer.bias32[0], layer.mult[0], zq.zero_point, layer.lo, layer.hi, **geometry)
             # NCHW view of NHWC memory: the next conv's NHWC view of it is free.
             return y.permute(0, 3, 1, 2).to(torch.int32)
         acc = self._call(conv, x, layer.w_krsc, **geometry)  # int32 NHWC = the GEMM's [B·L, N] rows
         total = acc.reshape(-1, acc.shape[-1]).to(torch.int64) + layer.bias64
         ref._check_int32(total, layer.op)
         return ref.conv_output(ref._requant(total, layer.dev_op, rounding), layer.dev_op, q.shape[0])
+
+    def conv_depthwise(self, layer: _Layer, q: torch.Tensor, xq: ActQ, rounding: str) -> torch.Tensor:
+        """A depthwise conv as ``F.conv2d`` in float64 on ``q − z`` (zero padding = the real zero).
+
+        Every product and partial sum is an integer far below 2^53 (|w·(q − z)| < 2^31
+        per tap), so float64 holds the accumulator exactly in any summation order, and
+        float64 convolutions never take TF32 shortcuts.
+        """
+        a, dev = layer.op.attrs, layer.dev_op
+        if layer.w_f64 is None:
+            layer.w_f64 = dev.tensors["weight"].to(torch.float64)
+        d = (q.to(torch.int64) - xq.zero_point).to(torch.float64)
+        acc = F.conv2d(d, layer.w_f64, None, tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]), int(a["groups"]))
+        total = acc.to(torch.int64) + dev.tensors["bias"].to(torch.int64).view(1, -1, 1, 1)
+        ref._check_int32(total, layer.op)
+        # The reference requantizes per channel along the last dim: NHWC for it, NCHW back.
+        y = ref._requant(total.permute(0, 2, 3, 1), dev, rounding)
+        return y.permute(0, 3, 1, 2).contiguous()
 
     def _shifted_int8(self, rows: torch.Tensor, layer: _Layer) -> torch.Tensor:
         # Zero-padding K here (weights are padded once) spares the launcher a copy;
@@ -232,14 +262,14 @@ def _prepare(op: IntOp, xq: ActQ, rounding: str, dev_op: IntOp, device: torch.de
     # with |bias| too, the fused epilogue's int32 sum cannot either, and the
     # reference's overflow check could never fire.
     acc_bound = w64.abs().sum(dim=1) * int(span.abs().max())
-    yq = op.out_q
-    lo = yq.zero_point if op.attrs.get("relu") else yq.qmin
+    lo, hi = out_range(op)
     mode = _mode(w.dtype == torch.int8 and int(span.min()) >= -128 and int(span.max()) <= 127,
-                 int(acc_bound.max()), int((acc_bound + folded.abs()).max()), rounding, lo, yq.qmax)  # fmt: skip
+                 int(acc_bound.max()), int((acc_bound + folded.abs()).max()), rounding, lo, hi)  # fmt: skip
+    depthwise = groups > 1 and w.shape[1] == 1 and mode != "reference"
     kp = -(-k // K_ALIGN) * K_ALIGN
     per = n // groups
     weights, bias32, mult = [], [], []
-    for g in range(groups if mode != "reference" else 0):
+    for g in range(groups if mode != "reference" and not depthwise else 0):
         sl = slice(g * per, (g + 1) * per)
         wp = torch.zeros((per, kp), dtype=torch.int8)
         wp[:, :k] = w2[sl]
@@ -247,16 +277,30 @@ def _prepare(op: IntOp, xq: ActQ, rounding: str, dev_op: IntOp, device: torch.de
         if mode == "fused":
             bias32.append(folded[sl].to(torch.int32).to(device))
             mult.append(op.tensors["multiplier"][sl].to(torch.float64).contiguous().to(device))
-    return _Layer(op, rounding, dev_op, mode, offset, k, weights, bias32, mult, folded.to(device), lo)
+    return _Layer(op, rounding, dev_op, mode, offset, k, weights, bias32, mult, folded.to(device), lo, hi, depthwise)
 
 
-def _mode(int8_operands: bool, acc_bound: int, total_bound: int, rounding: str, lo: int, qmax: int) -> str:
+def out_range(op: IntOp) -> tuple[int, int]:
+    """The one clamp equal to the reference's two: a fused ``clamp`` [c_lo, c_hi] on the
+    requantized codes, then [z (after a fused ReLU) or qmin, qmax]."""
+    yq = op.out_q
+    lo = yq.zero_point if op.attrs.get("relu") else yq.qmin
+    c = op.attrs.get("clamp")
+    if c is None:
+        return lo, yq.qmax
+    c_lo, c_hi = int(c[0]), int(c[1])
+    if c_lo > c_hi:
+        raise KernelInputError(f"layer {op.name}: clamp [{c_lo}, {c_hi}] is empty")
+    return min(max(c_lo, lo), yq.qmax), min(max(c_hi, lo), yq.qmax)
+
+
+def _mode(int8_operands: bool, acc_bound: int, total_bound: int, rounding: str, lo: int, hi: int) -> str:
     """``fused``: one int8_gemm_requant launch. ``int32``: int8_gemm, then the reference's
     requantization on the device. ``reference``: the CPU reference (operands too wide)."""
     if not int8_operands or acc_bound > ref.INT32_MAX:
         return "reference"
     try:
-        output_dtype(lo, qmax)  # the epilogue stores 8-bit codes
+        output_dtype(lo, hi)  # the epilogue stores 8-bit codes
     except KernelInputError:
         return "int32"
     return "fused" if rounding == "float" and total_bound <= ref.INT32_MAX else "int32"
