@@ -16,14 +16,26 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from qatlab.nn import QuantAct, QuantAdd, QuantAvgPool, QuantConv2d, QuantLinear, UnsupportedLayerError
+from qatlab.nn import (
+    QuantAct,
+    QuantAdd,
+    QuantAvgPool,
+    QuantCat,
+    QuantClamp,
+    QuantConv2d,
+    QuantLinear,
+    QuantLUT,
+    QuantMean,
+    QuantMul,
+    UnsupportedLayerError,
+)
+from qatlab.nn import patterns as P
 from qatlab.nn.fake_quant import FakeQuant
+from qatlab.nn.modules import adaptive_bin_counts, adaptive_output_size
 from qatlab.quant import QParams, quantize, quantize_multiplier
 
 from .model import ActQ, IntModel, IntOp
-
-_RELU = (F.relu, torch.relu)
-_FLATTEN_FNS = (torch.flatten,)
+from .reference import quantize_input
 
 
 def _act_q(fq: FakeQuant) -> ActQ:
@@ -78,19 +90,130 @@ def convert(qat_model: fx.GraphModule, input_shape: tuple[int, ...], rounding: s
     gm.eval()
     try:
         device = next((p.device for p in gm.parameters()), torch.device("cpu"))
-        with torch.no_grad():
-            ShapeProp(gm).propagate(torch.zeros((2, *input_shape), device=device))
+        _propagate_shapes(gm, input_shape, device)
         return _walk(gm, tuple(input_shape), rounding, meta or {})
     finally:
         gm.train(was_training)
+
+
+def _propagate_shapes(gm: fx.GraphModule, input_shape: tuple[int, ...], device: torch.device) -> None:
+    """Every node's output shape, from one float pass on a batch of 1: shapes do not
+    depend on quantization, and the fake quantizers were most of a pass's time."""
+    fqs = [m for m in gm.modules() if isinstance(m, FakeQuant)]
+    flags = [(m.enabled, m.observe) for m in fqs]
+    for m in fqs:
+        m.enabled = m.observe = False
+    try:
+        # A real pass, not fake tensors: their first use imports torch._dynamo, which
+        # costs more than a batch-1 float pass of a ResNet-50.
+        with torch.no_grad():
+            ShapeProp(gm).propagate(torch.zeros((1, *input_shape), device=device))
+    finally:
+        for m, (enabled, observe) in zip(fqs, flags):
+            m.enabled, m.observe = enabled, observe
 
 
 def _shape(node: fx.Node) -> tuple[int, ...]:
     return tuple(node.meta["tensor_meta"].shape)[1:]
 
 
+def _rank(node: fx.Node) -> int:
+    return len(node.meta["tensor_meta"].shape)
+
+
+def _codes(q: ActQ, value: float) -> int:
+    """The code of a real value on grid ``q``, in the fake quantizers' float32 arithmetic."""
+    return int(quantize_input(torch.tensor([value]), q)[0])
+
+
+def _clamp_attr(bounds: tuple[float | None, float | None] | None, yq: ActQ) -> dict[str, Any]:
+    """A fused clamp as integer bounds on the output codes (monotone rounding makes
+    quantize(clamp(y)) == clamp(quantize(y)))."""
+    if bounds is None:
+        return {}
+    lo, hi = bounds
+    return {"clamp": (yq.qmin if lo is None else _codes(yq, lo), yq.qmax if hi is None else _codes(yq, hi))}
+
+
+def _requant_scalar(real: float, suffix: str = "") -> dict[str, torch.Tensor]:
+    return {f"{k}{suffix}": v for k, v in _requant_tensors(torch.tensor([real], dtype=torch.float64)).items()}
+
+
+def _lut_table(mod: QuantLUT, xq: ActQ, name: str) -> torch.Tensor:
+    """``table[c − qmin]`` = the fake-quant model's output code for input code c: the
+    module's own function and output quantizer run on every dequantized input code."""
+    if xq.bits > 8:
+        raise UnsupportedLayerError(f"node {name}: a {mod.fn} table needs inputs of at most 8 bits, got {xq.bits}")
+    fq = mod.act_fq
+    x = (torch.arange(xq.qmin, xq.qmax + 1, dtype=torch.float32) - xq.zero_point) * torch.tensor(xq.scale, dtype=torch.float32)
+    yq = _act_q(fq)
+    observe = fq.observe
+    fq.observe = False  # a table build is not data; keep the calibrated range as it is
+    try:
+        with torch.no_grad():
+            y = fq(mod.apply_fn(x.to(fq.lo.device))).cpu()
+    finally:
+        fq.observe = observe
+    # y holds k·s_y exactly (k an integer below 2^24): dividing back recovers k.
+    return (torch.round(y.double() / yq.scale) + yq.zero_point).clamp(yq.qmin, yq.qmax).to(torch.int32)
+
+
+def _split_offsets(node: fx.Node, axis: int) -> list[tuple[int, int]]:
+    """(start, end) along ``axis`` of each piece of a chunk/split node."""
+    metas = node.meta["tensor_meta"]
+    bounds, start = [], 0
+    for m in metas:
+        n = int(m.shape[axis])
+        bounds.append((start, start + n))
+        start += n
+    return bounds
+
+
+def _split_axis(node: fx.Node) -> int:
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+    rank = len(node.args[0].meta["tensor_meta"].shape)
+    return int(dim) % rank
+
+
+def _basic_slices(node: fx.Node) -> list[tuple[int, int, int]]:
+    """``x[:, a:b, c:]``-style indexing: contiguous ranges on non-batch axes, as
+    (axis, start, end), one slice op each."""
+    index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+    shape = tuple(node.args[0].meta["tensor_meta"].shape)
+    bad = UnsupportedLayerError(
+        f"node {node.name}: indexing {index!r} is not supported; only contiguous ranges on non-batch axes (x[:, a:b]) are"
+    )
+    if len(index) > len(shape) or not all(isinstance(i, slice) for i in index):
+        raise bad
+    cuts = []
+    for axis, sl in enumerate(index):
+        if sl == slice(None):
+            continue
+        if axis == 0 or not all(v is None or isinstance(v, int) for v in (sl.start, sl.stop, sl.step)):
+            raise bad
+        start, end, step = sl.indices(int(shape[axis]))
+        if step != 1 or end <= start:
+            raise bad
+        cuts.append((axis, start, end))
+    return cuts
+
+
+def _permutation(node: fx.Node) -> tuple[int, ...]:
+    rank = _rank(node)
+    if node.target in ("transpose",) or node.target is torch.transpose:
+        d0, d1 = (int(d) % rank for d in node.args[1:3])
+        perm = list(range(rank))
+        perm[d0], perm[d1] = perm[d1], perm[d0]
+        return tuple(perm)
+    dims = node.args[1:] if node.op == "call_method" else node.args[1]
+    if node.op == "call_method" and len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+        dims = dims[0]
+    return tuple(int(d) % rank for d in dims)
+
+
 def _walk(gm: fx.GraphModule, input_shape: tuple[int, ...], rounding: str, meta: dict[str, Any]) -> IntModel:
     modules = dict(gm.named_modules())
+    shape_vals = P.shape_values(gm.graph)
     q_of: dict[str, ActQ] = {}  # value name -> its qparams
     ops: list[IntOp] = []
     alias: dict[str, str] = {}  # no-op nodes (Identity, Dropout, contiguous) -> the value they pass on
@@ -111,7 +234,64 @@ def _walk(gm: fx.GraphModule, input_shape: tuple[int, ...], rounding: str, meta:
         ops.append(IntOp(kind, name, [i if isinstance(i, str) else ref(i) for i in inputs], name, out_q, attrs, tensors or {}))
         q_of[name] = out_q
 
+    def pass_through(node: fx.Node) -> bool:
+        """Grid-preserving ops: emit their op (or alias them); False if not one."""
+        src = node.args[0] if node.args else None
+        t = node.target
+        if P.is_alias(node, modules):
+            need_q(src, node.name)
+            alias[node.name] = ref(src)
+        elif P.is_relu(node, modules):
+            emit("relu", node, [src], need_q(src, node.name))
+        elif (
+            (node.op == "call_module" and isinstance(modules[str(t)], nn.Flatten))
+            or (node.op == "call_function" and t in P.RESHAPE_FNS)
+            or (node.op == "call_method" and t in P.RESHAPE_METHODS)
+        ):
+            _reshape(node, src, emit, need_q)
+        elif (node.op == "call_function" and t in P.PERMUTE_FNS) or (node.op == "call_method" and t in P.PERMUTE_METHODS):
+            xq = need_q(src, node.name)
+            perm = _permutation(node)
+            if perm == tuple(range(len(perm))):
+                alias[node.name] = ref(src)
+            elif perm[0] != 0:
+                raise UnsupportedLayerError(f"node {node.name}: a permutation {perm} that moves the batch axis is not supported")
+            else:
+                emit("permute", node, [src], xq, {"dims": perm})
+        elif (node.op == "call_function" and t in P.SPLIT_FNS) or (node.op == "call_method" and t in P.SPLIT_METHODS):
+            need_q(src, node.name)  # its pieces become slices where they are used
+        elif node.op == "call_function" and t is operator.getitem:
+            parent = node.args[0]
+            is_split = isinstance(parent, fx.Node) and (
+                (parent.op == "call_function" and parent.target in P.SPLIT_FNS)
+                or (parent.op == "call_method" and parent.target in P.SPLIT_METHODS)
+            )
+            if is_split and isinstance(node.args[1], int):
+                axis = _split_axis(parent)
+                start, end = _split_offsets(parent, axis)[node.args[1]]
+                emit("slice", node, [parent.args[0]], need_q(parent.args[0], node.name), {"axis": axis, "start": start, "end": end})
+            else:
+                xq = need_q(parent, node.name)
+                cuts = _basic_slices(node)
+                src_name: fx.Node | str = parent
+                shape = list(parent.meta["tensor_meta"].shape)[1:]
+                for k, (axis, start, end) in enumerate(cuts):
+                    shape[axis - 1] = end - start
+                    last = k == len(cuts) - 1
+                    name = node.name if last else f"{node.name}_axis{axis}"
+                    emit("slice", node, [src_name], xq, {"axis": axis, "start": start, "end": end, "out_shape": tuple(shape)}, name=name)
+                    src_name = name
+                if not cuts:
+                    alias[node.name] = ref(parent)
+        elif node.op == "call_module" and isinstance(modules[str(t)], nn.MaxPool2d):
+            emit("maxpool", node, [src], need_q(src, node.name), _maxpool_attrs(modules[str(t)]))
+        else:
+            return False
+        return True
+
     for node in gm.graph.nodes:
+        if node in shape_vals:
+            continue
         if node.op == "placeholder":
             if input_name is not None:
                 raise UnsupportedLayerError("the integer model takes one input; the model has several")
@@ -135,7 +315,7 @@ def _walk(gm: fx.GraphModule, input_shape: tuple[int, ...], rounding: str, meta:
                 tensors, attrs = _weights(mod, node.name, xq.scale)
                 real = tensors["w_scale"].double() * xq.scale / yq.scale
                 tensors.update(_requant_tensors(real))
-                attrs.update(relu=mod.relu, in_shape=_shape(src), a_bits=xq.bits)
+                attrs.update(relu=mod.relu, in_shape=_shape(src), a_bits=xq.bits, **_clamp_attr(mod.clamp, yq))
                 if isinstance(mod, QuantConv2d):
                     c = mod.conv
                     attrs.update(stride=tuple(c.stride), padding=tuple(c.padding), dilation=tuple(c.dilation), groups=c.groups, kernel=tuple(c.kernel_size))
@@ -157,49 +337,60 @@ def _walk(gm: fx.GraphModule, input_shape: tuple[int, ...], rounding: str, meta:
                 yq = _act_q(mod.act_fq)
                 tensors = {}
                 for tag, q in (("a", qa), ("b", qb)):
-                    for k, v in _requant_tensors(torch.tensor([q.scale / yq.scale])).items():
-                        tensors[f"{k}_{tag}"] = v
+                    tensors.update(_requant_scalar(q.scale / yq.scale, f"_{tag}"))
                     tensors[f"real_{tag}"] = torch.tensor([q.scale / yq.scale], dtype=torch.float64)
-                emit("add", node, [a, b], yq, {"relu": mod.relu}, tensors)
+                emit("add", node, [a, b], yq, {"relu": mod.relu, **_clamp_attr(mod.clamp, yq)}, tensors)
+            elif isinstance(mod, QuantMul):
+                a, b = node.args
+                qa, qb = need_q(a, node.name), need_q(b, node.name)
+                yq = _act_q(mod.act_fq)
+                emit("mul", node, [a, b], yq, {"relu": mod.relu, **_clamp_attr(mod.clamp, yq)}, _requant_scalar(qa.scale * qb.scale / yq.scale))
+            elif isinstance(mod, QuantCat):
+                yq = _act_q(mod.act_fq)
+                tensors = {}
+                for i, a in enumerate(node.args):
+                    tensors.update(_requant_scalar(need_q(a, node.name).scale / yq.scale, f"_{i}"))
+                axis = mod.dim % _rank(node)
+                if axis == 0:
+                    raise UnsupportedLayerError(f"node {node.name}: concatenation along the batch axis is not supported")
+                emit("cat", node, list(node.args), yq, {"axis": axis}, tensors)
+            elif isinstance(mod, QuantMean):
+                xq = need_q(src, node.name)
+                yq = _act_q(mod.act_fq)
+                rank = _rank(src)
+                dims = tuple(sorted({d % rank for d in mod.dims}))
+                if 0 in dims:
+                    raise UnsupportedLayerError(f"node {node.name}: a mean over the batch axis is not supported")
+                in_full = (0, *_shape(src))
+                count = 1
+                for d in dims:
+                    count *= in_full[d]
+                attrs = {"dims": dims, "keepdim": mod.keepdim, "count": count}
+                emit("mean", node, [src], yq, attrs, _requant_scalar(xq.scale / (count * yq.scale)))
+            elif isinstance(mod, QuantLUT):
+                xq = need_q(src, node.name)
+                emit("lut", node, [src], _act_q(mod.act_fq), {"fn": mod.fn}, {"table": _lut_table(mod, xq, node.name)})
+            elif isinstance(mod, QuantClamp):
+                xq = need_q(src, node.name)
+                lo = xq.qmin if mod.lo is None else _codes(xq, mod.lo)
+                hi = xq.qmax if mod.hi is None else _codes(xq, mod.hi)
+                emit("clamp", node, [src], xq, {"lo": lo, "hi": hi})
             elif isinstance(mod, QuantAvgPool):
                 xq = need_q(src, node.name)
                 yq = _act_q(mod.act_fq)
-                emit("avgpool", node, [src], yq, _pool_attrs(mod.pool, _shape(src), node.name, xq, yq), {})
-            elif isinstance(mod, nn.MaxPool2d):
-                xq = need_q(src, node.name)
-                emit("maxpool", node, [src], xq, _maxpool_attrs(mod))
-            elif isinstance(mod, nn.ReLU):
-                emit("relu", node, [src], need_q(src, node.name))
-            elif isinstance(mod, nn.Flatten):
-                _flatten(node, src, emit, need_q)
-            elif isinstance(mod, (nn.Identity, nn.Dropout)):
-                need_q(src, node.name)
-                alias[node.name] = ref(src)
-            else:
+                attrs, tensors = _pool_attrs(mod.pool, _shape(src), node.name, xq, yq)
+                emit("avgpool", node, [src], yq, attrs, tensors)
+            elif not pass_through(node):
                 raise UnsupportedLayerError(f"node {node.name}: layer {node.target!r} of type {type(mod).__name__} is not supported by the integer model")
         elif node.op == "call_function":
-            src = node.args[0]
-            if node.target in _RELU:
-                emit("relu", node, [src], need_q(src, node.name))
-            elif node.target in _FLATTEN_FNS:
-                _flatten(node, src, emit, need_q)
-            elif node.target is F.max_pool2d:
+            if node.target is F.max_pool2d:
                 raise UnsupportedLayerError(f"node {node.name}: use nn.MaxPool2d rather than F.max_pool2d")
-            elif node.target in (getattr, operator.getitem):
+            if node.target is getattr:
                 continue
-            else:
+            if not pass_through(node):
                 raise UnsupportedLayerError(f"node {node.name}: function {getattr(node.target, '__name__', node.target)} is not supported by the integer model")
         elif node.op == "call_method":
-            if node.target == "size":
-                continue
-            if node.target in ("view", "reshape", "flatten"):
-                _flatten(node, node.args[0], emit, need_q)
-            elif node.target == "relu":
-                emit("relu", node, [node.args[0]], need_q(node.args[0], node.name))
-            elif node.target == "contiguous":
-                need_q(node.args[0], node.name)
-                alias[node.name] = ref(node.args[0])
-            else:
+            if not pass_through(node):
                 raise UnsupportedLayerError(f"node {node.name}: method .{node.target}() is not supported by the integer model")
     if input_name is None or output_name is None or not ops or ops[0].kind != "quantize":
         raise UnsupportedLayerError("the model must start with its input quantizer (use prepare_qat)")
@@ -208,11 +399,10 @@ def _walk(gm: fx.GraphModule, input_shape: tuple[int, ...], rounding: str, meta:
     return model
 
 
-def _flatten(node: fx.Node, src: Any, emit: Any, need_q: Any) -> None:
+def _reshape(node: fx.Node, src: Any, emit: Any, need_q: Any) -> None:
+    """[N, F] keeps the version-1 ``flatten`` kind; any other shape is a ``reshape``."""
     out = _shape(node)
-    if len(out) != 1:
-        raise UnsupportedLayerError(f"node {node.name}: only flattening to [batch, features] is supported, got shape {out}")
-    emit("flatten", node, [src], need_q(src, node.name), {"out_shape": out})
+    emit("flatten" if len(out) == 1 else "reshape", node, [src], need_q(src, node.name), {"out_shape": out})
 
 
 def _maxpool_attrs(mod: nn.MaxPool2d) -> dict[str, Any]:
@@ -231,12 +421,12 @@ def _pair(v: Any) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
 
 
-def _pool_attrs(pool: nn.Module, in_shape: tuple[int, ...], name: str, xq: ActQ, yq: ActQ) -> dict[str, Any]:
+def _pool_attrs(pool: nn.Module, in_shape: tuple[int, ...], name: str, xq: ActQ, yq: ActQ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     c, h, w = in_shape
     if isinstance(pool, nn.AdaptiveAvgPool2d):
-        out = _pair(pool.output_size)
+        out = adaptive_output_size(pool.output_size, (h, w))
         if h % out[0] or w % out[1]:
-            raise UnsupportedLayerError(f"node {name}: AdaptiveAvgPool2d to {out} needs the input {h}x{w} to divide evenly")
+            return _adaptive_attrs(h, w, out, xq, yq)
         k = (h // out[0], w // out[1])
         stride, padding = k, (0, 0)
     else:
@@ -250,4 +440,14 @@ def _pool_attrs(pool: nn.Module, in_shape: tuple[int, ...], name: str, xq: ActQ,
     attrs = {"kernel": k, "stride": stride, "padding": padding, "count": count}
     m, s = quantize_multiplier(real)
     attrs.update(multiplier=float(real), fixed_multiplier=int(m[0]), shift=int(s[0]))
-    return attrs
+    return attrs, {}
+
+
+def _adaptive_attrs(h: int, w: int, out: tuple[int, int], xq: ActQ, yq: ActQ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Uneven adaptive bins: one multiplier per output pixel, by its bin's size."""
+    count = adaptive_bin_counts(h, w, out)
+    real = xq.scale / (count.double() * yq.scale)
+    tensors = {"count": count, **_requant_tensors(real)}
+    tensors["fixed_multiplier"] = tensors["fixed_multiplier"].reshape(out)
+    tensors["shift"] = tensors["shift"].reshape(out)
+    return {"adaptive": True, "output_size": out}, tensors

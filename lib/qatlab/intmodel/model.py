@@ -5,7 +5,48 @@ with per-tensor QParams; only the first op sees floats (it quantizes the input)
 and the result is the last value's codes (``dequantize_output`` gives logits).
 
 Saved as a versioned dict of plain tensors and strings (``torch.save``), which
-loads with ``torch.load(weights_only=True)``.
+loads with ``torch.load(weights_only=True)``. Version 2 added the kinds ``clamp``,
+``lut``, ``mul``, ``cat``, ``mean``, ``reshape``, ``permute``, ``slice``, the
+``clamp`` attr of conv/linear/add/mul and adaptive average pooling; version-1 files
+load unchanged (their ops are a subset).
+
+Op kinds (codes ``q`` of input ``x`` with qparams ``(s_x, z_x)``; output ``(s_o, z_o)``;
+``round(v · M)`` is the model's rounding: float64 round-half-even of the product with
+``multiplier``, or gemmlowp ``MultiplyByQuantizedMultiplier`` with ``fixed_multiplier``
+and ``shift``; ``sat`` clamps to ``[out_q.qmin, out_q.qmax]``):
+
+``quantize``  float input -> codes, ``clamp(round(x · (1/s)) + z)`` in float32.
+``conv``      attrs stride/padding/dilation/groups/kernel; tensors weight, bias,
+              multiplier, fixed_multiplier, shift (per output channel).
+``linear``    tensors as conv.
+``add``       tensors multiplier_a/b, fixed_multiplier_a/b, shift_a/b, real_a/b.
+``avgpool``   attrs kernel/stride/padding/count with scalar attrs multiplier,
+              fixed_multiplier, shift; or, adaptive (``adaptive: True``,
+              ``output_size: [oh, ow]``, PyTorch's uneven bins
+              ``[floor(i·H/oh), ceil((i+1)·H/oh))``) with tensors ``count``
+              (int32 [oh, ow], each bin's size), ``multiplier`` (float64 [oh, ow] =
+              s_x/(count·s_o)), ``fixed_multiplier`` and ``shift`` (int32 [oh, ow]):
+              ``y = sat(round(Σ_bin (q − z_x) · M[i, j]) + z_o)``.
+``maxpool``   attrs kernel/stride/padding/dilation/ceil_mode; out_q == input's.
+``relu``      ``max(q, z)``; out_q == input's.
+``flatten``   to [N, F]; out_q == input's.
+``clamp``     attrs lo, hi (codes): ``min(max(q, lo), hi)``; out_q == input's.
+``lut``       attrs fn; tensor ``table`` int32 [in.qmax − in.qmin + 1]:
+              ``y = table[q − in.qmin]`` (inputs of at most 8 bits).
+``mul``       two inputs (torch broadcasting); tensors multiplier, fixed_multiplier,
+              shift [1] with M = s_a·s_b/s_o: ``y = sat(round((qa − za)(qb − zb)·M) + z_o)``.
+``cat``       n inputs, attrs axis (batch = 0); tensors ``multiplier_i``,
+              ``fixed_multiplier_i``, ``shift_i`` [1] per input i with M_i = s_i/s_o:
+              ``y_i = sat(round((q_i − z_i)·M_i) + z_o)``, then concatenated.
+``mean``      attrs dims (full-tensor axes), keepdim, count; tensors multiplier,
+              fixed_multiplier, shift [1] with M = s_x/(count·s_o):
+              ``y = sat(round(Σ (q − z_x)·M) + z_o)``.
+``reshape``   attrs out_shape; ``permute`` attrs dims (dims[0] == 0); ``slice``
+              attrs axis, start, end: pass-through, out_q == input's.
+
+conv, linear, add and mul may carry ``relu: True`` (lower bound z_o) and
+``clamp: [lo, hi]`` (codes, applied after requantization, before ``sat``).
+Every op carries ``out_shape`` (without the batch).
 """
 from __future__ import annotations
 
@@ -19,8 +60,16 @@ import torch
 from qatlab.atomic import atomic_path
 
 FORMAT = "qatlab.intmodel"
-VERSION = 1
-OP_KINDS = ("quantize", "conv", "linear", "add", "avgpool", "maxpool", "relu", "flatten")
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
+OP_KINDS = (
+    "quantize", "conv", "linear", "add", "avgpool", "maxpool", "relu", "flatten",
+    "clamp", "lut", "mul", "cat", "mean", "reshape", "permute", "slice",
+)
+LUT_FNS = ("hardswish", "hardsigmoid", "silu", "sigmoid", "tanh", "gelu")
+_REQUANT = ("multiplier", "fixed_multiplier", "shift")
+# How many inputs each kind reads (None: one or more).
+_ARITY: dict[str, int | None] = {"add": 2, "mul": 2, "cat": None}
 
 
 class IntModelFormatError(ValueError):
@@ -129,8 +178,10 @@ class IntModel:
     def from_dict(cls, d: Any, source: str = "<dict>") -> "IntModel":
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise IntModelFormatError(f"{source}: not a qatlab IntModel file (format tag missing)")
-        if d.get("version") != VERSION:
-            raise IntModelFormatError(f"{source}: IntModel format version {d.get('version')!r}; this qatlab reads version {VERSION}")
+        if d.get("version") not in READABLE_VERSIONS:
+            raise IntModelFormatError(
+                f"{source}: IntModel format version {d.get('version')!r}; this qatlab reads versions {', '.join(map(str, READABLE_VERSIONS))}"
+            )
         try:
             ops = [IntOp.from_dict(o) for o in d["ops"]]
             m = cls(ops, d["input_name"], d["output_name"], tuple(d["input_shape"]), d["rounding"], dict(d["meta"]))
@@ -158,15 +209,72 @@ class IntModel:
             for i in op.inputs:
                 if i not in seen:
                     raise IntModelFormatError(f"{source}: op {op.name!r} reads {i!r} before it is written")
-            if op.kind in ("conv", "linear"):
-                for t in ("weight", "bias", "multiplier", "fixed_multiplier", "shift"):
-                    if t not in op.tensors:
-                        raise IntModelFormatError(f"{source}: op {op.name!r} lacks tensor {t!r}")
+            _validate_op(op, source)
             seen.add(op.output)
         if self.output_name not in seen:
             raise IntModelFormatError(f"{source}: output {self.output_name!r} is never written")
         if self.rounding not in ("float", "fixed"):
             raise IntModelFormatError(f"{source}: rounding {self.rounding!r} is unknown")
+
+
+def _validate_op(op: IntOp, source: str) -> None:
+    """The attrs and tensors each kind's executors read are present and consistent."""
+    where = f"{source}: op {op.name!r} ({op.kind})"
+
+    def need_tensors(*names: str) -> None:
+        for t in names:
+            if t not in op.tensors:
+                raise IntModelFormatError(f"{where} lacks tensor {t!r}")
+
+    def need_attrs(*names: str) -> None:
+        for a in names:
+            if a not in op.attrs:
+                raise IntModelFormatError(f"{where} lacks attr {a!r}")
+
+    arity = _ARITY.get(op.kind, 1)
+    if op.kind != "quantize" and (len(op.inputs) != arity if arity is not None else not op.inputs):
+        raise IntModelFormatError(f"{where} reads {len(op.inputs)} inputs; expected {arity if arity is not None else 'one or more'}")
+    k = op.kind
+    if k in ("conv", "linear"):
+        need_tensors("weight", "bias", *_REQUANT)
+    elif k in ("mul", "mean"):
+        need_tensors(*_REQUANT)
+        if k == "mean":
+            need_attrs("dims", "keepdim", "count")
+            if 0 in tuple(op.attrs["dims"]):
+                raise IntModelFormatError(f"{where} averages over the batch axis")
+    elif k == "cat":
+        need_attrs("axis")
+        need_tensors(*(f"{t}_{i}" for i in range(len(op.inputs)) for t in _REQUANT))
+        if int(op.attrs["axis"]) == 0:
+            raise IntModelFormatError(f"{where} concatenates along the batch axis")
+    elif k == "lut":
+        need_attrs("fn")
+        need_tensors("table")
+        if op.attrs["fn"] not in LUT_FNS:
+            raise IntModelFormatError(f"{where} has unknown fn {op.attrs['fn']!r}; expected one of {', '.join(LUT_FNS)}")
+    elif k == "clamp":
+        need_attrs("lo", "hi")
+        if int(op.attrs["lo"]) > int(op.attrs["hi"]):
+            raise IntModelFormatError(f"{where} has lo > hi")
+    elif k == "avgpool" and op.attrs.get("adaptive"):
+        need_attrs("output_size")
+        need_tensors("count", *_REQUANT)
+    elif k == "reshape":
+        need_attrs("out_shape")
+    elif k == "permute":
+        need_attrs("dims")
+        dims = [int(d) for d in op.attrs["dims"]]
+        if sorted(dims) != list(range(len(dims))) or dims[0] != 0:
+            raise IntModelFormatError(f"{where} dims {dims} is not a permutation that keeps the batch axis first")
+    elif k == "slice":
+        need_attrs("axis", "start", "end")
+        if int(op.attrs["axis"]) == 0:
+            raise IntModelFormatError(f"{where} slices the batch axis")
+    if "clamp" in op.attrs and op.attrs["clamp"] is not None:
+        lo, hi = op.attrs["clamp"]
+        if int(lo) > int(hi):
+            raise IntModelFormatError(f"{where} clamp lo > hi")
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:

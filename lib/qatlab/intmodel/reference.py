@@ -60,14 +60,29 @@ def _to_int8_if_fits(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.int64)
 
 
-def _requant(acc: torch.Tensor, op: IntOp, rounding: str) -> torch.Tensor:
+def _saturate(y: torch.Tensor, op: IntOp) -> torch.Tensor:
+    """Codes ``y`` (zero point added) through the op's fused clamp, then its ReLU and
+    output range, in that order."""
     yq = op.out_q
+    c = op.attrs.get("clamp")
+    if c is not None:
+        y = y.clamp(int(c[0]), int(c[1]))
     lo = yq.zero_point if op.attrs.get("relu") else yq.qmin
+    return y.clamp(lo, yq.qmax).to(torch.int32)
+
+
+def _rescale(acc: torch.Tensor, op: IntOp, rounding: str, suffix: str = "") -> torch.Tensor:
+    """``round(acc · M) + z_out`` (int64, unsaturated) with the op's multiplier
+    ``multiplier{suffix}`` or ``fixed_multiplier{suffix}``/``shift{suffix}``."""
+    t, z = op.tensors, op.out_q.zero_point
+    wide = 2**62  # the saturation happens in _saturate, after any clamp
     if rounding == "float":
-        y = requantize(acc, op.tensors["multiplier"], yq.zero_point, lo, yq.qmax, "float")
-    else:
-        y = requantize(acc, op.tensors["fixed_multiplier"], yq.zero_point, lo, yq.qmax, "fixed", op.tensors["shift"])
-    return y.to(torch.int32)
+        return requantize(acc, t[f"multiplier{suffix}"], z, -wide, wide, "float")
+    return requantize(acc, t[f"fixed_multiplier{suffix}"], z, -wide, wide, "fixed", t[f"shift{suffix}"])
+
+
+def _requant(acc: torch.Tensor, op: IntOp, rounding: str) -> torch.Tensor:
+    return _saturate(_rescale(acc, op, rounding), op)
 
 
 def _matmul_layer(a_codes: torch.Tensor, xq: ActQ, w: torch.Tensor) -> torch.Tensor:
@@ -138,12 +153,57 @@ def run_add(qa: torch.Tensor, qb: torch.Tensor, op: IntOp, xa: ActQ, xb: ActQ, r
         sb = multiply_by_quantized_multiplier(db << 16, t["fixed_multiplier_b"], t["shift_b"])
         s = sa + sb
         y = (s + (1 << 15) - (s < 0).to(torch.int64)) >> 16  # round half away from zero
-    lo = yq.zero_point if op.attrs.get("relu") else yq.qmin
-    return (y + yq.zero_point).clamp(lo, yq.qmax).to(torch.int32)
+    return _saturate(y + yq.zero_point, op)
+
+
+def run_mul(qa: torch.Tensor, qb: torch.Tensor, op: IntOp, xa: ActQ, xb: ActQ, rounding: str) -> torch.Tensor:
+    prod = (qa.to(torch.int64) - xa.zero_point) * (qb.to(torch.int64) - xb.zero_point)
+    return _saturate(_rescale(prod, op, rounding), op)
+
+
+def run_cat(qs: list[torch.Tensor], op: IntOp, xqs: list[ActQ], rounding: str) -> torch.Tensor:
+    parts = []
+    for i, (q, xq) in enumerate(zip(qs, xqs)):
+        if xq == op.out_q:
+            parts.append(q.to(torch.int32))
+        else:
+            parts.append(_saturate(_rescale(q.to(torch.int64) - xq.zero_point, op, rounding, f"_{i}"), op))
+    return torch.cat(parts, int(op.attrs["axis"]))
+
+
+def run_mean(q: torch.Tensor, op: IntOp, xq: ActQ, rounding: str) -> torch.Tensor:
+    acc = (q.to(torch.int64) - xq.zero_point).sum(dim=tuple(op.attrs["dims"]), keepdim=bool(op.attrs["keepdim"]))
+    return _saturate(_rescale(acc, op, rounding), op)
+
+
+def run_lut(q: torch.Tensor, op: IntOp, xq: ActQ) -> torch.Tensor:
+    table = op.tensors["table"].to(q.device)
+    if table.numel() != xq.qmax - xq.qmin + 1:
+        raise ValueError(f"op {op.name}: table has {table.numel()} entries for {xq.qmax - xq.qmin + 1} input codes")
+    return table[(q.to(torch.int64) - xq.qmin)]
+
+
+def adaptive_bin_sums(d: torch.Tensor, out: tuple[int, int]) -> torch.Tensor:
+    """Σ over PyTorch's adaptive bins of int64 ``d`` [N, C, H, W], via an integral image:
+    each bin is four lookups, whatever its size."""
+    n, c, h, w = d.shape
+    ii = torch.zeros((n, c, h + 1, w + 1), dtype=torch.int64, device=d.device)
+    ii[:, :, 1:, 1:] = d.cumsum(2).cumsum(3)
+    r0, r1 = _bin_edges(h, out[0], d.device)
+    c0, c1 = _bin_edges(w, out[1], d.device)
+    return ii[:, :, r1][:, :, :, c1] - ii[:, :, r0][:, :, :, c1] - ii[:, :, r1][:, :, :, c0] + ii[:, :, r0][:, :, :, c0]
+
+
+def _bin_edges(n: int, out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    i = torch.arange(out, device=device)
+    return (i * n) // out, -((-(i + 1) * n) // out)
 
 
 def run_avgpool(q: torch.Tensor, op: IntOp, xq: ActQ, rounding: str) -> torch.Tensor:
     a = op.attrs
+    if a.get("adaptive"):
+        acc = adaptive_bin_sums(q.to(torch.int64) - xq.zero_point, tuple(a["output_size"]))  # type: ignore[arg-type]
+        return _saturate(_rescale(acc, op, rounding), op)
     d = q.float() - xq.zero_point
     # Sum of codes (exact in float32 below 2^24), padding contributes real zeros.
     s = F.avg_pool2d(d, a["kernel"], a["stride"], a["padding"], count_include_pad=True, divisor_override=1)
@@ -185,8 +245,23 @@ def run_op(op: IntOp, vals: dict[str, torch.Tensor], qs: dict[str, ActQ], roundi
         return run_maxpool(ins[0], op, iq[0])  # type: ignore[arg-type]
     if k == "relu":
         return ins[0].clamp(min=op.out_q.zero_point)
-    if k == "flatten":
+    if k in ("flatten", "reshape"):
         return ins[0].reshape(ins[0].shape[0], *op.attrs["out_shape"])
+    if k == "clamp":
+        return ins[0].clamp(int(op.attrs["lo"]), int(op.attrs["hi"]))
+    if k == "lut":
+        return run_lut(ins[0], op, iq[0])  # type: ignore[arg-type]
+    if k == "mul":
+        return run_mul(ins[0], ins[1], op, iq[0], iq[1], rounding)  # type: ignore[arg-type]
+    if k == "cat":
+        return run_cat(ins, op, iq, rounding)  # type: ignore[arg-type]
+    if k == "mean":
+        return run_mean(ins[0], op, iq[0], rounding)  # type: ignore[arg-type]
+    if k == "permute":
+        return ins[0].permute(*op.attrs["dims"]).contiguous()
+    if k == "slice":
+        a = op.attrs
+        return ins[0].narrow(int(a["axis"]), int(a["start"]), int(a["end"]) - int(a["start"])).contiguous()
     raise ValueError(f"op {op.name}: unknown kind {k!r}")
 
 

@@ -25,12 +25,75 @@ class QuantAct(nn.Module):
         return self.act_fq(x)
 
 
+def act_codes(fq: FakeQuant, x: torch.Tensor) -> torch.Tensor:
+    """The codes ``fq`` gives the real values ``x``: ``clamp(round(x·(1/s)) + z)`` in
+    float32, the fake quantizers' own arithmetic (every STE kind rounds this way), so
+    a bound or a table computed here lands exactly where the fake-quant model does."""
+    qp = fq.qparams()
+    s = qp.scale.float().reshape(())
+    z = float(qp.zero_point.reshape(()))
+    t = torch.round(x.detach().float().cpu() * (torch.tensor(1.0, dtype=torch.float32) / s.cpu()))
+    return (t + z).clamp(qp.qmin, qp.qmax).to(torch.int64)
+
+
+def clamp_codes(fq: FakeQuant, bounds: tuple[float | None, float | None]) -> tuple[int, int]:
+    """Integer bounds of a real clamp on the grid of ``fq``; an open end is the range end.
+
+    Fake quantization is monotone non-decreasing, so ``fq(clamp(y, a, b))`` equals
+    ``clamp(fq(y), fq(a), fq(b))`` code for code."""
+    qp = fq.qparams()
+    lo, hi = bounds
+    clo = qp.qmin if lo is None else int(act_codes(fq, torch.tensor([lo]))[0])
+    chi = qp.qmax if hi is None else int(act_codes(fq, torch.tensor([hi]))[0])
+    return clo, chi
+
+
+def _centred_codes(x: torch.Tensor, s: float) -> torch.Tensor:
+    """A quantized value's codes minus the zero point, exactly: x holds k·s (float32)."""
+    return torch.round(x.double() / s)
+
+
+def _requantized_value(acc: torch.Tensor, multiplier: float | torch.Tensor, s_out: float) -> torch.Tensor:
+    """The value of output code round(acc·M) (float64 round half to even, the integer
+    model's ``float`` rounding), for the output quantizer to map back onto that code."""
+    return (torch.round(acc * multiplier) * s_out).float()
+
+
+# Averages and products: a minmax-observed output range sits at an average (or a
+# product) of input codes, so the requantization multiplier is a ratio of small
+# integers and exact ties are common; float32 arithmetic rounds them either way. In
+# eval mode these modules therefore compute what the integer model computes, from
+# the exact input codes, as the compute layers' bias sits on the accumulator grid.
+
+
 class _QuantCompute(nn.Module):
     relu: bool
+    clamp: tuple[float | None, float | None] | None = None
 
     def set_input_quantizer(self, fq: FakeQuant) -> None:
         # A plain reference, not a submodule: the quantizer belongs to the upstream layer.
         object.__setattr__(self, "_input_fq", fq)
+        object.__setattr__(self, "_input_fqs", [fq])
+
+    def set_input_quantizers(self, fqs: list[FakeQuant]) -> None:
+        object.__setattr__(self, "_input_fq", fqs[0])
+        object.__setattr__(self, "_input_fqs", list(fqs))
+
+    def _integer_scales(self, n_inputs: int) -> list[float] | None:
+        """Eval mode, every quantizer known and per tensor: the input scales and the
+        output scale (as float64 Python floats, as ``convert`` reads them); else None."""
+        fqs = getattr(self, "_input_fqs", None)
+        if self.training or fqs is None or len(fqs) != n_inputs or not self.act_fq.enabled or not all(f.enabled for f in fqs):
+            return None
+        if self.act_fq.observe:  # an observer must see the float values, not last batch's grid
+            return None
+        try:
+            scales = [f.qparams().scale for f in (*fqs, self.act_fq)]
+        except RuntimeError:  # nothing observed yet (calibration's first batch)
+            return None
+        if any(t.numel() != 1 for t in scales):
+            return None
+        return [float(t) for t in scales]
 
     def _bias_on_grid(self, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """Eval mode: round the bias onto the accumulator grid s_x·s_w (float64, as
@@ -62,6 +125,8 @@ class _QuantCompute(nn.Module):
             y = maxpool(y)
         if self.relu:
             y = F.relu(y)
+        if self.clamp is not None:
+            y = y.clamp(*self.clamp)
         return self.act_fq(y, numel)
 
 
@@ -166,6 +231,131 @@ class QuantAdd(_QuantCompute):
         return self._out(a + b)
 
 
+class QuantMul(_QuantCompute):
+    """Elementwise product of two quantized tensors (broadcasting, e.g. a squeeze-
+    excitation gate [N, C, 1, 1] times its features) with its own output quantizer."""
+
+    def __init__(self, a_spec: QuantSpec, a_ste: str = "clipped") -> None:
+        super().__init__()
+        self.relu = False
+        self.act_fq = FakeQuant(a_spec, a_ste, "act")
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        sc = self._integer_scales(2)
+        if sc is None:
+            return self._out(a * b)
+        s_a, s_b, s_o = sc
+        acc = _centred_codes(a, s_a) * _centred_codes(b, s_b)
+        return self._out(_requantized_value(acc, s_a * s_b / s_o, s_o))
+
+
+class QuantCat(_QuantCompute):
+    """Concatenation with its own output quantizer: the integer model requantizes each
+    input onto it, so the producers' (possibly learned) scales stay independent."""
+
+    def __init__(self, dim: int, a_spec: QuantSpec, a_ste: str = "clipped") -> None:
+        super().__init__()
+        self.dim = dim
+        self.relu = False
+        self.act_fq = FakeQuant(a_spec, a_ste, "act")
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return self._out(torch.cat(xs, self.dim))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class QuantMean(_QuantCompute):
+    """Mean over non-batch axes (global pooling written as ``x.mean((2, 3))``)."""
+
+    def __init__(self, dims: tuple[int, ...], keepdim: bool, a_spec: QuantSpec, a_ste: str = "clipped") -> None:
+        super().__init__()
+        self.dims = tuple(dims)
+        self.keepdim = keepdim
+        self.relu = False
+        self.act_fq = FakeQuant(a_spec, a_ste, "act")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sc = self._integer_scales(1)
+        if sc is None:
+            return self._out(x.mean(self.dims, keepdim=self.keepdim))
+        s_x, s_o = sc
+        count = 1
+        for d in {d % x.dim() for d in self.dims}:
+            count *= x.shape[d]
+        acc = _centred_codes(x, s_x).sum(self.dims, keepdim=self.keepdim)
+        return self._out(_requantized_value(acc, s_x / (count * s_o), s_o))
+
+    def extra_repr(self) -> str:
+        return f"dims={self.dims}, keepdim={self.keepdim}"
+
+
+LUT_FUNCTIONS = {
+    "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid, "silu": F.silu,
+    "sigmoid": torch.sigmoid, "tanh": torch.tanh, "gelu": F.gelu,
+}
+
+
+class QuantLUT(_QuantCompute):
+    """A smooth activation with its own output quantizer; its integer form is a table
+    over the input's codes, built by running this module's own arithmetic."""
+
+    def __init__(self, fn: str, a_spec: QuantSpec, a_ste: str = "clipped", **options: str) -> None:
+        super().__init__()
+        if fn not in LUT_FUNCTIONS:
+            raise ValueError(f"activation {fn!r} is unknown; expected one of {', '.join(LUT_FUNCTIONS)}")
+        self.fn = fn
+        self.options = dict(options)
+        self.relu = False
+        self.act_fq = FakeQuant(a_spec, a_ste, "act")
+
+    def apply_fn(self, x: torch.Tensor) -> torch.Tensor:
+        return LUT_FUNCTIONS[self.fn](x, **self.options)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._out(self.apply_fn(x))
+
+    def extra_repr(self) -> str:
+        return f"fn={self.fn}" + "".join(f", {k}={v}" for k, v in self.options.items())
+
+
+class QuantClamp(nn.Module):
+    """A clamp that no compute layer absorbed: it keeps its input's qparams and clamps
+    at the grid points of the bounds, ``s·(lo − z)`` and ``s·(hi − z)``, which is
+    what the integer model's ``min(max(q, lo), hi)`` on codes computes."""
+
+    def __init__(self, lo: float | None, hi: float | None) -> None:
+        super().__init__()
+        self.lo, self.hi = lo, hi
+
+    def set_input_quantizer(self, fq: FakeQuant) -> None:
+        object.__setattr__(self, "_input_fq", fq)
+
+    def grid_bounds(self) -> tuple[int, int] | None:
+        """The integer bounds on the input's grid, or None before its range is known."""
+        fq = getattr(self, "_input_fq", None)
+        if fq is None or not fq.enabled:
+            return None
+        try:
+            return clamp_codes(fq, (self.lo, self.hi))
+        except RuntimeError:  # nothing observed yet (calibration's first batch)
+            return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        codes = self.grid_bounds()
+        if codes is None:
+            return x.clamp(self.lo, self.hi)
+        qp = self._input_fq.qparams()
+        s = qp.scale.float().reshape(()).to(x.device)
+        z = float(qp.zero_point.reshape(()))
+        lo, hi = ((torch.tensor(float(c) - z, dtype=torch.float32, device=x.device) * s) for c in codes)
+        return torch.maximum(torch.minimum(x, hi), lo)
+
+    def extra_repr(self) -> str:
+        return f"lo={self.lo}, hi={self.hi}"
+
+
 class QuantAvgPool(_QuantCompute):
     """Average pooling: a sum of codes and a requantization in the integer model."""
 
@@ -178,7 +368,48 @@ class QuantAvgPool(_QuantCompute):
         self.act_fq = FakeQuant(a_spec, a_ste, "act")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._out(self.pool(x))
+        sc = self._integer_scales(1)
+        if sc is None or x.dim() != 4:
+            return self._out(self.pool(x))
+        s_x, s_o = sc
+        k = _centred_codes(x, s_x)
+        p = self.pool
+        if isinstance(p, nn.AvgPool2d):
+            kh, kw = _pair(p.kernel_size)
+            if p.divisor_override:
+                return self._out(self.pool(x))
+            acc = F.avg_pool2d(k, (kh, kw), p.stride or (kh, kw), p.padding, count_include_pad=True, divisor_override=1)
+            return self._out(_requantized_value(acc, s_x / (kh * kw * s_o), s_o))
+        out = adaptive_output_size(p.output_size, x.shape[-2:])
+        count = adaptive_bin_counts(x.shape[-2], x.shape[-1], out).to(x.device)
+        # An exact sum: the float64 mean of integers times the bin's size, rounded.
+        acc = torch.round(F.adaptive_avg_pool2d(k, out) * count)
+        if x.shape[-2] % out[0] == 0 and x.shape[-1] % out[1] == 0:
+            # Even bins run as a plain pool with one multiplier, as convert writes them.
+            c = (x.shape[-2] // out[0]) * (x.shape[-1] // out[1])
+            return self._out(_requantized_value(acc, s_x / (c * s_o), s_o))
+        return self._out(_requantized_value(acc, s_x / (count.double() * s_o), s_o))
 
 
-QUANT_COMPUTE = (QuantConv2d, QuantLinear, QuantAdd, QuantAvgPool)
+def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def adaptive_output_size(size: int | None | tuple[int | None, ...], in_hw: tuple[int, ...] | torch.Size) -> tuple[int, int]:
+    """AdaptiveAvgPool2d's output size with ``None`` (keep the input's) resolved."""
+    oh, ow = (size, size) if not isinstance(size, (tuple, list)) else size
+    return (int(in_hw[0]) if oh is None else int(oh), int(in_hw[1]) if ow is None else int(ow))
+
+
+def adaptive_bins(n: int, out: int) -> list[tuple[int, int]]:
+    """PyTorch's adaptive pooling bins along one axis: [floor(i·n/out), ceil((i+1)·n/out))."""
+    return [((i * n) // out, -(-((i + 1) * n) // out)) for i in range(out)]
+
+
+def adaptive_bin_counts(h: int, w: int, out: tuple[int, int]) -> torch.Tensor:
+    """Each output pixel's bin size, int32 [oh, ow]."""
+    rows, cols = adaptive_bins(h, out[0]), adaptive_bins(w, out[1])
+    return torch.tensor([[(r1 - r0) * (c1 - c0) for c0, c1 in cols] for r0, r1 in rows], dtype=torch.int32)
+
+
+QUANT_COMPUTE = (QuantConv2d, QuantLinear, QuantAdd, QuantAvgPool, QuantMul, QuantCat, QuantMean, QuantLUT)

@@ -2,51 +2,43 @@
 
 The model is traced with ``torch.fx``; patterns are fused into the QAT modules:
 
-    Conv2d [-> BatchNorm2d] [-> ReLU] [-> MaxPool2d]  ->  QuantConv2d
-    Linear [-> ReLU]                                  ->  QuantLinear
-    a + b [-> ReLU]                                   ->  QuantAdd
-    AvgPool2d / AdaptiveAvgPool2d                     ->  QuantAvgPool
-    each input                                        ->  QuantAct (observed range), then the graph
+    Conv2d [-> BatchNorm2d] [-> ReLU | clamp] [-> MaxPool2d]  ->  QuantConv2d
+    Linear [-> ReLU | clamp]                                  ->  QuantLinear
+    a + b [-> ReLU | clamp]                                   ->  QuantAdd
+    a * b [-> ReLU | clamp]                                   ->  QuantMul
+    torch.cat                                                 ->  QuantCat
+    x.mean(dims) / torch.mean                                 ->  QuantMean
+    AvgPool2d / AdaptiveAvgPool2d / F.adaptive_avg_pool2d     ->  QuantAvgPool
+    Hardswish, Hardsigmoid, SiLU, Sigmoid, Tanh, GELU         ->  QuantLUT
+    a clamp no layer absorbed                                 ->  QuantClamp
+    each input                                                ->  QuantAct (observed range), then the graph
 
-A max pool right after a conv moves inside it, before the output quantizer (same
-values, a quarter of the quantizer work). Other max pooling, ReLU, flatten and
-reshapes keep the integer grid and stay as they are.
-Anything else is an error naming the node and its type.
+"clamp" is ReLU6, Hardtanh or clamp, as a module, function or tensor method
+(``nn.patterns`` lists every spelling). A max pool right after a conv moves inside
+it, before the output quantizer (same values, a quarter of the quantizer work).
+Other max pooling, ReLU, reshapes (view, flatten), transposes, chunk/split and
+their indexing, Dropout, Identity and contiguous keep the integer grid and stay as
+they are. Anything else is an error naming the node and its type.
 """
 from __future__ import annotations
 
 import copy
-import operator
 from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
 from qatlab.quant import QuantSpec
 
+from . import patterns as P
+from .errors import UnsupportedLayerError
 from .fake_quant import FakeQuant, set_calibrating, set_fake_quant, set_observe
-from .modules import QuantAct, QuantAdd, QuantAvgPool, QuantConv2d, QuantLinear
+from .modules import QuantAct, QuantAdd, QuantAvgPool, QuantCat, QuantClamp, QuantConv2d, QuantLinear, QuantLUT, QuantMean, QuantMul
 from .ste import STE_KINDS
 
-PASS_MODULES = (nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Identity, nn.Dropout)
-PASS_FUNCTIONS = (F.relu, torch.relu, torch.flatten, F.max_pool2d)
-PASS_METHODS = ("view", "reshape", "flatten", "size", "relu", "contiguous")
-_RELU_MODS = (nn.ReLU,)
-_RELU_FNS = (F.relu, torch.relu)
-_ADD_FNS = (operator.add, torch.add)
+PASS_MODULES = (nn.ReLU, nn.MaxPool2d, nn.Flatten) + P.ALIAS_MODS
 
 
-class UnsupportedLayerError(ValueError):
-    """A layer prepare_qat / convert cannot quantize; names the node and its type."""
-
-
-def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    if node.op == "call_module":
-        return isinstance(modules[str(node.target)], _RELU_MODS)
-    if node.op == "call_function":
-        return node.target in _RELU_FNS
-    return node.op == "call_method" and node.target == "relu"
 
 
 def _sole_user(node: fx.Node) -> fx.Node | None:
@@ -54,12 +46,29 @@ def _sole_user(node: fx.Node) -> fx.Node | None:
     return users[0] if len(users) == 1 else None
 
 
+def _activation_after(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[fx.Node | None, bool, P.Bounds | None]:
+    """The ReLU or clamp that alone consumes ``node`` (to fuse), as (node, relu, bounds)."""
+    nxt = _sole_user(node)
+    if nxt is None or not nxt.args or nxt.args[0] is not node:
+        return None, False, None
+    if P.is_relu(nxt, modules):
+        return nxt, True, None
+    bounds = P.clamp_bounds(nxt, modules)
+    if bounds is not None:
+        return nxt, False, bounds
+    return None, False, None
+
+
+def _nonneg(relu: bool, bounds: P.Bounds | None) -> bool:
+    return relu or (bounds is not None and bounds[0] is not None and bounds[0] >= 0)
+
+
 def _specs_for(ste: str, a_spec: QuantSpec, relu: bool) -> tuple[QuantSpec, str]:
     """The output spec and STE of one activation quantizer.
 
-    Post-ReLU values are non-negative, so a symmetric signed spec would waste its sign
-    bit: they get the unsigned range. PACT clips only post-ReLU values; other outputs
-    (logits, pre-add sums) fall back to the clipped STE with an observed range.
+    Non-negative values (after ReLU, ReLU6, a sigmoid) would waste a symmetric signed
+    spec's sign bit: they get the unsigned range. PACT clips only such values; other
+    outputs (logits, pre-add sums) fall back to the clipped STE with an observed range.
     """
     spec = a_spec
     if relu and a_spec.symmetric and a_spec.is_signed:
@@ -104,62 +113,101 @@ def prepare_qat(
         return f"{prefix}_{counter}"
 
     erased: set[fx.Node] = set()
+    shape_vals = P.shape_values(graph)
+    uses = _module_uses(graph)
+
+    def replace(node: fx.Node, prefix: str, module: nn.Module, args: tuple) -> fx.Node:
+        """A call of ``module`` in place of ``node``; a module called once keeps its name."""
+        if node.op == "call_module" and uses[str(node.target)] == 1:
+            _set_module(gm, str(node.target), module)
+            node.args, node.kwargs = args, {}
+            return node
+        name = fresh(prefix)
+        gm.add_submodule(name, module)
+        with graph.inserting_after(node):
+            new = graph.call_module(name, args)
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+        return new
+
+    def fused_act(node: fx.Node, chain: list[fx.Node]) -> tuple[bool, P.Bounds | None]:
+        act, relu, bounds = _activation_after(node, modules)
+        if act is not None:
+            chain.append(act)
+        return relu, bounds
+
     for node in list(graph.nodes):
-        if node in erased:
+        if node in erased or node in shape_vals or node.op in ("placeholder", "output", "get_attr"):
             continue
-        if node.op == "call_module":
-            mod = modules[str(node.target)]
-            if isinstance(mod, (nn.Conv2d, nn.Linear)):
-                chain = [node]
-                bn = None
-                nxt = _sole_user(node)
-                if isinstance(mod, nn.Conv2d) and nxt is not None and nxt.op == "call_module" and isinstance(modules[str(nxt.target)], nn.BatchNorm2d):
-                    bn = modules[str(nxt.target)]
-                    chain.append(nxt)
-                    nxt = _sole_user(nxt)
-                relu = nxt is not None and _is_relu(nxt, modules)
-                if relu:
-                    chain.append(nxt)
-                    nxt = _sole_user(nxt)
-                maxpool = None
-                if (
-                    isinstance(mod, nn.Conv2d) and nxt is not None and nxt.op == "call_module"
-                    and isinstance(modules[str(nxt.target)], nn.MaxPool2d) and not modules[str(nxt.target)].return_indices
-                ):
-                    maxpool = modules[str(nxt.target)]
-                    chain.append(nxt)
-                a_spec, a_ste = _specs_for(ste, act_spec, relu)
-                if isinstance(mod, nn.Conv2d):
-                    q: nn.Module = QuantConv2d(mod, bn, relu, weight_spec, a_spec, w_ste, a_ste, maxpool)
-                else:
-                    q = QuantLinear(mod, relu, weight_spec, a_spec, w_ste, a_ste)
-                _set_module(gm, str(node.target), q)
-                compute.append((node, q))
-                _collapse(graph, chain, erased)
-            elif isinstance(mod, nn.BatchNorm2d):
-                raise UnsupportedLayerError(f"node {node.name}: BatchNorm2d must directly follow a Conv2d to be folded")
-            elif isinstance(mod, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
-                a_spec, a_ste = _specs_for(ste, act_spec, False)
-                q = QuantAvgPool(mod, a_spec, a_ste)
-                _set_module(gm, str(node.target), q)
-            elif not isinstance(mod, PASS_MODULES + (QuantAct,)):
-                raise UnsupportedLayerError(f"node {node.name}: layer {node.target!r} of type {type(mod).__name__} is not supported")
+        mod = modules.get(str(node.target)) if node.op == "call_module" else None
+        lut = P.lut_fn(node, modules)
+        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            chain = [node]
+            bn = None
+            nxt = _sole_user(node)
+            if isinstance(mod, nn.Conv2d) and nxt is not None and nxt.op == "call_module" and isinstance(modules[str(nxt.target)], nn.BatchNorm2d):
+                bn = modules[str(nxt.target)]
+                chain.append(nxt)
+            relu, bounds = fused_act(chain[-1], chain)
+            nxt = _sole_user(chain[-1])
+            maxpool = None
+            if (
+                isinstance(mod, nn.Conv2d) and nxt is not None and nxt.op == "call_module"
+                and isinstance(modules[str(nxt.target)], nn.MaxPool2d) and not modules[str(nxt.target)].return_indices
+            ):
+                maxpool = modules[str(nxt.target)]
+                chain.append(nxt)
+            a_spec, a_ste = _specs_for(ste, act_spec, _nonneg(relu, bounds))
+            if isinstance(mod, nn.Conv2d):
+                q: nn.Module = QuantConv2d(mod, bn, relu, weight_spec, a_spec, w_ste, a_ste, maxpool)
+            else:
+                q = QuantLinear(mod, relu, weight_spec, a_spec, w_ste, a_ste)
+            q.clamp = bounds
+            _set_module(gm, str(node.target), q)
+            compute.append((node, q))
+            _collapse(graph, chain, erased)
+        elif isinstance(mod, nn.BatchNorm2d):
+            raise UnsupportedLayerError(f"node {node.name}: BatchNorm2d must directly follow a Conv2d to be folded")
+        elif isinstance(mod, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+            a_spec, a_ste = _specs_for(ste, act_spec, False)
+            replace(node, "avgpool", QuantAvgPool(mod, a_spec, a_ste), tuple(node.args))
+        elif node.op == "call_function" and node.target in P.ADAPTIVE_FNS:
+            size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+            a_spec, a_ste = _specs_for(ste, act_spec, False)
+            replace(node, "avgpool", QuantAvgPool(nn.AdaptiveAvgPool2d(size), a_spec, a_ste), (node.args[0],))
+        elif lut is not None:
+            fn, options = lut
+            a_spec, a_ste = _specs_for(ste, act_spec, fn in ("sigmoid", "hardsigmoid"))
+            replace(node, fn, QuantLUT(fn, a_spec, a_ste, **options), (node.args[0],))
+        elif (P.is_add(node) or P.is_mul(node)) and P.is_tensor_pair(node, shape_vals):
+            chain: list[fx.Node] = []
+            relu, bounds = fused_act(node, chain)
+            a_spec, a_ste = _specs_for(ste, act_spec, _nonneg(relu, bounds))
+            if P.is_add(node):
+                if len(node.kwargs):
+                    raise UnsupportedLayerError(f"node {node.name}: add with alpha/out is not supported")
+                qm: nn.Module = QuantAdd(relu, a_spec, a_ste)
+            else:
+                qm = QuantMul(a_spec, a_ste)
+                qm.relu = relu
+            qm.clamp = bounds
+            new = replace(node, "add" if P.is_add(node) else "mul", qm, tuple(node.args))
+            _collapse(graph, [new, *chain], erased)
+        elif (cat := P.cat_args(node)) is not None:
+            a_spec, a_ste = _specs_for(ste, act_spec, False)
+            replace(node, "cat", QuantCat(cat[1], a_spec, a_ste), tuple(cat[0]))
+        elif (mean := P.mean_args(node)) is not None:
+            a_spec, a_ste = _specs_for(ste, act_spec, False)
+            replace(node, "mean", QuantMean(mean[0], mean[1], a_spec, a_ste), (node.args[0],))
+        elif (bounds := P.clamp_bounds(node, modules)) is not None:
+            replace(node, "clamp", QuantClamp(*bounds), (node.args[0],))
+        elif isinstance(mod, PASS_MODULES + (QuantAct,)) or (mod is None and P.is_grid_preserving(node, modules)):
+            continue
+        elif mod is not None:
+            raise UnsupportedLayerError(f"node {node.name}: layer {node.target!r} of type {type(mod).__name__} is not supported")
         elif node.op == "call_function":
-            if node.target in _ADD_FNS and len(node.args) == 2 and all(isinstance(a, fx.Node) for a in node.args):
-                nxt = _sole_user(node)
-                relu = nxt is not None and _is_relu(nxt, modules)
-                a_spec, a_ste = _specs_for(ste, act_spec, relu)
-                name = fresh("add")
-                gm.add_submodule(name, QuantAdd(relu, a_spec, a_ste))
-                with graph.inserting_after(node):
-                    new = graph.call_module(name, tuple(node.args))
-                node.replace_all_uses_with(new)
-                graph.erase_node(node)
-                if relu:
-                    _collapse(graph, [new, nxt], erased)
-            elif node.target not in PASS_FUNCTIONS:
-                raise UnsupportedLayerError(f"node {node.name}: function {getattr(node.target, '__name__', node.target)} is not supported")
-        elif node.op == "call_method" and node.target not in PASS_METHODS:
+            raise UnsupportedLayerError(f"node {node.name}: function {getattr(node.target, '__name__', node.target)} is not supported")
+        else:
             raise UnsupportedLayerError(f"node {node.name}: method .{node.target}() is not supported")
 
     for node in [n for n in graph.nodes if n.op == "placeholder"]:
@@ -190,27 +238,42 @@ def prepare_qat(
 
 
 def _link_input_quantizers(gm: fx.GraphModule) -> None:
-    """Tell each conv/linear which quantizer produced its input, through grid-preserving
-    ops (pooling, ReLU, flatten), so that in eval mode its bias can sit on the
-    accumulator grid ``s_x·s_w`` exactly as the integer model's int32 bias does."""
+    """Tell each module that needs it which quantizers produced its inputs, found
+    through grid-preserving ops (pooling, ReLU, reshapes, slices, standalone clamps):
+    convs and linears put their eval-mode bias on the accumulator grid ``s_x·s_w``,
+    averages and products compute on exact codes in eval mode, and standalone clamps
+    clamp at grid points, each as the integer model does."""
     modules = dict(gm.named_modules())
     for node in gm.graph.nodes:
-        if node.op != "call_module" or not isinstance(modules[str(node.target)], (QuantConv2d, QuantLinear)):
-            continue
-        src = node.args[0]
-        while isinstance(src, fx.Node):
-            mod = modules.get(str(src.target)) if src.op == "call_module" else None
-            if mod is not None and hasattr(mod, "act_fq"):
-                modules[str(node.target)].set_input_quantizer(mod.act_fq)
-                break
-            passthrough = (
-                (mod is not None and isinstance(mod, PASS_MODULES))
-                or (src.op == "call_function" and src.target in PASS_FUNCTIONS)
-                or (src.op == "call_method" and src.target in PASS_METHODS)
-            )
-            if not passthrough or not src.args:
-                break
-            src = src.args[0]
+        mod = modules.get(str(node.target)) if node.op == "call_module" else None
+        if isinstance(mod, (QuantConv2d, QuantLinear, QuantClamp, QuantAvgPool, QuantMean)):
+            fq = _producer_quantizer(node.args[0], modules)
+            if fq is not None:
+                mod.set_input_quantizer(fq)
+        elif isinstance(mod, QuantMul):
+            fqs = [_producer_quantizer(a, modules) for a in node.args]
+            if all(f is not None for f in fqs):
+                mod.set_input_quantizers(fqs)  # type: ignore[arg-type]
+
+
+def _producer_quantizer(src: object, modules: dict[str, nn.Module]) -> FakeQuant | None:
+    while isinstance(src, fx.Node):
+        mod = modules.get(str(src.target)) if src.op == "call_module" else None
+        if mod is not None and isinstance(getattr(mod, "act_fq", None), FakeQuant):
+            return mod.act_fq
+        passthrough = isinstance(mod, QuantClamp) or P.is_grid_preserving(src, modules)
+        if not passthrough or not src.args:
+            return None
+        src = src.args[0]
+    return None
+
+
+def _module_uses(graph: fx.Graph) -> dict[str, int]:
+    uses: dict[str, int] = {}
+    for n in graph.nodes:
+        if n.op == "call_module":
+            uses[str(n.target)] = uses.get(str(n.target), 0) + 1
+    return uses
 
 
 def _override_bits(fq: FakeQuant, bits: int) -> None:
