@@ -13,6 +13,7 @@ def _tiny(**kw):
     return profile("tiny", **kw)
 
 
+@pytest.mark.slow  # trains
 def test_trio_on_digits(tmp_path, monkeypatch):
     monkeypatch.setenv("QATLAB_CACHE", str(tmp_path / "cache"))
     fp = run_trial(_tiny(method="fp32"))
@@ -32,6 +33,7 @@ def test_trio_on_digits(tmp_path, monkeypatch):
     IntModel.load(tmp_path / "trial" / "intmodel.pt")
 
 
+@pytest.mark.slow  # trains
 def test_same_seed_same_metrics(tmp_path, monkeypatch):
     monkeypatch.setenv("QATLAB_CACHE", str(tmp_path))
     cfg = _tiny(method="qat", w_bits=4, a_bits=4, ste="pact", epochs=1)
@@ -51,6 +53,7 @@ def test_failed_trial_keeps_traceback(tmp_path, monkeypatch):
     assert r["status"] == "failed" and "Traceback" in r["error"] and "entropy" in r["error"]
 
 
+@pytest.mark.slow  # trains
 def test_checkpoint_round_trip_and_bad_files(tmp_path, monkeypatch):
     import pytest
 

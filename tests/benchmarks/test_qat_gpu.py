@@ -17,6 +17,7 @@ def _load():
     return mod
 
 
+@pytest.mark.slow  # runs QAT training steps of two models
 def test_step_timing_runs_and_writes_json(tmp_path, capsys):
     out = tmp_path / "q.json"
     rc = _load().main(["--device", "cpu", "--models", "lenet,resnet8", "--batch", "4", "--repeats", "1", "--warmup", "1", "--json", str(out)])
