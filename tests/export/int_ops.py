@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from qatlab.intmodel import IntModel, reference
-from qatlab.intmodel.model import ActQ, IntOp
+from qatlab.intmodel.model import ActQ, IntOp, rescale_bounds
 from qatlab.quant import quantize_multiplier
+from qatlab.quant.requant import pre_shift_multiplier
 
 LUT_FNS = {
     "hardswish": F.hardswish,
@@ -44,6 +45,18 @@ def requant_tensors(real: torch.Tensor, suffix: str = "") -> dict[str, torch.Ten
         f"multiplier{suffix}": real.double(),
         f"fixed_multiplier{suffix}": torch.from_numpy(m).reshape(real.shape),
         f"shift{suffix}": torch.from_numpy(s).reshape(real.shape),
+    }
+
+
+def widened_requant_tensors(real: torch.Tensor, bound: int, suffix: str = "") -> dict[str, torch.Tensor]:
+    """As the converter stores a mul's, cat input's, mean's or adaptive pool's
+    requantization: values ``|v| ≤ bound`` widened by ``2^pre_shift`` in fixed point."""
+    m, s, pre = pre_shift_multiplier(real, bound)
+    return {
+        f"multiplier{suffix}": real.double(),
+        f"fixed_multiplier{suffix}": torch.from_numpy(m).reshape(real.shape),
+        f"shift{suffix}": torch.from_numpy(s).reshape(real.shape),
+        f"pre_shift{suffix}": torch.tensor([pre], dtype=torch.int32),
     }
 
 
@@ -172,7 +185,8 @@ class NetBuilder:
         c = self._clamp_codes(yq, clamp)
         if c is not None:
             attrs["clamp"] = c
-        tensors = requant_tensors(torch.tensor([qa.scale * qb.scale / yq.scale], dtype=torch.float64))
+        real = torch.tensor([qa.scale * qb.scale / yq.scale], dtype=torch.float64)
+        tensors = widened_requant_tensors(real, rescale_bounds("mul", [qa, qb])[0])
         name = self.name("mul")
         return self._add(IntOp("mul", name, [a, b], name, yq, attrs, tensors))
 
@@ -181,8 +195,9 @@ class NetBuilder:
         y = torch.cat([self.real(s) for s in srcs], axis)
         yq = self.q[srcs[share_q_with]] if share_q_with is not None else self._out_q(y)
         tensors: dict[str, torch.Tensor] = {}
-        for i, s in enumerate(srcs):
-            tensors.update(requant_tensors(torch.tensor([self.q[s].scale / yq.scale], dtype=torch.float64), f"_{i}"))
+        in_qs = [self.q[s] for s in srcs]
+        for i, (q, bound) in enumerate(zip(in_qs, rescale_bounds("cat", in_qs))):
+            tensors.update(widened_requant_tensors(torch.tensor([q.scale / yq.scale], dtype=torch.float64), bound, f"_{i}"))
         name = self.name("cat")
         return self._add(IntOp("cat", name, list(srcs), name, yq, {"axis": axis}, tensors))
 
@@ -205,7 +220,8 @@ class NetBuilder:
         y = self.real(src).mean(dim=dims, keepdim=keepdim)
         yq = self._out_q(y)
         count = math.prod(self.codes[src].shape[d] for d in dims)
-        tensors = requant_tensors(torch.tensor([xq.scale / (count * yq.scale)], dtype=torch.float64))
+        real = torch.tensor([xq.scale / (count * yq.scale)], dtype=torch.float64)
+        tensors = widened_requant_tensors(real, rescale_bounds("mean", [xq], count)[0])
         name = self.name("mean")
         return self._add(IntOp("mean", name, [src], name, yq, {"dims": list(dims), "keepdim": keepdim, "count": count}, tensors))
 
@@ -215,7 +231,8 @@ class NetBuilder:
         _, h, w = self.shape(src)
         rows, cols = adaptive_bins(h, out[0]), adaptive_bins(w, out[1])
         count = torch.tensor([[(r1 - r0) * (c1 - c0) for c0, c1 in cols] for r0, r1 in rows], dtype=torch.int32)
-        tensors = {"count": count, **requant_tensors(xq.scale / (count.double() * yq.scale))}
+        bound = rescale_bounds("avgpool", [xq], int(count.max()))[0]
+        tensors = {"count": count, **widened_requant_tensors(xq.scale / (count.double() * yq.scale), bound)}
         name = self.name("gap")
         return self._add(IntOp("avgpool", name, [src], name, yq, {"adaptive": True, "output_size": list(out)}, tensors))
 

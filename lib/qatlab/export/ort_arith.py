@@ -18,7 +18,10 @@ optimizations, x86-64) compute:
   with ``S = fp32(s_x / fp32(s_y · count))``.
 * other ``mean``s and adaptive pools: the exported graph sums and requantizes in
   float64 (``round_half_even(Σ(q − z) · M) + z_y`` with the op's own float64
-  ``multiplier`` M = s_x/(count·s_y)): the IntModel's float requantization.
+  ``multiplier`` M = s_x/(count·s_y)): the IntModel's float requantization, and
+  its fixed one but for ties (the fixed path widens the sums by ``2^pre_shift``
+  first, so it rounds once). The replay needs no ``rounding``: ORT's arithmetic is
+  the same for both.
 * ``clamp``, ``lut``, ``reshape``, ``permute``, ``slice``: integer ops on the codes,
   exact.
 """

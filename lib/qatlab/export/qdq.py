@@ -54,7 +54,10 @@ The other kinds:
   have no quantized ONNX op; they sum the centred codes in float64 (ReduceSum, or two
   MatMuls with 0/1 bin matrices: integer sums, exact) and requantize in float64 with
   the op's own multipliers (Mul, Round half to even, Add z, Clip, Cast), which is the
-  IntModel's float rounding bit for bit.
+  IntModel's float rounding bit for bit. A ``fixed`` IntModel widens those sums by
+  ``2^pre_shift`` before its fixed-point multiply, so this form is its rounding too,
+  but for half-way ties (fixed point breaks them away from zero) and near-ties
+  within the fixed multiplier's 2^−31 error.
 """
 from __future__ import annotations
 

@@ -33,8 +33,9 @@ from qatlab.nn import patterns as P
 from qatlab.nn.fake_quant import FakeQuant
 from qatlab.nn.modules import adaptive_bin_counts, adaptive_output_size
 from qatlab.quant import QParams, quantize, quantize_multiplier
+from qatlab.quant.requant import FixedPointRangeError, pre_shift_multiplier
 
-from .model import ActQ, IntModel, IntOp
+from .model import ActQ, IntModel, IntOp, rescale_bounds
 from .reference import quantize_input
 
 
@@ -137,6 +138,37 @@ def _clamp_attr(bounds: tuple[float | None, float | None] | None, yq: ActQ) -> d
 
 def _requant_scalar(real: float, suffix: str = "") -> dict[str, torch.Tensor]:
     return {f"{k}{suffix}": v for k, v in _requant_tensors(torch.tensor([real], dtype=torch.float64)).items()}
+
+
+def _widened_fixed_point(real: torch.Tensor, bound: int, rounding: str, name: str) -> tuple[Any, Any, int]:
+    """(fixed_multiplier, shift, pre_shift) of an op whose small integer ``|v| ≤ bound``
+    is widened by ``2^pre_shift`` before the fixed-point multiply
+    (``pre_shift_multiplier``): ``fixed_multiplier · 2^(shift − 31) = M · 2^−pre_shift``.
+    Values too wide for any widening keep ``pre_shift`` 0 and the plain fixed-point
+    form, usable by float rounding only; fixed rounding refuses them."""
+    try:
+        return pre_shift_multiplier(real, bound)
+    except FixedPointRangeError as e:
+        if rounding == "fixed":
+            raise UnsupportedLayerError(
+                f"node {name}: values up to {bound} leave the int32 input of fixed-point requantization; "
+                "use rounding='float' or narrower activations"
+            ) from e
+        m, s = quantize_multiplier(real)
+        return m, s, 0
+
+
+def _pre_shifted(real: torch.Tensor, bound: int, rounding: str, name: str, suffix: str = "") -> dict[str, torch.Tensor]:
+    """Requantization tensors of a mul, cat input, mean or adaptive pool (see
+    :func:`_widened_fixed_point`)."""
+    m, s, pre = _widened_fixed_point(real, bound, rounding, name)
+    shape = tuple(real.shape)
+    return {
+        f"multiplier{suffix}": real.double(),
+        f"fixed_multiplier{suffix}": torch.from_numpy(m).reshape(shape),
+        f"shift{suffix}": torch.from_numpy(s).reshape(shape),
+        f"pre_shift{suffix}": torch.tensor([pre], dtype=torch.int32),
+    }
 
 
 def _lut_table(mod: QuantLUT, xq: ActQ, name: str) -> torch.Tensor:
@@ -344,12 +376,16 @@ def _walk(gm: fx.GraphModule, input_shape: tuple[int, ...], rounding: str, meta:
                 a, b = node.args
                 qa, qb = need_q(a, node.name), need_q(b, node.name)
                 yq = _act_q(mod.act_fq)
-                emit("mul", node, [a, b], yq, {"relu": mod.relu, **_clamp_attr(mod.clamp, yq)}, _requant_scalar(qa.scale * qb.scale / yq.scale))
+                real = torch.tensor([qa.scale * qb.scale / yq.scale], dtype=torch.float64)
+                tensors = _pre_shifted(real, rescale_bounds("mul", [qa, qb])[0], rounding, node.name)
+                emit("mul", node, [a, b], yq, {"relu": mod.relu, **_clamp_attr(mod.clamp, yq)}, tensors)
             elif isinstance(mod, QuantCat):
                 yq = _act_q(mod.act_fq)
                 tensors = {}
-                for i, a in enumerate(node.args):
-                    tensors.update(_requant_scalar(need_q(a, node.name).scale / yq.scale, f"_{i}"))
+                in_qs = [need_q(a, node.name) for a in node.args]
+                for i, (q, bound) in enumerate(zip(in_qs, rescale_bounds("cat", in_qs))):
+                    real = torch.tensor([q.scale / yq.scale], dtype=torch.float64)
+                    tensors.update(_pre_shifted(real, bound, rounding, node.name, f"_{i}"))
                 axis = mod.dim % _rank(node)
                 if axis == 0:
                     raise UnsupportedLayerError(f"node {node.name}: concatenation along the batch axis is not supported")
@@ -366,7 +402,9 @@ def _walk(gm: fx.GraphModule, input_shape: tuple[int, ...], rounding: str, meta:
                 for d in dims:
                     count *= in_full[d]
                 attrs = {"dims": dims, "keepdim": mod.keepdim, "count": count}
-                emit("mean", node, [src], yq, attrs, _requant_scalar(xq.scale / (count * yq.scale)))
+                real = torch.tensor([xq.scale / (count * yq.scale)], dtype=torch.float64)
+                tensors = _pre_shifted(real, rescale_bounds("mean", [xq], count)[0], rounding, node.name)
+                emit("mean", node, [src], yq, attrs, tensors)
             elif isinstance(mod, QuantLUT):
                 xq = need_q(src, node.name)
                 emit("lut", node, [src], _act_q(mod.act_fq), {"fn": mod.fn}, {"table": _lut_table(mod, xq, node.name)})
@@ -378,7 +416,7 @@ def _walk(gm: fx.GraphModule, input_shape: tuple[int, ...], rounding: str, meta:
             elif isinstance(mod, QuantAvgPool):
                 xq = need_q(src, node.name)
                 yq = _act_q(mod.act_fq)
-                attrs, tensors = _pool_attrs(mod.pool, _shape(src), node.name, xq, yq)
+                attrs, tensors = _pool_attrs(mod.pool, _shape(src), node.name, xq, yq, rounding)
                 emit("avgpool", node, [src], yq, attrs, tensors)
             elif not pass_through(node):
                 raise UnsupportedLayerError(f"node {node.name}: layer {node.target!r} of type {type(mod).__name__} is not supported by the integer model")
@@ -421,12 +459,14 @@ def _pair(v: Any) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
 
 
-def _pool_attrs(pool: nn.Module, in_shape: tuple[int, ...], name: str, xq: ActQ, yq: ActQ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def _pool_attrs(
+    pool: nn.Module, in_shape: tuple[int, ...], name: str, xq: ActQ, yq: ActQ, rounding: str
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     c, h, w = in_shape
     if isinstance(pool, nn.AdaptiveAvgPool2d):
         out = adaptive_output_size(pool.output_size, (h, w))
         if h % out[0] or w % out[1]:
-            return _adaptive_attrs(h, w, out, xq, yq)
+            return _adaptive_attrs(h, w, out, xq, yq, rounding, name)
         k = (h // out[0], w // out[1])
         stride, padding = k, (0, 0)
     else:
@@ -438,16 +478,18 @@ def _pool_attrs(pool: nn.Module, in_shape: tuple[int, ...], name: str, xq: ActQ,
     count = k[0] * k[1]
     real = torch.tensor([xq.scale / (count * yq.scale)], dtype=torch.float64)
     attrs = {"kernel": k, "stride": stride, "padding": padding, "count": count}
-    m, s = quantize_multiplier(real)
-    attrs.update(multiplier=float(real), fixed_multiplier=int(m[0]), shift=int(s[0]))
+    # A window sums at most `count` centred codes (padding adds real zeros).
+    m, s, pre = _widened_fixed_point(real, rescale_bounds("avgpool", [xq], count)[0], rounding, name)
+    attrs.update(multiplier=float(real), fixed_multiplier=int(m[0]), shift=int(s[0]), pre_shift=pre)
     return attrs, {}
 
 
-def _adaptive_attrs(h: int, w: int, out: tuple[int, int], xq: ActQ, yq: ActQ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Uneven adaptive bins: one multiplier per output pixel, by its bin's size."""
+def _adaptive_attrs(
+    h: int, w: int, out: tuple[int, int], xq: ActQ, yq: ActQ, rounding: str, name: str
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Uneven adaptive bins: one multiplier per output pixel, by its bin's size; one
+    pre-shift for all, from the largest bin."""
     count = adaptive_bin_counts(h, w, out)
     real = xq.scale / (count.double() * yq.scale)
-    tensors = {"count": count, **_requant_tensors(real)}
-    tensors["fixed_multiplier"] = tensors["fixed_multiplier"].reshape(out)
-    tensors["shift"] = tensors["shift"].reshape(out)
-    return {"adaptive": True, "output_size": out}, tensors
+    bound = rescale_bounds("avgpool", [xq], int(count.max()))[0]
+    return {"adaptive": True, "output_size": out}, {"count": count, **_pre_shifted(real, bound, rounding, name)}

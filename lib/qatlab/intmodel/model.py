@@ -21,11 +21,12 @@ and ``shift``; ``sat`` clamps to ``[out_q.qmin, out_q.qmax]``):
 ``linear``    tensors as conv.
 ``add``       tensors multiplier_a/b, fixed_multiplier_a/b, shift_a/b, real_a/b.
 ``avgpool``   attrs kernel/stride/padding/count with scalar attrs multiplier,
-              fixed_multiplier, shift; or, adaptive (``adaptive: True``,
+              fixed_multiplier, shift, pre_shift (see below); or, adaptive (``adaptive: True``,
               ``output_size: [oh, ow]``, PyTorch's uneven bins
               ``[floor(i·H/oh), ceil((i+1)·H/oh))``) with tensors ``count``
               (int32 [oh, ow], each bin's size), ``multiplier`` (float64 [oh, ow] =
-              s_x/(count·s_o)), ``fixed_multiplier`` and ``shift`` (int32 [oh, ow]):
+              s_x/(count·s_o)), ``fixed_multiplier`` and ``shift`` (int32 [oh, ow]),
+              ``pre_shift`` (int32 [1]):
               ``y = sat(round(Σ_bin (q − z_x) · M[i, j]) + z_o)``.
 ``maxpool``   attrs kernel/stride/padding/dilation/ceil_mode; out_q == input's.
 ``relu``      ``max(q, z)``; out_q == input's.
@@ -34,13 +35,26 @@ and ``shift``; ``sat`` clamps to ``[out_q.qmin, out_q.qmax]``):
 ``lut``       attrs fn; tensor ``table`` int32 [in.qmax − in.qmin + 1]:
               ``y = table[q − in.qmin]`` (inputs of at most 8 bits).
 ``mul``       two inputs (torch broadcasting); tensors multiplier, fixed_multiplier,
-              shift [1] with M = s_a·s_b/s_o: ``y = sat(round((qa − za)(qb − zb)·M) + z_o)``.
+              shift, pre_shift [1] with M = s_a·s_b/s_o: ``y = sat(round((qa − za)(qb − zb)·M) + z_o)``.
 ``cat``       n inputs, attrs axis (batch = 0); tensors ``multiplier_i``,
-              ``fixed_multiplier_i``, ``shift_i`` [1] per input i with M_i = s_i/s_o:
+              ``fixed_multiplier_i``, ``shift_i``, ``pre_shift_i`` [1] per input i with M_i = s_i/s_o:
               ``y_i = sat(round((q_i − z_i)·M_i) + z_o)``, then concatenated.
 ``mean``      attrs dims (full-tensor axes), keepdim, count; tensors multiplier,
-              fixed_multiplier, shift [1] with M = s_x/(count·s_o):
+              fixed_multiplier, shift, pre_shift [1] with M = s_x/(count·s_o):
               ``y = sat(round(Σ (q − z_x)·M) + z_o)``.
+
+Fixed rounding of ``mul``, ``cat``, ``mean`` and ``avgpool``: the small integer
+``v`` they rescale (a product of centred codes, a centred code, a sum of them) is
+widened first, as TFLite widens an add's inputs: with an int32 tensor
+``pre_shift{suffix}`` [1] = L (the window pool: an int attr ``pre_shift``) the result is
+``MultiplyByQuantizedMultiplier(v · 2^L, fixed_multiplier, shift)`` and the stored
+pair encodes ``M · 2^−L`` (``shift`` is M's own shift minus L). ``convert`` picks
+``L = 31 − bit_length(B)`` from the bound ``|v| ≤ B`` of :func:`rescale_bounds` (so
+``v · 2^L`` is an int32), capped so that no right shift exceeds 31; the result then
+rounds ``v · M`` once, as float rounding does, but for half-way ties (broken away
+from zero) and near-ties within the multiplier's 2^−31 error. Without
+``pre_shift`` (files written before it) L is 0. ``validate`` refuses a fixed model
+whose ``B · 2^L`` leaves int32.
 ``reshape``   attrs out_shape; ``permute`` attrs dims (dims[0] == 0); ``slice``
               attrs axis, start, end: pass-through, out_q == input's.
 
@@ -50,6 +64,7 @@ Every op carries ``out_shape`` (without the batch).
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,8 +104,38 @@ class ActQ:
     def bits(self) -> int:
         return int(self.qmax - self.qmin).bit_length()
 
+    @property
+    def span(self) -> int:
+        """The largest ``|q − zero_point|`` over codes q in [qmin, qmax]."""
+        return max(self.qmax - self.zero_point, self.zero_point - self.qmin, 0)
+
     def to_dict(self) -> dict[str, Any]:
         return {"scale": self.scale, "zero_point": self.zero_point, "qmin": self.qmin, "qmax": self.qmax}
+
+
+def rescale_bounds(kind: str, in_qs: list[ActQ], count: int = 1) -> list[int]:
+    """Bounds on ``|v|``, the integer a ``mul``, ``cat`` (one per input), ``mean`` or
+    ``avgpool`` (``count``: its window, or an adaptive pool's largest bin) multiplies
+    by M, from the input codes' ranges: ``|(qa − za)(qb − zb)| ≤ span_a · span_b``, ``|q_i − z_i| ≤ span_i``,
+    and a sum of ``count`` centred codes ``≤ count · span``. The fixed-point pre-shift
+    (``qatlab.quant.requant.pre_shift_multiplier``) is chosen from these."""
+    if kind == "mul":
+        return [in_qs[0].span * in_qs[1].span]
+    if kind == "cat":
+        return [q.span for q in in_qs]
+    if kind in ("mean", "avgpool"):
+        return [count * in_qs[0].span]
+    raise ValueError(f"op kind {kind!r} has no pre-shifted requantization")
+
+
+def pre_shift_suffixes(op: "IntOp") -> list[str]:
+    """The name suffixes of the op's pre-shifted requantizations (one per bound of
+    :func:`rescale_bounds`); empty for other kinds."""
+    if op.kind in ("mul", "mean", "avgpool"):
+        return [""]
+    if op.kind == "cat":
+        return [f"_{i}" for i in range(len(op.inputs))]
+    return []
 
 
 @dataclass
@@ -203,6 +248,9 @@ class IntModel:
 
     def validate(self, source: str = "<model>") -> None:
         seen = {self.input_name}
+        q_of: dict[str, ActQ] = {}
+        if self.rounding not in ("float", "fixed"):
+            raise IntModelFormatError(f"{source}: rounding {self.rounding!r} is unknown")
         for op in self.ops:
             if op.kind not in OP_KINDS:
                 raise IntModelFormatError(f"{source}: op {op.name!r} has unknown kind {op.kind!r}")
@@ -210,11 +258,14 @@ class IntModel:
                 if i not in seen:
                     raise IntModelFormatError(f"{source}: op {op.name!r} reads {i!r} before it is written")
             _validate_op(op, source)
+            if self.rounding == "fixed" and pre_shift_suffixes(op):
+                if any(i not in q_of for i in op.inputs):
+                    raise IntModelFormatError(f"{source}: op {op.name!r} ({op.kind}) reads the float input; it needs codes")
+                _validate_pre_shift(op, [q_of[i] for i in op.inputs], source)
             seen.add(op.output)
+            q_of[op.output] = op.out_q
         if self.output_name not in seen:
             raise IntModelFormatError(f"{source}: output {self.output_name!r} is never written")
-        if self.rounding not in ("float", "fixed"):
-            raise IntModelFormatError(f"{source}: rounding {self.rounding!r} is unknown")
 
 
 def _validate_op(op: IntOp, source: str) -> None:
@@ -275,6 +326,35 @@ def _validate_op(op: IntOp, source: str) -> None:
         lo, hi = op.attrs["clamp"]
         if int(lo) > int(hi):
             raise IntModelFormatError(f"{where} clamp lo > hi")
+
+
+def _validate_pre_shift(op: IntOp, in_qs: list[ActQ], source: str) -> None:
+    """Fixed rounding: every pre-shifted value ``v · 2^pre_shift`` fits int32, as the
+    fixed-point multiply takes it (a file without ``pre_shift`` shifts by 0)."""
+    count = 1
+    adaptive = op.kind == "avgpool" and op.attrs.get("adaptive")
+    if adaptive:
+        count = int(op.tensors["count"].max()) if op.tensors["count"].numel() else 0
+    elif op.kind == "mean" or "count" in op.attrs:
+        count = int(op.attrs["count"])
+    elif op.kind == "avgpool":
+        if "kernel" not in op.attrs:
+            raise IntModelFormatError(f"{source}: op {op.name!r} ({op.kind}) lacks attr 'count'")
+        count = math.prod(int(k) for k in op.attrs["kernel"])
+    for suffix, bound in zip(pre_shift_suffixes(op), rescale_bounds(op.kind, in_qs, count)):
+        # The window pool keeps its fixed-point form in scalar attrs; the others in tensors.
+        if op.kind == "avgpool" and not adaptive:
+            t = torch.tensor([op.attrs["pre_shift"]]) if "pre_shift" in op.attrs else None
+        else:
+            t = op.tensors.get(f"pre_shift{suffix}")
+        pre = int(t.reshape(-1)[0]) if t is not None else 0
+        if t is not None and (t.numel() != 1 or not 0 <= pre <= 31):
+            raise IntModelFormatError(f"{source}: op {op.name!r} ({op.kind}) pre_shift{suffix} must be one shift in [0, 31]")
+        if bound << pre > 2**31 - 1:
+            raise IntModelFormatError(
+                f"{source}: op {op.name!r} ({op.kind}) multiplies values up to {bound} shifted left by {pre} "
+                "in fixed point, which leaves int32; use rounding='float' or narrower activations"
+            )
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:

@@ -73,12 +73,32 @@ def _saturate(y: torch.Tensor, op: IntOp) -> torch.Tensor:
 
 def _rescale(acc: torch.Tensor, op: IntOp, rounding: str, suffix: str = "") -> torch.Tensor:
     """``round(acc · M) + z_out`` (int64, unsaturated) with the op's multiplier
-    ``multiplier{suffix}`` or ``fixed_multiplier{suffix}``/``shift{suffix}``."""
+    ``multiplier{suffix}`` or ``fixed_multiplier{suffix}``/``shift{suffix}``.
+
+    Fixed rounding with a ``pre_shift{suffix}`` tensor (mul, cat, mean, adaptive
+    pools) widens ``acc`` by ``2^pre_shift`` first, as TFLite widens an add's inputs:
+    the stored shift already includes ``−pre_shift``. The converter picks the widening
+    so that no code in range can leave int32 (``pre_shift_multiplier``); codes out
+    of range would, and raise here rather than saturate."""
     t, z = op.tensors, op.out_q.zero_point
     wide = 2**62  # the saturation happens in _saturate, after any clamp
     if rounding == "float":
         return requantize(acc, t[f"multiplier{suffix}"], z, -wide, wide, "float")
+    pre = t.get(f"pre_shift{suffix}")
+    if pre is not None:
+        acc = _widen(acc.to(torch.int64), int(pre.reshape(-1)[0]), op)
     return requantize(acc, t[f"fixed_multiplier{suffix}"], z, -wide, wide, "fixed", t[f"shift{suffix}"])
+
+
+def _widen(acc: torch.Tensor, pre_shift: int, op: IntOp) -> torch.Tensor:
+    if pre_shift == 0:
+        return acc
+    limit = 1 << (31 - pre_shift)  # |acc| < limit  <=>  acc · 2^pre_shift is an int32
+    if acc.numel() and (int(acc.min()) <= -limit or int(acc.max()) >= limit):
+        raise AccumulatorOverflowError(
+            f"op {op.name}: a value outside ±{limit - 1} leaves int32 when widened by 2^{pre_shift} for fixed-point requantization"
+        )
+    return acc << pre_shift
 
 
 def _requant(acc: torch.Tensor, op: IntOp, rounding: str) -> torch.Tensor:
@@ -212,6 +232,7 @@ def run_avgpool(q: torch.Tensor, op: IntOp, xq: ActQ, rounding: str) -> torch.Te
     if rounding == "float":
         y = requantize(acc, torch.tensor(a["multiplier"], dtype=torch.float64), yq.zero_point, yq.qmin, yq.qmax, "float")
     else:
+        acc = _widen(acc, int(a.get("pre_shift", 0)), op)  # version-1 files: no widening
         y = requantize(acc, torch.tensor(a["fixed_multiplier"]), yq.zero_point, yq.qmin, yq.qmax, "fixed", torch.tensor(a["shift"]))
     return y.to(torch.int32)
 

@@ -6,7 +6,8 @@
 Activations stay on the device as int32 torch tensors (the reference's layout: NCHW
 codes), so every op that is plain integer torch arithmetic (quantize, add, mul, cat,
 pools, mean, lut, clamp, relu and the reshapes, permutes and slices) runs the
-reference's own function on them. Conv and linear go
+reference's own function on them, so the fixed-point widening of mul, cat, mean and
+average pools (``pre_shift``) is the reference's by construction. Conv and linear go
 through the kernel registry, handed over zero-copy (``__cuda_array_interface__``
 in, DLPack out) on torch's current stream:
 

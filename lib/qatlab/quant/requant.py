@@ -46,6 +46,39 @@ def quantize_multiplier(real: float | np.ndarray | torch.Tensor) -> tuple[np.nda
     return m.astype(np.int32), exp.astype(np.int32)
 
 
+class FixedPointRangeError(ValueError):
+    """Values too wide for the int32 input of the fixed-point multiply, even unshifted."""
+
+
+def pre_shift_multiplier(real: float | np.ndarray | torch.Tensor, bound: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Fixed-point form of multipliers ``real`` for integers ``|v| ≤ bound`` that are
+    shifted left by ``L`` before the multiply: returns ``(m, shift − L, L)``.
+
+    ``multiply_by_quantized_multiplier(v << L, m, shift − L)`` then rounds only once at
+    the output's precision: the high multiply keeps ``R = L − shift`` fraction bits of
+    ``v · M`` and the final shift rounds those, so the result differs from the exact
+    ``round(v · M)`` only where ``v · M`` lies within ``2^−(R+1)`` (plus ``m``'s own
+    2^−31 relative error) of a half-way point. Without the pre-shift (``L = 0``) a
+    small sum or product keeps only ``−shift`` fraction bits and rounds twice.
+
+    ``L = 31 − bit_length(bound)``, so ``|v| · 2^L ≤ (2^b − 1) · 2^(31 − b) < 2^31``
+    (b = bit_length(bound)): the shifted value is an int32 and the high multiply's
+    product stays below 2^62. ``L`` is capped at ``31 + min(shift)`` so the right
+    shift ``R`` never exceeds 31 (past that the result is 0 anyway: the high
+    multiply's output is below 2^31). One ``L`` serves every element of ``real``.
+    A ``bound`` of 2^31 or more is a :class:`FixedPointRangeError`.
+    """
+    if bound < 0:
+        raise ValueError(f"bound must be non-negative, got {bound}")
+    if bound > INT32_MAX:
+        raise FixedPointRangeError(f"values up to {bound} do not fit the int32 input of the fixed-point multiply")
+    m, s = quantize_multiplier(real)
+    live = s[m != 0]
+    cap = 31 + int(live.min()) if live.size else 31
+    pre = max(0, min(31 - int(bound).bit_length(), cap))
+    return m, np.asarray(s.astype(np.int64) - pre, dtype=np.int32), pre  # 0-d stays an array, as m
+
+
 def _srdhm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """SaturatingRoundingDoublingHighMul on int64 tensors holding int32 values."""
     ab = a * b
@@ -126,6 +159,15 @@ def multiply_by_quantized_multiplier_reference(x: int, multiplier: int, shift: i
     left, right = max(shift, 0), max(-shift, 0)
     shifted = min(max(x * (1 << left), INT32_MIN), INT32_MAX)
     return rounding_divide_by_pot_reference(srdhm_reference(shifted, multiplier), right)
+
+
+def multiply_pre_shifted_reference(x: int, multiplier: int, shift: int, pre_shift: int) -> int:
+    """``x`` widened by ``2^pre_shift`` (it must stay an int32), then
+    :func:`multiply_by_quantized_multiplier_reference` with the adjusted ``shift``."""
+    widened = x * (1 << pre_shift)
+    if not INT32_MIN <= widened <= INT32_MAX:
+        raise OverflowError(f"{x} << {pre_shift} leaves int32")
+    return multiply_by_quantized_multiplier_reference(widened, multiplier, shift)
 
 
 def quantize_multiplier_reference(real: float) -> tuple[int, int]:
