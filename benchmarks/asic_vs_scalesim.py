@@ -16,7 +16,6 @@ field agrees, the wall and CPU times (SCALE-Sim: one run, it is slow; ours: medi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess

@@ -137,7 +137,7 @@ def run(quick: bool = False, reps: int | None = None, dp4a: bool = True) -> list
     torch, cupy = _need_cuda()
     import numpy as np
 
-    from qatlab.kernels import get_kernel, int8_gemm_requant_ref
+    from qatlab.kernels import int8_gemm_requant_ref
     from qatlab.kernels.cupy_backend import int8_gemm_dp4a, int8_gemm_mma, int8_gemm_mma_requant
 
     dev = torch.device("cuda")

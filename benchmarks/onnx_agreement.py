@@ -11,7 +11,7 @@ IntModel: 100% means every difference is explained by that rounding).
     python benchmarks/onnx_agreement.py --checkpoints A/model.pt B/model.pt
     python benchmarks/onnx_agreement.py --json onnx.json
 
-Targets (issue 10): W8A8 agreement >= 99.5% and |ORT - IntModel| <= 0.2 pt; sub-8-bit
+Targets: W8A8 agreement >= 99.5% and |ORT - IntModel| <= 0.2 pt; sub-8-bit
 |ORT - IntModel| <= 0.5 pt. Printed as PASS/FAIL.
 """
 from __future__ import annotations

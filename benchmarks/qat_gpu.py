@@ -7,7 +7,7 @@ inputs, one step = forward + cross-entropy + backward + Adam step on a fixed bat
 the GPU, after calibration; FP32, QAT W8A8 LSQ (learned scales, LSQ+ offsets) and
 QAT W8A8 clipped STE (observed ranges) are timed round-robin (interleaved), each
 step closed by ``torch.cuda.synchronize()``, median of ``--repeats``.
-The issue's target is QAT step <= 1.5x the FP32 step.
+The target is a QAT step <= 1.5x the FP32 step.
 
 ``--trial`` also runs one trial of the training loop (``run_trial``, the ``quick``
 profile on a 6,000-image subset, W8A8 LSQ) with ``device="cuda"`` and prints its

@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _spec(trials: int, seed0: int):  # noqa: ANN202
+def _spec(trials: int, seed0: int):
     from workbook.spec import spec_from_dict
 
     return spec_from_dict(
@@ -51,7 +51,7 @@ def _spec(trials: int, seed0: int):  # noqa: ANN202
     )
 
 
-def _overheads(ray, repeats: int = 7) -> dict[str, float]:  # noqa: ANN001
+def _overheads(ray, repeats: int = 7) -> dict[str, float]:
     @ray.remote(num_cpus=1)
     def noop() -> float:
         return time.time()
@@ -66,7 +66,7 @@ def _overheads(ray, repeats: int = 7) -> dict[str, float]:  # noqa: ANN001
 
         return time.time()
 
-    def rt(fn) -> float:  # noqa: ANN001
+    def rt(fn) -> float:
         t0 = time.perf_counter()
         ray.get(fn.remote())
         return time.perf_counter() - t0

@@ -10,7 +10,6 @@ Heavy imports (torch, onnx) happen inside ``run``: ``workbook --help`` stays fas
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any

@@ -68,7 +68,7 @@ def parse_params(pairs: list[str], nb_params: dict[str, dict[str, Any]]) -> tupl
     return train, nbs
 
 
-def load_run_spec(name: str, train_overrides: dict[str, Any]):  # noqa: ANN201 - a workbook.spec.Spec
+def load_run_spec(name: str, train_overrides: dict[str, Any]):
     import yaml
 
     from workbook.errors import CommandError

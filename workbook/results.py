@@ -20,7 +20,6 @@ import json
 import math
 import os
 import socket
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence

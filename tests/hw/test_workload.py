@@ -29,8 +29,8 @@ def test_depthwise_expands_per_channel(tmp_path):
     f = tmp_path / "dw.csv"
     f.write_text("Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,\nDP1, 8, 8, 3, 3, 4, 1, 1,\n")
     layers = read_topology(f)
-    assert [l.name for l in layers] == [f"DP1Channel_{c}" for c in range(4)]
-    assert all(l.channels == 1 for l in layers)
+    assert [lay.name for lay in layers] == [f"DP1Channel_{c}" for c in range(4)]
+    assert all(lay.channels == 1 for lay in layers)
 
 
 @pytest.mark.parametrize(
@@ -85,4 +85,4 @@ def test_from_intmodel_matches_conv_geometry():
     assert (b.ifmap_h, b.stride_h, b.ofmap_h, b.M, b.K) == (10, 2, 4, 16, 36)
     assert (c.kind, c.M, c.N, c.K) == ("gemm", 1, 10, 96)
     conv_macs = 10 * 10 * 4 * 9 + 4 * 4 * 6 * 36
-    assert sum(l.macs for l in layers) == conv_macs + 960
+    assert sum(lay.macs for lay in layers) == conv_macs + 960

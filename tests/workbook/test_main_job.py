@@ -3,7 +3,6 @@ import json
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import nbformat
 import pytest
@@ -75,7 +74,7 @@ def test_pages_render_in_headless_chromium(run_dir, tmp_path):
         assert "<table" in dom
         if page.name != "index.html":
             assert "<img" in dom
-        console_errors = [l for l in p.stderr.splitlines() if "CONSOLE" in l and ("Uncaught" in l or "Error" in l)]
+        console_errors = [line for line in p.stderr.splitlines() if "CONSOLE" in line and ("Uncaught" in line or "Error" in line)]
         assert not console_errors, console_errors
 
 

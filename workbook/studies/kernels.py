@@ -18,7 +18,7 @@ import torch
 from .hardware import gpu_status
 
 
-def _median_s(fn, repeats: int) -> float:  # noqa: ANN001
+def _median_s(fn, repeats: int) -> float:
     fn()
     ts = []
     for _ in range(repeats):
@@ -44,7 +44,7 @@ def cpu_gemm_table(sizes: tuple[int, ...] = (128, 256, 512, 1024), repeats: int 
     return pd.DataFrame(rows).round(2)
 
 
-def plot_throughput(table: pd.DataFrame):  # noqa: ANN201
+def plot_throughput(table: pd.DataFrame):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.2))

@@ -25,7 +25,7 @@ def capture_tensors(model: nn.Module, x: torch.Tensor, max_act_values: int = 200
     tensors: dict[str, torch.Tensor] = {}
     hooks = []
 
-    def hook(name: str):  # noqa: ANN202
+    def hook(name: str):
         def fn(mod: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
             a = inp[0].detach()
             a = a.movedim(1, 0).reshape(a.shape[1], -1) if a.dim() > 1 else a.reshape(1, -1)
@@ -111,7 +111,7 @@ def clip_ranges(x: torch.Tensor, bits: int, symmetric: bool, estimators: Iterabl
     return out
 
 
-def plot_sqnr_vs_bits(table: pd.DataFrame, kind: str = "weight"):  # noqa: ANN201 - a matplotlib Figure
+def plot_sqnr_vs_bits(table: pd.DataFrame, kind: str = "weight"):
     import matplotlib.pyplot as plt
 
     t = table[(table.kind == kind) & (table.scale_rule == "standard")]
@@ -130,7 +130,7 @@ def plot_sqnr_vs_bits(table: pd.DataFrame, kind: str = "weight"):  # noqa: ANN20
     return fig
 
 
-def plot_histograms(tensors: dict[str, torch.Tensor], bits: int = 4, max_plots: int = 4):  # noqa: ANN201
+def plot_histograms(tensors: dict[str, torch.Tensor], bits: int = 4, max_plots: int = 4):
     import matplotlib.pyplot as plt
 
     names = list(tensors)[:max_plots]

@@ -70,15 +70,15 @@ class Layer:
         return (self.ifmap_w - self.filter_w) // self.stride_w + 1
 
     @property
-    def M(self) -> int:  # noqa: N802 - the GEMM names are the domain's
+    def M(self) -> int:
         return self.batch * self.ofmap_h * self.ofmap_w
 
     @property
-    def K(self) -> int:  # noqa: N802
+    def K(self) -> int:
         return self.filter_h * self.filter_w * self.channels
 
     @property
-    def N(self) -> int:  # noqa: N802
+    def N(self) -> int:
         return self.num_filters
 
     @property
@@ -99,7 +99,7 @@ class Layer:
         return d
 
     @classmethod
-    def gemm(cls, name: str, M: int, N: int, K: int, **kw: object) -> "Layer":  # noqa: N803
+    def gemm(cls, name: str, M: int, N: int, K: int, **kw: object) -> "Layer":
         """A GEMM ``[M, K] x [K, N]`` as SCALE-Sim encodes it: ifmap M x K, filter 1 x K, 1 channel."""
         return cls(name, M, K, 1, K, 1, N, kind="gemm", **kw)  # type: ignore[arg-type]
 
@@ -145,7 +145,7 @@ def read_topology(path: str | os.PathLike[str]) -> list[Layer]:
         sparsity = _sparsity(extra[0], where) if extra else (1, 1)
         try:
             if gemm:
-                M, N, K = (_int(row[i], h, where) for i, h in zip((1, 2, 3), ("M", "N", "K")))  # noqa: N806
+                M, N, K = (_int(row[i], h, where) for i, h in zip((1, 2, 3), ("M", "N", "K")))
                 layers.append(Layer.gemm(name, M, N, K, sparsity=sparsity))
                 continue
             vals = [_int(row[i + 1], h, where) for i, h in enumerate(_CONV_FIELDS)]

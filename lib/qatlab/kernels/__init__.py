@@ -10,8 +10,8 @@ CuPy is imported only when a ``cuda`` kernel is called.
 """
 from __future__ import annotations
 
-from .errors import CupyUnavailableError, KernelError, KernelInputError, UnknownKernelError
 from .conv_reference import input_zero_point_correction, int8_conv2d_ref, int8_conv2d_requant_ref
+from .errors import CupyUnavailableError, KernelError, KernelInputError, UnknownKernelError
 from .linear import int8_linear
 from .reference import int8_gemm_ref, int8_gemm_requant_ref
 from .registry import BACKENDS, cuda_available, get_kernel, kernel_names

@@ -1,4 +1,5 @@
 """QAT: straight-through estimators, fake-quant modules, prepare_qat, BN folding, PTQ calibration."""
+from .errors import UnsupportedLayerError
 from .fake_quant import FakeQuant, set_calibrating, set_fake_quant, set_observe
 from .modules import (
     QUANT_COMPUTE,
@@ -15,7 +16,6 @@ from .modules import (
     act_codes,
     clamp_codes,
 )
-from .errors import UnsupportedLayerError
 from .prepare import calibrate, freeze_bn, prepare_qat, quantizers
 from .ste import STE_KINDS, grad_scale, lsq_fake_quant, lsq_fake_quant_reference, pact_fake_quant, round_ste
 

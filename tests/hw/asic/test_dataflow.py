@@ -24,7 +24,7 @@ def skew(block: np.ndarray) -> np.ndarray:
 
 def ofmap_demand(m: ArrayMapping) -> np.ndarray:
     """The ofmap demand rows of every fold, built explicitly (1 = a write, -1 = none)."""
-    R, C, T = m.R, m.C, m.T  # noqa: N806
+    R, C, T = m.R, m.C, m.T
     folds = []
     for cu in m.col_used():
         for ru in m.row_used():

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from qatlab.hw.fpga import FpgaError, IntLayer, LayerFolding, ParamsError, analyze, write_folding, read_folding
+from qatlab.hw.fpga import FpgaError, IntLayer, LayerFolding, ParamsError, analyze, read_folding, write_folding
 from qatlab.hw.workload import Layer
 
 CONTRACT = ["layer", "pe", "simd", "cycles", "swu_cycles", "lut", "dsp", "bram18", "acc_bits"]

@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 from qatlab.hw.fpga import (
-    DoesNotFitError, LayerFolding, UnreachableTargetError, analyze, get_device, search_folding,
+    DoesNotFitError,
+    LayerFolding,
+    UnreachableTargetError,
+    analyze,
+    get_device,
+    search_folding,
 )
 from qatlab.hw.fpga.model import layer_specs
 from qatlab.hw.workload import Layer, read_topology

@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qatlab.hw.fpga import (
-    ChainError, DeadlockError, IntLayer, LayerFolding, analyze, geometry, reference_forward, simulate,
+    ChainError,
+    DeadlockError,
+    IntLayer,
+    LayerFolding,
+    analyze,
+    geometry,
+    reference_forward,
+    simulate,
 )
 from qatlab.hw.fpga.folding import resolve_folding
 from qatlab.hw.fpga.schedule import build_stages, compute_schedule

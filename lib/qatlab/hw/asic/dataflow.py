@@ -41,11 +41,12 @@ class ArrayMapping:
     """One GEMM ``(M, N, K)`` folded onto an ``R x C`` array with a dataflow."""
 
     dataflow: str
-    R: int  # noqa: N815 - the array's rows / cols, as in the literature
-    C: int  # noqa: N815
-    M: int  # noqa: N815
-    N: int  # noqa: N815
-    K: int  # noqa: N815
+    # Upper-case names as in the literature: array rows/cols R, C and GEMM sizes M, N, K.
+    R: int
+    C: int
+    M: int
+    N: int
+    K: int
 
     def __post_init__(self) -> None:
         if self.dataflow not in ("os", "ws", "is"):
@@ -57,15 +58,15 @@ class ArrayMapping:
 
     # ---- geometry ------------------------------------------------------------------
     @property
-    def Sr(self) -> int:  # noqa: N802
+    def Sr(self) -> int:
         return {"os": self.M, "ws": self.K, "is": self.K}[self.dataflow]
 
     @property
-    def Sc(self) -> int:  # noqa: N802
+    def Sc(self) -> int:
         return {"os": self.N, "ws": self.N, "is": self.M}[self.dataflow]
 
     @property
-    def T(self) -> int:  # noqa: N802
+    def T(self) -> int:
         return {"os": self.K, "ws": self.M, "is": self.N}[self.dataflow]
 
     @property

@@ -95,13 +95,13 @@ def run_gemm(a: np.ndarray, b: np.ndarray, rows: int, cols: int, dataflow: str, 
     return res
 
 
-def _fold_os(ap: np.ndarray, bp: np.ndarray, R: int, C: int, fr: int, fc: int, res: SteppedResult) -> int:  # noqa: N803
+def _fold_os(ap: np.ndarray, bp: np.ndarray, R: int, C: int, fr: int, fc: int, res: SteppedResult) -> int:
     m_, kk, k = ap.shape
     n_ = bp.shape[1]
     rows = np.arange(fr * R, fr * R + R)  # output pixels on this fold's rows
     colsn = np.arange(fc * C, fc * C + C)  # filters on its columns
     rv, cv = rows < m_, colsn < n_
-    T = kk  # noqa: N806
+    T = kk
     h = np.zeros((R, C, k), np.int64)  # ifmap operand registers (move right)
     hv = np.zeros((R, C), bool)
     v = np.zeros((R, C, k), np.int64)  # filter operand registers (move down)
@@ -135,7 +135,7 @@ def _fold_os(ap: np.ndarray, bp: np.ndarray, R: int, C: int, fr: int, fc: int, r
     return fold_len
 
 
-def _fold_stationary(ap: np.ndarray, bp: np.ndarray, R: int, C: int, fr: int, fc: int, df: str, res: SteppedResult) -> int:  # noqa: N803
+def _fold_stationary(ap: np.ndarray, bp: np.ndarray, R: int, C: int, fr: int, fc: int, df: str, res: SteppedResult) -> int:
     m_, kk, k = ap.shape
     n_ = bp.shape[1]
     kidx = np.arange(fr * R, fr * R + R)  # reduction steps on this fold's rows
@@ -144,8 +144,8 @@ def _fold_stationary(ap: np.ndarray, bp: np.ndarray, R: int, C: int, fr: int, fc
         # Stationary weights S[r, c] = b[k_r, n_c]; stream row r: x_r[t] = a[m=t, k_r]; out (m=t, n_c).
         cidx = np.arange(fc * C, fc * C + C)
         cvalid = cidx < n_
-        T = m_  # noqa: N806
-        S = np.zeros((R, C, k), np.int64)  # noqa: N806
+        T = m_
+        S = np.zeros((R, C, k), np.int64)
         S[np.ix_(kv, cvalid)] = bp[np.ix_(kidx[kv], cidx[cvalid])]
         res.sram_filter_reads += int(kv.sum() * cvalid.sum())
 
@@ -160,8 +160,8 @@ def _fold_stationary(ap: np.ndarray, bp: np.ndarray, R: int, C: int, fr: int, fc
         # Stationary inputs S[r, c] = a[m_c, k_r]; stream row r: x_r[t] = b[k_r, n=t]; out (m_c, n=t).
         cidx = np.arange(fc * C, fc * C + C)
         cvalid = cidx < m_
-        T = n_  # noqa: N806
-        S = np.zeros((R, C, k), np.int64)  # noqa: N806
+        T = n_
+        S = np.zeros((R, C, k), np.int64)
         S[np.ix_(kv, cvalid)] = np.transpose(ap[np.ix_(cidx[cvalid], kidx[kv])], (1, 0, 2))
         res.sram_ifmap_reads += int(kv.sum() * cvalid.sum())
 
@@ -177,7 +177,7 @@ def _fold_stationary(ap: np.ndarray, bp: np.ndarray, R: int, C: int, fr: int, fc
     tile = np.zeros((R, C, k), np.int64)
     for t in range(R):
         tile = np.concatenate([S[R - 1 - t][None], tile[:-1]], axis=0)
-    S = tile  # noqa: N806
+    S = tile
     x = np.zeros((R, C, k), np.int64)  # streamed operand registers (move right)
     xv = np.zeros((R, C), bool)
     p = np.zeros((R, C), np.int64)  # partial-sum registers (move down)
