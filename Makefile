@@ -23,9 +23,10 @@ help:
 setup: $(STAMP) data
 
 $(STAMP): pyproject.toml Makefile
-	@test -x $(PY) || python3 -m venv $(VENV)
+	@test -x $(PY) || { echo "setup: creating $(VENV)"; python3 -m venv $(VENV); }
 	@# torch's CPU wheel first: a bare 'torch' requirement would pull a multi-GB CUDA build.
-	@$(PY) -c 'import torch' 2>/dev/null || { $(PY) -m pip install -q $(TORCH_CPU) 2>&1 | $(PIPQ); }
+	@$(PY) -c 'import torch' 2>/dev/null || { echo "setup: installing $(TORCH_CPU) (the CPU wheel)"; $(PY) -m pip install -q $(TORCH_CPU) 2>&1 | $(PIPQ); }
+	@echo "setup: installing qatlab and its dependencies into $(VENV) (a minute or two)"
 	@$(PY) -m pip install -q -e '.[test]' 2>&1 | $(PIPQ)
 	@# The project's kernel, inside the venv: papermill and JupyterLab both run notebooks on it.
 	@$(PY) -m ipykernel install --sys-prefix --name qatlab --display-name "qatlab (.venv)" >/dev/null
@@ -58,8 +59,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Jupyter refuses to start as root without --allow-root (containers often run as root).
+LAB_ARGS ?=
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
 
 bench: setup
 	$(VENV)/bin/workbook bench fakequant

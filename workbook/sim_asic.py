@@ -1,6 +1,7 @@
-"""`workbook sim asic`: run a SCALE-Sim topology on a SCALE-Sim config, print one record per layer.
+"""`workbook sim asic`: run a SCALE-Sim topology, or a trained trial's IntModel, on a
+SCALE-Sim config; print one record per layer (per op for an IntModel).
 
-    workbook sim asic --config scale.cfg --topology net.csv [--format json|csv] [options]
+    workbook sim asic --config scale.cfg (--topology net.csv | --model intmodel.pt) [--format json|csv] [options]
 
 JSON prints ``{"layers": [...], "totals": {...}}``; CSV prints a header, one row per
 layer and a ``TOTAL`` row. Field meanings: :mod:`qatlab.hw.asic.simulate`.
@@ -10,12 +11,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
+from typing import Any
 
 from qatlab.atomic import write_text
-
 from workbook.argtypes import int_at_least
-
 
 _pos_int = int_at_least(0)
 
@@ -37,20 +36,76 @@ def _bits(text: str) -> int:
     return v
 
 
+def add_workload_arguments(p: argparse.ArgumentParser) -> None:
+    """``--topology`` or ``--model``, exactly one (shared with `workbook sim fpga`)."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--topology", metavar="FILE.csv", help="SCALE-Sim topology (conv or 'Layer, M, N, K' GEMM form)")
+    src.add_argument(
+        "--model", metavar="PATH",
+        help="a trained trial's intmodel.pt, or its model.pt (a ptq/qat checkpoint, converted with the trial's rounding)",
+    )
+
+
+def load_intmodel(path: str) -> Any:
+    """The IntModel in ``path``: an ``intmodel.pt``, or a ptq/qat trial's ``model.pt`` converted
+    here as the trial converted it. Unusable files are a CommandError naming the file."""
+    import torch
+
+    from qatlab.intmodel import FORMAT, IntModel, IntModelFormatError, convert
+    from qatlab.nn import UnsupportedLayerError
+    from qatlab.train import CheckpointError, load_checkpoint
+    from workbook.errors import CommandError
+
+    if os.path.isdir(path):
+        raise CommandError(f"{path}: is a folder; give a trial's intmodel.pt or model.pt")
+    if not os.path.isfile(path):
+        raise CommandError(f"{path}: no such model file")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        raw = None  # load_checkpoint below names the damage
+    if isinstance(raw, dict) and raw.get("format") == FORMAT:
+        try:
+            return IntModel.from_dict(raw, path)
+        except IntModelFormatError as e:
+            raise CommandError(str(e).strip().splitlines()[0]) from e
+    try:
+        model, cfg, input_shape = load_checkpoint(path)
+    except CheckpointError as e:
+        raise CommandError(str(e).strip().splitlines()[0]) from e
+    if cfg.method == "fp32":
+        raise CommandError(f"{path}: an fp32 checkpoint has no integer model; give a ptq or qat trial's model.pt")
+    try:
+        return convert(model, input_shape, cfg.rounding, meta={"config": cfg.to_dict()})
+    except UnsupportedLayerError as e:
+        raise CommandError(f"{path}: cannot convert to an integer model: {str(e).strip().splitlines()[0]}") from e
+
+
+def reject_with_model(args: argparse.Namespace, flags: dict[str, object]) -> None:
+    """Options that describe a topology's layers make no sense for an IntModel, which carries its own."""
+    from workbook.errors import CommandError
+
+    given = [flag for flag, v in flags.items() if v not in (None, False)]
+    if args.model and given:
+        verb = "applies" if len(given) == 1 else "apply"
+        raise CommandError(f"{', '.join(given)} {verb} to --topology only: an IntModel (--model) carries its own bit widths and signs")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Declare this command's options (kept import-light: no torch, no numpy here)."""
     p.description = (
-        "Simulate a TPU-style systolic array on a SCALE-Sim topology. Reads SCALE-Sim 3.0.0 .cfg and "
-        "topology .csv files (conv and GEMM forms); cycle, utilization and SRAM figures equal SCALE-Sim's."
+        "Simulate a TPU-style systolic array on a SCALE-Sim topology or a trained trial's integer model. Reads "
+        "SCALE-Sim 3.0.0 .cfg and topology .csv files (conv and GEMM forms); cycle, utilization and SRAM figures "
+        "equal SCALE-Sim's."
     )
     p.add_argument("--config", required=True, metavar="FILE.cfg", help="SCALE-Sim configuration file")
-    p.add_argument("--topology", required=True, metavar="FILE.csv", help="SCALE-Sim topology (conv or 'Layer, M, N, K' GEMM form)")
+    add_workload_arguments(p)
     p.add_argument("--format", choices=["json", "csv"], default="json", help="output format (default: json)")
     p.add_argument("--out", metavar="FILE", default=None, help="write to FILE (atomically) instead of stdout")
     p.add_argument("--dataflow", choices=["os", "ws", "is"], default=None, help="override the config's dataflow")
     p.add_argument("--freq-mhz", type=_pos_float, default=None, help="clock for latency_s (default 1000 or [qatlab] freq_mhz)")
-    p.add_argument("--w-bits", type=_bits, default=None, help="weight bits of every layer (default 8)")
-    p.add_argument("--a-bits", type=_bits, default=None, help="activation bits of every layer (default 8)")
+    p.add_argument("--w-bits", type=_bits, default=None, help="weight bits of every topology layer (default 8)")
+    p.add_argument("--a-bits", type=_bits, default=None, help="activation bits of every topology layer (default 8)")
     p.add_argument(
         "--pack", type=_pos_int, default=None,
         help="MACs per cell per cycle for sub-8-bit operands: 1 = off (SCALE-Sim), 0 = auto (8 // bits, capped by --pack-max)",
@@ -69,9 +124,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from qatlab.hw.asic import ArrayConfig, ConfigError, simulate
+    from qatlab.hw.asic import ArrayConfig, ConfigError, simulate, simulate_intmodel
+    from qatlab.hw.opgraph import UnsupportedOpError
     from qatlab.hw.workload import TopologyError, read_topology
     from workbook.errors import CommandError
+
+    reject_with_model(args, {"--w-bits": args.w_bits, "--a-bits": args.a_bits})
 
     overrides = {
         k: v
@@ -90,15 +148,20 @@ def run(args: argparse.Namespace) -> int:
         overrides["sparsity"] = True
     try:
         cfg = ArrayConfig.from_cfg(args.config, **overrides)
-        layers = read_topology(args.topology)
-        if args.w_bits or args.a_bits:
-            layers = [
-                dataclasses.replace(lay, w_bits=args.w_bits or lay.w_bits, a_bits=args.a_bits or lay.a_bits)
-                for lay in layers
-            ]
-        report = simulate(layers, cfg)
+        if args.model:
+            report = simulate_intmodel(load_intmodel(args.model), cfg)
+        else:
+            layers = read_topology(args.topology)
+            if args.w_bits or args.a_bits:
+                layers = [
+                    dataclasses.replace(lay, w_bits=args.w_bits or lay.w_bits, a_bits=args.a_bits or lay.a_bits)
+                    for lay in layers
+                ]
+            report = simulate(layers, cfg)
     except (ConfigError, TopologyError) as e:
         raise CommandError(str(e)) from None
+    except UnsupportedOpError as e:
+        raise CommandError(f"{args.model}: {e}") from None
     text = report.to_json() + "\n" if args.format == "json" else report.to_csv()
     if args.out:
         write_text(args.out, text, mkdir=False)

@@ -1,6 +1,7 @@
-"""`workbook sim fpga`: a FINN-style dataflow accelerator for a SCALE-Sim topology.
+"""`workbook sim fpga`: a FINN-style dataflow accelerator for a SCALE-Sim topology or a
+trained trial's IntModel (every op a row: MVAUs and FINN's other streaming units).
 
-    workbook sim fpga --topology FILE.csv --device NAME [--folding F.json | --target-fps N] [--format json|csv]
+    workbook sim fpga (--topology FILE.csv | --model intmodel.pt) --device NAME [--folding F.json | --target-fps N] [--format json|csv]
 
 Without ``--folding`` or ``--target-fps`` the folding search picks the fastest design
 that fits the device. Prints one record per layer (``layer, pe, simd, cycles,
@@ -25,9 +26,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Estimate a FINN-style streaming dataflow accelerator (per layer a PE x SIMD matrix-vector unit "
         "fed by a sliding-window unit) for a SCALE-Sim topology: cycles, resources, accumulator widths, "
-        "throughput, latency, FIFO depths and whether it fits the device."
+        "throughput, latency, FIFO depths and whether it fits the device. A trained trial's integer model "
+        "(--model) maps every op: convs and linears as MVAUs, the rest as FINN's streaming units."
     )
-    p.add_argument("--topology", required=True, metavar="FILE.csv", help="SCALE-Sim topology (conv or GEMM form)")
+    from workbook.sim_asic import add_workload_arguments
+
+    add_workload_arguments(p)
     p.add_argument("--device", required=True, metavar="NAME", help=f"target device: {', '.join(DEVICE_NAMES)}")
     fold = p.add_mutually_exclusive_group()
     fold.add_argument("--folding", metavar="F.json", default=None,
@@ -38,9 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help="search the fastest folding that fits (the default without --folding/--target-fps)")
     p.add_argument("--format", choices=["json", "csv"], default="csv", help="output format (default: csv)")
     p.add_argument("--clock-mhz", type=float, default=None, metavar="F", help="clock (default: the device's)")
-    p.add_argument("--w-bits", type=int, default=None, metavar="B", help="weight bits of every layer (default: 8)")
-    p.add_argument("--a-bits", type=int, default=None, metavar="B", help="activation bits of every layer (default: 8)")
-    p.add_argument("--signed-input", action="store_true", help="the first layer's input codes are signed")
+    p.add_argument("--w-bits", type=int, default=None, metavar="B", help="weight bits of every topology layer (default: 8)")
+    p.add_argument("--a-bits", type=int, default=None, metavar="B", help="activation bits of every topology layer (default: 8)")
+    p.add_argument("--signed-input", action="store_true", help="the first topology layer's input codes are signed")
     p.add_argument("--acc-bits", type=int, default=None, metavar="B",
                    help="implement B-bit accumulators (default: the worst-case width each layer needs)")
     p.add_argument("--res-type", choices=["auto", "lut", "dsp"], default="auto",
@@ -63,8 +67,13 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from qatlab.hw import fpga
+    from qatlab.hw.opgraph import UnsupportedOpError
     from qatlab.hw.workload import TopologyError, read_topology
     from workbook.errors import CommandError
+    from workbook.sim_asic import load_intmodel, reject_with_model
+
+    reject_with_model(args, {"--w-bits": args.w_bits, "--a-bits": args.a_bits, "--signed-input": args.signed_input,
+                             "--acc-bits": args.acc_bits})
 
     for flag, v in (("--w-bits", args.w_bits), ("--a-bits", args.a_bits)):
         if v is not None and not 1 <= v <= 32:
@@ -73,29 +82,26 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--acc-bits must be between 2 and 64, got {args.acc_bits}")
     if args.max_util is not None and not 0 < args.max_util <= 1:
         raise CommandError(f"--max-util must be in (0, 1], got {args.max_util}")
+    common = {
+        "folding": args.folding, "target_fps": args.target_fps, "clock_mhz": args.clock_mhz, "res_type": args.res_type,
+        "ram_style": args.ram_style, "limits": args.max_util, "schedule": not args.no_schedule,
+    }  # fmt: skip
     try:
-        layers = read_topology(args.topology)
-        if args.w_bits is not None or args.a_bits is not None:
-            layers = [
-                replace(lay, w_bits=args.w_bits or lay.w_bits, a_bits=args.a_bits or lay.a_bits) for lay in layers
-            ]
-        rep = fpga.analyze(
-            layers,
-            args.device,
-            folding=args.folding,
-            target_fps=args.target_fps,
-            clock_mhz=args.clock_mhz,
-            signed_input=args.signed_input,
-            acc_bits=args.acc_bits,
-            res_type=args.res_type,
-            ram_style=args.ram_style,
-            limits=args.max_util,
-            schedule=not args.no_schedule,
-        )
+        if args.model:
+            rep = fpga.analyze_intmodel(load_intmodel(args.model), args.device, **common)
+        else:
+            layers = read_topology(args.topology)
+            if args.w_bits is not None or args.a_bits is not None:
+                layers = [
+                    replace(lay, w_bits=args.w_bits or lay.w_bits, a_bits=args.a_bits or lay.a_bits) for lay in layers
+                ]
+            rep = fpga.analyze(layers, args.device, signed_input=args.signed_input, acc_bits=args.acc_bits, **common)
         if args.save_folding:
             fpga.write_folding(rep.folding, args.save_folding)
     except (TopologyError, fpga.FpgaError) as e:
         raise CommandError(str(e)) from None
+    except UnsupportedOpError as e:
+        raise CommandError(f"{args.model}: {e}") from None
     except OSError as e:
         raise CommandError(f"{e.filename or ''}: {e.strerror or e}") from None
     if args.format == "json":

@@ -2,8 +2,10 @@
 (measured only where a GPU and the CUDA kernels exist), and accuracy vs cost."""
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import pandas as pd
 
@@ -28,13 +30,116 @@ def asic(int_model: Any, rows: int = 32, cols: int = 32, dataflow: str = "ws", p
     return pd.DataFrame([r.as_dict() for r in rep.layers]), dict(rep.totals)
 
 
-def fpga(int_model: Any, device: str = "ZCU104") -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Per-op folding, cycles and resources of the fastest design that fits (every op a row)."""
+# What the study concludes about a design on a device.
+FITS = "fits"
+FITS_FULL = "fits only above FINN's utilization limits"
+NO_FIT = "does not fit at any folding"
+
+
+@dataclass(frozen=True)
+class Overflow:
+    """One resource a design needs more of than the device has."""
+
+    resource: str  # lut | dsp | bram18 | uram
+    used: int
+    capacity: int
+
+    @property
+    def pct(self) -> float:
+        return 100.0 * self.used / self.capacity if self.capacity else math.inf
+
+    def __str__(self) -> str:
+        return f"{self.resource.upper()} {self.used} of {self.capacity} ({self.pct:.0f}%, {self.used - self.capacity} over)"
+
+
+@dataclass
+class FpgaFit:
+    """The FPGA design the study reports for one device, and whether it fits.
+
+    ``verdict`` is :data:`FITS` (the fastest design within FINN's recommended
+    utilization), :data:`FITS_FULL` (only when every resource may be used to the
+    last block) or :data:`NO_FIT`; then ``layers``/``totals`` describe the smallest
+    design tried and ``overflow`` says which resources it exceeds, by how much.
+    """
+
+    device: str
+    verdict: str
+    layers: pd.DataFrame
+    totals: dict[str, Any]
+    overflow: list[Overflow] = field(default_factory=list)
+    message: str = ""
+
+    @property
+    def fits(self) -> bool:
+        return self.verdict != NO_FIT
+
+
+def overflows(totals: Mapping[str, Any], device: Any) -> list[Overflow]:
+    """The resources of ``totals`` (an FPGA report's) above ``device``'s capacity."""
+    from qatlab.hw.fpga.devices import RESOURCES
+
+    return [
+        Overflow(r, int(totals[r]), device.capacity(r)) for r in RESOURCES if int(totals[r]) > device.capacity(r)
+    ]
+
+
+def _worst_ratio(totals: Mapping[str, Any], device: Any) -> float:
+    from qatlab.hw.fpga.devices import RESOURCES
+
+    return max(
+        (totals[r] / device.capacity(r) if device.capacity(r) else (math.inf if totals[r] else 0.0)) for r in RESOURCES
+    )
+
+
+def fpga_fit(int_model: Any, device: str = "ZCU104") -> FpgaFit:
+    """The fastest design that fits ``device``; a design that fits nowhere is a finding, not an error.
+
+    Tried in order, the first that fits wins: the folding search within FINN's
+    utilization limits, the search over the whole device, then the smallest folding
+    (PE = SIMD = 1 everywhere) with each kind of weight memory. When none fits, the
+    smallest design closest to fitting is reported with its overflowing resources.
+    An unknown device or a model the FPGA model cannot map still raises.
+    """
     from qatlab.hw import fpga as f
 
-    rep = f.analyze_intmodel(int_model, device)
+    dev = f.get_device(device)
+    tried: list[tuple[str, Any]] = []
+    searched = ""
+    for limits in (None, 1.0):
+        try:
+            rep = f.analyze_intmodel(int_model, dev, limits=limits)
+        except f.DoesNotFitError as e:
+            searched = f"the folding search (every PE, SIMD and weight memory per layer): {e}"
+            continue
+        if rep.totals["fits"]:
+            verdict = FITS if limits is None else FITS_FULL
+            d = rep.to_dict()
+            msg = f"{verdict} {dev.name}: {d['totals']['explanation']}"
+            return FpgaFit(dev.name, verdict, pd.DataFrame(d["layers"]), d["totals"], [], msg)
+        tried.append(("the searched design", rep))
+    # The search found nothing that fits; the slowest foldings are what is left to try.
+    styles = ["block", "distributed"] + (["ultra"] if dev.uram else [])
+    for style in styles:
+        rep = f.analyze_intmodel(int_model, dev, folding={"*": f.LayerFolding(1, 1, ram_style=style)})
+        if rep.totals["fits"]:
+            d = rep.to_dict()
+            msg = f"{FITS} {dev.name} only at its smallest folding (PE = SIMD = 1, weights in {style} RAM)"
+            return FpgaFit(dev.name, FITS, pd.DataFrame(d["layers"]), d["totals"], [], msg)
+        tried.append((f"the smallest folding (PE = SIMD = 1, weights in {style} RAM)", rep))
+    # Every alternative is named: which memory kind overflows least is the user's lead.
+    needs = "; ".join(f"{what} needs {', '.join(map(str, overflows(r.totals, dev)))}" for what, r in tried)
+    _, rep = min(tried, key=lambda wr: _worst_ratio(wr[1].totals, dev))
     d = rep.to_dict()
-    return pd.DataFrame(d["layers"]), d["totals"]
+    msg = f"does not fit {dev.name} at any folding: " + "; ".join(m for m in (searched, needs) if m)
+    return FpgaFit(dev.name, NO_FIT, pd.DataFrame(d["layers"]), d["totals"], overflows(d["totals"], dev), msg)
+
+
+def fpga(int_model: Any, device: str = "ZCU104") -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Per-op folding, cycles and resources (every op a row) and the totals of :func:`fpga_fit`'s
+    design; ``totals["fit"]`` is its verdict and ``totals["overflow"]`` what does not fit."""
+    fit = fpga_fit(int_model, device)
+    totals = {**fit.totals, "fit": fit.verdict, "overflow": "; ".join(map(str, fit.overflow)), "fit_message": fit.message}
+    return fit.layers, totals
 
 
 def gpu_status() -> str:
@@ -64,8 +169,10 @@ def cost_table(run_dir: str | Path, df: pd.DataFrame, device: str = "ZCU104", ar
         except Exception as e:  # a report shows the reason instead of dying
             row.update(asic_error=f"{type(e).__name__}: {e}")
         try:
-            _, ft = fpga(im, device)
-            row.update(fpga_fps=ft.get("fps"), fpga_fits=ft.get("fits"), fpga_lut=ft.get("lut"))
+            fit = fpga_fit(im, device)
+            row.update(fpga_fps=fit.totals.get("fps") if fit.fits else None, fpga_fits=fit.fits, fpga_lut=fit.totals.get("lut"))
+            if not fit.fits:
+                row["fpga_overflow"] = "; ".join(map(str, fit.overflow))
         except Exception as e:
             row.update(fpga_error=f"{type(e).__name__}: {e}")
         row["gpu"] = gpu_status()
@@ -73,7 +180,7 @@ def cost_table(run_dir: str | Path, df: pd.DataFrame, device: str = "ZCU104", ar
     return pd.DataFrame(rows)
 
 
-def plot_pareto(costs: pd.DataFrame, x: str = "asic_energy_uj"):  # noqa: ANN201
+def plot_pareto(costs: pd.DataFrame, x: str = "asic_energy_uj"):
     """Accuracy vs cost; the Pareto front (no other point both cheaper and more accurate) joined."""
     import matplotlib.pyplot as plt
 
