@@ -13,6 +13,7 @@ are estimates once an operand overflows its SRAM) and with SCALE-Sim's buffers r
 field agrees, the wall and CPU times (SCALE-Sim: one run, it is slow; ours: median of
 ``--repeats`` runs, file reading included) and the ratios.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,9 +35,18 @@ from qatlab.hw.workload import read_topology  # noqa: E402
 
 DATA = ROOT / "tests" / "hw" / "asic" / "data"
 FIELDS = [
-    "total_cycles", "total_cycles_incl_prefetch", "stall_cycles", "overall_util_pct", "mapping_eff_pct",
-    "compute_util_pct", "sram_ifmap_reads", "sram_filter_reads", "sram_ofmap_writes", "dram_ifmap_reads",
-    "dram_filter_reads", "dram_ofmap_writes",
+    "total_cycles",
+    "total_cycles_incl_prefetch",
+    "stall_cycles",
+    "overall_util_pct",
+    "mapping_eff_pct",
+    "compute_util_pct",
+    "sram_ifmap_reads",
+    "sram_filter_reads",
+    "sram_ofmap_writes",
+    "dram_ifmap_reads",
+    "dram_filter_reads",
+    "dram_ofmap_writes",
 ]
 RUNNER = r"""
 import sys, time
@@ -95,7 +105,10 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args()
 
-    ours = {mode: time_ours(args.config, args.topology, args.repeats if mode == "fast" else max(1, args.repeats // 3), mode) for mode in ("fast", "exact")}
+    ours = {
+        mode: time_ours(args.config, args.topology, args.repeats if mode == "fast" else max(1, args.repeats // 3), mode)
+        for mode in ("fast", "exact")
+    }
     n_layers = len(ours["fast"][2])
     print(f"config {args.config.name}, topology {args.topology.name}: {n_layers} layers")
     out: dict = {"config": args.config.name, "topology": args.topology.name, "layers": n_layers}
@@ -122,7 +135,10 @@ def main() -> int:
         ratio, ratio_cpu = ss_wall / wall, ss_cpu / cpu
         total = len(ref) * len(FIELDS)
         equal = total - sum(differing.values())
-        print(f"  ratio: {ratio:,.0f}x wall, {ratio_cpu:,.0f}x CPU; fields equal: {equal} / {total}" + (f"; differing: {differing}" if differing else ""))
+        print(
+            f"  ratio: {ratio:,.0f}x wall, {ratio_cpu:,.0f}x CPU; fields equal: {equal} / {total}"
+            + (f"; differing: {differing}" if differing else "")
+        )
         out[mode] |= {"ratio_wall": ratio, "ratio_cpu": ratio_cpu, "fields_equal": equal, "fields_total": total, "differing": differing}
     if args.json:
         write_json(args.json, out, indent=2)

@@ -6,6 +6,7 @@
 Prints one JSON line with the machine, then one per case. ``--json`` also writes
 ``{"target": "fakequant", "machine": ..., "rows": [...]}``.
 """
+
 from __future__ import annotations
 
 import argparse

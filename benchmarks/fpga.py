@@ -8,6 +8,7 @@ are the median of ``--repeats`` runs in this process (``cold`` is the first, bef
 the cost model's small caches are warm). The stepped simulation is checked against the
 integer reference (bit for bit) and the analytic model (latency, interval) as it runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,13 +48,20 @@ def search_case(name: str, topology: str, bits: int, device: str, repeats: int, 
         t0 = time.perf_counter()
         try:
             sr = fpga.search_folding(specs, dev, dev.default_clock_mhz, target_fps=target_fps)
-            outcome = {"result": "fits", "fps": round(sr.fps, 1), "ii_cycles": sr.ii_cycles, "bottleneck": sr.bottleneck,
-                       "usage": sr.usage}
+            outcome = {"result": "fits", "fps": round(sr.fps, 1), "ii_cycles": sr.ii_cycles, "bottleneck": sr.bottleneck, "usage": sr.usage}
         except fpga.FpgaError as e:
             outcome = {"result": type(e).__name__, "message": str(e)}
         times.append(time.perf_counter() - t0)
-    row = {"bench": "search", "case": name, "layers": len(layers), "device": device, "w_a_bits": bits,
-           "target_fps": target_fps, "cold_s": round(times[0], 4), "median_s": round(statistics.median(times), 4)}
+    row = {
+        "bench": "search",
+        "case": name,
+        "layers": len(layers),
+        "device": device,
+        "w_a_bits": bits,
+        "target_fps": target_fps,
+        "cold_s": round(times[0], 4),
+        "median_s": round(statistics.median(times), 4),
+    }
     row.update(outcome)
     if outcome.get("result") == "fits":
         t0 = time.perf_counter()
@@ -90,20 +98,33 @@ def stream_case(frames: int) -> list[dict]:
     rows = []
     foldings = {
         "unfolded (PE=SIMD=1)": {"*": fpga.LayerFolding()},
-        "balanced": {"conv1": fpga.LayerFolding(4, 9), "conv2": fpga.LayerFolding(8, 24), "fc1": fpga.LayerFolding(8, 50),
-                     "fc2": fpga.LayerFolding(2, 8)},
+        "balanced": {
+            "conv1": fpga.LayerFolding(4, 9),
+            "conv2": fpga.LayerFolding(8, 24),
+            "fc1": fpga.LayerFolding(8, 50),
+            "fc2": fpga.LayerFolding(2, 8),
+        },
     }
     for name, folds in foldings.items():
         rep = fpga.analyze(layers, "ZCU104", folding=folds, params=params)
         res = fpga.simulate(layers, params, folds, x)
         assert np.array_equal(res.outputs, ref), "stepped simulation differs from the integer reference"
         assert res.latency_cycles == rep.totals["latency_cycles"] and res.interval_cycles == rep.totals["ii_cycles"]
-        rows.append({
-            "bench": "stepped", "folding": name, "frames": frames, "units": len(res.stage_names),
-            "cycles": res.cycles, "wall_s": round(res.wall_s, 3), "cycles_per_s": round(res.cycles_per_s),
-            "latency_cycles": res.latency_cycles, "interval_cycles": res.interval_cycles,
-            "matches_reference": True, "matches_analytic": True,
-        })
+        rows.append(
+            {
+                "bench": "stepped",
+                "folding": name,
+                "frames": frames,
+                "units": len(res.stage_names),
+                "cycles": res.cycles,
+                "wall_s": round(res.wall_s, 3),
+                "cycles_per_s": round(res.cycles_per_s),
+                "latency_cycles": res.latency_cycles,
+                "interval_cycles": res.interval_cycles,
+                "matches_reference": True,
+                "matches_analytic": True,
+            }
+        )
     return rows
 
 

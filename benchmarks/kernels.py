@@ -31,6 +31,7 @@ Needs torch with CUDA and CuPy; without them it prints why and exits with status
 Self-contained: run from the repository root (it puts lib/ on sys.path) with no
 network. Budget: well under 4 minutes on one H100.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,15 +75,20 @@ def _need_cuda() -> tuple[Any, Any]:
     except ImportError as e:
         sys.exit(f"benchmarks/kernels.py: torch is not importable ({e}); nothing to measure")
     if not torch.cuda.is_available():
-        print("benchmarks/kernels.py: no CUDA device visible to torch; this benchmark needs an NVIDIA GPU "
-              "(sm_80+) with torch (CUDA build) and CuPy (pip install -e '.[gpu]'). Nothing was measured.",
-              file=sys.stderr)
+        print(
+            "benchmarks/kernels.py: no CUDA device visible to torch; this benchmark needs an NVIDIA GPU "
+            "(sm_80+) with torch (CUDA build) and CuPy (pip install -e '.[gpu]'). Nothing was measured.",
+            file=sys.stderr,
+        )
         sys.exit(2)
     try:
         import cupy
     except ImportError as e:
-        print(f"benchmarks/kernels.py: CuPy is not importable ({e}); install the 'gpu' extra "
-              "(cupy-cuda12x, or cupy-cuda13x on CUDA 13). Nothing was measured.", file=sys.stderr)
+        print(
+            f"benchmarks/kernels.py: CuPy is not importable ({e}); install the 'gpu' extra "
+            "(cupy-cuda12x, or cupy-cuda13x on CUDA 13). Nothing was measured.",
+            file=sys.stderr,
+        )
         sys.exit(2)
     return torch, cupy
 
@@ -94,8 +100,9 @@ def _peak(name: str) -> float | None:
     return None
 
 
-def _time(torch: Any, fn: Callable[[Any, Any], Any], make: Callable[[], tuple[Any, Any]], warmup: int,
-          reps: int, budget_s: float) -> tuple[float, int]:
+def _time(
+    torch: Any, fn: Callable[[Any, Any], Any], make: Callable[[], tuple[Any, Any]], warmup: int, reps: int, budget_s: float
+) -> tuple[float, int]:
     """Median milliseconds of fn over fresh operands; stops early past budget_s."""
     for _ in range(warmup):
         fn(*make())
@@ -143,8 +150,10 @@ def run(quick: bool = False, reps: int | None = None, dp4a: bool = True) -> list
     dev = torch.device("cuda")
     name = torch.cuda.get_device_name(0)
     peak = _peak(name)
-    print(f"# device: {name}  (sm_{''.join(map(str, torch.cuda.get_device_capability(0)))}), "
-          f"int8 dense peak: {peak or 'unknown'} TOPS; torch {torch.__version__}, cupy {cupy.__version__}")
+    print(
+        f"# device: {name}  (sm_{''.join(map(str, torch.cuda.get_device_capability(0)))}), "
+        f"int8 dense peak: {peak or 'unknown'} TOPS; torch {torch.__version__}, cupy {cupy.__version__}"
+    )
     rows: list[dict[str, Any]] = []
     gen = torch.Generator(device=dev).manual_seed(0)
     shapes = (SQUARE[:2] if quick else SQUARE) + LENET
@@ -205,9 +214,17 @@ def run(quick: bool = False, reps: int | None = None, dp4a: bool = True) -> list
                 r = min(nreps, 5)  # the readable kernel is slow; a few runs say enough
             ms[iname], used = _time(torch, fn, make, warmup=3, reps=r, budget_s=budget)
         flops = 2.0 * m * n * k
-        row: dict[str, Any] = {"shape": label, "M": m, "N": n, "K": k, "device": name,
-                               "correct_mma": ok_mma, "correct_dp4a": ok_dp4a, "correct_fused": ok_fused,
-                               "int_mm_padded_to": [mp, np_, kp] if padded else None}
+        row: dict[str, Any] = {
+            "shape": label,
+            "M": m,
+            "N": n,
+            "K": k,
+            "device": name,
+            "correct_mma": ok_mma,
+            "correct_dp4a": ok_dp4a,
+            "correct_fused": ok_fused,
+            "int_mm_padded_to": [mp, np_, kp] if padded else None,
+        }
         tops = _add_timings(row, ms, flops)
         row["mma / _int_mm"] = round(ms["torch._int_mm"] / ms["ours mma"], 3)
         row["mma / fp16"] = round(ms["fp16 torch.matmul"] / ms["ours mma"], 3)
@@ -216,9 +233,12 @@ def run(quick: bool = False, reps: int | None = None, dp4a: bool = True) -> list
             row["_int_mm % of int8 peak"] = round(100 * row["torch._int_mm TOPS"] / peak, 1)
         rows.append(row)
         flag = "" if ok_mma and ok_dp4a is not False and ok_fused is not False else "  ** MISMATCH **"
-        print(f"{label:13s} M={m} N={n} K={k}  TOPS  {tops}  | mma/_int_mm {row['mma / _int_mm']:.2f}  "
-              f"mma/fp16 {row['mma / fp16']:.2f}  correct mma={ok_mma} dp4a={ok_dp4a} fused={ok_fused}"
-              f"{'  (_int_mm on padded ' + str([mp, np_, kp]) + ')' if padded else ''}{flag}", flush=True)
+        print(
+            f"{label:13s} M={m} N={n} K={k}  TOPS  {tops}  | mma/_int_mm {row['mma / _int_mm']:.2f}  "
+            f"mma/fp16 {row['mma / fp16']:.2f}  correct mma={ok_mma} dp4a={ok_dp4a} fused={ok_fused}"
+            f"{'  (_int_mm on padded ' + str([mp, np_, kp]) + ')' if padded else ''}{flag}",
+            flush=True,
+        )
         torch.cuda.empty_cache()
     print(f"# total {time.perf_counter() - t0:.1f} s")
     return rows
@@ -236,8 +256,10 @@ def run_conv(reps: int | None = None, batches: tuple[int, ...] = CONV_BATCHES) -
     dev = torch.device("cuda")
     name = torch.cuda.get_device_name(0)
     peak = _peak(name)
-    print(f"# conv: NHWC int8 x KRSC int8, stride 1, 'same' padding; cuDNN via torch conv2d channels_last, "
-          f"cudnn.benchmark=True, fp32 allow_tf32={torch.backends.cudnn.allow_tf32}")
+    print(
+        f"# conv: NHWC int8 x KRSC int8, stride 1, 'same' padding; cuDNN via torch conv2d channels_last, "
+        f"cudnn.benchmark=True, fp32 allow_tf32={torch.backends.cudnn.allow_tf32}"
+    )
     gen = torch.Generator(device=dev).manual_seed(1)
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
@@ -262,6 +284,7 @@ def run_conv(reps: int | None = None, batches: tuple[int, ...] = CONV_BATCHES) -
                         x, wt = make_q()
                         # NHWC / KRSC memory seen as NCHW / KCRS: channels_last, no copy
                         return x.permute(0, 3, 1, 2).to(dtype), wt.permute(0, 3, 1, 2).to(dtype)
+
                     return make
 
                 # ---- correctness (exact): int32 vs float64 conv2d, fused codes vs requantize
@@ -284,17 +307,29 @@ def run_conv(reps: int | None = None, batches: tuple[int, ...] = CONV_BATCHES) -
                     ("cuDNN fp16", lambda a, b: F.conv2d(a, b, padding=pad), as_nchw(torch.float16)),
                     ("cuDNN fp32", lambda a, b: F.conv2d(a, b, padding=pad), as_nchw(torch.float32)),
                     ("ours igemm", lambda a, b: int8_conv2d_igemm(a, b, padding=pad), make_q),
-                    ("ours igemm+requant",
-                     lambda a, b: int8_conv2d_igemm_requant(a, b, bias, mult, 0, -128, 127, padding=pad), make_q),
+                    ("ours igemm+requant", lambda a, b: int8_conv2d_igemm_requant(a, b, bias, mult, 0, -128, 127, padding=pad), make_q),
                     ("ours direct", lambda a, b: int8_conv2d_direct(a, b, padding=pad), make_q),
                 ]
                 ms: dict[str, float] = {}
                 for iname, fn, make in impls:
                     ms[iname], _ = _time(torch, fn, make, warmup=3, reps=nreps, budget_s=budget)
-                row: dict[str, Any] = {"kind": "conv", "shape": label, "N": n, "H": h, "W": w, "C": c, "K": k,
-                                       "R": r, "S": r, "stride": 1, "padding": pad, "device": name,
-                                       "correct_igemm": ok_igemm, "correct_direct": ok_direct,
-                                       "correct_fused": ok_fused}
+                row: dict[str, Any] = {
+                    "kind": "conv",
+                    "shape": label,
+                    "N": n,
+                    "H": h,
+                    "W": w,
+                    "C": c,
+                    "K": k,
+                    "R": r,
+                    "S": r,
+                    "stride": 1,
+                    "padding": pad,
+                    "device": name,
+                    "correct_igemm": ok_igemm,
+                    "correct_direct": ok_direct,
+                    "correct_fused": ok_fused,
+                }
                 tops = _add_timings(row, ms, flops)
                 row["igemm / cuDNN fp16"] = round(ms["cuDNN fp16"] / ms["ours igemm"], 3)
                 row["igemm / cuDNN fp32"] = round(ms["cuDNN fp32"] / ms["ours igemm"], 3)
@@ -303,9 +338,12 @@ def run_conv(reps: int | None = None, batches: tuple[int, ...] = CONV_BATCHES) -
                     row["igemm % of int8 peak"] = round(100 * row["ours igemm TOPS"] / peak, 1)
                 rows.append(row)
                 flag = "" if ok_igemm and ok_direct and ok_fused else "  ** MISMATCH **"
-                print(f"{label:22s} TOPS  {tops}  | igemm/fp16 {row['igemm / cuDNN fp16']:.2f}  "
-                      f"igemm/fp32 {row['igemm / cuDNN fp32']:.2f}  direct/fp16 {row['direct / cuDNN fp16']:.2f}  "
-                      f"correct igemm={ok_igemm} direct={ok_direct} fused={ok_fused}{flag}", flush=True)
+                print(
+                    f"{label:22s} TOPS  {tops}  | igemm/fp16 {row['igemm / cuDNN fp16']:.2f}  "
+                    f"igemm/fp32 {row['igemm / cuDNN fp32']:.2f}  direct/fp16 {row['direct / cuDNN fp16']:.2f}  "
+                    f"correct igemm={ok_igemm} direct={ok_direct} fused={ok_fused}{flag}",
+                    flush=True,
+                )
                 torch.cuda.empty_cache()
     print(f"# conv total {time.perf_counter() - t0:.1f} s")
     return rows

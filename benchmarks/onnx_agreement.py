@@ -14,6 +14,7 @@ IntModel: 100% means every difference is explained by that rounding).
 Targets: W8A8 agreement >= 99.5% and |ORT - IntModel| <= 0.2 pt; sub-8-bit
 |ORT - IntModel| <= 0.5 pt. Printed as PASS/FAIL.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,12 +29,12 @@ from typing import Any
 
 import torch
 
+from qatlab.atomic import write_json
 from qatlab.config import profile
 from qatlab.data import load_dataset
 from qatlab.export import compare_onnx, export_onnx, ort_kernels
 from qatlab.intmodel import convert, run
 from qatlab.train import load_checkpoint, run_trial
-from qatlab.atomic import write_json
 
 TRIALS = [
     ("qat_w8a8_lsq", {"method": "qat", "w_bits": 8, "a_bits": 8, "ste": "lsq"}),
@@ -83,11 +84,22 @@ def measure(name: str, ckpt: Path, work: Path, per_layer_n: int, extra_n: int) -
         ref = refs[rounding][: len(xs)] if rounding in refs else None
         c = compare_onnx(im, path, xs, ys, fake_quant=model, optimization=opt, emulate=opt != "disable", reference=ref)
         row = {
-            "trial": name, "rounding": rounding, "low_bit": low_bit, "optimization": opt, "opset": info.opset,
-            "code_types": info.code_types, "ort_kernels": ort_kernels(path, optimization=opt),
-            "n": c.n, "fq_acc": c.fq_acc, "int_acc": c.int_acc, "ort_acc": c.ort_acc,
-            "agreement": c.agreement, "code_agreement": c.code_agreement, "max_code_diff": c.max_code_diff,
-            "emulated_agreement": c.emulated_agreement, "n_disagree": round((1 - c.agreement) * c.n),
+            "trial": name,
+            "rounding": rounding,
+            "low_bit": low_bit,
+            "optimization": opt,
+            "opset": info.opset,
+            "code_types": info.code_types,
+            "ort_kernels": ort_kernels(path, optimization=opt),
+            "n": c.n,
+            "fq_acc": c.fq_acc,
+            "int_acc": c.int_acc,
+            "ort_acc": c.ort_acc,
+            "agreement": c.agreement,
+            "code_agreement": c.code_agreement,
+            "max_code_diff": c.max_code_diff,
+            "emulated_agreement": c.emulated_agreement,
+            "n_disagree": round((1 - c.agreement) * c.n),
             "compare_s": round(time.perf_counter() - t0, 1),
         }
         if per_layer_n and (rounding, low_bit, opt) == ("float", "clip", "all"):
@@ -122,17 +134,26 @@ def attribution(im: Any, x: torch.Tensor) -> list[dict[str, Any]]:
         acc = _accumulator(op, inputs[op.name], xq)
         shape = (1, -1, 1, 1) if op.kind == "conv" else (1, -1)
         m64 = op.tensors["multiplier"].double().view(shape)
-        m32 = ((torch.tensor(xq.scale, dtype=torch.float32) * op.tensors["w_scale"].float()) / torch.tensor(op.out_q.scale, dtype=torch.float32)).view(shape)
+        m32 = (
+            (torch.tensor(xq.scale, dtype=torch.float32) * op.tensors["w_scale"].float())
+            / torch.tensor(op.out_q.scale, dtype=torch.float32)
+        ).view(shape)
         ref = torch.round(acc.double() * m64)
         mult = torch.round(acc.double() * m32.double())
         prod = torch.round(acc.float() * m32).double()
         lo = (op.out_q.zero_point if op.attrs.get("relu") else op.out_q.qmin) - op.out_q.zero_point
         hi = op.out_q.qmax - op.out_q.zero_point
         ref, mult, prod = (t.clamp(lo, hi) for t in (ref, mult, prod))
-        out.append({
-            "layer": op.name, "kind": op.kind, "codes": ref.numel(),
-            "multiplier": int((ref != mult).sum()), "product": int((mult != prod).sum()), "total": int((ref != prod).sum()),
-        })
+        out.append(
+            {
+                "layer": op.name,
+                "kind": op.kind,
+                "codes": ref.numel(),
+                "multiplier": int((ref != mult).sum()),
+                "product": int((mult != prod).sum()),
+                "total": int((ref != prod).sum()),
+            }
+        )
     return out
 
 
@@ -143,7 +164,13 @@ def main() -> None:
     ap.add_argument("--checkpoints", nargs="*", default=None, help="model.pt files to use instead of training")
     ap.add_argument("--work", default=None, help="folder for trials and .onnx files (default: a temp folder)")
     ap.add_argument("--per-layer", type=int, default=1000, metavar="N", help="per-layer codes mismatch on the first N images (0: off)")
-    ap.add_argument("--extra", type=int, default=2000, metavar="N", help="variants (no ORT optimizations, int4 form, fixed-point IntModel) on the first N images")
+    ap.add_argument(
+        "--extra",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="variants (no ORT optimizations, int4 form, fixed-point IntModel) on the first N images",
+    )
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     torch.manual_seed(a.seed)
@@ -169,7 +196,9 @@ def main() -> None:
         rows += measure(name, ck, work, a.per_layer, a.extra)
 
     print(f"\nprofile {a.profile}, seed {a.seed}; {machine()}")
-    print(f"{'trial':18} {'round':5} {'form':4} {'ORT opt':7} {'n':>5} {'fq %':>6} {'int %':>6} {'ORT %':>6} {'agree %':>8} {'codes %':>8} {'emul %':>7} {'#diff':>5}")
+    print(
+        f"{'trial':18} {'round':5} {'form':4} {'ORT opt':7} {'n':>5} {'fq %':>6} {'int %':>6} {'ORT %':>6} {'agree %':>8} {'codes %':>8} {'emul %':>7} {'#diff':>5}"
+    )
     for r in rows:
         emu = f"{100 * r['emulated_agreement']:7.3f}" if r["emulated_agreement"] is not None else "      -"
         print(
@@ -182,7 +211,9 @@ def main() -> None:
             if worst and worst["mismatch"] == 0:
                 print(f"{r['trial']}: per layer (first {a.per_layer} images) every layer's codes equal the reference's")
             elif worst:
-                print(f"{r['trial']}: per layer (first {a.per_layer} images) worst codes mismatch {100 * worst['mismatch']:.4f}% at {worst['name']} ({worst['kind']}); max emulation mismatch {100 * max(d['emulated_mismatch'] for d in r['layers']):.4f}%")
+                print(
+                    f"{r['trial']}: per layer (first {a.per_layer} images) worst codes mismatch {100 * worst['mismatch']:.4f}% at {worst['name']} ({worst['kind']}); max emulation mismatch {100 * max(d['emulated_mismatch'] for d in r['layers']):.4f}%"
+                )
     for r in rows:
         for at in r.get("attribution", []):
             if at["total"] or at["multiplier"] or at["product"]:

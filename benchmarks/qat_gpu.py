@@ -19,6 +19,7 @@ Needs torch with CUDA; without a GPU it says so and exits with status 2
 (``--device cpu`` runs the same code on the CPU, as a smoke test).
 Run from the repository root; no Ray, papermill or network needed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,8 @@ sys.path[:0] = [str(ROOT / "lib"), str(ROOT)]
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from qatlab.atomic import write_json
+
+from qatlab.atomic import write_json  # noqa: E402
 
 TARGET = 1.5
 
@@ -50,7 +52,9 @@ def _models(name: str, x: torch.Tensor) -> dict[str, torch.nn.Module]:
     fp32 = build_model(name, 10, tuple(x.shape[1:])).to(x.device)
     out: dict[str, torch.nn.Module] = {"fp32": fp32}
     for ste in ("lsq", "clipped"):
-        q = prepare_qat(fp32, QuantSpec(bits=8, granularity="channel"), QuantSpec(bits=8, symmetric=False, estimator="ema"), ste).to(x.device)
+        q = prepare_qat(fp32, QuantSpec(bits=8, granularity="channel"), QuantSpec(bits=8, symmetric=False, estimator="ema"), ste).to(
+            x.device
+        )
         calibrate(q, [x])
         set_observe(q, True)  # QAT keeps observing activations (and weights, for fixed scales)
         out[f"qat_{ste}"] = q
@@ -137,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         write_json(a.json, out)
     ok = all(r["meets_target"] for r in out["steps"]) and (not a.trial or out["trial"]["ok"])
-    print(f"{'PASS' if ok else 'FAIL'}  QAT step <= {TARGET}x FP32 on {device}" + (f" and the trial trained on {device}" if a.trial else ""))
+    print(
+        f"{'PASS' if ok else 'FAIL'}  QAT step <= {TARGET}x FP32 on {device}" + (f" and the trial trained on {device}" if a.trial else "")
+    )
     return 0
 
 

@@ -19,6 +19,7 @@ The speedup needs two idle cores: each trial records ``cpu_s`` (its process's CP
 time), and ``cpu/wall`` well below 1 at concurrency 2 means the trials waited for a
 CPU that other work held, not for Ray.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -112,7 +113,9 @@ def main() -> None:
                 df = pd.read_parquet(out / "results.parquet")
                 over = (df.roundtrip_s - df.train_s).tolist()
                 share = float((df.cpu_s / df.train_s).mean())  # ~1: the trial had its core to itself
-                runs[conc].append({"wall_s": wall, "train_s_mean": float(df.train_s.mean()), "overhead_s": statistics.median(over), "cpu_share": share})
+                runs[conc].append(
+                    {"wall_s": wall, "train_s_mean": float(df.train_s.mean()), "overhead_s": statistics.median(over), "cpu_share": share}
+                )
                 print(f"concurrency {conc}: {wall:6.1f} s wall, trial {df.train_s.mean():.2f} s mean (cpu/wall {share:.2f}), "
                       f"overhead {statistics.median(over):.3f} s median, load avg {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
         ov = _overheads(ray)

@@ -3,6 +3,7 @@
 Markers are declared once, in pyproject.toml. ``gpu`` tests skip cleanly where no
 CUDA device (or no CuPy) is present; ``slow`` tests run unless ``-m 'not slow'``.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,9 +18,7 @@ from hypothesis.extra import numpy as hnp
 # Locally hypothesis keeps exploring (new examples each run, failures remembered in
 # .hypothesis/). CI must give the same verdict on the same commit, so there every
 # test draws a fixed sequence of examples and no example database is read or written.
-settings.register_profile(
-    "default", deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow]
-)
+settings.register_profile("default", deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("ci", settings.get_profile("default"), derandomize=True, database=None, print_blob=True)
 settings.register_profile("thorough", deadline=None, max_examples=1000)
 _CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -77,6 +76,4 @@ def float_tensors(draw, min_dims: int = 1, max_dims: int = 4, max_side: int = 9,
 def int32_arrays(draw, max_len: int = 64) -> np.ndarray:
     n = draw(st.integers(1, max_len))
     edge = st.sampled_from([-(2**31), 2**31 - 1, 0, 1, -1])
-    return np.array(
-        draw(st.lists(st.one_of(st.integers(-(2**31), 2**31 - 1), edge), min_size=n, max_size=n)), dtype=np.int64
-    )
+    return np.array(draw(st.lists(st.one_of(st.integers(-(2**31), 2**31 - 1), edge), min_size=n, max_size=n)), dtype=np.int64)

@@ -161,8 +161,16 @@ def test_normalisation_is_shared():
 
 @pytest.mark.parametrize(
     "value, kind",
-    [("digits", "builtin"), ("a.b:load", "import"), ("x/y.npz", "npz"), ("d.NPZ", "npz"),
-     ("./imgs", "folder"), ("/data/imgs/", "folder"), ("~/imgs", "folder"), ("cifar", "unknown")],
+    [
+        ("digits", "builtin"),
+        ("a.b:load", "import"),
+        ("x/y.npz", "npz"),
+        ("d.NPZ", "npz"),
+        ("./imgs", "folder"),
+        ("/data/imgs/", "folder"),
+        ("~/imgs", "folder"),
+        ("cifar", "unknown"),
+    ],
 )
 def test_dataset_kinds(value, kind):
     assert dataset_kind(value) == kind

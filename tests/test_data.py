@@ -3,6 +3,7 @@
 Downloads are exercised against a loopback HTTP server serving small synthetic IDX
 files, with the checksum table injected, so no test needs the internet.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -22,9 +23,7 @@ from qatlab.data import DatasetError, FileCheck
 
 ALL_FILES = [f for pair in data.FMNIST_FILES.values() for f in pair]
 HAVE_DEBIAN = all((data.DEBIAN_DIR / f).is_file() for f in ALL_FILES)
-needs_debian = pytest.mark.skipif(
-    not HAVE_DEBIAN, reason=f"Debian package dataset-fashion-mnist not installed ({data.DEBIAN_DIR} absent)"
-)
+needs_debian = pytest.mark.skipif(not HAVE_DEBIAN, reason=f"Debian package dataset-fashion-mnist not installed ({data.DEBIAN_DIR} absent)")
 
 
 # ---- synthetic IDX files ------------------------------------------------------------
@@ -235,9 +234,7 @@ def test_bad_split_names_the_argument() -> None:
 # ---- sources: QATLAB_DATA / root ----------------------------------------------------
 
 
-def test_qatlab_data_override(
-    data_dir: Path, files: dict[str, bytes], monkeypatch: pytest.MonkeyPatch, fresh_cache: None
-) -> None:
+def test_qatlab_data_override(data_dir: Path, files: dict[str, bytes], monkeypatch: pytest.MonkeyPatch, fresh_cache: None) -> None:
     monkeypatch.setenv("QATLAB_DATA", str(data_dir))
     assert data.find_fashion_mnist(checksums=checks_for(files)) == data_dir
     # The default (real) checksums reject the synthetic files: never silently used.
@@ -318,9 +315,7 @@ def test_download_good_files(server: str, files: dict[str, bytes], tmp_path: Pat
     data.fetch_fashion_mnist(cache, base_url="http://127.0.0.1:9", checksums=checks_for(files))
 
 
-def test_download_via_env_url_and_find(
-    server: str, files: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_download_via_env_url_and_find(server: str, files: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("QATLAB_DATA", raising=False)
     monkeypatch.setenv("QATLAB_FMNIST_URL", f"{server}/good")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -345,9 +340,7 @@ def test_download_checks_pinned_size(server: str, files: dict[str, bytes], tmp_p
         ("missing", "HTTP 404"),
     ],
 )
-def test_failed_download_leaves_nothing(
-    server: str, files: dict[str, bytes], tmp_path: Path, mode: str, message: str
-) -> None:
+def test_failed_download_leaves_nothing(server: str, files: dict[str, bytes], tmp_path: Path, mode: str, message: str) -> None:
     cache = tmp_path / "cache"
     with pytest.raises(DatasetError, match=message) as info:
         data.fetch_fashion_mnist(cache, base_url=f"{server}/{mode}/", checksums=checks_for(files))

@@ -1,4 +1,5 @@
 """ONNX QDQ export checked by ONNX Runtime (digits-sized models: seconds, not minutes)."""
+
 from __future__ import annotations
 
 import os
@@ -304,7 +305,9 @@ def _cli(argv, capsys):
 def test_cli_exports_and_checks(checkpoint, tmp_path, capsys):
     out = tmp_path / "m.onnx"
     js = tmp_path / "m.json"
-    rc, stdout, err = _cli(["export", "onnx", str(checkpoint / "model.pt"), str(out), "--check", "--limit", "120", "--json", str(js)], capsys)
+    rc, stdout, err = _cli(
+        ["export", "onnx", str(checkpoint / "model.pt"), str(out), "--check", "--limit", "120", "--json", str(js)], capsys
+    )
     assert rc == 0, err
     assert out.exists() and "wrote" in stdout and "fake-quant" in stdout and "ONNX Runtime" in stdout
     import json

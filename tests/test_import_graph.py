@@ -18,6 +18,7 @@ for, by which time both sides are loaded: ``intmodel``'s ``cuda`` backend).
 
 The layering is the one docs/architecture.md states; ``LAYERS`` below is its source.
 """
+
 from __future__ import annotations
 
 import ast
@@ -97,7 +98,9 @@ def discover(root: Path, sources: Iterable[tuple[str, str]] = SOURCES) -> dict[s
 def shadowed(root: Path, sources: Iterable[tuple[str, str]] = SOURCES) -> list[Path]:
     """Modules ``x.py`` that a package ``x/`` beside them hides from every import."""
     return sorted(
-        p for folder, _ in sources for p in (root / folder).rglob("*.py")
+        p
+        for folder, _ in sources
+        for p in (root / folder).rglob("*.py")
         if p.name != "__init__.py" and (p.with_suffix("") / "__init__.py").is_file()
     )
 
@@ -130,9 +133,7 @@ def _resolve(name: str, module: str, modules: Mapping[str, Path], scripts: froze
     return None
 
 
-def _targets_of_from(
-    node: ast.ImportFrom, module: str, path: Path, modules: Mapping[str, Path], scripts: frozenset[str]
-) -> set[str]:
+def _targets_of_from(node: ast.ImportFrom, module: str, path: Path, modules: Mapping[str, Path], scripts: frozenset[str]) -> set[str]:
     if node.level:
         package = _package_of(module, path)
         if node.level - 1 > len(package) - 1:
@@ -388,8 +389,7 @@ def project() -> tuple[dict[str, set[str]], list[Edge]]:
 def test_project_has_no_import_cycles(project):
     graph, edges = project
     if cycles(graph):
-        pytest.fail("import cycles (move the shared piece into a module both can import):\n"
-                    + describe_cycles(graph, edges), pytrace=False)
+        pytest.fail("import cycles (move the shared piece into a module both can import):\n" + describe_cycles(graph, edges), pytrace=False)
 
 
 def test_project_imports_only_downwards(project):
@@ -434,26 +434,32 @@ def _tree(tmp_path: Path, files: Mapping[str, str]) -> tuple[dict[str, set[str]]
 
 
 def test_function_local_import_closes_a_cycle(tmp_path):
-    graph, edges = _tree(tmp_path, {
-        "pkg/__init__.py": "",
-        "pkg/a.py": "from .b import X\n",
-        "pkg/b.py": "X = 1\ndef f():\n    from pkg.a import g\n",
-        "scripts/s.py": "",
-    })
+    graph, edges = _tree(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            "pkg/a.py": "from .b import X\n",
+            "pkg/b.py": "X = 1\ndef f():\n    from pkg.a import g\n",
+            "scripts/s.py": "",
+        },
+    )
     assert cycles(graph) == [["pkg.a", "pkg.b"]]
     text = describe_cycles(graph, edges)
     assert "pkg.a -> pkg.b" in text and "pkg/b.py:3" in text
 
 
 def test_relative_forms_and_type_checking(tmp_path):
-    graph, _ = _tree(tmp_path, {
-        "pkg/__init__.py": "from . import sub\nfrom .sub.leaf import Y\n",
-        "pkg/sub/__init__.py": "from .. import util\n",
-        "pkg/sub/leaf.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import top\nY = 1\n",
-        "pkg/util.py": "import os\nimport pkg.sub.leaf as l\n",
-        "pkg/top.py": "from pkg.sub.leaf import *\n",
-        "scripts/s.py": "",
-    })
+    graph, _ = _tree(
+        tmp_path,
+        {
+            "pkg/__init__.py": "from . import sub\nfrom .sub.leaf import Y\n",
+            "pkg/sub/__init__.py": "from .. import util\n",
+            "pkg/sub/leaf.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import top\nY = 1\n",
+            "pkg/util.py": "import os\nimport pkg.sub.leaf as l\n",
+            "pkg/top.py": "from pkg.sub.leaf import *\n",
+            "scripts/s.py": "",
+        },
+    )
     assert graph["pkg"] == {"pkg.sub", "pkg.sub.leaf"}
     assert graph["pkg.sub"] == {"pkg.util"}
     assert graph["pkg.sub.leaf"] == set()  # the TYPE_CHECKING import is not an edge
@@ -463,13 +469,16 @@ def test_relative_forms_and_type_checking(tmp_path):
 
 
 def test_a_package_wins_over_a_module_of_the_same_name(tmp_path):
-    graph, _ = _tree(tmp_path, {
-        "pkg/__init__.py": "",
-        "pkg/a.py": "import pkg.b\n",
-        "pkg/b.py": "import pkg.a\n",  # hidden by pkg/b/: not part of the graph
-        "pkg/b/__init__.py": "",
-        "scripts/s.py": "",
-    })
+    graph, _ = _tree(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            "pkg/a.py": "import pkg.b\n",
+            "pkg/b.py": "import pkg.a\n",  # hidden by pkg/b/: not part of the graph
+            "pkg/b/__init__.py": "",
+            "scripts/s.py": "",
+        },
+    )
     assert graph["pkg.b"] == set() and cycles(graph) == []
     assert shadowed(tmp_path, (("pkg", "pkg"),)) == [tmp_path / "pkg" / "b.py"]
 
@@ -481,16 +490,19 @@ def test_self_import_is_a_cycle(tmp_path):
 
 
 def test_dynamic_and_runpy_edges(tmp_path):
-    graph, edges = _tree(tmp_path, {
-        "pkg/__init__.py": "",
-        "pkg/cli.py": "import importlib\nM = 'pkg.cmd'\ndef f(x):\n    return importlib.import_module(f'pkg.sim_{x}')\n",
-        "pkg/cmd.py": "import importlib\nPLUGIN = 'pkg.cli:main'\n",  # a plugin entry, not an edge
-        "pkg/sim_a.py": "",
-        "pkg/sim_b.py": "",
-        "pkg/bench.py": "import runpy\nSCRIPTS = ('job.py',)\n",
-        "scripts/job.py": "import sibling\nfrom pkg import bench\n",
-        "scripts/sibling.py": "",
-    })
+    graph, edges = _tree(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            "pkg/cli.py": "import importlib\nM = 'pkg.cmd'\ndef f(x):\n    return importlib.import_module(f'pkg.sim_{x}')\n",
+            "pkg/cmd.py": "import importlib\nPLUGIN = 'pkg.cli:main'\n",  # a plugin entry, not an edge
+            "pkg/sim_a.py": "",
+            "pkg/sim_b.py": "",
+            "pkg/bench.py": "import runpy\nSCRIPTS = ('job.py',)\n",
+            "scripts/job.py": "import sibling\nfrom pkg import bench\n",
+            "scripts/sibling.py": "",
+        },
+    )
     assert graph["pkg.cli"] == {"pkg.cmd", "pkg.sim_a", "pkg.sim_b"}
     assert graph["pkg.cmd"] == set()
     assert graph["scripts.job"] == {"scripts.sibling", "pkg.bench"}

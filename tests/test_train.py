@@ -5,8 +5,24 @@ from qatlab.config import profile
 from qatlab.intmodel import IntModel
 from qatlab.train import run_trial
 
-COLUMNS = {"trial_id", "model", "dataset", "method", "w_bits", "a_bits", "granularity", "estimator", "ste", "seed",
-           "status", "test_acc", "fp32_acc", "epochs", "train_s", "error"}
+COLUMNS = {
+    "trial_id",
+    "model",
+    "dataset",
+    "method",
+    "w_bits",
+    "a_bits",
+    "granularity",
+    "estimator",
+    "ste",
+    "seed",
+    "status",
+    "test_acc",
+    "fp32_acc",
+    "epochs",
+    "train_s",
+    "error",
+}
 
 
 def _tiny(**kw):

@@ -1,4 +1,5 @@
 """A user's own data and model: .npz arrays, image folders, loaders and factories by import path."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,7 +22,9 @@ LOADERS = "tests.usercode.loaders"
 NETS = "tests.usercode.nets"
 
 
-def save_npz(path: Path, n_train: int = 60, n_test: int = 20, shape: tuple[int, ...] = (6, 6), classes: int = 3, seed: int = 0, **over) -> Path:
+def save_npz(
+    path: Path, n_train: int = 60, n_test: int = 20, shape: tuple[int, ...] = (6, 6), classes: int = 3, seed: int = 0, **over
+) -> Path:
     rng = np.random.default_rng(seed)
     arrays = {
         "x_train": rng.integers(0, 256, (n_train, *shape), dtype=np.uint8),

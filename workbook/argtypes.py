@@ -1,4 +1,5 @@
 """Argparse value types shared by the commands (one validator, not a copy per command)."""
+
 from __future__ import annotations
 
 import argparse

@@ -5,6 +5,7 @@ The benchmarks themselves live in ``benchmarks/`` (each also runs on its own as
 process with :mod:`runpy`; it imports nothing from them, and they import nothing from
 here, so the two never form a cycle.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """``workbook``: a thin CLI. Each command parses its arguments and calls one function."""
+
 from __future__ import annotations
 
 import argparse

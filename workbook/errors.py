@@ -1,4 +1,5 @@
 """The one exception type a command raises for the user (not for a traceback)."""
+
 from __future__ import annotations
 
 

@@ -7,6 +7,7 @@ accuracy beside the IntModel's and the fake-quant model's.
 
 Heavy imports (torch, onnx) happen inside ``run``: ``workbook --help`` stays fast.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,17 +21,27 @@ from qatlab.atomic import write_json
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a trained model.pt (ptq/qat trial) or its intmodel.pt")
     p.add_argument("out", help="the .onnx file to write (atomically; nothing is left on failure)")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the oldest that holds the model: 13, or 21 for 4/16-bit types)")
     p.add_argument(
-        "--low-bit", choices=["clip", "int4"], default="clip",
+        "--opset", type=int, default=None, help="ONNX opset (default: the oldest that holds the model: 13, or 21 for 4/16-bit types)"
+    )
+    p.add_argument(
+        "--low-bit",
+        choices=["clip", "int4"],
+        default="clip",
         help="sub-8-bit form: 'clip' = 8-bit Q/DQ + integer Clip(qmin, qmax) (default; ONNX Runtime runs it in "
         "integer kernels), 'int4' = INT4/UINT4 types of opset 21 where a range is exactly 4-bit (ORT runs those in float)",
     )
     p.add_argument("--check", action="store_true", help="run ONNX Runtime on the test set and compare with the IntModel")
     p.add_argument("--dataset", default=None, help="dataset for --check (default: the trial's)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="--check on the first N test images only")
-    p.add_argument("--optimization", choices=["all", "extended", "basic", "disable"], default="all", help="ORT graph optimization level for --check")
-    p.add_argument("--per-layer", action="store_true", help="with --check: codes mismatch of every layer (keeps every layer's codes in memory: pair with --limit)")
+    p.add_argument(
+        "--optimization", choices=["all", "extended", "basic", "disable"], default="all", help="ORT graph optimization level for --check"
+    )
+    p.add_argument(
+        "--per-layer",
+        action="store_true",
+        help="with --check: codes mismatch of every layer (keeps every layer's codes in memory: pair with --limit)",
+    )
     p.add_argument("--json", default=None, metavar="FILE", help="with --check: also write the figures as JSON")
 
 
@@ -92,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(_one_line(e)) from e
     nodes = ", ".join(f"{k} {v}" for k, v in sorted(info.nodes.items()))
     codes = ", ".join(f"{k} {v}" for k, v in sorted(info.code_types.items()))
-    print(f"wrote {info.path} ({info.size_bytes} bytes, opset {info.opset}, low-bit form {info.low_bit}, IntModel rounding {info.rounding})")
+    print(
+        f"wrote {info.path} ({info.size_bytes} bytes, opset {info.opset}, low-bit form {info.low_bit}, IntModel rounding {info.rounding})"
+    )
     print(f"  nodes: {nodes}")
     print(f"  code types: {codes}; integer clips: {info.clips}")
     if not args.check:

@@ -10,6 +10,7 @@
 trial (``-p epochs=1``); a notebook parameter goes to the notebooks that declare it
 (``-p fpga_device=PYNQ-Z1``). Anything else is an error listing the valid keys.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -139,7 +140,10 @@ def run(args: argparse.Namespace) -> int:
         status="ok" if summary.exit_code == 0 and not failed_nb else "failed",
         sweep={"ok": summary.ok, "failed": summary.failed, "ran": summary.ran, "failed_ids": summary.failed_ids},
         headline=headline(sweep_dir),
-        notebooks=[{"name": r.name, "status": r.status, "html": str(r.html) if r.html else None, "error": r.error, "seconds": r.seconds} for r in results],
+        notebooks=[
+            {"name": r.name, "status": r.status, "html": str(r.html) if r.html else None, "error": r.error, "seconds": r.seconds}
+            for r in results
+        ],
         timing_s={"sweep": round(t_sweep, 1), "notebooks": round(t_nb, 1)},
     )
     write_json(out / MANIFEST, manifest)

@@ -4,6 +4,7 @@ A notebook that fails still leaves its executed .ipynb (papermill writes the cel
 run so far, with the error) and an HTML page showing the error; the caller marks it
 failed and carries on with the others.
 """
+
 from __future__ import annotations
 
 import os
@@ -82,7 +83,9 @@ def render_html(ipynb: str | os.PathLike[str], html: str | os.PathLike[str] | No
     src = Path(ipynb)
     dst = Path(html) if html else src.with_suffix(".html")
     nb = nbformat.read(src, as_version=4)
-    exporter = HTMLExporter(template_name="qatlab_html", extra_template_basedirs=[str(TEMPLATES)], exclude_input=no_input, embed_images=True)
+    exporter = HTMLExporter(
+        template_name="qatlab_html", extra_template_basedirs=[str(TEMPLATES)], exclude_input=no_input, embed_images=True
+    )
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": src.stem}})
     if EXTERNAL.search(body):
         raise RuntimeError(f"{dst}: rendered HTML still references the network: {EXTERNAL.search(body).group(0)}")
@@ -91,7 +94,11 @@ def render_html(ipynb: str | os.PathLike[str], html: str | os.PathLike[str] | No
 
 
 def run_notebooks(
-    out_dir: str | os.PathLike[str], parameters: dict[str, dict[str, Any]], names: tuple[str, ...] = NOTEBOOKS, no_input: bool = False, progress: bool = True
+    out_dir: str | os.PathLike[str],
+    parameters: dict[str, dict[str, Any]],
+    names: tuple[str, ...] = NOTEBOOKS,
+    no_input: bool = False,
+    progress: bool = True,
 ) -> list[NotebookResult]:
     """Execute and render each notebook; failures are recorded, never raised."""
     from tqdm import tqdm

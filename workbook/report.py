@@ -3,6 +3,7 @@
 Each run folder holds ``run.json`` (what ran, when, its status, headline metrics and
 notebook statuses); the index is rebuilt from every ``*/run.json`` beside it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -88,7 +89,9 @@ def rerender(run_dir: Path, no_input: bool = False) -> dict[str, Any]:
     from workbook.notebooks import render_html
 
     m = run_dir / MANIFEST
-    manifest = json.loads(m.read_text()) if m.exists() else {"run_id": run_dir.name, "date": dt.datetime.now().isoformat(timespec="seconds")}
+    manifest = (
+        json.loads(m.read_text()) if m.exists() else {"run_id": run_dir.name, "date": dt.datetime.now().isoformat(timespec="seconds")}
+    )
     notebooks = {nb["name"]: nb for nb in manifest.get("notebooks", [])}
     for ipynb in sorted(run_dir.glob("*.ipynb")):
         nb = notebooks.setdefault(ipynb.stem, {"name": ipynb.stem, "status": "ok"})

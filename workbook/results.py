@@ -14,6 +14,7 @@ target (``os.replace``), so a reader never sees half a file, and a killed sweep
 leaves only complete results behind. ``result.json`` is written last for a trial,
 after its log and checkpoints: its presence means the trial finished.
 """
+
 from __future__ import annotations
 
 import json

@@ -6,6 +6,7 @@ SCALE-Sim config; print one record per layer (per op for an IntModel).
 JSON prints ``{"layers": [...], "totals": {...}}``; CSV prints a header, one row per
 layer and a ``TOTAL`` row. Field meanings: :mod:`qatlab.hw.asic.simulate`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,8 @@ def add_workload_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--topology", metavar="FILE.csv", help="SCALE-Sim topology (conv or 'Layer, M, N, K' GEMM form)")
     src.add_argument(
-        "--model", metavar="PATH",
+        "--model",
+        metavar="PATH",
         help="a trained trial's intmodel.pt, or its model.pt (a ptq/qat checkpoint, converted with the trial's rounding)",
     )
 
@@ -107,12 +109,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--w-bits", type=_bits, default=None, help="weight bits of every topology layer (default 8)")
     p.add_argument("--a-bits", type=_bits, default=None, help="activation bits of every topology layer (default 8)")
     p.add_argument(
-        "--pack", type=_pos_int, default=None,
+        "--pack",
+        type=_pos_int,
+        default=None,
         help="MACs per cell per cycle for sub-8-bit operands: 1 = off (SCALE-Sim), 0 = auto (8 // bits, capped by --pack-max)",
     )
     p.add_argument("--pack-max", type=_pos_int, default=None, help="cap for --pack 0 (default 4)")
     p.add_argument(
-        "--dram", choices=["fast", "exact"], default=None,
+        "--dram",
+        choices=["fast", "exact"],
+        default=None,
         help="DRAM read counts: fast = closed form (estimate once an operand overflows its SRAM); "
         "exact = replay SCALE-Sim's CALC-mode window on the address streams (slower)",
     )
@@ -153,10 +159,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             layers = read_topology(args.topology)
             if args.w_bits or args.a_bits:
-                layers = [
-                    dataclasses.replace(lay, w_bits=args.w_bits or lay.w_bits, a_bits=args.a_bits or lay.a_bits)
-                    for lay in layers
-                ]
+                layers = [dataclasses.replace(lay, w_bits=args.w_bits or lay.w_bits, a_bits=args.a_bits or lay.a_bits) for lay in layers]
             report = simulate(layers, cfg)
     except (ConfigError, TopologyError) as e:
         raise CommandError(str(e)) from None

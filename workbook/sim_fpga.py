@@ -9,6 +9,7 @@ swu_cycles, lut, dsp, bram18, acc_bits, ...``) then the totals (``fps,
 latency_cycles, fits, ...``): as JSON, one object ``{"layers": [...], "totals": {...}}``;
 as CSV, the layer table, a blank line, and a one-row totals table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,28 +35,44 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_workload_arguments(p)
     p.add_argument("--device", required=True, metavar="NAME", help=f"target device: {', '.join(DEVICE_NAMES)}")
     fold = p.add_mutually_exclusive_group()
-    fold.add_argument("--folding", metavar="F.json", default=None,
-                      help="FINN-style folding config: one object per layer name with PE and SIMD")
-    fold.add_argument("--target-fps", type=float, default=None, metavar="N",
-                      help="search the cheapest folding reaching N frames per second")
-    fold.add_argument("--fastest", action="store_true",
-                      help="search the fastest folding that fits (the default without --folding/--target-fps)")
+    fold.add_argument(
+        "--folding", metavar="F.json", default=None, help="FINN-style folding config: one object per layer name with PE and SIMD"
+    )
+    fold.add_argument(
+        "--target-fps", type=float, default=None, metavar="N", help="search the cheapest folding reaching N frames per second"
+    )
+    fold.add_argument(
+        "--fastest", action="store_true", help="search the fastest folding that fits (the default without --folding/--target-fps)"
+    )
     p.add_argument("--format", choices=["json", "csv"], default="csv", help="output format (default: csv)")
     p.add_argument("--clock-mhz", type=float, default=None, metavar="F", help="clock (default: the device's)")
     p.add_argument("--w-bits", type=int, default=None, metavar="B", help="weight bits of every topology layer (default: 8)")
     p.add_argument("--a-bits", type=int, default=None, metavar="B", help="activation bits of every topology layer (default: 8)")
     p.add_argument("--signed-input", action="store_true", help="the first topology layer's input codes are signed")
-    p.add_argument("--acc-bits", type=int, default=None, metavar="B",
-                   help="implement B-bit accumulators (default: the worst-case width each layer needs)")
-    p.add_argument("--res-type", choices=["auto", "lut", "dsp"], default="auto",
-                   help="multipliers: FINN's choice (auto), LUTs or DSPs")
-    p.add_argument("--ram-style", choices=["auto", "block", "distributed", "ultra"], default="auto",
-                   help="weight memories (auto: LUTRAM up to 128 words, else BRAM; the search may pick any)")
-    p.add_argument("--max-util", type=float, default=None, metavar="F",
-                   help="search: use at most this fraction of every resource (default: FINN's limits, "
-                        "LUT 0.7, BRAM/URAM/DSP 0.8)")
-    p.add_argument("--no-schedule", action="store_true",
-                   help="skip latency and FIFO depths (their cost grows with the network's stream length)")
+    p.add_argument(
+        "--acc-bits",
+        type=int,
+        default=None,
+        metavar="B",
+        help="implement B-bit accumulators (default: the worst-case width each layer needs)",
+    )
+    p.add_argument("--res-type", choices=["auto", "lut", "dsp"], default="auto", help="multipliers: FINN's choice (auto), LUTs or DSPs")
+    p.add_argument(
+        "--ram-style",
+        choices=["auto", "block", "distributed", "ultra"],
+        default="auto",
+        help="weight memories (auto: LUTRAM up to 128 words, else BRAM; the search may pick any)",
+    )
+    p.add_argument(
+        "--max-util",
+        type=float,
+        default=None,
+        metavar="F",
+        help="search: use at most this fraction of every resource (default: FINN's limits, LUT 0.7, BRAM/URAM/DSP 0.8)",
+    )
+    p.add_argument(
+        "--no-schedule", action="store_true", help="skip latency and FIFO depths (their cost grows with the network's stream length)"
+    )
     p.add_argument("--save-folding", metavar="F.json", default=None, help="write the folding used as FINN-style JSON")
 
 
@@ -72,8 +89,9 @@ def run(args: argparse.Namespace) -> int:
     from workbook.errors import CommandError
     from workbook.sim_asic import load_intmodel, reject_with_model
 
-    reject_with_model(args, {"--w-bits": args.w_bits, "--a-bits": args.a_bits, "--signed-input": args.signed_input,
-                             "--acc-bits": args.acc_bits})
+    reject_with_model(
+        args, {"--w-bits": args.w_bits, "--a-bits": args.a_bits, "--signed-input": args.signed_input, "--acc-bits": args.acc_bits}
+    )
 
     for flag, v in (("--w-bits", args.w_bits), ("--a-bits", args.a_bits)):
         if v is not None and not 1 <= v <= 32:
@@ -92,9 +110,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             layers = read_topology(args.topology)
             if args.w_bits is not None or args.a_bits is not None:
-                layers = [
-                    replace(lay, w_bits=args.w_bits or lay.w_bits, a_bits=args.a_bits or lay.a_bits) for lay in layers
-                ]
+                layers = [replace(lay, w_bits=args.w_bits or lay.w_bits, a_bits=args.a_bits or lay.a_bits) for lay in layers]
             rep = fpga.analyze(layers, args.device, signed_input=args.signed_input, acc_bits=args.acc_bits, **common)
         if args.save_folding:
             fpga.write_folding(rep.folding, args.save_folding)

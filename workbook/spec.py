@@ -43,6 +43,7 @@ Ray worker, whatever its working directory, reads the same files by the same str
 
 Importing this module is cheap; validation imports qatlab (and thus torch) lazily.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -398,7 +399,9 @@ def parse_spec(
         values = _as_list(v)
         if not values:
             raise c.err(f"grid.{k}", "empty list: the cartesian product would have no trials")
-        grid[k] = tuple(c.trial_value(k, x, f"grid.{k}[{i}]" if isinstance(v, (list, tuple)) else f"grid.{k}") for i, x in enumerate(values))
+        grid[k] = tuple(
+            c.trial_value(k, x, f"grid.{k}[{i}]" if isinstance(v, (list, tuple)) else f"grid.{k}") for i, x in enumerate(values)
+        )
 
     include_raw = top.get("include")
     if include_raw is None:
@@ -433,13 +436,13 @@ def parse_spec(
             point = dict(zip(keys, combo))
             prov = dict(provenance)
             for k in point:
-                for kk in (("w_bits", "a_bits") if k == "bits" else (k,)):
+                for kk in ("w_bits", "a_bits") if k == "bits" else (k,):
                     prov[kk] = f"grid.{k}"
             candidates.append(({**defaults, **_expand_bits(point)}, "grid", prov))
     base = {**defaults, **_expand_bits(grid_first)}
     base_prov = dict(provenance)
     for k in grid_first:
-        for kk in (("w_bits", "a_bits") if k == "bits" else (k,)):
+        for kk in ("w_bits", "a_bits") if k == "bits" else (k,):
             base_prov[kk] = f"grid.{k}"
     for i, e in enumerate(include):
         list_keys = [k for k, v in e.items() if isinstance(v, list)]
@@ -449,7 +452,7 @@ def parse_spec(
             merged = {**base, **_expand_bits(entry)}
             prov = dict(base_prov)
             for k in entry:
-                for kk in (("w_bits", "a_bits") if k == "bits" else (k,)):
+                for kk in ("w_bits", "a_bits") if k == "bits" else (k,):
                     prov[kk] = f"include[{i}].{k}"
             candidates.append((merged, f"include[{i}]", prov))
 
@@ -572,10 +575,7 @@ def _with_labels(trials: Sequence[Trial]) -> list[Trial]:
     quant = [t for t in trials if t.config.get("method") != "fp32"]
     extra_q = varying(quant, ())
     extra_f = varying(list(trials), FP32_IGNORED)
-    return [
-        dataclasses.replace(t, label=trial_label(t.config, extra_f if t.config.get("method") == "fp32" else extra_q))
-        for t in trials
-    ]
+    return [dataclasses.replace(t, label=trial_label(t.config, extra_f if t.config.get("method") == "fp32" else extra_q)) for t in trials]
 
 
 def spec_from_dict(data: Mapping[str, Any], source: str = "<spec>", base_dir: str | os.PathLike[str] | None = None) -> Spec:

@@ -16,6 +16,7 @@ A sweep spec (``workbook.spec``) validates its values through :func:`normalize_f
 and :func:`check_field` and hashes ids with :func:`config_digest`, so a spec and a
 ``TrainConfig`` cannot disagree about a field.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -251,7 +252,9 @@ class TrainConfig:
             raise ConfigError("model_args", f"apply to an import-path model only, not the zoo's {self.model!r}")
         kind = dataset_kind(self.dataset)
         if self.loader_args and kind in ("builtin", "npz"):
-            raise ConfigError("loader_args", f"do not apply to a {'built-in dataset' if kind == 'builtin' else '.npz file'} ({self.dataset!r})")
+            raise ConfigError(
+                "loader_args", f"do not apply to a {'built-in dataset' if kind == 'builtin' else '.npz file'} ({self.dataset!r})"
+            )
         if kind == "folder":
             from qatlab.datasets.imagefolder import check_options
 
@@ -269,9 +272,7 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ConfigError(
-                "config", f"has unknown config key(s): {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}"
-            )
+            raise ConfigError("config", f"has unknown config key(s): {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:

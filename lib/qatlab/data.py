@@ -25,6 +25,7 @@ validation set is a ``seed``-shuffled slice of the training set; ``limit_train``
 takes a prefix of the rest of that same shuffle, so the validation set, and the
 normalisation stats, never depend on the limits.
 """
+
 from __future__ import annotations
 
 import functools
@@ -89,23 +90,31 @@ class FileCheck:
 # the gzip FNAME field, same decompressed IDX data.
 FMNIST_CHECKS: dict[str, FileCheck] = {
     "train-images-idx3-ubyte.gz": FileCheck(
-        ("08dc20ab1689590a0bcd66e874647b6ee8464e2d501b5a3f1f78831db19a3fdc",
-         "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7"),
+        (
+            "08dc20ab1689590a0bcd66e874647b6ee8464e2d501b5a3f1f78831db19a3fdc",
+            "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+        ),
         26421880,
     ),
     "train-labels-idx1-ubyte.gz": FileCheck(
-        ("b0197879cbda89f3dc7b894f9fd52b858e68ea4182b6947c9d8c2b67e5f18dcc",
-         "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056"),
+        (
+            "b0197879cbda89f3dc7b894f9fd52b858e68ea4182b6947c9d8c2b67e5f18dcc",
+            "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+        ),
         29515,
     ),
     "t10k-images-idx3-ubyte.gz": FileCheck(
-        ("78dcbbfb5a27efaf1b6c1d616caca68560be8766c5bffcb2791df9273a534229",
-         "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa"),
+        (
+            "78dcbbfb5a27efaf1b6c1d616caca68560be8766c5bffcb2791df9273a534229",
+            "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+        ),
         4422102,
     ),
     "t10k-labels-idx1-ubyte.gz": FileCheck(
-        ("42bd18137a62d5998cdeae52bf3a0676ac6b706f5cf8439b47bb5b151ae3dccf",
-         "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05"),
+        (
+            "42bd18137a62d5998cdeae52bf3a0676ac6b706f5cf8439b47bb5b151ae3dccf",
+            "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+        ),
         5148,
     ),
 }
@@ -184,29 +193,21 @@ def download_file(url: str, dest: Path, check: FileCheck, *, timeout: float = DO
                     h.update(chunk)
                     received += len(chunk)
         except urllib.error.HTTPError as exc:
-            raise DatasetError(
-                f"downloading {dest.name} from {url} failed: HTTP {exc.code} {exc.reason}. {_FIX_HINT}"
-            ) from exc
+            raise DatasetError(f"downloading {dest.name} from {url} failed: HTTP {exc.code} {exc.reason}. {_FIX_HINT}") from exc
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
             # URLError: refused/unresolvable; OSError: timeouts, resets;
             # HTTPException: a broken response (IncompleteRead on a chunked body, bad
             # status line); ValueError: a malformed URL.
             reason = getattr(exc, "reason", exc)
-            raise DatasetError(
-                f"downloading {dest.name} from {url} failed: {reason}. {_FIX_HINT}"
-            ) from exc
+            raise DatasetError(f"downloading {dest.name} from {url} failed: {reason}. {_FIX_HINT}") from exc
         # http.client returns a short body without complaint when the server closes
         # early, so the length has to be checked here.
         if length is not None and length.isdigit() and received != int(length):
             raise DatasetError(
-                f"downloading {dest.name} from {url} failed: truncated, got {received} of "
-                f"{length} bytes. Try again. {_FIX_HINT}"
+                f"downloading {dest.name} from {url} failed: truncated, got {received} of {length} bytes. Try again. {_FIX_HINT}"
             )
         if check.size is not None and received != check.size:
-            raise DatasetError(
-                f"downloading {dest.name} from {url} failed: got {received} bytes, expected "
-                f"{check.size}. {_FIX_HINT}"
-            )
+            raise DatasetError(f"downloading {dest.name} from {url} failed: got {received} bytes, expected {check.size}. {_FIX_HINT}")
         digest = h.hexdigest()
         if digest not in check.sha256:
             raise DatasetError(
@@ -308,9 +309,7 @@ def _read_pair(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     images = read_idx(folder / img_name)
     labels = read_idx(folder / lbl_name)
     if images.ndim != 3 or labels.ndim != 1:
-        raise DatasetError(
-            f"{folder}: {img_name} must be rank 3 and {lbl_name} rank 1, got {images.ndim} and {labels.ndim}"
-        )
+        raise DatasetError(f"{folder}: {img_name} must be rank 3 and {lbl_name} rank 1, got {images.ndim} and {labels.ndim}")
     if len(images) != len(labels):
         raise DatasetError(f"{folder}: {img_name} has {len(images)} images but {lbl_name} {len(labels)} labels")
     if labels.size and labels.max() > 9:
@@ -419,9 +418,7 @@ def load_dataset(
       already mixed in both datasets).
     """
     if name not in DATASETS and isinstance(name, str) and dataset_kind(name) != "unknown":
-        return load_user_dataset(
-            name, loader_args, val_fraction=val_fraction, limit_train=limit_train, limit_test=limit_test, seed=seed
-        )
+        return load_user_dataset(name, loader_args, val_fraction=val_fraction, limit_train=limit_train, limit_test=limit_test, seed=seed)
     _check_name(name)
     if loader_args:
         raise ValueError(f"loader_args: the built-in dataset {name!r} takes none, got {dict(loader_args)}")

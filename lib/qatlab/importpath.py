@@ -3,6 +3,7 @@
 Kept apart from what is built from them so that a spec can check a path (does the
 module import, does the attribute exist) long before anything is trained.
 """
+
 from __future__ import annotations
 
 import importlib

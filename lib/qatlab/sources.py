@@ -3,6 +3,7 @@
 Apart from ``qatlab.config`` so that the dataset readers can tell the kinds apart
 without importing the config (which itself asks them to check their options).
 """
+
 from __future__ import annotations
 
 import os

@@ -7,6 +7,7 @@ Figures are meant as ratios against a baseline timed in the same run: machines a
 shared and noisy, so absolute seconds mean little, and running the candidates
 round-robin makes drift hit all of them alike.
 """
+
 from __future__ import annotations
 
 import os

@@ -16,6 +16,7 @@ disk (an image folder, a user's loader) need never fit in memory. Splits held as
 tensors (the built-in datasets, ``.npz`` files) are evaluated by slicing the tensors
 directly, as they always were: the same numbers, without a loader's per-item cost.
 """
+
 from __future__ import annotations
 
 import os
@@ -113,7 +114,9 @@ def predictions(model: nn.Module, x: torch.Tensor, device: torch.device, batch_s
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
 
 
-def batches(ds: Dataset, batch_size: int = 1000, num_workers: int = 0, pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(
+    ds: Dataset, batch_size: int = 1000, num_workers: int = 0, pin_memory: bool = False
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``(x, y)`` batches of ``ds`` in order: slices of a TensorDataset, else a DataLoader's."""
     if isinstance(ds, TensorDataset):
         x, y = ds.tensors
@@ -165,6 +168,7 @@ def build_for(cfg: TrainConfig, num_classes: int, input_shape: tuple[int, ...]) 
 
 def fp32_cache_path(cfg: TrainConfig) -> Path:
     """Where :func:`pretrain_fp32` caches the FP32 model of ``cfg`` on this machine."""
+
     # Import paths and dataset paths hold ':' and '/': a filesystem-safe stem (the
     # key alone identifies the entry; zoo names and built-in datasets keep theirs).
     def safe(s: str) -> str:
@@ -338,7 +342,13 @@ def save_checkpoint(
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path, mkdir=False) as tmp:
         torch.save(
-            {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "state_dict": state, "num_classes": num_classes, "input_shape": list(input_shape)},
+            {
+                "format": CHECKPOINT_FORMAT,
+                "config": cfg.to_dict(),
+                "state_dict": state,
+                "num_classes": num_classes,
+                "input_shape": list(input_shape),
+            },
             tmp,
         )
 

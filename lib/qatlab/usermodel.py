@@ -12,6 +12,7 @@ does not ask for them is called with ``model_args`` alone. ``model_args`` may no
 give them itself: the data decides them, and two sources could disagree.
 The QAT pass rewrites the model with torch.fx, so it has to trace (see ``qatlab.models``).
 """
+
 from __future__ import annotations
 
 import inspect

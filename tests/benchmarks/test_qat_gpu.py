@@ -1,4 +1,5 @@
 """benchmarks/qat_gpu.py runs (on the CPU, as a smoke test of the code a GPU run uses)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -20,7 +21,9 @@ def _load():
 @pytest.mark.slow  # runs QAT training steps of two models
 def test_step_timing_runs_and_writes_json(tmp_path, capsys):
     out = tmp_path / "q.json"
-    rc = _load().main(["--device", "cpu", "--models", "lenet,resnet8", "--batch", "4", "--repeats", "1", "--warmup", "1", "--json", str(out)])
+    rc = _load().main(
+        ["--device", "cpu", "--models", "lenet,resnet8", "--batch", "4", "--repeats", "1", "--warmup", "1", "--json", str(out)]
+    )
     assert rc == 0
     res = json.loads(out.read_text())
     assert [r["model"] for r in res["steps"]] == ["lenet", "resnet8"]

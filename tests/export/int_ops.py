@@ -6,6 +6,7 @@ float counterpart takes on a calibration batch, so the codes spread over the ran
 (saturating everything would test nothing). The codes of each value are the CPU
 reference's (``reference.run_op``).
 """
+
 from __future__ import annotations
 
 import math
@@ -127,8 +128,16 @@ class NetBuilder:
         return w, s_w.float(), bias
 
     def conv(
-        self, src: str, out_ch: int, k: int = 3, stride: int = 1, padding: int = 1, groups: int = 1, dilation: int = 1,
-        relu: bool = False, clamp: tuple[float | None, float | None] | None = None,
+        self,
+        src: str,
+        out_ch: int,
+        k: int = 3,
+        stride: int = 1,
+        padding: int = 1,
+        groups: int = 1,
+        dilation: int = 1,
+        relu: bool = False,
+        clamp: tuple[float | None, float | None] | None = None,
     ) -> str:
         xq, cin = self.q[src], self.shape(src)[0]
         wmax = 2 ** (min(self.bits, 8) - 1) - 1

@@ -5,6 +5,7 @@ For every graph: ONNX Runtime fuses what it should (QLinearConv, QLinearMul,
 QLinearConcat, QLinearGlobalAveragePool, Gather for the tables), its output codes
 equal ``emulate_ort`` exactly, and its predictions agree with the IntModel's.
 """
+
 from __future__ import annotations
 
 import onnx
@@ -163,7 +164,9 @@ def test_lut_gather_is_exact_for_every_code(signed: bool) -> None:
     assert ort_kernels(data).get("Gather") == 6
     xq = nb.q["x_q"]
     every_code = ((torch.arange(xq.qmin, xq.qmax + 1) - xq.zero_point) * xq.scale).float().reshape(1, *shape)
-    assert torch.equal(run(IntModel(im.ops[:1], "x", "x_q", shape), every_code).flatten(), torch.arange(xq.qmin, xq.qmax + 1, dtype=torch.int32))
+    assert torch.equal(
+        run(IntModel(im.ops[:1], "x", "x_q", shape), every_code).flatten(), torch.arange(xq.qmin, xq.qmax + 1, dtype=torch.int32)
+    )
     for x in (every_code, images(20, shape, 1) * 3):
         out = run_onnx(data, x)
         assert torch.equal(out.codes, run(im, x))
@@ -171,7 +174,11 @@ def test_lut_gather_is_exact_for_every_code(signed: bool) -> None:
 
 @settings(max_examples=12)
 @given(
-    h=st.integers(1, 9), w=st.integers(1, 9), oh=st.integers(1, 5), ow=st.integers(1, 5), seed=st.integers(0, 1000),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    oh=st.integers(1, 5),
+    ow=st.integers(1, 5),
+    seed=st.integers(0, 1000),
     rounding=st.sampled_from(["float", "fixed"]),
 )
 def test_adaptive_pool_uneven_bins(h: int, w: int, oh: int, ow: int, seed: int, rounding: str) -> None:
@@ -252,8 +259,12 @@ def test_data_movement_and_clamp_are_exact_on_codes(bits: int, signed: bool) -> 
 
 @settings(max_examples=60)
 @given(
-    qmin=st.sampled_from([0, -128, 0]), span=st.sampled_from([15, 63, 255]), z=st.integers(0, 255), relu=st.booleans(),
-    c_lo=st.integers(-300, 300), width=st.integers(0, 400),
+    qmin=st.sampled_from([0, -128, 0]),
+    span=st.sampled_from([15, 63, 255]),
+    z=st.integers(0, 255),
+    relu=st.booleans(),
+    c_lo=st.integers(-300, 300),
+    width=st.integers(0, 400),
 )
 def test_out_bounds_is_the_references_two_clamps(qmin: int, span: int, z: int, relu: bool, c_lo: int, width: int) -> None:
     q = ActQ(0.1, qmin + z % (span + 1), qmin, qmin + span)
@@ -291,7 +302,11 @@ def test_bad_new_ops_are_named() -> None:
     with pytest.raises(UnsupportedLayerError, match="op .mean.*non-batch axes"):
         build_onnx(_one_op("mean", u8, u8, {"dims": [0], "keepdim": True}, {"multiplier": torch.ones(1, dtype=torch.float64)}))
     with pytest.raises(ExportError, match="multiplier has shape"):
-        build_onnx(_one_op("mean", u8, u8, {"dims": [1], "keepdim": True, "out_shape": (1, 3, 4)}, {"multiplier": torch.ones(2, dtype=torch.float64)}))
+        build_onnx(
+            _one_op(
+                "mean", u8, u8, {"dims": [1], "keepdim": True, "out_shape": (1, 3, 4)}, {"multiplier": torch.ones(2, dtype=torch.float64)}
+            )
+        )
 
 
 @pytest.mark.parametrize("block", sorted(BLOCKS))
@@ -352,7 +367,11 @@ class _ShuffleBlock(nn.Module):
 
 
 _E2E = {
-    "mobile": (_MobileBlock, {"lut", "mul", "cat", "mean", "avgpool"}, {"QLinearMul", "QLinearConcat", "QLinearGlobalAveragePool", "Gather"}),
+    "mobile": (
+        _MobileBlock,
+        {"lut", "mul", "cat", "mean", "avgpool"},
+        {"QLinearMul", "QLinearConcat", "QLinearGlobalAveragePool", "Gather"},
+    ),
     "shuffle": (_ShuffleBlock, {"slice", "cat", "reshape", "permute", "clamp", "mean"}, {"QLinearConcat", "QLinearGlobalAveragePool"}),
 }
 

@@ -1,4 +1,5 @@
 """The IntModel op inventory both simulators share: roles, shapes, work counts."""
+
 from __future__ import annotations
 
 import math

@@ -27,7 +27,9 @@ def test_gemm_topology(tmp_path):
 
 def test_depthwise_expands_per_channel(tmp_path):
     f = tmp_path / "dw.csv"
-    f.write_text("Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,\nDP1, 8, 8, 3, 3, 4, 1, 1,\n")
+    f.write_text(
+        "Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,\nDP1, 8, 8, 3, 3, 4, 1, 1,\n"
+    )
     layers = read_topology(f)
     assert [lay.name for lay in layers] == [f"DP1Channel_{c}" for c in range(4)]
     assert all(lay.channels == 1 for lay in layers)

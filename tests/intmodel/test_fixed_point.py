@@ -8,6 +8,7 @@ that the documented error decides: the multiplier's own quantization error
 ``|v| · |M̃ − M|`` plus, where the multiply ends in a right shift by R, the high
 multiply's rounding ``2^−(R+1)``.
 """
+
 from __future__ import annotations
 
 import math

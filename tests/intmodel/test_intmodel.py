@@ -112,8 +112,14 @@ def _naive_conv(q, w, z, stride, pad):
 
 
 @given(
-    c=st.integers(1, 3), o=st.integers(1, 4), h=st.integers(3, 7), k=st.sampled_from([1, 3]),
-    stride=st.integers(1, 2), pad=st.integers(0, 1), z=st.integers(0, 255), seed=st.integers(0, 10**6),
+    c=st.integers(1, 3),
+    o=st.integers(1, 4),
+    h=st.integers(3, 7),
+    k=st.sampled_from([1, 3]),
+    stride=st.integers(1, 2),
+    pad=st.integers(0, 1),
+    z=st.integers(0, 255),
+    seed=st.integers(0, 10**6),
 )
 def test_conv_accumulator_equals_naive_loops(c, o, h, k, stride, pad, z, seed):
     g = torch.Generator().manual_seed(seed)
@@ -122,7 +128,11 @@ def test_conv_accumulator_equals_naive_loops(c, o, h, k, stride, pad, z, seed):
     oh = (h + 2 * pad - k) // stride + 1
     # Multiplier 1, zero point 0, wide clamp: the op returns the raw accumulator.
     op = IntOp(
-        "conv", "c", ["x"], "y", ActQ(1.0, 0, -(2**31), 2**31 - 1),
+        "conv",
+        "c",
+        ["x"],
+        "y",
+        ActQ(1.0, 0, -(2**31), 2**31 - 1),
         {"groups": 1, "padding": (pad, pad), "stride": (stride, stride), "dilation": (1, 1), "out_shape": (o, oh, oh), "relu": False},
         {"weight": w, "bias": torch.zeros(o, dtype=torch.int32), "multiplier": torch.ones(o, dtype=torch.float64)},
     )
@@ -182,7 +192,6 @@ def test_wrong_input_shape():
     im = convert(_qat(), (1, 12, 12))
     with pytest.raises(ValueError, match="expected inputs of shape"):
         run(im, torch.randn(2, 1, 10, 10))
-
 
 
 class PoolNet(nn.Module):

@@ -6,6 +6,7 @@ absent. cuobjdump is looked up on PATH, in $CUDA_HOME/bin, next to nvcc, in
 $QATLAB_CUDA_TOOLS (a folder), and in the ``nvidia-cuda-cuobjdump`` /
 ``nvidia-cuda-nvdisasm`` wheels' ``nvidia/cu1x/bin`` if those are importable.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,8 +55,7 @@ class Built:
     ptxas_log: str
 
 
-def nvcc_builds(out: Path, sources: dict[str, str], options: list[str] | tuple[str, ...],
-                timeout: int) -> dict[tuple[str, str], Built]:
+def nvcc_builds(out: Path, sources: dict[str, str], options: list[str] | tuple[str, ...], timeout: int) -> dict[tuple[str, str], Built]:
     """``nvcc -cubin -Xptxas -v`` of every (name -> CUDA text, arch) into ``out``; skips without nvcc."""
     nvcc = _tool("nvcc")
     if nvcc is None:
@@ -77,8 +77,9 @@ def nvcc_builds(out: Path, sources: dict[str, str], options: list[str] | tuple[s
 def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Built]:
     """Compile every (source, arch) once per test session."""
     # exactly the text CuPy hands to NVRTC (header inlined), same -D options
-    return nvcc_builds(tmp_path_factory.mktemp("cubins"), {v: kernel_source(v) for v in SOURCES},
-                       ["-std=c++17", f"-DSTAGES={MMA_STAGES}"], timeout=120)
+    return nvcc_builds(
+        tmp_path_factory.mktemp("cubins"), {v: kernel_source(v) for v in SOURCES}, ["-std=c++17", f"-DSTAGES={MMA_STAGES}"], timeout=120
+    )
 
 
 def _functions(log: str) -> dict[str, str]:
@@ -109,8 +110,10 @@ def test_compiles_without_spills(builds: dict, variant: str, arch: str) -> None:
 def _sass(cubin: Path) -> str:
     cuobjdump = _tool("cuobjdump")
     if cuobjdump is None:
-        pytest.skip("cuobjdump not found (install the nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm wheels "
-                    "or set QATLAB_CUDA_TOOLS to a folder holding both)")
+        pytest.skip(
+            "cuobjdump not found (install the nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm wheels "
+            "or set QATLAB_CUDA_TOOLS to a folder holding both)"
+        )
     env = dict(os.environ)
     nvdisasm = _tool("nvdisasm")
     if nvdisasm is None:

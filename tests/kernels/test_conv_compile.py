@@ -5,6 +5,7 @@ really uses the int8 tensor cores (IMMA), ldmatrix and cp.async.
 Tool lookup (nvcc, cuobjdump, nvdisasm, libnvrtc) and the skips are those of
 test_compile.py and test_nvrtc.py, imported rather than repeated.
 """
+
 from __future__ import annotations
 
 import re
@@ -28,8 +29,9 @@ def _entry_names(kind: str) -> set[str]:
 @pytest.fixture(scope="module")
 def conv_builds(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Built]:
     """Compile every (source, arch) once per module: the text and options CuPy uses."""
-    return nvcc_builds(tmp_path_factory.mktemp("conv_cubins"), {k: conv_kernel_source(k) for k in CONV_SOURCES},
-                       conv_compile_options(), timeout=180)
+    return nvcc_builds(
+        tmp_path_factory.mktemp("conv_cubins"), {k: conv_kernel_source(k) for k in CONV_SOURCES}, conv_compile_options(), timeout=180
+    )
 
 
 @pytest.mark.parametrize("arch", ARCHS)

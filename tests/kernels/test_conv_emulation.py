@@ -15,6 +15,7 @@ do not overflow. Both must equal the CPU twin exactly.
 
 The constants and formulas mirror the .cu files line by line; change them together.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -86,8 +87,7 @@ def row_table(p: Shape, m0: int) -> np.ndarray:
     return ri
 
 
-def load_a_tile(smem: np.ndarray, a_off: int, X: np.ndarray, ri: np.ndarray, p: Shape, k0: int, vec: int,
-                pad: int) -> None:
+def load_a_tile(smem: np.ndarray, a_off: int, X: np.ndarray, ri: np.ndarray, p: Shape, k0: int, vec: int, pad: int) -> None:
     cpr = BK // vec
     rpp = THREADS // cpr
     tid = np.arange(THREADS)
@@ -125,8 +125,7 @@ def load_b_tile(smem: np.ndarray, b_off: int, B: np.ndarray, p: Shape, n0: int, 
             smem[b_off + rr * LDS + cc : b_off + rr * LDS + cc + 16] = B[n0 + rr, kx : kx + 16] if ok else 0
 
 
-def emulate_igemm(x: np.ndarray, w: np.ndarray, stride: tuple, padding: tuple, dilation: tuple, pad: int,
-                  lanes: bool) -> np.ndarray:
+def emulate_igemm(x: np.ndarray, w: np.ndarray, stride: tuple, padding: tuple, dilation: tuple, pad: int, lanes: bool) -> np.ndarray:
     """The kernel's int32 output [N, OH, OW, K] (the launcher's weight padding included)."""
     g = check_conv_operands(x, w, stride, padding, dilation, 1, pad)
     m_rows, n_cols, kg = g.gemm_mnk
@@ -169,8 +168,7 @@ def emulate_igemm(x: np.ndarray, w: np.ndarray, stride: tuple, padding: tuple, d
     return Y.reshape(g.out_shape)
 
 
-def emulate_direct(x: np.ndarray, w: np.ndarray, stride: tuple, padding: tuple, dilation: tuple, pad: int
-                   ) -> np.ndarray:
+def emulate_direct(x: np.ndarray, w: np.ndarray, stride: tuple, padding: tuple, dilation: tuple, pad: int) -> np.ndarray:
     g = check_conv_operands(x, w, stride, padding, dilation, 1, pad)
     (sh, sw), (ph, pw), (dh, dw) = g.stride, g.padding, g.dilation
     H, W, C, K, R, S, OH, OW = g.h, g.w, g.c, g.k, g.r, g.s, g.oh, g.ow
@@ -229,15 +227,15 @@ def emulate_direct(x: np.ndarray, w: np.ndarray, stride: tuple, padding: tuple, 
 
 # (n, h, w, c, k, r, s, stride, padding, dilation, pad_value)
 CASES = [
-    (1, 6, 7, 16, 8, 3, 3, (1, 1), (1, 1), (1, 1), -7),   # vec16, 3x3 same
+    (1, 6, 7, 16, 8, 3, 3, (1, 1), (1, 1), (1, 1), -7),  # vec16, 3x3 same
     (2, 9, 8, 32, 130, 3, 3, (2, 2), (1, 1), (1, 1), 5),  # vec16, stride 2, two n-tiles, 2 images per tile
     (1, 7, 9, 16, 20, 3, 2, (1, 2), (2, 0), (2, 3), 100),  # vec16, dilation, asymmetric everything
     (3, 5, 5, 8, 6, 3, 3, (1, 1), (1, 1), (1, 1), -128),  # vec4, Kg = 72: padded to 80
     (1, 11, 10, 12, 9, 2, 3, (2, 1), (0, 2), (3, 1), 33),  # vec4, Kg = 72
-    (2, 8, 8, 3, 16, 3, 3, (2, 2), (1, 1), (1, 1), 0),    # vec1, RGB-like first layer
-    (1, 5, 6, 5, 4, 1, 1, (1, 1), (0, 0), (1, 1), 9),     # vec1, 1x1
+    (2, 8, 8, 3, 16, 3, 3, (2, 2), (1, 1), (1, 1), 0),  # vec1, RGB-like first layer
+    (1, 5, 6, 5, 4, 1, 1, (1, 1), (0, 0), (1, 1), 9),  # vec1, 1x1
     (1, 12, 12, 64, 4, 1, 1, (1, 1), (0, 0), (1, 1), 0),  # vec16 1x1: one tap per K tile
-    (1, 4, 4, 48, 3, 3, 3, (1, 1), (3, 3), (1, 1), -1),   # padding larger than the filter reach
+    (1, 4, 4, 48, 3, 3, 3, (1, 1), (3, 3), (1, 1), -1),  # padding larger than the filter reach
 ]
 IDS = ["x".join(map(str, c[:7])) + f"-s{c[7][0]}{c[7][1]}p{c[8][0]}{c[8][1]}d{c[9][0]}{c[9][1]}" for c in CASES]
 
@@ -245,8 +243,7 @@ IDS = ["x".join(map(str, c[:7])) + f"-s{c[7][0]}{c[7][1]}p{c[8][0]}{c[8][1]}d{c[
 def _operands(case: tuple) -> tuple[np.ndarray, np.ndarray]:
     n, h, w, c, k, r, s = case[:7]
     rng = np.random.default_rng(sum(case[:7]))
-    return (rng.integers(-128, 128, (n, h, w, c), dtype=np.int8),
-            rng.integers(-128, 128, (k, r, s, c), dtype=np.int8))
+    return (rng.integers(-128, 128, (n, h, w, c), dtype=np.int8), rng.integers(-128, 128, (k, r, s, c), dtype=np.int8))
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)

@@ -4,6 +4,7 @@ the int32 and the fused-requant variants, on shapes that exercise every gather p
 (C % 16 == 0, C % 4 == 0, neither), odd sizes, strides, padding, dilation, N = 1,
 several M/N tiles, torch tensors in and out, and the pre-launch checks on device data.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -43,8 +44,7 @@ def _ids(c: tuple) -> str:
 def _operands(case: tuple, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     n, h, w, c, k, r, s = case[:7]
     rng = np.random.default_rng(sum(case[:7]) + seed)
-    return (rng.integers(-128, 128, (n, h, w, c), dtype=np.int8),
-            rng.integers(-128, 128, (k, r, s, c), dtype=np.int8))
+    return (rng.integers(-128, 128, (n, h, w, c), dtype=np.int8), rng.integers(-128, 128, (k, r, s, c), dtype=np.int8))
 
 
 def _geo(case: tuple) -> dict:
@@ -83,9 +83,16 @@ def test_conv_random_shapes(kernels: tuple[str, str]) -> None:
     rng = np.random.default_rng(2)
     done = 0
     while done < 30:
-        n, h, w, c, k = (int(v) for v in (rng.integers(1, 4), rng.integers(1, 30), rng.integers(1, 30),
-                                           rng.choice([1, 2, 3, 4, 5, 8, 12, 16, 24, 32, 48, 64, 96]),
-                                           rng.integers(1, 200)))
+        n, h, w, c, k = (
+            int(v)
+            for v in (
+                rng.integers(1, 4),
+                rng.integers(1, 30),
+                rng.integers(1, 30),
+                rng.choice([1, 2, 3, 4, 5, 8, 12, 16, 24, 32, 48, 64, 96]),
+                rng.integers(1, 200),
+            )
+        )
         r, s = (int(v) for v in rng.integers(1, 6, 2))
         stride = tuple(int(v) for v in rng.integers(1, 4, 2))
         padding = tuple(int(v) for v in rng.integers(0, 4, 2))
@@ -96,8 +103,9 @@ def test_conv_random_shapes(kernels: tuple[str, str]) -> None:
         x = rng.integers(-128, 128, (n, h, w, c), dtype=np.int8)
         wt = rng.integers(-128, 128, (k, r, s, c), dtype=np.int8)
         geo = dict(stride=stride, padding=padding, dilation=dilation, pad_value=pad)
-        np.testing.assert_array_equal(get_kernel(kernels[0], "cuda")(x, wt, **geo), int8_conv2d_ref(x, wt, **geo),
-                                      err_msg=f"x {x.shape} w {wt.shape} {geo}")
+        np.testing.assert_array_equal(
+            get_kernel(kernels[0], "cuda")(x, wt, **geo), int8_conv2d_ref(x, wt, **geo), err_msg=f"x {x.shape} w {wt.shape} {geo}"
+        )
         done += 1
 
 
@@ -106,16 +114,16 @@ def test_conv_extreme_values(kernels: tuple[str, str]) -> None:
     for fx, fw, pad in ((-128, -128, -128), (127, -128, 127), (127, 127, 0)):
         x = np.full((2, 6, 6, 512), fx, np.int8)
         w = np.full((70, 3, 3, 512), fw, np.int8)
-        np.testing.assert_array_equal(get_kernel(kernels[0], "cuda")(x, w, padding=1, pad_value=pad),
-                                      int8_conv2d_ref(x, w, padding=1, pad_value=pad))
+        np.testing.assert_array_equal(
+            get_kernel(kernels[0], "cuda")(x, w, padding=1, pad_value=pad), int8_conv2d_ref(x, w, padding=1, pad_value=pad)
+        )
 
 
 def test_direct_large_filter_needs_smem_opt_in() -> None:
     # 11 x 11 filter: 32 * 121 taps * 16 B = 62 KiB of filter slice, above the 48 KiB default
     case = (1, 20, 20, 16, 40, 11, 11, 1, 5, 1, 3)
     x, w = _operands(case)
-    np.testing.assert_array_equal(get_kernel("int8_conv2d_direct", "cuda")(x, w, **_geo(case)),
-                                  int8_conv2d_ref(x, w, **_geo(case)))
+    np.testing.assert_array_equal(get_kernel("int8_conv2d_direct", "cuda")(x, w, **_geo(case)), int8_conv2d_ref(x, w, **_geo(case)))
 
 
 @pytest.mark.parametrize("kernels", KERNELS, ids=KIDS)
@@ -129,8 +137,7 @@ def test_conv_torch_tensors_in_and_out_and_unaligned_input(kernels: tuple[str, s
     mult = np.linspace(1e-4, 2e-3, k)
     want = int8_conv2d_requant_ref(x, w, bias, mult, 1, -128, 127, **_geo(case))
     xt, wt = torch.from_numpy(x).cuda(), torch.from_numpy(w).cuda()
-    got = get_kernel(kernels[1], "cuda")(xt, wt, torch.from_numpy(bias).cuda(), torch.from_numpy(mult).cuda(), 1,
-                                         -128, 127, **_geo(case))
+    got = get_kernel(kernels[1], "cuda")(xt, wt, torch.from_numpy(bias).cuda(), torch.from_numpy(mult).cuda(), 1, -128, 127, **_geo(case))
     assert isinstance(got, torch.Tensor) and got.is_cuda
     np.testing.assert_array_equal(got.cpu().numpy(), want)
     # an input starting 1 byte into its allocation: the launcher copies it to an aligned buffer

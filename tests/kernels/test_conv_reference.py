@@ -1,5 +1,6 @@
 """The convolution twins (conv_reference.py) against torch's conv2d, the zero-point
 route they document, and the operand checks every conv backend runs before a launch."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,8 +25,7 @@ from qatlab.quant import requantize
 CONV_NAMES = ("int8_conv2d", "int8_conv2d_requant", "int8_conv2d_direct", "int8_conv2d_direct_requant")
 
 
-def torch_conv(x: np.ndarray, w: np.ndarray, stride: tuple, padding: tuple, dilation: tuple, pad_value: int
-               ) -> np.ndarray:
+def torch_conv(x: np.ndarray, w: np.ndarray, stride: tuple, padding: tuple, dilation: tuple, pad_value: int) -> np.ndarray:
     """float64 NCHW conv2d with the padding filled by pad_value; exact, every partial sum
     of int8 products here is far below 2^53. NHWC int64 out."""
     xt = torch.from_numpy(x).double().permute(0, 3, 1, 2)
@@ -38,21 +38,28 @@ def _rand(rng: np.random.Generator, *shape: int) -> np.ndarray:
     return rng.integers(-128, 128, size=shape, dtype=np.int8)
 
 
-conv_case = st.fixed_dictionaries({
-    "n": st.integers(1, 3), "h": st.integers(1, 11), "w": st.integers(1, 11), "c": st.integers(1, 20),
-    "k": st.integers(1, 9), "r": st.integers(1, 4), "s": st.integers(1, 4),
-    "stride": st.tuples(st.integers(1, 3), st.integers(1, 3)),
-    "padding": st.tuples(st.integers(0, 3), st.integers(0, 3)),
-    "dilation": st.tuples(st.integers(1, 3), st.integers(1, 3)),
-    "pad_value": st.integers(-128, 127), "seed": st.integers(0, 2**16),
-})
+conv_case = st.fixed_dictionaries(
+    {
+        "n": st.integers(1, 3),
+        "h": st.integers(1, 11),
+        "w": st.integers(1, 11),
+        "c": st.integers(1, 20),
+        "k": st.integers(1, 9),
+        "r": st.integers(1, 4),
+        "s": st.integers(1, 4),
+        "stride": st.tuples(st.integers(1, 3), st.integers(1, 3)),
+        "padding": st.tuples(st.integers(0, 3), st.integers(0, 3)),
+        "dilation": st.tuples(st.integers(1, 3), st.integers(1, 3)),
+        "pad_value": st.integers(-128, 127),
+        "seed": st.integers(0, 2**16),
+    }
+)
 
 
 def _out_ok(p: dict) -> bool:
     return all(
         size + 2 * pad - dil * (f - 1) - 1 >= 0
-        for size, pad, dil, f in ((p["h"], p["padding"][0], p["dilation"][0], p["r"]),
-                                  (p["w"], p["padding"][1], p["dilation"][1], p["s"]))
+        for size, pad, dil, f in ((p["h"], p["padding"][0], p["dilation"][0], p["r"]), (p["w"], p["padding"][1], p["dilation"][1], p["s"]))
     )
 
 
@@ -152,8 +159,7 @@ BAD = [
 @pytest.mark.parametrize("args, kwargs, match", BAD, ids=[f"{m}-{i}" for i, (_, _, m) in enumerate(BAD)])
 @pytest.mark.parametrize("backend", ["cpu", "cuda"])
 @pytest.mark.parametrize("name", ["int8_conv2d", "int8_conv2d_direct"])
-def test_bad_conv_inputs_rejected_before_launch(args: tuple, kwargs: dict, match: str, backend: str,
-                                                name: str) -> None:
+def test_bad_conv_inputs_rejected_before_launch(args: tuple, kwargs: dict, match: str, backend: str, name: str) -> None:
     # host operands: the cuda launchers validate before even importing CuPy
     with pytest.raises(KernelInputError, match=match):
         get_kernel(name, backend)(*args, **kwargs)
@@ -176,8 +182,7 @@ def test_conv_names_in_registry_on_both_backends() -> None:
         assert callable(get_kernel(name, "cuda"))  # lookup never needs CuPy
     x = _rand(np.random.default_rng(0), 1, 6, 6, 3)
     w = _rand(np.random.default_rng(1), 2, 3, 3, 3)
-    np.testing.assert_array_equal(get_kernel("int8_conv2d_direct", "cpu")(x, w, padding=1),
-                                  int8_conv2d_ref(x, w, padding=1))
+    np.testing.assert_array_equal(get_kernel("int8_conv2d_direct", "cpu")(x, w, padding=1), int8_conv2d_ref(x, w, padding=1))
 
 
 @pytest.mark.skipif(cuda_available(), reason="CuPy and a GPU are present here")

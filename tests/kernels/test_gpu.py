@@ -2,6 +2,7 @@
 the CUDA kernels are bit-exact against the CPU twins, on shapes that are and are not
 multiples of the 128 x 128 x 64 tile, and the fused epilogue equals quant.requantize.
 """
+
 from __future__ import annotations
 
 import numpy as np

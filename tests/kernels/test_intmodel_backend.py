@@ -5,6 +5,7 @@ bias folding, K padding, im2col, fused vs unfused requantization, layout) on the
 kernels' CPU twins; its codes must equal the reference executor's, bit for bit. The
 ``gpu`` tests run the same models with ``backend="cuda"``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -253,8 +254,14 @@ def test_new_kinds_below_8_bits_equal_reference(bits: int) -> None:
 
 @settings(max_examples=25)
 @given(
-    channels=st.integers(1, 6), k=st.sampled_from([1, 3, 5]), stride=st.integers(1, 2), padding=st.integers(0, 2),
-    dilation=st.integers(1, 2), size=st.integers(5, 9), rounding=st.sampled_from(["float", "fixed"]), seed=st.integers(0, 999),
+    channels=st.integers(1, 6),
+    k=st.sampled_from([1, 3, 5]),
+    stride=st.integers(1, 2),
+    padding=st.integers(0, 2),
+    dilation=st.integers(1, 2),
+    size=st.integers(5, 9),
+    rounding=st.sampled_from(["float", "fixed"]),
+    seed=st.integers(0, 999),
     clamp=st.booleans(),
 )
 def test_depthwise_conv_path_equals_reference(
@@ -275,8 +282,12 @@ def test_depthwise_conv_path_equals_reference(
 
 @settings(max_examples=80)
 @given(
-    qmin=st.sampled_from([0, -128]), span=st.sampled_from([15, 255]), z=st.integers(0, 255), relu=st.booleans(),
-    c_lo=st.integers(-300, 300), width=st.integers(0, 400),
+    qmin=st.sampled_from([0, -128]),
+    span=st.sampled_from([15, 255]),
+    z=st.integers(0, 255),
+    relu=st.booleans(),
+    c_lo=st.integers(-300, 300),
+    width=st.integers(0, 400),
 )
 def test_out_range_is_the_references_two_clamps(qmin: int, span: int, z: int, relu: bool, c_lo: int, width: int) -> None:
     q = ActQ(0.1, qmin + z % (span + 1), qmin, qmin + span)

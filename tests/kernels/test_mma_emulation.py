@@ -13,6 +13,7 @@ the implicit-GEMM conv kernel in qatlab_mma_tile.cuh (grouped_cta_tile, the pipe
 mma_tile_gemm, warp_tile_ldsm / warp_tile_mma, warp_tile_store) line by line;
 test_conv_emulation.py reuses those. If the kernels change, change them together.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -162,8 +163,7 @@ def emulate(A: np.ndarray, B: np.ndarray) -> np.ndarray:
             m0, n0 = bm * BM, bn * BN
             smem = np.full(STAGES * (BM + BN) * LDS, 77, np.int8)  # garbage, incl. the pad bytes
             acc = np.zeros((8, 4, 4, 32, 4), np.int64)  # warp, i, j, lane, reg
-            pipeline(ktiles, lambda stage, t: load_tile(smem, stage, A, B, m0, n0, t * BK),
-                     lambda As: cta_tile_mma(smem, acc, As))
+            pipeline(ktiles, lambda stage, t: load_tile(smem, stage, A, B, m0, n0, t * BK), lambda As: cta_tile_mma(smem, acc, As))
             cta_tile_store(C, acc, m0, n0)
     return C
 
@@ -174,8 +174,9 @@ def _pad_k(x: np.ndarray) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, kp - k)))
 
 
-@pytest.mark.parametrize("shape", [(16, 8, 32), (129, 130, 65), (5, 3, 200), (128, 128, 64), (1300, 300, 20)],
-                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize(
+    "shape", [(16, 8, 32), (129, 130, 65), (5, 3, 200), (128, 128, 64), (1300, 300, 20)], ids=lambda s: "x".join(map(str, s))
+)
 def test_emulated_mma_kernel_is_exact(shape: tuple[int, int, int]) -> None:
     m, n, k = shape
     rng = np.random.default_rng(m * n + k)

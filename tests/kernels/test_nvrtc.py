@@ -4,6 +4,7 @@ the launcher's options, for sm_80 and sm_90, with no GPU (NVRTC needs no device)
 libnvrtc is looked up via $QATLAB_NVRTC (path to libnvrtc.so*), $CUDA_HOME/lib64, the
 ``nvidia-cuda-nvrtc`` wheel (``nvidia/cu1x/lib``) and the loader path; skipped if absent.
 """
+
 from __future__ import annotations
 
 import ctypes

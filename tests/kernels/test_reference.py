@@ -1,4 +1,5 @@
 """CPU twins, registry and input validation (no GPU needed)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -41,9 +42,7 @@ def test_gemm_ref_extremes_are_exact() -> None:
     b = np.full((2, 4096), -128, np.int8)
     assert (int8_gemm_ref(a, b) == 4096 * 16384).all()
     # torch's own int8 GEMM agrees
-    np.testing.assert_array_equal(
-        int8_gemm_ref(a, b), torch._int_mm(torch.from_numpy(a), torch.from_numpy(b).t().contiguous()).numpy()
-    )
+    np.testing.assert_array_equal(int8_gemm_ref(a, b), torch._int_mm(torch.from_numpy(a), torch.from_numpy(b).t().contiguous()).numpy())
 
 
 @given(
@@ -120,9 +119,16 @@ def test_bad_epilogue_params() -> None:
 
 
 def test_registry_names_and_errors() -> None:
-    assert set(kernel_names()) == {"int8_gemm", "int8_gemm_requant", "int8_gemm_dp4a", "int8_gemm_dp4a_requant",
-                                   "int8_conv2d", "int8_conv2d_requant", "int8_conv2d_direct",
-                                   "int8_conv2d_direct_requant"}
+    assert set(kernel_names()) == {
+        "int8_gemm",
+        "int8_gemm_requant",
+        "int8_gemm_dp4a",
+        "int8_gemm_dp4a_requant",
+        "int8_conv2d",
+        "int8_conv2d_requant",
+        "int8_conv2d_direct",
+        "int8_conv2d_direct_requant",
+    }
     for name in kernel_names():
         assert callable(get_kernel(name, "cpu"))
         assert callable(get_kernel(name, "cuda"))  # lookup never needs CuPy
@@ -146,7 +152,9 @@ def test_int8_linear_cpu_numpy_and_torch(rng: np.random.Generator) -> None:
     mult = rng.uniform(1e-4, 1e-2, 5)
     want = int8_gemm_requant_ref(x, w, bias, mult, 3, -128, 127)
     np.testing.assert_array_equal(int8_linear(x, w, bias, mult, 3, -128, 127, backend="cpu"), want)
-    got_t = int8_linear(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(bias), torch.from_numpy(mult), 3, -128, 127, backend="cpu")
+    got_t = int8_linear(
+        torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(bias), torch.from_numpy(mult), 3, -128, 127, backend="cpu"
+    )
     assert isinstance(got_t, torch.Tensor)
     np.testing.assert_array_equal(got_t.numpy(), want)
     with pytest.raises(ValueError, match="impl"):

@@ -114,8 +114,10 @@ def test_clipped_per_tensor_cpu_path_matches_torch_kernel(x, data):
     scale = torch.tensor(data.draw(st.floats(0.01, 2.0)))
     zp = torch.tensor(data.draw(st.integers(qmin, qmax)), dtype=torch.int32)
     res = []
-    for f in (lambda t: fake_quant(t, scale, zp, qmin, qmax, None, "clipped"),
-              lambda t: torch.fake_quantize_per_tensor_affine(t, scale, zp, qmin, qmax)):
+    for f in (
+        lambda t: fake_quant(t, scale, zp, qmin, qmax, None, "clipped"),
+        lambda t: torch.fake_quantize_per_tensor_affine(t, scale, zp, qmin, qmax),
+    ):
         xx = x.clone().requires_grad_()
         y = f(xx)
         y.backward(torch.ones_like(y))
@@ -135,8 +137,10 @@ def test_lsq_per_channel_symmetric_cpu_path_matches_torch_kernel(x, data):
     scale = torch.tensor(data.draw(st.lists(st.floats(0.01, 2.0), min_size=n, max_size=n)), dtype=torch.float32)
     g = data.draw(st.sampled_from([1.0, 0.05]))
     res = []
-    for f in (lambda t, s: _LSQPerChannelSymCPU.apply(t, s, axis, qmin, qmax, g),
-              lambda t, s: torch._fake_quantize_learnable_per_channel_affine(t, s, torch.zeros(n), axis, qmin, qmax, g)):
+    for f in (
+        lambda t, s: _LSQPerChannelSymCPU.apply(t, s, axis, qmin, qmax, g),
+        lambda t, s: torch._fake_quantize_learnable_per_channel_affine(t, s, torch.zeros(n), axis, qmin, qmax, g),
+    ):
         xx, ss = x.clone().requires_grad_(), scale.clone().requires_grad_()
         y = f(xx, ss)
         y.backward(torch.linspace(-1, 1, y.numel()).reshape(y.shape))

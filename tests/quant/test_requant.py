@@ -57,9 +57,7 @@ def test_known_gemmlowp_values():
     x = torch.tensor([2, 6, -2, -6])
     assert multiply_by_quantized_multiplier(x, torch.tensor(int(m)), torch.tensor(int(s))).tolist() == [1, 2, -1, -2]
     # Saturating case of the doubling high multiply.
-    assert multiply_by_quantized_multiplier(
-        torch.tensor([-(2**31)]), torch.tensor(-(2**31)), torch.tensor(0)
-    ).tolist() == [2**31 - 1]
+    assert multiply_by_quantized_multiplier(torch.tensor([-(2**31)]), torch.tensor(-(2**31)), torch.tensor(0)).tolist() == [2**31 - 1]
 
 
 def test_fixed_and_float_paths_agree_nearly():

@@ -1,4 +1,5 @@
 """Dataset loaders as a user would write them: ``(train, test)`` Datasets."""
+
 from __future__ import annotations
 
 import torch

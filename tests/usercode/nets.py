@@ -1,4 +1,5 @@
 """Model factories as a user would write them (fx-traceable, BN after bias-free convs)."""
+
 from __future__ import annotations
 
 from torch import nn

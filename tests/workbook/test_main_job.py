@@ -1,4 +1,5 @@
 """End to end: `workbook run` on a tiny spec, the reports it leaves, and a browser's view of them."""
+
 import json
 import re
 import shutil
@@ -93,7 +94,16 @@ def test_failing_notebook_still_renders_and_is_marked(tmp_path, monkeypatch):
     assert r.status == "failed" and "forced failure" in r.error
     page = r.html.read_text()
     assert "forced failure for the test" in page  # the error is visible in the report
-    (out / "run.json").write_text(json.dumps({"run_id": "run", "date": "2026-01-01", "status": "failed", "notebooks": [{"name": "kernels", "status": "failed", "html": str(r.html)}]}))
+    (out / "run.json").write_text(
+        json.dumps(
+            {
+                "run_id": "run",
+                "date": "2026-01-01",
+                "status": "failed",
+                "notebooks": [{"name": "kernels", "status": "failed", "html": str(r.html)}],
+            }
+        )
+    )
     index = build_index(tmp_path).read_text()
     assert "(failed)" in index
 

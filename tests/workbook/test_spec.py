@@ -1,4 +1,5 @@
 """Spec loading, validation and expansion; bad spec files fail fast; cluster manifests."""
+
 from __future__ import annotations
 
 import itertools
@@ -83,7 +84,9 @@ def test_grid_product_include_and_ids():
 
 def test_trial_ids_are_stable_and_device_free(tmp_path):
     a = load_spec(write(tmp_path, "name: a\ndataset: digits\ntrain: {lr: 1, epochs: 1}\ngrid: {seed: [0], w_bits: [4]}\n", "a.yaml"))
-    b = load_spec(write(tmp_path, "grid: {w_bits: [4], seed: [0]}\ntrain: {device: cpu, epochs: 1, lr: 1.0}\ndataset: digits\nname: b\n", "b.yaml"))
+    b = load_spec(
+        write(tmp_path, "grid: {w_bits: [4], seed: [0]}\ntrain: {device: cpu, epochs: 1, lr: 1.0}\ndataset: digits\nname: b\n", "b.yaml")
+    )
     assert [t.trial_id for t in a.trials] == [t.trial_id for t in b.trials]
     # YAML 1.1 reads `1e-3` as a string; a number-typed key accepts it
     c = load_spec(write(tmp_path, "name: c\ndataset: digits\ntrain: {lr: 1e-3}\ngrid: {seed: [0]}\n", "c.yaml"))
@@ -91,7 +94,9 @@ def test_trial_ids_are_stable_and_device_free(tmp_path):
 
 
 def test_fp32_points_collapse_and_duplicates_count():
-    s = spec_from_dict({**BASE, "grid": {"method": ["fp32", "qat"], "w_bits": [8, 4], "ste": ["lsq", "pact"]}, "include": [{"method": "qat", "w_bits": 8}]})
+    s = spec_from_dict(
+        {**BASE, "grid": {"method": ["fp32", "qat"], "w_bits": [8, 4], "ste": ["lsq", "pact"]}, "include": [{"method": "qat", "w_bits": 8}]}
+    )
     fp32 = [t for t in s.trials if t.config["method"] == "fp32"]
     assert len(fp32) == 1 and len(s.trials) == 1 + 4
     assert s.collapsed == 3 + 1  # three extra fp32 points, one include equal to a grid point
@@ -273,10 +278,14 @@ def test_kuberay_raycluster_manifest_is_sane():
         ("name: t\ngrid:\n  w_bits: [8, eight]\n", ":3:15: grid.w_bits[1]: expected an integer"),
         ("name: t\nmodel: vgg\ngrid: {seed: [0]}\n", ":2:1: model: unknown model 'vgg'"),
         ("name: t\ngrid: {seed: [0]}\nresources:\n  num_gpus: 1.5\n", ":4:3: resources.num_gpus: a fraction"),
-        ("name: t\ndataset: digits\nmodel: tests.usercode.nets:missing\ngrid: {seed: [0]}\n",
-         ":3:1: model: model factory 'tests.usercode.nets:missing': 'tests.usercode.nets' has no attribute 'missing'"),
-        ("name: t\ndataset: digits\ngrid:\n  model: [lenet, tests.usercode.nosuch:net]\n",
-         ":4:18: grid.model[1]: model factory 'tests.usercode.nosuch:net': cannot import module"),
+        (
+            "name: t\ndataset: digits\nmodel: tests.usercode.nets:missing\ngrid: {seed: [0]}\n",
+            ":3:1: model: model factory 'tests.usercode.nets:missing': 'tests.usercode.nets' has no attribute 'missing'",
+        ),
+        (
+            "name: t\ndataset: digits\ngrid:\n  model: [lenet, tests.usercode.nosuch:net]\n",
+            ":4:18: grid.model[1]: model factory 'tests.usercode.nosuch:net': cannot import module",
+        ),
         ("name: t\ndataset: tests.usercode.loaders:nope\ngrid: {seed: [0]}\n", ":2:1: dataset: dataset loader"),
         ("name: t\ndataset: missing/data.npz\ngrid: {seed: [0]}\n", ":2:1: dataset: no such .npz file"),
         ("name: t\ndataset: ./no-folder\ngrid: {seed: [0]}\n", ":2:1: dataset: no such image folder"),

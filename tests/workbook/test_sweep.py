@@ -6,6 +6,7 @@ its own cluster (``ray start``) on dedicated ports in a private temp dir, and st
 only the processes it started, by pid. Trials are LeNet on digits, 1 epoch: seconds.
 Every test that starts Ray is marked slow; the pieces below them run without Ray.
 """
+
 from __future__ import annotations
 
 import json
@@ -156,7 +157,10 @@ def test_two_nodes_one_dies_mid_sweep_every_trial_ok_once(tmp_path):
         df = pd.read_parquet(out / "results.parquet")
         assert len(df) == 4 and df.trial_id.is_unique and (df.status == "ok").all(), df[["trial_id", "status", "error"]]
         victim = df.set_index("trial_id").loc[killed_trial]
-        assert victim.attempts >= 2, (text[-3000:], df[["trial_id", "attempts", "node_id", "worker_pid", "started_at"]])  # run again after the node died
+        assert victim.attempts >= 2, (
+            text[-3000:],
+            df[["trial_id", "attempts", "node_id", "worker_pid", "started_at"]],
+        )  # run again after the node died
         # two FP32 groups, each pretrained once by its own task: no trial pretrained, not even the one run again
         assert df.fp32_cached.all() and df.fp32_node_ip.notna().all(), df[["trial_id", "fp32_cached", "fp32_node_ip"]]
         assert not psutil.pid_exists(node2.pid) or psutil.Process(node2.pid).status() == psutil.STATUS_ZOMBIE
@@ -365,7 +369,9 @@ def test_execute_trial_outside_ray_records_cpu_and_log(tmp_path, monkeypatch):
     spec = spec_from_dict({"name": "x", "dataset": "digits", "train": {"epochs": 1, "batch_size": 64, "calib_batches": 2, "limit_train": 300},
                            "include": [{"method": "ptq", "bits": 8}]})  # fmt: skip
     t = spec.trials[0]
-    res = execute_trial(dict(t.config), t.trial_id, {"sweep": "x", "label": t.label, "origin": t.origin, "num_cpus": 1, "save_models": True})
+    res = execute_trial(
+        dict(t.config), t.trial_id, {"sweep": "x", "label": t.label, "origin": t.origin, "num_cpus": 1, "save_models": True}
+    )
     rec = res["record"]
     assert rec["status"] == "ok" and rec["trial_id"] == t.trial_id and rec["device"] == "cpu" and rec["gpu_ids"] == []
     assert rec["failure"] is None and rec["label"] == t.label and rec["sweep"] == "x"

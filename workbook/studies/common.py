@@ -1,4 +1,5 @@
 """Loading what the notebooks study: a run's results and its trained models."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,9 @@ import torch
 from torch import nn
 
 
-def trained_fp32(run_dir: str | Path | None, dataset: str = "digits", model: str = "lenet", n_images: int = 64) -> tuple[nn.Module, torch.Tensor, str]:
+def trained_fp32(
+    run_dir: str | Path | None, dataset: str = "digits", model: str = "lenet", n_images: int = 64
+) -> tuple[nn.Module, torch.Tensor, str]:
     """The FP32 model of a run (its fp32 trial's checkpoint) and a batch of its test images.
 
     Without a run (or without an fp32 checkpoint in it) a model of the ``tiny`` profile

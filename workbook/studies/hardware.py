@@ -1,5 +1,6 @@
 """Hardware study: the trained integer models on the ASIC and FPGA simulators, the GPU
 (measured only where a GPU and the CUDA kernels exist), and accuracy vs cost."""
+
 from __future__ import annotations
 
 import math
@@ -78,17 +79,13 @@ def overflows(totals: Mapping[str, Any], device: Any) -> list[Overflow]:
     """The resources of ``totals`` (an FPGA report's) above ``device``'s capacity."""
     from qatlab.hw.fpga.devices import RESOURCES
 
-    return [
-        Overflow(r, int(totals[r]), device.capacity(r)) for r in RESOURCES if int(totals[r]) > device.capacity(r)
-    ]
+    return [Overflow(r, int(totals[r]), device.capacity(r)) for r in RESOURCES if int(totals[r]) > device.capacity(r)]
 
 
 def _worst_ratio(totals: Mapping[str, Any], device: Any) -> float:
     from qatlab.hw.fpga.devices import RESOURCES
 
-    return max(
-        (totals[r] / device.capacity(r) if device.capacity(r) else (math.inf if totals[r] else 0.0)) for r in RESOURCES
-    )
+    return max((totals[r] / device.capacity(r) if device.capacity(r) else (math.inf if totals[r] else 0.0)) for r in RESOURCES)
 
 
 def fpga_fit(int_model: Any, device: str = "ZCU104") -> FpgaFit:
@@ -165,7 +162,11 @@ def cost_table(run_dir: str | Path, df: pd.DataFrame, device: str = "ZCU104", ar
         row = {k: rec.get(k) for k in ("trial_id", "method", "ste", "w_bits", "a_bits", "granularity", "test_acc", "int_acc")}
         try:
             _, t = asic(im, array, array)
-            row.update(asic_energy_uj=t.get("energy_pj", float("nan")) / 1e6, asic_latency_us=1e6 * t.get("latency_s", float("nan")), asic_cycles=t.get("total_cycles"))
+            row.update(
+                asic_energy_uj=t.get("energy_pj", float("nan")) / 1e6,
+                asic_latency_us=1e6 * t.get("latency_s", float("nan")),
+                asic_cycles=t.get("total_cycles"),
+            )
         except Exception as e:  # a report shows the reason instead of dying
             row.update(asic_error=f"{type(e).__name__}: {e}")
         try:
@@ -234,7 +235,13 @@ def onnx_comparison(run_dir: str | Path, df: pd.DataFrame, limit_test: int | Non
             model, cfg, _ = load_checkpoint(path.with_name("model.pt"))
             x, y = load_dataset(cfg.dataset, limit_test=limit_test, seed=cfg.seed, loader_args=cfg.loader_args or None).test_tensors()
             c = compare_onnx(im, build_onnx(im).SerializeToString(), x, y, fake_quant=model, emulate=False)
-            row.update(fake_quant_acc=c.fq_acc, intmodel_acc=c.int_acc, onnx_runtime_acc=c.ort_acc, ort_vs_intmodel_predictions=c.agreement, ort_vs_intmodel_codes=c.code_agreement)
+            row.update(
+                fake_quant_acc=c.fq_acc,
+                intmodel_acc=c.int_acc,
+                onnx_runtime_acc=c.ort_acc,
+                ort_vs_intmodel_predictions=c.agreement,
+                ort_vs_intmodel_codes=c.code_agreement,
+            )
         except Exception as e:  # one trial's export problem is a row, not a dead report
             row["error"] = f"{type(e).__name__}: {e}"
         rows.append(row)

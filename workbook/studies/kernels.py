@@ -7,6 +7,7 @@ not measure: the CUDA int8 kernels of ``qatlab.kernels``, even on a GPU machine;
 figures (against cuBLASLt, fp16 and cuDNN) come from ``benchmarks/kernels.py``
 (``workbook bench kernels``). The plot's title carries ``gpu_status()``.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -40,7 +41,15 @@ def cpu_gemm_table(sizes: tuple[int, ...] = (128, 256, 512, 1024), repeats: int 
         ti = _median_s(lambda: torch._int_mm(a, b), repeats)
         tf = _median_s(lambda: af @ bf, repeats)
         ops = 2 * n**3
-        rows.append({"path": "CPU reference (torch._int_mm)", "M=N=K": n, "int8 GOPS": ops / ti / 1e9, "fp32 GFLOPS": ops / tf / 1e9, "int8 / fp32": tf / ti})
+        rows.append(
+            {
+                "path": "CPU reference (torch._int_mm)",
+                "M=N=K": n,
+                "int8 GOPS": ops / ti / 1e9,
+                "fp32 GFLOPS": ops / tf / 1e9,
+                "int8 / fp32": tf / ti,
+            }
+        )
     return pd.DataFrame(rows).round(2)
 
 

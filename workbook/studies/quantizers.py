@@ -1,5 +1,6 @@
 """Quantizer study: reconstruction error of every granularity × estimator × bits on a
 trained model's real weights and activations, and the half-range erratum's cost."""
+
 from __future__ import annotations
 
 import math
@@ -14,7 +15,9 @@ from qatlab.quant import ESTIMATORS, QuantSpec, compute_qparams, error_report, f
 GRANULARITIES = ("tensor", "channel", "group:16", "element")
 
 
-def capture_tensors(model: nn.Module, x: torch.Tensor, max_act_values: int = 200_000, max_weight_values: int = 50_000) -> dict[str, torch.Tensor]:
+def capture_tensors(
+    model: nn.Module, x: torch.Tensor, max_act_values: int = 200_000, max_weight_values: int = 50_000
+) -> dict[str, torch.Tensor]:
     """Weights and input activations of every Conv2d / Linear of a float model.
 
     Activations are the layer inputs on the batch ``x``, laid out channel-first
@@ -72,8 +75,18 @@ def error_table(
                     continue
                 for est in estimators:
                     for rule in ("standard", "halfrange") if est == "minmax" else ("standard",):
-                        spec = QuantSpec(bits=b, symmetric=kind == "weight", granularity=g, axis=0, estimator=est, scale_rule=rule, mse_grid=mse_grid)
-                        row = {"tensor": name, "kind": kind, "bits": b, "granularity": g, "estimator": est, "scale_rule": rule, "numel": t.numel()}
+                        spec = QuantSpec(
+                            bits=b, symmetric=kind == "weight", granularity=g, axis=0, estimator=est, scale_rule=rule, mse_grid=mse_grid
+                        )
+                        row = {
+                            "tensor": name,
+                            "kind": kind,
+                            "bits": b,
+                            "granularity": g,
+                            "estimator": est,
+                            "scale_rule": rule,
+                            "numel": t.numel(),
+                        }
                         try:
                             row.update(error_report(t, fake_quantize(t, spec)), error=None)
                         except ValueError as e:

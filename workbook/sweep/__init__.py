@@ -27,6 +27,7 @@ task results), ``tasks`` (the remote functions), ``cluster`` (capacity, GPUs),
 ``progress``, ``records`` and ``summary``. None imports torch or Ray at import time
 (``workbook --help``).
 """
+
 from __future__ import annotations
 
 from workbook.sweep.cli import add_arguments, connect, positive_int, run

@@ -1,4 +1,5 @@
 """The ``workbook sweep`` command: its arguments, joining or starting Ray, ``--dry-run``."""
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="run only the trials whose last result is 'failed' (not the ones never run)",
     )  # fmt: skip
     again.add_argument("--force", action="store_true", help="run every trial again, even those with an 'ok' result")
-    p.add_argument("--dry-run", action="store_true", help="validate the spec, list its trials and what would run; start nothing, write nothing")
-    p.add_argument("--strict", action="store_true", help="refuse a spec in which any trial has an impossible value (default: record it failed, run the rest)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="validate the spec, list its trials and what would run; start nothing, write nothing"
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse a spec in which any trial has an impossible value (default: record it failed, run the rest)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar: one line per finished trial only")
 
 

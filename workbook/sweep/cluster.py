@@ -1,4 +1,5 @@
 """What the connected Ray offers a sweep: its address, capacity and GPUs."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,5 @@
 """The driver: submit each trial (and its group's FP32 source), wait on Ray, record every trial."""
+
 from __future__ import annotations
 
 import contextlib
@@ -227,7 +228,11 @@ class _Driver:
             kind, error, attempts = "runner", str(e), 1
         except ray.exceptions.RayError as e:  # a worker or node died more than max_retries times (its own or its source's)
             n = self.spec.resources.max_retries
-            kind, error, attempts = "infra", f"infrastructure failure after {n} retries: {type(e).__name__}: {e}", (n + 1 if n >= 0 else None)
+            kind, error, attempts = (
+                "infra",
+                f"infrastructure failure after {n} retries: {type(e).__name__}: {e}",
+                (n + 1 if n >= 0 else None),
+            )
         else:
             rec = out["record"]
             rec["submitted_at"] = iso(job.submitted)

@@ -8,6 +8,7 @@ free slots of the cluster's capacity first come, first served; a task keeps its 
 until it ends. The inferred start is what ``resources.timeout_s`` counts from and
 what the progress bar calls running.
 """
+
 from __future__ import annotations
 
 import dataclasses

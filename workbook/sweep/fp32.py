@@ -8,6 +8,7 @@ any node (re-running the source only to rebuild a result lost with its node), an
 installs the bytes into its node's FP32 cache, where ``run_trial`` finds them instead of
 pretraining again. A source that fails hands its error on instead of the bytes.
 """
+
 from __future__ import annotations
 
 import io

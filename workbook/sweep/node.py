@@ -1,4 +1,5 @@
 """What a task learns about the worker it runs on, and how it captures its output."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,5 @@
 """Which of a spec's trials run now, given the results already in the store."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

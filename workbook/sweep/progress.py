@@ -1,4 +1,5 @@
 """What the sweep prints while it runs: a progress bar (or nothing) and one line per trial."""
+
 from __future__ import annotations
 
 from typing import Any, Mapping, TextIO

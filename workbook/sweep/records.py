@@ -1,4 +1,5 @@
 """The shapes of the records the driver writes for trials that produced none themselves."""
+
 from __future__ import annotations
 
 import datetime as dt

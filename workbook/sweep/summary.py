@@ -1,4 +1,5 @@
 """The sweep's outcome: its summary (and exit code), ``sweep.json`` and the closing lines."""
+
 from __future__ import annotations
 
 import contextlib
@@ -64,8 +65,14 @@ def write_manifest(spec: "Spec", store: ResultStore, run_info: Mapping[str, Any]
         "name": spec.name,
         "description": spec.description,
         "spec_path": str(spec.path) if spec.path else None,
-        "resources": {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus, "memory": r.memory, "custom": dict(r.custom),
-                      "max_retries": r.max_retries, "timeout_s": r.timeout_s},  # fmt: skip
+        "resources": {
+            "num_cpus": r.num_cpus,
+            "num_gpus": r.num_gpus,
+            "memory": r.memory,
+            "custom": dict(r.custom),
+            "max_retries": r.max_retries,
+            "timeout_s": r.timeout_s,
+        },
         "trials": [{"trial_id": t.trial_id, "label": t.label, "origin": t.origin, "error": t.error} for t in spec.trials],
         "runs": (history + [dict(run_info)])[-50:],
     }

@@ -1,4 +1,5 @@
 """One trial inside its Ray task: device, threads, log capture, the record it returns."""
+
 from __future__ import annotations
 
 import json
@@ -91,7 +92,6 @@ def _log_file(meta: Mapping[str, Any], info: Mapping[str, Any], trial_id: str) -
 def _run_logged(fh: TextIO, cfg: dict[str, Any], trial_id: str, meta: Mapping[str, Any], info: Mapping[str, Any],
                 cuda: bool, fp32: Mapping[str, Any] | None, run_trial: Any, artifacts: dict[str, bytes]) -> dict[str, Any]:  # fmt: skip
     import torch
-
 
     def say(msg: str) -> None:
         fh.write(f"{iso(time.time())} {msg}\n")

@@ -9,6 +9,7 @@
 Each gives a :class:`DataSplits` split the way the built-in datasets are
 (:mod:`qatlab.datasets.splits`); ``qatlab.data.load_dataset`` dispatches here.
 """
+
 from __future__ import annotations
 
 import os

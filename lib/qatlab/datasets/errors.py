@@ -1,4 +1,5 @@
 """The one exception every dataset source raises."""
+
 from __future__ import annotations
 
 

@@ -17,6 +17,7 @@ images (reading the whole train set just for two numbers would cost an epoch).
 
 Options (``loader_args``): ``size``, ``channels``, ``test_fraction``.
 """
+
 from __future__ import annotations
 
 import os
@@ -76,7 +77,9 @@ def scan(root: str | os.PathLike[str], test_fraction: float = 0.2) -> tuple[list
         raise DatasetError(f"{r}: no such image folder")
     split = (r / "train").is_dir(), (r / "test").is_dir()
     if any(split) and not all(split):
-        raise DatasetError(f"{r}: has {'train/' if split[0] else 'test/'} but no {'test/' if split[0] else 'train/'}; give both, or one subfolder per class")
+        raise DatasetError(
+            f"{r}: has {'train/' if split[0] else 'test/'} but no {'test/' if split[0] else 'train/'}; give both, or one subfolder per class"
+        )
     if all(split):
         classes = _classes(r / "train")
         if not classes:

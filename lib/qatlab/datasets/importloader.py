@@ -12,6 +12,7 @@ largest label + 1 over one pass through the train set's labels (a full read: giv
 one of the attributes for a large dataset). ``targets``, where present, are checked
 to lie in range. The input shape is the first train image's.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -64,7 +65,9 @@ def load_from_loader(
         raise DatasetError(str(e)) from e
     out = loader(**dict(loader_args or {}))
     if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(d, Dataset) and hasattr(d, "__len__") for d in out)):
-        raise DatasetError(f"dataset loader {path!r}: returned {type(out).__name__}; expected (train, test), two torch.utils.data.Dataset with len()")
+        raise DatasetError(
+            f"dataset loader {path!r}: returned {type(out).__name__}; expected (train, test), two torch.utils.data.Dataset with len()"
+        )
     train, test = out
     if len(train) == 0:
         raise DatasetError(f"dataset loader {path!r}: the train set is empty")

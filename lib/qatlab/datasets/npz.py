@@ -10,6 +10,7 @@ Keys (``numpy.savez``):
 
 Normalised like the built-in datasets: one mean and std over the train part's pixels.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,7 +36,9 @@ def read_npz(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray, np.n
         with np.load(p, allow_pickle=False) as z:
             missing = [k for k in KEYS if k not in z.files]
             if missing:
-                raise DatasetError(f"{p}: missing array(s) {', '.join(missing)}; a dataset .npz holds {', '.join(KEYS)} (and optionally num_classes)")
+                raise DatasetError(
+                    f"{p}: missing array(s) {', '.join(missing)}; a dataset .npz holds {', '.join(KEYS)} (and optionally num_classes)"
+                )
             xtr, ytr, xte, yte = (z[k] for k in KEYS)
             given = z["num_classes"] if "num_classes" in z.files else None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:

@@ -6,6 +6,7 @@ first ``round(val_fraction * N)`` are the validation set, the rest the train set
 which ``limit_train`` keeps a prefix; the test set is fixed and ``limit_test`` keeps
 its first items.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """Export errors: one base class, so callers (the CLI) can turn them into one-line messages."""
+
 from __future__ import annotations
 
 from qatlab.nn import UnsupportedLayerError as _NnUnsupported

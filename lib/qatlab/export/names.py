@@ -3,6 +3,7 @@
 The builder (:mod:`.qdq`) writes them and the runner (:mod:`.session`) reads them,
 so they live below both.
 """
+
 from __future__ import annotations
 
 INPUT_NAME = "input"  # float32 [N, *input_shape]

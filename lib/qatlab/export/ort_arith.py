@@ -25,6 +25,7 @@ optimizations, x86-64) compute:
 * ``clamp``, ``lut``, ``reshape``, ``permute``, ``slice``: integer ops on the codes,
   exact.
 """
+
 from __future__ import annotations
 
 import torch

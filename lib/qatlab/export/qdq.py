@@ -59,6 +59,7 @@ The other kinds:
   but for half-way ties (fixed point breaks them away from zero) and near-ties
   within the fixed multiplier's 2^−31 error.
 """
+
 from __future__ import annotations
 
 import json
@@ -213,7 +214,14 @@ class _Builder:
         return self.qparam_names[key]
 
     def quantize(
-        self, value: str, pre: str, q: ActQ, who: str, relu: bool = False, may_leave_range: bool = True, four_bit_ok: bool = True,
+        self,
+        value: str,
+        pre: str,
+        q: ActQ,
+        who: str,
+        relu: bool = False,
+        may_leave_range: bool = True,
+        four_bit_ok: bool = True,
         bounds: tuple[int, int] | None = None,
     ) -> None:
         """``pre`` (float) -> Q -> [Clip] -> codes of ``value`` -> DQ -> float twin.
@@ -302,7 +310,10 @@ class _Builder:
     def weight(self, op: IntOp) -> tuple[str, str]:
         """(float weight, float bias) DQ outputs: int weights per channel, int32 bias on s_x·s_w."""
         w = op.tensors["weight"].cpu()
-        wq_min, wq_max = int(op.attrs.get("w_qmin", int(w.min()) if w.numel() else 0)), int(op.attrs.get("w_qmax", int(w.max()) if w.numel() else 0))
+        wq_min, wq_max = (
+            int(op.attrs.get("w_qmin", int(w.min()) if w.numel() else 0)),
+            int(op.attrs.get("w_qmax", int(w.max()) if w.numel() else 0)),
+        )
         out_ch = w.shape[0]
         if self.low_bit == "int4" and wq_min >= -8 and wq_max <= 7:
             wt = TensorProto.INT4
@@ -361,9 +372,15 @@ class _Builder:
             wf, bf = self.weight(op)
             ph, pw = a["padding"]
             y = self.node(
-                "Conv", [src[0], wf, bf], self.fresh(f"{op.output}_conv"), name=f"{op.name}/Conv",
-                kernel_shape=list(a["kernel"]), strides=list(a["stride"]), pads=[ph, pw, ph, pw],
-                dilations=list(a["dilation"]), group=int(a["groups"]),
+                "Conv",
+                [src[0], wf, bf],
+                self.fresh(f"{op.output}_conv"),
+                name=f"{op.name}/Conv",
+                kernel_shape=list(a["kernel"]),
+                strides=list(a["stride"]),
+                pads=[ph, pw, ph, pw],
+                dilations=list(a["dilation"]),
+                group=int(a["groups"]),
             )
             self.quantize(op.output, y, op.out_q, op.name, relu=bool(a.get("relu")), bounds=out_bounds(op))
         elif op.kind == "linear":
@@ -397,16 +414,28 @@ class _Builder:
             else:
                 # count_include_pad: the reference sums padding as real zeros, divides by k·k.
                 y = self.node(
-                    "AveragePool", [src[0]], self.fresh(f"{op.output}_ap"), name=f"{op.name}/AveragePool",
-                    kernel_shape=list(k), strides=list(st), pads=[pd[0], pd[1], pd[0], pd[1]], count_include_pad=1,
+                    "AveragePool",
+                    [src[0]],
+                    self.fresh(f"{op.output}_ap"),
+                    name=f"{op.name}/AveragePool",
+                    kernel_shape=list(k),
+                    strides=list(st),
+                    pads=[pd[0], pd[1], pd[0], pd[1]],
+                    count_include_pad=1,
                 )
             self.quantize(op.output, y, op.out_q, op.name)
         elif op.kind == "maxpool":
             pd = tuple(a["padding"])  # both pad with -inf: the reference in code space, ONNX in float
             y = self.node(
-                "MaxPool", [src[0]], self.fresh(f"{op.output}_mp"), name=f"{op.name}/MaxPool",
-                kernel_shape=list(a["kernel"]), strides=list(a["stride"]), pads=[pd[0], pd[1], pd[0], pd[1]],
-                dilations=list(a["dilation"]), ceil_mode=int(bool(a["ceil_mode"])),
+                "MaxPool",
+                [src[0]],
+                self.fresh(f"{op.output}_mp"),
+                name=f"{op.name}/MaxPool",
+                kernel_shape=list(a["kernel"]),
+                strides=list(a["stride"]),
+                pads=[pd[0], pd[1], pd[0], pd[1]],
+                dilations=list(a["dilation"]),
+                ceil_mode=int(bool(a["ceil_mode"])),
             )
             # 4-bit form: max-pool outputs stay 8-bit. ORT 1.32 folds DQ(uint4)→MaxPool→Q(uint4)
             # into a MaxPool on uint4, which it then rejects; a type change blocks that fold.
@@ -478,7 +507,13 @@ class _Builder:
             op_type, extra, attrs = "Slice", [st, en, ax], {}
         x, t = self.codes_of[op.inputs[0]], self.code_type[op.inputs[0]]
         if t in (TensorProto.INT4, TensorProto.UINT4):
-            y = self.node(op_type, [self.float_of[op.inputs[0]], *extra], self.fresh(f"{op.output}_{op_type.lower()}"), name=f"{op.name}/{op_type}", **attrs)
+            y = self.node(
+                op_type,
+                [self.float_of[op.inputs[0]], *extra],
+                self.fresh(f"{op.output}_{op_type.lower()}"),
+                name=f"{op.name}/{op_type}",
+                **attrs,
+            )
             self.quantize(op.output, y, xq, op.name, may_leave_range=False, four_bit_ok=False)
         else:
             self.integer_value(op.output, xq, t, lambda c: self.node(op_type, [x, *extra], c, name=f"{op.name}/{op_type}", **attrs))
@@ -516,7 +551,9 @@ class _Builder:
             )
         table = op.tensors["table"].to(torch.int64).cpu().numpy().ravel()
         if table.size != xq.qmax - xq.qmin + 1:
-            raise ExportError(f"layer {op.name} (lut): table has {table.size} entries, the input range [{xq.qmin}, {xq.qmax}] needs {xq.qmax - xq.qmin + 1}")
+            raise ExportError(
+                f"layer {op.name} (lut): table has {table.size} entries, the input range [{xq.qmin}, {xq.qmax}] needs {xq.qmax - xq.qmin + 1}"
+            )
         if table.size and (table.min() < yq.qmin or table.max() > yq.qmax):
             raise ExportError(f"layer {op.name} (lut): table values leave the output range [{yq.qmin}, {yq.qmax}]")
         t_out = self.container(yq, op.name, four_bit_ok=False)
@@ -541,7 +578,9 @@ class _Builder:
         keep = bool(a.get("keepdim"))
         if ndim == 4 and dims == [2, 3]:
             pooled = op.output if keep else f"{op.output}_pooled"
-            y = self.node("GlobalAveragePool", [self.float_of[op.inputs[0]]], self.fresh(f"{op.output}_gap"), name=f"{op.name}/GlobalAveragePool")
+            y = self.node(
+                "GlobalAveragePool", [self.float_of[op.inputs[0]]], self.fresh(f"{op.output}_gap"), name=f"{op.name}/GlobalAveragePool"
+            )
             if not keep and self.low_bit == "int4":
                 # ONNX Runtime cannot Reshape 4-bit codes: drop the axes before Q (no fusion
                 # to lose: the int4 form runs its pools in float).
@@ -651,7 +690,9 @@ class _Builder:
             outputs,
             initializer=self.inits,
         )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="qatlab", producer_version=qatlab.__version__)
+        model = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="qatlab", producer_version=qatlab.__version__
+        )
         # The oldest IR that carries this opset (and 4-bit types, which need IR 10):
         # newer IRs would shut out older runtimes for nothing.
         ir = helper.find_min_ir_version_for([helper.make_opsetid("", opset)])

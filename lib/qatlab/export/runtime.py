@@ -4,6 +4,7 @@ ONNX Runtime (CPU, default graph optimizations) fuses every DQ→op→Q group in
 integer kernel; see ``emulate_ort`` for the arithmetic those kernels use and why it
 can differ from the CPU reference by one code.
 """
+
 from __future__ import annotations
 
 import os
@@ -103,13 +104,16 @@ def _emulate_avgpool(op: IntOp, q: torch.Tensor, xq: ActQ, in_shape: tuple[int, 
     return _clamp_out(y, op)
 
 
-def emulate_ort(model: IntModel, x: torch.Tensor, batch_size: int = 1000, capture: dict[str, list[torch.Tensor]] | None = None) -> torch.Tensor:
+def emulate_ort(
+    model: IntModel, x: torch.Tensor, batch_size: int = 1000, capture: dict[str, list[torch.Tensor]] | None = None
+) -> torch.Tensor:
     """Output codes of ``model`` computed with ONNX Runtime's CPU requantization rules.
 
     Ops ONNX Runtime computes exactly (max-pool, ReLU, flatten) and ops this replay
     does not cover (a padded/strided average pool) use the reference's arithmetic.
     ``capture``: filled with every value's codes, per batch.
     """
+
     def runner(op: IntOp, vals: dict[str, torch.Tensor], qs: dict[str, ActQ], rounding: str) -> torch.Tensor:
         out: torch.Tensor | None = None
         if op.kind == "quantize":
@@ -182,7 +186,9 @@ class OnnxComparison:
                 f"{self.emulated_agreement:.4%}, predictions {self.emulated_pred_agreement:.4%}"
             )
         for ld in self.layers or []:
-            lines.append(f"  {ld.kind:8} {ld.name:24} codes != reference {ld.mismatch:8.4%} (max {ld.max_diff})  != emulation {ld.emulated_mismatch:8.4%}")
+            lines.append(
+                f"  {ld.kind:8} {ld.name:24} codes != reference {ld.mismatch:8.4%} (max {ld.max_diff})  != emulation {ld.emulated_mismatch:8.4%}"
+            )
         return "\n".join(lines)
 
 
@@ -244,7 +250,9 @@ def compare_onnx(
     else:
         ref = run(int_model, x, batch_size, capture)
     if ort_out.codes.shape != ref.shape:
-        raise ExportError(f"ONNX output shape {tuple(ort_out.codes.shape)} differs from the IntModel's {tuple(ref.shape)}: not this model's export")
+        raise ExportError(
+            f"ONNX output shape {tuple(ort_out.codes.shape)} differs from the IntModel's {tuple(ref.shape)}: not this model's export"
+        )
     ort_pred, int_pred = ort_out.codes.argmax(1), ref.argmax(1)
     diff = (ort_out.codes.to(torch.int64) - ref.to(torch.int64)).abs()
     emu_codes = emu_pred = None
@@ -296,5 +304,7 @@ def _layer_diffs(
         e = torch.cat(emu_vals[op.output]).to(torch.int64)
         g = got.to(torch.int64).reshape(r.shape)
         d = (g - r).abs()
-        diffs.append(LayerDiff(op.output, op.kind, float((d > 0).float().mean()), int(d.max()) if d.numel() else 0, float((g != e).float().mean())))
+        diffs.append(
+            LayerDiff(op.output, op.kind, float((d > 0).float().mean()), int(d.max()) if d.numel() else 0, float((g != e).float().mean()))
+        )
     return diffs

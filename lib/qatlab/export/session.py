@@ -3,6 +3,7 @@
 Both the exporter (its load-and-run check) and the comparison with the IntModel
 (:mod:`.runtime`) run graphs through here.
 """
+
 from __future__ import annotations
 
 import os

@@ -15,6 +15,7 @@ Roles:
 An op kind outside these is an :class:`UnsupportedOpError` (never silently skipped),
 so a report either lists every op or refuses the model.
 """
+
 from __future__ import annotations
 
 import math
@@ -100,7 +101,11 @@ class OpInfo:
         if self.kind != "cat":
             return ()
         oq = self.op.out_q
-        return tuple(i for i, q in enumerate(self.in_qs) if q is None or (q.scale, q.zero_point, q.qmin, q.qmax) != (oq.scale, oq.zero_point, oq.qmin, oq.qmax))
+        return tuple(
+            i
+            for i, q in enumerate(self.in_qs)
+            if q is None or (q.scale, q.zero_point, q.qmin, q.qmax) != (oq.scale, oq.zero_point, oq.qmin, oq.qmax)
+        )
 
     def reduction_taps(self) -> int:
         """Input taps a pooling or mean op reads over the whole op (one batch item).
@@ -139,8 +144,7 @@ def _role(op: Any) -> str:
     if op.kind in PASSTHROUGH_KINDS:
         return "passthrough"
     raise UnsupportedOpError(
-        f"op {op.name!r}: kind {op.kind!r} has no hardware cost model "
-        f"(known: {', '.join(GEMM_KINDS + VECTOR_KINDS + PASSTHROUGH_KINDS)})"
+        f"op {op.name!r}: kind {op.kind!r} has no hardware cost model (known: {', '.join(GEMM_KINDS + VECTOR_KINDS + PASSTHROUGH_KINDS)})"
     )
 
 

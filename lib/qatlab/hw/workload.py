@@ -6,6 +6,7 @@ Sources: SCALE-Sim topology CSV files (conv and GEMM forms), Python objects, and
 Geometry follows SCALE-Sim: no padding is applied (a 32x32 input with a 3x3
 filter gives 30x30 outputs), so a padded layer is described by its padded input.
 """
+
 from __future__ import annotations
 
 import csv
@@ -46,7 +47,19 @@ class Layer:
     meta: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
-        for f in ("ifmap_h", "ifmap_w", "filter_h", "filter_w", "channels", "num_filters", "stride_h", "stride_w", "batch", "w_bits", "a_bits"):
+        for f in (
+            "ifmap_h",
+            "ifmap_w",
+            "filter_h",
+            "filter_w",
+            "channels",
+            "num_filters",
+            "stride_h",
+            "stride_w",
+            "batch",
+            "w_bits",
+            "a_bits",
+        ):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"layer {self.name!r}: {f} must be a positive integer, got {v!r}")
@@ -151,9 +164,7 @@ def read_topology(path: str | os.PathLike[str]) -> list[Layer]:
             vals = [_int(row[i + 1], h, where) for i, h in enumerate(_CONV_FIELDS)]
             ih, iw, fh, fw, ch, nf, st = vals
             if "DP" in name:
-                layers.extend(
-                    Layer(f"{name}Channel_{c}", ih, iw, fh, fw, 1, nf, st, st, sparsity=sparsity) for c in range(ch)
-                )
+                layers.extend(Layer(f"{name}Channel_{c}", ih, iw, fh, fw, 1, nf, st, st, sparsity=sparsity) for c in range(ch))
             else:
                 layers.append(Layer(name, ih, iw, fh, fw, ch, nf, st, st, sparsity=sparsity))
         except TopologyError:
@@ -239,9 +250,19 @@ def op_layer(op: "IntOp", batch: int = 1) -> Layer:  # noqa: F821
     kh, kw = a["kernel"]
     dh, dw = a["dilation"]
     return Layer(
-        op.name, int(h + 2 * ph), int(wd + 2 * pw), int((kh - 1) * dh + 1), int((kw - 1) * dw + 1),
-        int(c // a["groups"]), int(w.shape[0]), int(a["stride"][0]), int(a["stride"][1]),
-        batch=batch, w_bits=w_bits, a_bits=a_bits, meta={**meta, "groups": int(a["groups"])},
+        op.name,
+        int(h + 2 * ph),
+        int(wd + 2 * pw),
+        int((kh - 1) * dh + 1),
+        int((kw - 1) * dw + 1),
+        int(c // a["groups"]),
+        int(w.shape[0]),
+        int(a["stride"][0]),
+        int(a["stride"][1]),
+        batch=batch,
+        w_bits=w_bits,
+        a_bits=a_bits,
+        meta={**meta, "groups": int(a["groups"])},
     )
 
 
@@ -259,7 +280,4 @@ def group_layers(op: "IntOp", batch: int = 1) -> list[Layer]:  # noqa: F821
         return [full]
     if full.num_filters % g:
         raise ValueError(f"op {op.name!r}: {full.num_filters} filters do not split into {g} groups")
-    return [
-        replace(full, name=f"{op.name}.g{i}", num_filters=full.num_filters // g, meta={**full.meta, "group": i})
-        for i in range(g)
-    ]
+    return [replace(full, name=f"{op.name}.g{i}", num_filters=full.num_filters // g, meta={**full.meta, "group": i}) for i in range(g)]

@@ -13,6 +13,7 @@ asked for: importing ``qatlab.intmodel`` never imports ``qatlab.kernels`` or CuP
            :class:`qatlab.kernels.CupyUnavailableError` without CuPy or a GPU
 =========  ===================================================================
 """
+
 from __future__ import annotations
 
 import importlib

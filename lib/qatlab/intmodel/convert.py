@@ -6,6 +6,7 @@ learned scale); the bias goes onto the accumulator's scale ``s_x·s_w`` (int32);
 the requantization multiplier ``M = s_x·s_w/s_y`` is stored both as float64 and
 as gemmlowp fixed point, and ``rounding`` picks which one the executors use.
 """
+
 from __future__ import annotations
 
 import operator
@@ -42,7 +43,9 @@ from .reference import quantize_input
 def _act_q(fq: FakeQuant) -> ActQ:
     qp = fq.qparams()
     if qp.scale.numel() != 1:
-        raise UnsupportedLayerError(f"activation quantizer {fq.extra_repr()} is not per tensor; the integer model needs per-tensor activations")
+        raise UnsupportedLayerError(
+            f"activation quantizer {fq.extra_repr()} is not per tensor; the integer model needs per-tensor activations"
+        )
     return ActQ(float(qp.scale), int(qp.zero_point), qp.qmin, qp.qmax)
 
 
@@ -80,7 +83,9 @@ def _requant_tensors(real: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"multiplier": real.double(), "fixed_multiplier": torch.from_numpy(m), "shift": torch.from_numpy(s)}
 
 
-def convert(qat_model: fx.GraphModule, input_shape: tuple[int, ...], rounding: str = "float", meta: dict[str, Any] | None = None) -> IntModel:
+def convert(
+    qat_model: fx.GraphModule, input_shape: tuple[int, ...], rounding: str = "float", meta: dict[str, Any] | None = None
+) -> IntModel:
     """The integer model of ``qat_model`` for inputs of shape ``input_shape`` (no batch dim)."""
     if rounding not in ("float", "fixed"):
         raise ValueError(f"rounding {rounding!r} is unknown; expected 'float' or 'fixed'")
@@ -259,7 +264,15 @@ def _walk(gm: fx.GraphModule, input_shape: tuple[int, ...], rounding: str, meta:
             raise UnsupportedLayerError(f"node {who}: its input is not a quantized value (missing input quantizer?)")
         return q_of[ref(arg)]
 
-    def emit(kind: str, node: fx.Node, inputs: list[fx.Node | str], out_q: ActQ, attrs: dict[str, Any] | None = None, tensors: dict[str, torch.Tensor] | None = None, name: str | None = None) -> None:
+    def emit(
+        kind: str,
+        node: fx.Node,
+        inputs: list[fx.Node | str],
+        out_q: ActQ,
+        attrs: dict[str, Any] | None = None,
+        tensors: dict[str, torch.Tensor] | None = None,
+        name: str | None = None,
+    ) -> None:
         name = name or node.name
         attrs = dict(attrs or {})
         attrs.setdefault("out_shape", _shape(node))
@@ -350,7 +363,13 @@ def _walk(gm: fx.GraphModule, input_shape: tuple[int, ...], rounding: str, meta:
                 attrs.update(relu=mod.relu, in_shape=_shape(src), a_bits=xq.bits, **_clamp_attr(mod.clamp, yq))
                 if isinstance(mod, QuantConv2d):
                     c = mod.conv
-                    attrs.update(stride=tuple(c.stride), padding=tuple(c.padding), dilation=tuple(c.dilation), groups=c.groups, kernel=tuple(c.kernel_size))
+                    attrs.update(
+                        stride=tuple(c.stride),
+                        padding=tuple(c.padding),
+                        dilation=tuple(c.dilation),
+                        groups=c.groups,
+                        kernel=tuple(c.kernel_size),
+                    )
                     if mod.maxpool is None:
                         emit("conv", node, [src], yq, attrs, tensors)
                     else:
@@ -419,14 +438,18 @@ def _walk(gm: fx.GraphModule, input_shape: tuple[int, ...], rounding: str, meta:
                 attrs, tensors = _pool_attrs(mod.pool, _shape(src), node.name, xq, yq, rounding)
                 emit("avgpool", node, [src], yq, attrs, tensors)
             elif not pass_through(node):
-                raise UnsupportedLayerError(f"node {node.name}: layer {node.target!r} of type {type(mod).__name__} is not supported by the integer model")
+                raise UnsupportedLayerError(
+                    f"node {node.name}: layer {node.target!r} of type {type(mod).__name__} is not supported by the integer model"
+                )
         elif node.op == "call_function":
             if node.target is F.max_pool2d:
                 raise UnsupportedLayerError(f"node {node.name}: use nn.MaxPool2d rather than F.max_pool2d")
             if node.target is getattr:
                 continue
             if not pass_through(node):
-                raise UnsupportedLayerError(f"node {node.name}: function {getattr(node.target, '__name__', node.target)} is not supported by the integer model")
+                raise UnsupportedLayerError(
+                    f"node {node.name}: function {getattr(node.target, '__name__', node.target)} is not supported by the integer model"
+                )
         elif node.op == "call_method":
             if not pass_through(node):
                 raise UnsupportedLayerError(f"node {node.name}: method .{node.target}() is not supported by the integer model")
@@ -444,7 +467,13 @@ def _reshape(node: fx.Node, src: Any, emit: Any, need_q: Any) -> None:
 
 
 def _maxpool_attrs(mod: nn.MaxPool2d) -> dict[str, Any]:
-    return {"kernel": _pair(mod.kernel_size), "stride": _pair(mod.stride or mod.kernel_size), "padding": _pair(mod.padding), "dilation": _pair(mod.dilation), "ceil_mode": mod.ceil_mode}
+    return {
+        "kernel": _pair(mod.kernel_size),
+        "stride": _pair(mod.stride or mod.kernel_size),
+        "padding": _pair(mod.padding),
+        "dilation": _pair(mod.dilation),
+        "ceil_mode": mod.ceil_mode,
+    }
 
 
 def _conv_out_shape(c: nn.Conv2d, in_shape: tuple[int, ...]) -> tuple[int, int, int]:

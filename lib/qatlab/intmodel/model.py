@@ -62,6 +62,7 @@ conv, linear, add and mul may carry ``relu: True`` (lower bound z_o) and
 ``clamp: [lo, hi]`` (codes, applied after requantization, before ``sat``).
 Every op carries ``out_shape`` (without the batch).
 """
+
 from __future__ import annotations
 
 import math
@@ -78,8 +79,22 @@ FORMAT = "qatlab.intmodel"
 VERSION = 2
 READABLE_VERSIONS = (1, 2)
 OP_KINDS = (
-    "quantize", "conv", "linear", "add", "avgpool", "maxpool", "relu", "flatten",
-    "clamp", "lut", "mul", "cat", "mean", "reshape", "permute", "slice",
+    "quantize",
+    "conv",
+    "linear",
+    "add",
+    "avgpool",
+    "maxpool",
+    "relu",
+    "flatten",
+    "clamp",
+    "lut",
+    "mul",
+    "cat",
+    "mean",
+    "reshape",
+    "permute",
+    "slice",
 )
 LUT_FNS = ("hardswish", "hardsigmoid", "silu", "sigmoid", "tanh", "gelu")
 _REQUANT = ("multiplier", "fixed_multiplier", "shift")

@@ -5,6 +5,7 @@ Convolutions and matmuls accumulate in int32 through ``torch._int_mm`` (int8 x i
 Requantization is ``qatlab.quant.requantize`` in the model's rounding mode.
 Im2col moves codes through float32, which holds every integer below 2^24 exactly.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -142,9 +143,7 @@ def run_conv(q: torch.Tensor, op: IntOp, xq: ActQ, rounding: str) -> torch.Tenso
     out_ch = w.shape[0]
     rows = conv_rows(q, op, xq)
     per_out = out_ch // len(rows)
-    accs = [
-        _matmul_layer(r, xq, w[g * per_out : (g + 1) * per_out].reshape(per_out, -1)) for g, r in enumerate(rows)
-    ]
+    accs = [_matmul_layer(r, xq, w[g * per_out : (g + 1) * per_out].reshape(per_out, -1)) for g, r in enumerate(rows)]
     acc = torch.cat(accs, dim=1) + op.tensors["bias"].to(torch.int64)
     _check_int32(acc, op)
     return conv_output(_requant(acc, op, rounding), op, q.shape[0])

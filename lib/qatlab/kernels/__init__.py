@@ -8,6 +8,7 @@
 
 CuPy is imported only when a ``cuda`` kernel is called.
 """
+
 from __future__ import annotations
 
 from .conv_reference import input_zero_point_correction, int8_conv2d_ref, int8_conv2d_requant_ref

@@ -24,6 +24,7 @@ not depend on the output pixel precisely because padded taps hold ``z`` too.
 Sums are formed in int64 and narrowed to int32 with wrap-around, as the GPU's int32
 accumulators would (reachable only for R·S·C > 2^17, i.e. never for real layers).
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -7,6 +7,7 @@ Operands may be CuPy arrays, CUDA torch tensors (via ``__cuda_array_interface__`
 copy) or host numpy arrays (copied to the device and the result copied back); the
 result has the kind of the ``a`` operand.
 """
+
 from __future__ import annotations
 
 import functools
@@ -170,13 +171,34 @@ def _launch(variant: str, a: Any, b: Any, epilogue: tuple | None) -> Any:
         grid, block, smem = ((n + DP4A_TILE - 1) // DP4A_TILE, (m + DP4A_TILE - 1) // DP4A_TILE), (DP4A_TILE, DP4A_TILE), 0
     if grid[1] > 65535:
         raise KernelInputError(f"grid dimension y = {grid[1]} exceeds 65535; shape M={m}, N={n} too large")
-    return launch_s32_or_requant(cupy, lambda fused: _function(variant, fused), grid, block, smem, (da, db),
-                                 (np.int32(m), np.int32(n), np.int32(k)), (m, n), n, epilogue, kind)
+    return launch_s32_or_requant(
+        cupy,
+        lambda fused: _function(variant, fused),
+        grid,
+        block,
+        smem,
+        (da, db),
+        (np.int32(m), np.int32(n), np.int32(k)),
+        (m, n),
+        n,
+        epilogue,
+        kind,
+    )
 
 
-def launch_s32_or_requant(cupy: Any, function: Callable[[bool], Any], grid: tuple, block: tuple, smem: int,
-                          operands: tuple, scalars: tuple, out_shape: tuple, n: int, epilogue: tuple | None,
-                          kind: str) -> Any:
+def launch_s32_or_requant(
+    cupy: Any,
+    function: Callable[[bool], Any],
+    grid: tuple,
+    block: tuple,
+    smem: int,
+    operands: tuple,
+    scalars: tuple,
+    out_shape: tuple,
+    n: int,
+    epilogue: tuple | None,
+    kind: str,
+) -> Any:
     """Run the int32 kernel (``epilogue`` None) on ``(*operands, y, *scalars)``, or the
     fused-requant one on ``(*operands, bias, mult, zp, y, *scalars, qmin, qmax)`` with
     ``epilogue = (bias, multiplier, zero_point, qmin, qmax)`` for ``n`` output channels;
@@ -221,9 +243,12 @@ def _device_epilogue(cupy: Any, n: int, bias: Any, mult: Any, zp: Any, qmin: int
         dzp = cupy.asarray(zp)
         if dzp.shape != (n,) or dzp.dtype.kind not in "iu":
             raise KernelInputError(f"zero_point must be an int or an integer vector of shape [{n}]")
-    return (cupy.ascontiguousarray(dbias.astype(cupy.int32, copy=False)),
-            cupy.ascontiguousarray(dmult.astype(cupy.float64, copy=False)),
-            cupy.ascontiguousarray(dzp.astype(cupy.int32, copy=False)), out)
+    return (
+        cupy.ascontiguousarray(dbias.astype(cupy.int32, copy=False)),
+        cupy.ascontiguousarray(dmult.astype(cupy.float64, copy=False)),
+        cupy.ascontiguousarray(dzp.astype(cupy.int32, copy=False)),
+        out,
+    )
 
 
 def int8_gemm_mma(a: Any, b: Any) -> Any:

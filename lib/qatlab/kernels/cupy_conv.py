@@ -14,6 +14,7 @@ parameters) runs before any launch and raises KernelInputError.
 
 CuPy is imported lazily, as in cupy_backend, whose helpers this module shares.
 """
+
 from __future__ import annotations
 
 import functools
@@ -82,8 +83,7 @@ def _module(kind: str, device_id: int) -> Any:
     if kind == "igemm":
         cc = int(cupy.cuda.Device(device_id).compute_capability)
         if cc < 80:
-            raise KernelInputError(f"the implicit-GEMM conv kernel needs sm_80 or newer (this device is sm_{cc}); "
-                                   "use 'int8_conv2d_direct'")
+            raise KernelInputError(f"the implicit-GEMM conv kernel needs sm_80 or newer (this device is sm_{cc}); use 'int8_conv2d_direct'")
         for vec in (16, 4, 1):
             for variant in ("s32", "requant"):
                 allow_large_smem(cupy, mod.get_function(f"int8_conv2d_igemm_{variant}_v{vec}"), mma_smem_bytes())
@@ -106,8 +106,10 @@ def _direct_function(cupy: Any, name: str, smem: int) -> Any:
     if smem > DEFAULT_SMEM and _direct_smem_set.get((dev, name), DEFAULT_SMEM) < smem:
         limit = _smem_optin_limit(dev)
         if smem > limit:
-            raise KernelInputError(f"the direct conv kernel needs {smem} bytes of shared memory for this filter, "
-                                   f"stride and dilation (device limit {limit}); use 'int8_conv2d' (implicit GEMM)")
+            raise KernelInputError(
+                f"the direct conv kernel needs {smem} bytes of shared memory for this filter, "
+                f"stride and dilation (device limit {limit}); use 'int8_conv2d' (implicit GEMM)"
+            )
         allow_large_smem(cupy, fn, smem)
         _direct_smem_set[(dev, name)] = smem
     return fn
@@ -117,8 +119,9 @@ def _aligned(cupy: Any, x: Any, align: int) -> Any:
     return x if x.data.ptr % align == 0 else x.copy()  # fresh CuPy allocations are 256-byte aligned
 
 
-def _prepare(x: Any, w: Any, stride: Any, padding: Any, dilation: Any, groups: int, pad_value: int
-             ) -> tuple[Any, Any, Any, str, ConvGeometry]:
+def _prepare(
+    x: Any, w: Any, stride: Any, padding: Any, dilation: Any, groups: int, pad_value: int
+) -> tuple[Any, Any, Any, str, ConvGeometry]:
     """Validate (host operands before CuPy is even imported), move to the device, re-check."""
     _check_host_kind(x, 4)
     _check_host_kind(w, 4)
@@ -129,15 +132,13 @@ def _prepare(x: Any, w: Any, stride: Any, padding: Any, dilation: Any, groups: i
     dwt, _ = _as_device(cupy, w)
     g = check_conv_operands(dx, dwt, stride, padding, dilation, groups, pad_value)
     m, _, kg = g.gemm_mnk
-    for what, size in (("x", g.n * g.h * g.w * g.c), ("w", g.k * kg), ("output pixels N*OH*OW", m),
-                       ("output", m * g.k)):
+    for what, size in (("x", g.n * g.h * g.w * g.c), ("w", g.k * kg), ("output pixels N*OH*OW", m), ("output", m * g.k)):
         if size >= INT32_LIMIT:
             raise KernelInputError(f"{what} has {size} elements; the conv kernels index with 32 bits (< 2^31)")
     return cupy, dx, dwt, kind, g
 
 
-def _launch_igemm(x: Any, w: Any, epilogue: tuple | None, stride: Any, padding: Any, dilation: Any,
-                  pad_value: int, groups: int) -> Any:
+def _launch_igemm(x: Any, w: Any, epilogue: tuple | None, stride: Any, padding: Any, dilation: Any, pad_value: int, groups: int) -> Any:
     cupy, dx, dwt, kind, g = _prepare(x, w, stride, padding, dilation, groups, pad_value)
     m, n, kg = g.gemm_mnk
     vec = igemm_vec(g.c)
@@ -155,12 +156,21 @@ def _launch_igemm(x: Any, w: Any, epilogue: tuple | None, stride: Any, padding: 
     grid = ((m + MMA_BM - 1) // MMA_BM, (n + MMA_BN - 1) // MMA_BN)
     mod = _module("igemm", cupy.cuda.Device().id)
     return launch_s32_or_requant(
-        cupy, lambda fused: mod.get_function(f"int8_conv2d_igemm_{'requant' if fused else 's32'}_v{vec}"), grid,
-        (MMA_THREADS,), mma_smem_bytes(), (dx, b), (*shape, np.int32(pad_value)), g.out_shape, n, epilogue, kind)
+        cupy,
+        lambda fused: mod.get_function(f"int8_conv2d_igemm_{'requant' if fused else 's32'}_v{vec}"),
+        grid,
+        (MMA_THREADS,),
+        mma_smem_bytes(),
+        (dx, b),
+        (*shape, np.int32(pad_value)),
+        g.out_shape,
+        n,
+        epilogue,
+        kind,
+    )
 
 
-def _launch_direct(x: Any, w: Any, epilogue: tuple | None, stride: Any, padding: Any, dilation: Any,
-                   pad_value: int, groups: int) -> Any:
+def _launch_direct(x: Any, w: Any, epilogue: tuple | None, stride: Any, padding: Any, dilation: Any, pad_value: int, groups: int) -> Any:
     cupy, dx, dwt, kind, g = _prepare(x, w, stride, padding, dilation, groups, pad_value)
     vec = direct_vec(g.c)
     if vec == 16:
@@ -173,36 +183,68 @@ def _launch_direct(x: Any, w: Any, epilogue: tuple | None, stride: Any, padding:
     (sh, sw), (ph, pw), (dh, dw) = g.stride, g.padding, g.dilation
     geo = tuple(np.int32(v) for v in (g.h, g.w, g.c, g.k, g.r, g.s, g.oh, g.ow, sh, sw, ph, pw, dh, dw, pad_value))
     return launch_s32_or_requant(
-        cupy, lambda fused: _direct_function(cupy, f"int8_conv2d_direct_{'requant' if fused else 's32'}_v{vec}", smem),
-        grid, (DIRECT_THREADS,), smem, (dx, dwt), geo, g.out_shape, g.k, epilogue, kind)
+        cupy,
+        lambda fused: _direct_function(cupy, f"int8_conv2d_direct_{'requant' if fused else 's32'}_v{vec}", smem),
+        grid,
+        (DIRECT_THREADS,),
+        smem,
+        (dx, dwt),
+        geo,
+        g.out_shape,
+        g.k,
+        epilogue,
+        kind,
+    )
 
 
-def int8_conv2d_igemm(x: Any, w: Any, stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1,
-                      pad_value: int = 0, groups: int = 1) -> Any:
+def int8_conv2d_igemm(
+    x: Any, w: Any, stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1, pad_value: int = 0, groups: int = 1
+) -> Any:
     """Tensor-core implicit-GEMM convolution: NHWC int8 (*) KRSC int8 -> int32 NHWC."""
     return _launch_igemm(x, w, None, stride, padding, dilation, pad_value, groups)
 
 
-def int8_conv2d_igemm_requant(x: Any, w: Any, bias: Any, multiplier: Any, zero_point: Any, qmin: int, qmax: int,
-                              stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1,
-                              pad_value: int = 0, groups: int = 1) -> Any:
+def int8_conv2d_igemm_requant(
+    x: Any,
+    w: Any,
+    bias: Any,
+    multiplier: Any,
+    zero_point: Any,
+    qmin: int,
+    qmax: int,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    pad_value: int = 0,
+    groups: int = 1,
+) -> Any:
     """Implicit-GEMM convolution with the fused bias + float requantization epilogue -> 8-bit codes."""
-    return _launch_igemm(x, w, (bias, multiplier, zero_point, qmin, qmax), stride, padding, dilation, pad_value,
-                         groups)
+    return _launch_igemm(x, w, (bias, multiplier, zero_point, qmin, qmax), stride, padding, dilation, pad_value, groups)
 
 
-def int8_conv2d_direct(x: Any, w: Any, stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1,
-                       pad_value: int = 0, groups: int = 1) -> Any:
+def int8_conv2d_direct(
+    x: Any, w: Any, stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1, pad_value: int = 0, groups: int = 1
+) -> Any:
     """Direct (__dp4a, shared-memory tiled) convolution: NHWC int8 (*) KRSC int8 -> int32 NHWC."""
     return _launch_direct(x, w, None, stride, padding, dilation, pad_value, groups)
 
 
-def int8_conv2d_direct_requant(x: Any, w: Any, bias: Any, multiplier: Any, zero_point: Any, qmin: int, qmax: int,
-                               stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1,
-                               pad_value: int = 0, groups: int = 1) -> Any:
+def int8_conv2d_direct_requant(
+    x: Any,
+    w: Any,
+    bias: Any,
+    multiplier: Any,
+    zero_point: Any,
+    qmin: int,
+    qmax: int,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    pad_value: int = 0,
+    groups: int = 1,
+) -> Any:
     """Direct convolution with the fused epilogue -> 8-bit codes."""
-    return _launch_direct(x, w, (bias, multiplier, zero_point, qmin, qmax), stride, padding, dilation, pad_value,
-                          groups)
+    return _launch_direct(x, w, (bias, multiplier, zero_point, qmin, qmax), stride, padding, dilation, pad_value, groups)
 
 
 __all__ = [

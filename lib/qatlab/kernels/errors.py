@@ -1,4 +1,5 @@
 """Typed errors of the kernel package."""
+
 from __future__ import annotations
 
 
@@ -20,10 +21,7 @@ class UnknownKernelError(KernelError, KeyError):
 class CupyUnavailableError(KernelError, ImportError):
     """The ``cuda`` backend was asked for but CuPy (or a CUDA device) is missing."""
 
-    INSTALL_HINT = (
-        "install the 'gpu' extra: pip install -e '.[gpu]' (CuPy, cupy-cuda12x; "
-        "use cupy-cuda13x on a CUDA 13 driver stack)"
-    )
+    INSTALL_HINT = "install the 'gpu' extra: pip install -e '.[gpu]' (CuPy, cupy-cuda12x; use cupy-cuda13x on a CUDA 13 driver stack)"
 
     def __init__(self, reason: str) -> None:
         super().__init__(f"the 'cuda' kernel backend needs CuPy and a CUDA GPU: {reason}; {self.INSTALL_HINT}")

@@ -37,6 +37,7 @@ CPU reference and move back: torch has no integer matmul on CUDA.
 ``make_runner(kernel_backend="cpu")`` runs the very same orchestration with the
 kernels' CPU twins, so everything but the launches is tested without a GPU.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -119,7 +120,9 @@ class IntModelRunner:
         self.gemm, self.gemm_requant = (get_kernel(n, kernel_backend) for n in _GEMM_KERNELS[impl])
         have_conv = set(_CONV_KERNELS[impl]) <= set(kernel_names())
         if conv_impl == "implicit" and not have_conv:
-            raise KernelInputError(f"conv_impl='implicit' needs the kernels {' and '.join(_CONV_KERNELS[impl])}, which the registry does not have")
+            raise KernelInputError(
+                f"conv_impl='implicit' needs the kernels {' and '.join(_CONV_KERNELS[impl])}, which the registry does not have"
+            )
         self.conv: tuple[Callable[..., Any], Callable[..., Any]] | None = None
         if conv_impl != "im2col" and have_conv:
             self.conv = tuple(get_kernel(n, kernel_backend) for n in _CONV_KERNELS[impl])  # type: ignore[assignment]
@@ -331,8 +334,7 @@ def _require_cuda() -> None:
         ) from e
     if not torch.cuda.is_available():
         raise CupyUnavailableError(
-            "torch sees no CUDA device (a CPU-only torch build?); the IntModel backend 'cuda' keeps activations "
-            "on the GPU as torch tensors"
+            "torch sees no CUDA device (a CPU-only torch build?); the IntModel backend 'cuda' keeps activations on the GPU as torch tensors"
         )
 
 

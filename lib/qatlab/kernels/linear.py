@@ -1,4 +1,5 @@
 """``int8_linear``: the one call the IntModel executor needs for a GEMM-shaped layer."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -42,8 +43,9 @@ def int8_linear(
 
         out = get_kernel(name, "cpu")(x.detach().cpu().numpy(), _np(w), _np(bias), _np(multiplier), _np(zp), qmin, qmax)
         return torch.from_numpy(out)
-    return get_kernel(name, backend)(x if backend == "cuda" else _np(x), w if backend == "cuda" else _np(w),
-                                     bias, multiplier, zp, qmin, qmax)
+    return get_kernel(name, backend)(
+        x if backend == "cuda" else _np(x), w if backend == "cuda" else _np(w), bias, multiplier, zp, qmin, qmax
+    )
 
 
 def _np(t: Any) -> Any:

@@ -12,6 +12,7 @@ what the tensor-core (and dp4a) int32 accumulators do if a sum ever overflows; f
 int8 operands that needs K > 2^31 / 2^14 = 131072, so in practice the narrowing is
 exact. ``acc + bias`` wraps in int32 the same way.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -24,6 +24,7 @@ groups=1)`` and ``int8_conv2d_requant(x, w, bias, multiplier, zero_point, qmin, 
 stride=1, padding=0, dilation=1, pad_value=0, groups=1)``; see conv_reference.py for
 zero points.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable

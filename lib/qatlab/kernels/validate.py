@@ -3,6 +3,7 @@
 They work on anything exposing ``shape``, ``dtype`` and strides the numpy way (numpy
 and CuPy arrays) so the CUDA launcher can check device arrays without a copy.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -145,8 +146,9 @@ def check_conv_operands(
     for name, t in (("x (activations, NHWC)", x), ("w (weights, KRSC)", w)):
         _check_int8_array(name, t, 4)
     if groups != 1:
-        raise KernelInputError(f"only groups=1 is supported, got groups={groups}; split grouped/depthwise "
-                               "convolutions into per-group calls")
+        raise KernelInputError(
+            f"only groups=1 is supported, got groups={groups}; split grouped/depthwise convolutions into per-group calls"
+        )
     (n, h, wd, c), (k, r, s, c2) = (tuple(int(d) for d in t.shape) for t in (x, w))
     if c != c2:
         raise KernelInputError(f"channel mismatch: x [N, H, W, C] has C={c} but w [K, R, S, C] has C={c2}")
@@ -158,6 +160,8 @@ def check_conv_operands(
     oh = (h + 2 * pd[0] - dl[0] * (r - 1) - 1) // st[0] + 1
     ow = (wd + 2 * pd[1] - dl[1] * (s - 1) - 1) // st[1] + 1
     if oh <= 0 or ow <= 0:
-        raise KernelInputError(f"output size {oh} x {ow} <= 0: the dilated {r}x{s} filter (dilation {dl}) is larger "
-                               f"than the padded {h}x{wd} input (padding {pd})")
+        raise KernelInputError(
+            f"output size {oh} x {ow} <= 0: the dilated {r}x{s} filter (dilation {dl}) is larger "
+            f"than the padded {h}x{wd} input (padding {pd})"
+        )
     return ConvGeometry(n, h, wd, c, k, r, s, st, pd, dl, oh, ow)

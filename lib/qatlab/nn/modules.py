@@ -3,6 +3,7 @@
 Each compute module owns the quantizer of its *output*, so every value flowing
 between modules is on an integer grid, and ``convert`` reads one module at a time.
 """
+
 from __future__ import annotations
 
 import torch
@@ -292,8 +293,12 @@ class QuantMean(_QuantCompute):
 
 
 LUT_FUNCTIONS = {
-    "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid, "silu": F.silu,
-    "sigmoid": torch.sigmoid, "tanh": torch.tanh, "gelu": F.gelu,
+    "hardswish": F.hardswish,
+    "hardsigmoid": F.hardsigmoid,
+    "silu": F.silu,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "gelu": F.gelu,
 }
 
 

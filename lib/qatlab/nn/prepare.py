@@ -20,6 +20,7 @@ Other max pooling, ReLU, reshapes (view, flatten), transposes, chunk/split and
 their indexing, Dropout, Identity and contiguous keep the integer grid and stay as
 they are. Anything else is an error naming the node and its type.
 """
+
 from __future__ import annotations
 
 import copy
@@ -37,8 +38,6 @@ from .modules import QuantAct, QuantAdd, QuantAvgPool, QuantCat, QuantClamp, Qua
 from .ste import STE_KINDS
 
 PASS_MODULES = (nn.ReLU, nn.MaxPool2d, nn.Flatten) + P.ALIAS_MODS
-
-
 
 
 def _sole_user(node: fx.Node) -> fx.Node | None:
@@ -145,15 +144,23 @@ def prepare_qat(
             chain = [node]
             bn = None
             nxt = _sole_user(node)
-            if isinstance(mod, nn.Conv2d) and nxt is not None and nxt.op == "call_module" and isinstance(modules[str(nxt.target)], nn.BatchNorm2d):
+            if (
+                isinstance(mod, nn.Conv2d)
+                and nxt is not None
+                and nxt.op == "call_module"
+                and isinstance(modules[str(nxt.target)], nn.BatchNorm2d)
+            ):
                 bn = modules[str(nxt.target)]
                 chain.append(nxt)
             relu, bounds = fused_act(chain[-1], chain)
             nxt = _sole_user(chain[-1])
             maxpool = None
             if (
-                isinstance(mod, nn.Conv2d) and nxt is not None and nxt.op == "call_module"
-                and isinstance(modules[str(nxt.target)], nn.MaxPool2d) and not modules[str(nxt.target)].return_indices
+                isinstance(mod, nn.Conv2d)
+                and nxt is not None
+                and nxt.op == "call_module"
+                and isinstance(modules[str(nxt.target)], nn.MaxPool2d)
+                and not modules[str(nxt.target)].return_indices
             ):
                 maxpool = modules[str(nxt.target)]
                 chain.append(nxt)

@@ -13,6 +13,7 @@ Kinds (``STE_KINDS``):
 Each fused (native) path has a plain reference built from ``round_ste`` and
 ``grad_scale``, and the tests compare values and gradients.
 """
+
 from __future__ import annotations
 
 import math
@@ -175,9 +176,7 @@ def lsq_fake_quant(
     if axis is None and x.device.type == "cpu":
         return _LSQPerTensorCPU.apply(x, scale.reshape(1), zero_point.reshape(1).float(), qmin, qmax, grad_factor)
     if axis is None:
-        return torch._fake_quantize_learnable_per_tensor_affine(
-            x, scale.reshape(1), zero_point.reshape(1).float(), qmin, qmax, grad_factor
-        )
+        return torch._fake_quantize_learnable_per_tensor_affine(x, scale.reshape(1), zero_point.reshape(1).float(), qmin, qmax, grad_factor)
     if x.device.type == "cpu" and not zero_point.requires_grad and not bool(zero_point.detach().any()):
         return _LSQPerChannelSymCPU.apply(x, scale, axis, qmin, qmax, grad_factor)
     return torch._fake_quantize_learnable_per_channel_affine(x, scale, zero_point.float(), axis, qmin, qmax, grad_factor)

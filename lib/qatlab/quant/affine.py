@@ -8,6 +8,7 @@ kernels do, so that our results equal theirs bit for bit given the same qparams
 Each op has a plain reference (``*_reference``) built from elementary torch ops,
 and the fast path (torch's fused native kernel) is tested against it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,9 +24,7 @@ def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tens
     return (q.float() - zero_point[:, None].float()) * scale.float()[:, None]
 
 
-def fake_quantize_rows_reference(
-    rows: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int
-) -> torch.Tensor:
+def fake_quantize_rows_reference(rows: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
     return dequantize_rows(quantize_rows(rows, scale, zero_point, qmin, qmax), scale, zero_point).to(rows.dtype)
 
 

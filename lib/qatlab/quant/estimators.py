@@ -4,6 +4,7 @@ Each is a pure function registered by name. ``ema`` is stateful across batches;
 :class:`EMARange` holds that state (used by the activation observers in ``nn``);
 called statelessly, ``ema`` is the first step of the average, i.e. ``minmax``.
 """
+
 from __future__ import annotations
 
 import math

@@ -4,6 +4,7 @@ One row per parameter set (P scales), N values sharing it. Estimators reduce
 along dim 1; quantization broadcasts ``scale[:, None]``. This keeps every
 estimator and kernel granularity-agnostic.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

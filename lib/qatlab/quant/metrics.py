@@ -1,4 +1,5 @@
 """Error metrics between a tensor and its quantized reconstruction (the reports plot these)."""
+
 from __future__ import annotations
 
 import math

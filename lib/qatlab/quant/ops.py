@@ -4,6 +4,7 @@ Every granularity is reduced to rows [P, N] (see ``granularity``); the estimator
 gives each row a range, ``qparams_from_range`` a scale and zero point, and the
 affine map in ``affine`` does the rest.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """QParams: scale and zero point per parameter set, and how they are computed from a range."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

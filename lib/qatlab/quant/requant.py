@@ -11,6 +11,7 @@ Two rounding paths, both part of a model's record:
 Fast paths work on int64 torch tensors (CPU or GPU); ``*_reference`` are plain
 Python integer arithmetic, one element at a time, and the tests compare the two.
 """
+
 from __future__ import annotations
 
 import math

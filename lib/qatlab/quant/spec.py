@@ -3,6 +3,7 @@
 A spec is validated when it is built, so a bad field fails where it was written,
 with its name in the message, not deep inside a kernel.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
@@ -20,9 +21,7 @@ def parse_granularity(text: str) -> tuple[str, int | None]:
         raise TypeError(f"granularity must be a string, got {type(text).__name__}")
     kind, sep, arg = text.partition(":")
     if kind not in GRANULARITIES:
-        raise ValueError(
-            f"granularity {text!r} is unknown; expected one of tensor, channel, group:G, element"
-        )
+        raise ValueError(f"granularity {text!r} is unknown; expected one of tensor, channel, group:G, element")
     if kind == "group":
         if not sep or not arg.strip().isdigit() or int(arg) < 1:
             raise ValueError(f"granularity {text!r}: group size must be a positive integer, as in 'group:32'")

@@ -1,4 +1,5 @@
 """`workbook sim asic`: json and csv output, the record fields of docs/cli.md, user errors."""
+
 from __future__ import annotations
 
 import csv
@@ -12,9 +13,22 @@ from workbook.cli import main
 
 DATA = Path(__file__).parent / "data"
 DESIGN_FIELDS = [
-    "layer", "total_cycles", "total_cycles_incl_prefetch", "stall_cycles", "overall_util_pct", "mapping_eff_pct",
-    "compute_util_pct", "sram_ifmap_reads", "sram_filter_reads", "sram_ofmap_writes", "dram_ifmap_reads",
-    "dram_filter_reads", "dram_ofmap_writes", "macs", "energy_pj", "latency_s",
+    "layer",
+    "total_cycles",
+    "total_cycles_incl_prefetch",
+    "stall_cycles",
+    "overall_util_pct",
+    "mapping_eff_pct",
+    "compute_util_pct",
+    "sram_ifmap_reads",
+    "sram_filter_reads",
+    "sram_ofmap_writes",
+    "dram_ifmap_reads",
+    "dram_filter_reads",
+    "dram_ofmap_writes",
+    "macs",
+    "energy_pj",
+    "latency_s",
 ]
 ARGS = ["sim", "asic", "--config", str(DATA / "configs" / "scale.cfg"), "--topology", str(DATA / "topologies" / "test.csv")]
 

@@ -1,4 +1,5 @@
 """The .cfg reader: SCALE-Sim's files read, bad files fail naming file, line and field."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Closed-form fold counts against plain per-fold loops and explicitly built demand matrices."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """The event-jumping write-buffer replay against the word-by-word reference, and the read models."""
+
 from __future__ import annotations
 
 from hypothesis import given
@@ -9,21 +10,33 @@ from qatlab.hw.asic.dataflow import ArrayMapping
 
 
 @given(
-    st.sampled_from(["os", "ws", "is"]), st.integers(1, 8), st.integers(1, 8),
-    st.integers(1, 30), st.integers(1, 30), st.integers(1, 30),
-    st.integers(2, 160), st.integers(1, 12),
+    st.sampled_from(["os", "ws", "is"]),
+    st.integers(1, 8),
+    st.integers(1, 8),
+    st.integers(1, 30),
+    st.integers(1, 30),
+    st.integers(1, 30),
+    st.integers(2, 160),
+    st.integers(1, 12),
 )
 def test_write_buffer_equals_word_by_word_replay(df, r, c, m_, n_, k_, size, bw):
     m = ArrayMapping(df, r, c, m_, n_, k_)
     fast = mem.write_buffer(m.ofmap_rows, size, bw)
     slow = mem.write_buffer_stepwise(list(m.ofmap_rows.dense()), size, bw)
     assert (fast.stall_cycles, fast.dram_writes, fast.dram_words, fast.dram_start, fast.dram_stop) == (
-        slow.stall_cycles, slow.dram_writes, slow.dram_words, slow.dram_start, slow.dram_stop,
+        slow.stall_cycles,
+        slow.dram_writes,
+        slow.dram_words,
+        slow.dram_start,
+        slow.dram_stop,
     )
     assert fast.dram_words == m.ofmap_rows.total
     short = mem.ofmap_write_buffer(m, size, bw)  # skips the replay when nothing drains early
     assert (short.stall_cycles, short.dram_writes, short.dram_start, short.dram_stop) == (
-        slow.stall_cycles, slow.dram_writes, slow.dram_start, slow.dram_stop,
+        slow.stall_cycles,
+        slow.dram_writes,
+        slow.dram_start,
+        slow.dram_stop,
     )
     assert fast.dram_writes >= fast.dram_words  # early-closed lines are only ever over-counted
 
@@ -86,9 +99,18 @@ def small_runs(draw):
     from qatlab.hw.asic import ArrayConfig
 
     kb = draw(st.integers(1, 2))
-    cfg = ArrayConfig(rows=r, cols=c, dataflow=df, ifmap_sram_kb=kb, filter_sram_kb=kb, ofmap_sram_kb=1,
-                      bandwidth_mode=mode, bandwidth=(draw(st.integers(1, 12)),),
-                      ifmap_bank_bandwidth=draw(st.integers(1, 12)), filter_bank_bandwidth=draw(st.integers(1, 12)))
+    cfg = ArrayConfig(
+        rows=r,
+        cols=c,
+        dataflow=df,
+        ifmap_sram_kb=kb,
+        filter_sram_kb=kb,
+        ofmap_sram_kb=1,
+        bandwidth_mode=mode,
+        bandwidth=(draw(st.integers(1, 12)),),
+        ifmap_bank_bandwidth=draw(st.integers(1, 12)),
+        filter_bank_bandwidth=draw(st.integers(1, 12)),
+    )
     return layer, cfg
 
 
@@ -101,8 +123,15 @@ def test_closed_form_flagged_exact_equals_the_replay(run):
     fast = simulate_layer(layer, cfg)
     slow = simulate_layer(layer, cfg.replace(dram_model="exact"))
     assert slow.scalesim_exact
-    named = ["total_cycles", "total_cycles_incl_prefetch", "stall_cycles", "overall_util_pct",
-             "dram_ifmap_reads", "dram_filter_reads", "dram_ofmap_writes"]
+    named = [
+        "total_cycles",
+        "total_cycles_incl_prefetch",
+        "stall_cycles",
+        "overall_util_pct",
+        "dram_ifmap_reads",
+        "dram_filter_reads",
+        "dram_ofmap_writes",
+    ]
     if fast.scalesim_exact:
         assert [getattr(fast, f) for f in named] == [getattr(slow, f) for f in named]
     # our own figures do not depend on the replay

@@ -1,5 +1,6 @@
 """Every IntModel op on the ASIC: the array for GEMMs (grouped convs per group, as
 SCALE-Sim maps them), the vector unit for the rest; totals are the rows' sums."""
+
 from __future__ import annotations
 
 import json
@@ -65,8 +66,17 @@ def test_grouped_conv_equals_scalesim_depthwise_layers():
     rec = simulate_intmodel(m, cfg).layers[1]
     ref = read_scalesim_reports(DATA / "scalesim_reports", "conv_small__calc_4x4_os_1k")[6:9]
     assert rec.groups == 3 and rec.scalesim_exact
-    for f in ("total_cycles", "total_cycles_incl_prefetch", "stall_cycles", "sram_ifmap_reads", "sram_filter_reads",
-              "sram_ofmap_writes", "dram_ifmap_reads", "dram_filter_reads", "dram_ofmap_writes"):
+    for f in (
+        "total_cycles",
+        "total_cycles_incl_prefetch",
+        "stall_cycles",
+        "sram_ifmap_reads",
+        "sram_filter_reads",
+        "sram_ofmap_writes",
+        "dram_ifmap_reads",
+        "dram_filter_reads",
+        "dram_ofmap_writes",
+    ):
         assert getattr(rec, f) == sum(x[f] for x in ref), f
     for f in ("overall_util_pct", "mapping_eff_pct", "compute_util_pct"):
         assert getattr(rec, f) == pytest.approx(ref[0][f]), f
@@ -74,8 +84,14 @@ def test_grouped_conv_equals_scalesim_depthwise_layers():
 
 @settings(max_examples=25, deadline=None)
 @given(
-    st.integers(1, 6), st.integers(1, 3), st.integers(1, 3), st.integers(3, 9), st.sampled_from([1, 3]),
-    st.sampled_from([1, 2]), st.sampled_from(["os", "ws", "is"]), st.sampled_from([4, 8]),
+    st.integers(1, 6),
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.integers(3, 9),
+    st.sampled_from([1, 3]),
+    st.sampled_from([1, 2]),
+    st.sampled_from(["os", "ws", "is"]),
+    st.sampled_from([4, 8]),
 )
 def test_grouped_fast_path_equals_per_group_reference(groups, cin_g, mult, hw, k, stride, dataflow, rows):
     cfg = ArrayConfig(rows=rows, cols=rows + 4, dataflow=dataflow, ifmap_sram_kb=1, filter_sram_kb=1, ofmap_sram_kb=1)

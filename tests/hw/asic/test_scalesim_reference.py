@@ -15,6 +15,7 @@ What must hold (see qatlab.hw.asic.memory for why):
   The fast closed form estimates those (USER-mode layers that overflow their SRAM,
   ``scalesim_exact`` false), and our ``cycles`` correct SCALE-Sim's stall arithmetic.
 """
+
 from __future__ import annotations
 
 import json

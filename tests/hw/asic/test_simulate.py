@@ -1,4 +1,5 @@
 """Layer records: packing and sparsity counts, energy, geometry quirks, errors, the report."""
+
 from __future__ import annotations
 
 import json
@@ -65,8 +66,7 @@ def test_scalesim_ceil_geometry_in_named_fields_real_geometry_in_ours():
 def test_sram_too_small_for_one_fold(tmp_path):
     p = tmp_path / "tiny.cfg"
     p.write_text(
-        "[architecture_presets]\nArrayHeight: 64\nArrayWidth: 64\nIfmapSramSzkB: 64\n"
-        "FilterSramSzkB: 64\nOfmapSramSzkB: 1\nDataflow: os\n"
+        "[architecture_presets]\nArrayHeight: 64\nArrayWidth: 64\nIfmapSramSzkB: 64\nFilterSramSzkB: 64\nOfmapSramSzkB: 1\nDataflow: os\n"
     )
     cfg = ArrayConfig.from_cfg(p)
     with pytest.raises(ConfigError) as ei:

@@ -1,4 +1,5 @@
 """The cycle-stepped array against plain integer arithmetic and against the closed form."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -44,8 +45,14 @@ def test_gemm_bit_exact_and_cycles_equal_closed_form(g, df, pack):
 
 
 @given(
-    st.integers(1, 4), st.integers(1, 3), st.integers(1, 3), st.integers(1, 5), st.integers(1, 5),
-    st.integers(1, 3), dataflows, st.integers(0, 2**32 - 1),
+    st.integers(1, 4),
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.integers(1, 5),
+    st.integers(1, 5),
+    st.integers(1, 3),
+    dataflows,
+    st.integers(0, 2**32 - 1),
 )
 def test_conv_bit_exact_and_cycles_match_the_layer_record(extra, fh, stride, ch, nf, arr, df, seed):
     rng = np.random.default_rng(seed)

@@ -1,6 +1,7 @@
 """Random small chained networks (layers, integer params, foldings, input frames) for
 the property tests: every kind of layer the model knows — 3x3/2x2 windows with stride
 1 or 2 (SWU), 1x1 stride 2 (DownSampler), 1x1 stride 1 and fully connected (no unit)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Accumulator widths: hand-worked bounds, the bound really bounds, narrow accumulators."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,8 +28,10 @@ def test_handworked_bounds():
     assert accumulator_bits(3, 4, 4, weights=w, override=6).overflow_possible
 
 
-@pytest.mark.parametrize("lo, hi, bits", [(0, 0, 1), (0, 1, 1), (0, 255, 8), (0, 256, 9), (-1, 0, 1), (-128, 127, 8),
-                                          (-129, 0, 9), (-5, 128, 9), (-9400320, 9326880, 25)])
+@pytest.mark.parametrize(
+    "lo, hi, bits",
+    [(0, 0, 1), (0, 1, 1), (0, 255, 8), (0, 256, 9), (-1, 0, 1), (-128, 127, 8), (-129, 0, 9), (-5, 128, 9), (-9400320, 9326880, 25)],
+)
 def test_bits_for_range(lo, hi, bits):
     assert bits_for_range(lo, hi) == bits
 
@@ -41,9 +44,7 @@ def test_worst_case_at_most_the_classic_bound():
                 assert b <= w + a + int(np.ceil(np.log2(mw))) + 1
 
 
-@given(
-    st.integers(1, 6), st.integers(1, 12), st.integers(2, 8), st.integers(2, 8), st.booleans(), st.integers(0, 2**32 - 1)
-)
+@given(st.integers(1, 6), st.integers(1, 12), st.integers(2, 8), st.integers(2, 8), st.booleans(), st.integers(0, 2**32 - 1))
 def test_tight_bound_holds_and_is_never_wider(mh, mw, w_bits, a_bits, a_signed, seed):
     rng = np.random.default_rng(seed)
     wl, wh = int_range(w_bits, True)
@@ -74,8 +75,7 @@ def test_narrow_wrap_and_saturate():
         accumulate(x, w, bits=8, mode="saturate")
 
 
-@given(hnp.arrays(np.int64, st.tuples(st.integers(1, 4), st.integers(1, 8)), elements=st.integers(-300, 300)),
-       st.integers(2, 12))
+@given(hnp.arrays(np.int64, st.tuples(st.integers(1, 4), st.integers(1, 8)), elements=st.integers(-300, 300)), st.integers(2, 12))
 def test_wrap_equals_sequential_wrapping(x, bits):
     w = np.ones((2, x.shape[1]), dtype=np.int64)
     seq = np.zeros((x.shape[0], 2), dtype=np.int64)

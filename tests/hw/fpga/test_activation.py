@@ -1,4 +1,5 @@
 """Thresholds (the hardware) equal the float requantization (the reference) for every accumulator."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,13 +22,15 @@ def test_handworked_half_even():
 def test_zero_multiplier_and_bias():
     t = thresholds(np.array([0.0, 0.5]), np.array([0, 3]), 2, 0, 3)
     # M = 0: code is z = 2 always -> levels 1, 2 always reached, level 3 never
-    assert apply_thresholds(np.array([[-10**9, 0]]), t, 0)[0, 0] == 2
+    assert apply_thresholds(np.array([[-(10**9), 0]]), t, 0)[0, 0] == 2
     assert apply_thresholds(np.array([[10**9, 0]]), t, 0)[0, 0] == 2
 
 
 @given(
     st.lists(st.floats(0, 4, allow_nan=False), min_size=1, max_size=4),
-    st.integers(-200, 200), st.integers(-8, 8), st.sampled_from([(0, 3), (0, 15), (-8, 7), (0, 255), (-128, 127)]),
+    st.integers(-200, 200),
+    st.integers(-8, 8),
+    st.sampled_from([(0, 3), (0, 15), (-8, 7), (0, 255), (-128, 127)]),
     st.integers(0, 2**32 - 1),
 )
 def test_thresholds_equal_requantization(mults, bias, zp, rng_q, seed):
@@ -35,7 +38,7 @@ def test_thresholds_equal_requantization(mults, bias, zp, rng_q, seed):
     qmin, qmax = rng_q
     m = np.array(mults) * 10.0 ** rng.integers(-4, 1)
     b = np.full(len(m), bias)
-    acc = np.concatenate([rng.integers(-10**5, 10**5, size=(300, len(m))), rng.integers(-300, 300, size=(300, len(m)))])
+    acc = np.concatenate([rng.integers(-(10**5), 10**5, size=(300, len(m))), rng.integers(-300, 300, size=(300, len(m)))])
     t = thresholds(m, b, zp, qmin, qmax)
     assert np.array_equal(apply_thresholds(acc, t, qmin), requantize(acc, m, b, zp, qmin, qmax))
     # every threshold is exactly where the code steps up

@@ -1,4 +1,5 @@
 """The report: contract fields, JSON/CSV forms, latency and FIFO depths, accumulators."""
+
 from __future__ import annotations
 
 import csv
@@ -72,8 +73,9 @@ def test_folding_json_round_trip(tmp_path):
     write_folding(rep.folding, p)
     back = read_folding(p)
     again = analyze(_net(), "ZCU104", folding=back, schedule=False)
-    assert [(r.pe, r.simd, r.swu_simd, r.lut, r.bram18) for r in again.layers] == \
-        [(r.pe, r.simd, r.swu_simd, r.lut, r.bram18) for r in rep.layers]
+    assert [(r.pe, r.simd, r.swu_simd, r.lut, r.bram18) for r in again.layers] == [
+        (r.pe, r.simd, r.swu_simd, r.lut, r.bram18) for r in rep.layers
+    ]
     assert json.loads(p.read_text())["c1"]["PE"] == rep.layers[0].pe
 
 

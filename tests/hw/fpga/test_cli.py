@@ -1,4 +1,5 @@
 """`workbook sim fpga`: the contract's fields in JSON and CSV, the search options, clear errors."""
+
 from __future__ import annotations
 
 import csv
@@ -35,8 +36,16 @@ def test_json_target_fps(capsys):
 
 def test_csv_with_folding_file(capsys, tmp_path):
     f = tmp_path / "fold.json"
-    f.write_text(json.dumps({"conv1": {"PE": 4, "SIMD": 3}, "conv2": {"PE": 8, "SIMD": 32},
-                             "fc1": {"PE": 16, "SIMD": 64, "ram_style": "block"}, "fc2": {"PE": 2, "SIMD": 16}}))
+    f.write_text(
+        json.dumps(
+            {
+                "conv1": {"PE": 4, "SIMD": 3},
+                "conv2": {"PE": 8, "SIMD": 32},
+                "fc1": {"PE": 16, "SIMD": 64, "ram_style": "block"},
+                "fc2": {"PE": 2, "SIMD": 16},
+            }
+        )
+    )
     rc, out, _ = _run(capsys, "--topology", LENET, "--device", "zcu104", "--folding", str(f))
     assert rc == 0
     layers, totals = out.split("\n\n")
@@ -50,22 +59,58 @@ def test_csv_with_folding_file(capsys, tmp_path):
 
 def test_fastest_and_save_folding(capsys, tmp_path):
     out_f = tmp_path / "chosen.json"
-    rc, out, _ = _run(capsys, "--topology", LENET, "--device", "U250", "--format", "json", "--save-folding", str(out_f),
-                      "--w-bits", "4", "--a-bits", "4", "--no-schedule")
+    rc, out, _ = _run(
+        capsys,
+        "--topology",
+        LENET,
+        "--device",
+        "U250",
+        "--format",
+        "json",
+        "--save-folding",
+        str(out_f),
+        "--w-bits",
+        "4",
+        "--a-bits",
+        "4",
+        "--no-schedule",
+    )
     assert rc == 0
     d = json.loads(out)
     assert d["totals"]["search"] == "fastest" and d["totals"]["latency_cycles"] is None
     chosen = json.loads(out_f.read_text())
     assert chosen["conv1"]["PE"] == d["layers"][0]["pe"]
-    rc, again, _ = _run(capsys, "--topology", LENET, "--device", "U250", "--format", "json", "--folding", str(out_f),
-                        "--w-bits", "4", "--a-bits", "4", "--no-schedule")
+    rc, again, _ = _run(
+        capsys,
+        "--topology",
+        LENET,
+        "--device",
+        "U250",
+        "--format",
+        "json",
+        "--folding",
+        str(out_f),
+        "--w-bits",
+        "4",
+        "--a-bits",
+        "4",
+        "--no-schedule",
+    )
     assert json.loads(again)["totals"]["fps"] == d["totals"]["fps"]
 
 
 def test_design_that_does_not_fit_is_reported(capsys, tmp_path):
     f = tmp_path / "fold.json"
-    f.write_text(json.dumps({"conv1": {"PE": 32, "SIMD": 9}, "conv2": {"PE": 64, "SIMD": 288},
-                             "fc1": {"PE": 128, "SIMD": 3136}, "fc2": {"PE": 10, "SIMD": 128}}))
+    f.write_text(
+        json.dumps(
+            {
+                "conv1": {"PE": 32, "SIMD": 9},
+                "conv2": {"PE": 64, "SIMD": 288},
+                "fc1": {"PE": 128, "SIMD": 3136},
+                "fc2": {"PE": 10, "SIMD": 128},
+            }
+        )
+    )
     rc, out, err = _run(capsys, "--topology", LENET, "--device", "PYNQ-Z1", "--folding", str(f), "--format", "json")
     assert rc == 0 and json.loads(out)["totals"]["fits"] is False
     assert "does not fit PYNQ-Z1" in err

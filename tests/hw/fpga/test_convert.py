@@ -1,5 +1,6 @@
 """A trained IntModel, streamed: the FPGA reference and the stepped simulation give the
 IntModel's own output codes."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """FINN's cycle formulas on hand-worked cases (data/handworked_cycles.json shows the arithmetic)."""
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,12 @@ def test_handworked_cycles(case):
 @pytest.mark.parametrize("case", CASES, ids=[c["what"][:40] for c in CASES])
 def test_report_carries_the_same_cycles(case):
     lay = _layer(case)
-    rep = analyze([lay], "U250", folding={lay.name: LayerFolding(case["fold"]["PE"], case["fold"]["SIMD"],
-                                                                 case["fold"].get("SWU_SIMD"))}, schedule=False)
+    rep = analyze(
+        [lay],
+        "U250",
+        folding={lay.name: LayerFolding(case["fold"]["PE"], case["fold"]["SIMD"], case["fold"].get("SWU_SIMD"))},
+        schedule=False,
+    )
     (r,) = rep.layers
     assert (r.cycles, r.swu_cycles, r.ds_cycles) == (case["cycles"], case["swu_cycles"], case["ds_cycles"])
     assert r.ii_cycles == max(case["cycles"], case["swu_cycles"], case["ds_cycles"])

@@ -1,5 +1,6 @@
 """Every IntModel op on the FPGA: MVAUs as before, FINN's streaming units for the rest
 (VVAU, Thresholding, Lookup, AddStreams, StreamingConcat, Pool, GlobalAccPool)."""
+
 from __future__ import annotations
 
 import json
@@ -76,8 +77,10 @@ def test_vvau_cycles_and_resources_are_finns():
     assert r.swu_cycles == swu_cycles(g, ss) and r.swu_simd == ss
     acc = spec.acc.used
     want = (
-        Resources(lut=mvau_hls_luts(4, 3, 8, 8, acc, True)) + memory_resources("distributed", 6, 4 * 3 * 8)
-        + thresholding_resources(4, 8, 8, acc) + Resources(lut=swu_luts(), bram18=swu_bram18(12, 8, 3, 1, ss, 8))
+        Resources(lut=mvau_hls_luts(4, 3, 8, 8, acc, True))
+        + memory_resources("distributed", 6, 4 * 3 * 8)
+        + thresholding_resources(4, 8, 8, acc)
+        + Resources(lut=swu_luts(), bram18=swu_bram18(12, 8, 3, 1, ss, 8))
     )
     assert (r.lut, r.dsp, r.bram18, r.uram) == (want.lut, want.dsp, want.bram18, want.uram)
     assert r.weight_bits == 8 * 9 * 8 and r.ii_cycles == max(r.cycles, r.swu_cycles)
@@ -96,7 +99,8 @@ def test_choose_is_the_cheapest_folding_meeting_the_budget():
             if meeting:
                 assert got.ii <= budget
                 assert _price(got.res, dev, {"lut": 0.7, "dsp": 0.8, "bram18": 0.8, "uram": 0.8}) == min(
-                    _price(o.res, dev, {"lut": 0.7, "dsp": 0.8, "bram18": 0.8, "uram": 0.8}) for o in meeting)
+                    _price(o.res, dev, {"lut": 0.7, "dsp": 0.8, "bram18": 0.8, "uram": 0.8}) for o in meeting
+                )
             else:
                 assert got.ii == min(o.ii for o in opts)
 
@@ -157,8 +161,10 @@ def test_folding_errors_name_the_op():
 
 
 def test_units_only_model_and_refused_ops():
-    ops = [op("quantize", "q", ["x"], U8, (4, 8, 8), in_shape=(4, 8, 8)),
-           op("maxpool", "mp", ["q"], U8, (4, 4, 4), kernel=(2, 2), stride=(2, 2), padding=(0, 0), dilation=(1, 1))]
+    ops = [
+        op("quantize", "q", ["x"], U8, (4, 8, 8), in_shape=(4, 8, 8)),
+        op("maxpool", "mp", ["q"], U8, (4, 4, 4), kernel=(2, 2), stride=(2, 2), padding=(0, 0), dilation=(1, 1)),
+    ]
     rep = analyze_intmodel(IntModel(ops, "x", "mp", (4, 8, 8)), "PYNQ-Z1")
     assert [r.layer for r in rep.layers] == ["q", "mp"] and rep.totals["fits"]
     assert rep.layers[1].pe == 4  # no MVAU budget: the fastest folding

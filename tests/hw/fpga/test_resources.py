@@ -1,5 +1,6 @@
 """Resource estimates equal the cited FINN formulas on hand-worked cases
 (data/handworked_resources.json shows the arithmetic)."""
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """Folding search: targets met at least cost, the fastest design that fits, clear refusals,
 and the speed the benchmark promises."""
+
 from __future__ import annotations
 
 import time
@@ -94,5 +95,6 @@ def test_search_under_a_second(name, bits, device):
 def test_limits_are_respected():
     rep = analyze(_net("lenet", 4), "PYNQ-Z1", limits=0.5, schedule=False)
     for r in ("lut", "dsp", "bram18"):
-        assert rep.totals[r] - (rep.totals["fifo_lut"] if r == "lut" else rep.totals["fifo_bram18"] if r == "bram18" else 0) \
-            <= 0.5 * get_device("PYNQ-Z1").capacity(r)
+        assert rep.totals[r] - (
+            rep.totals["fifo_lut"] if r == "lut" else rep.totals["fifo_bram18"] if r == "bram18" else 0
+        ) <= 0.5 * get_device("PYNQ-Z1").capacity(r)

@@ -1,6 +1,7 @@
 """The cycle-stepped streaming simulation against the integer reference (bit for bit)
 and against the analytic model (throughput, latency, FIFO depths), on random small
 networks."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -106,7 +107,7 @@ def test_deadlock_is_reported():
 
 def test_unchained_network_refused_for_functional_simulation():
     lay = [Layer("c1", 30, 30, 3, 3, 1, 4), Layer("c2", 16, 16, 3, 3, 4, 4)]  # a pool + pad between
-    g = [geometry(l) for l in lay]
+    g = [geometry(layer) for layer in lay]
     params = [IntLayer(np.ones((4, 9), dtype=np.int64), None, np.ones(4)), IntLayer(np.ones((4, 36), dtype=np.int64))]
     with pytest.raises(ChainError, match="c1.*c2.*pooling or padding"):
         simulate(lay, params, {"*": LayerFolding()}, np.zeros((1, g[0].in_elems), dtype=np.int64))

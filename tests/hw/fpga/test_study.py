@@ -1,4 +1,5 @@
 """The accuracy cost of a narrower accumulator."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,8 +17,9 @@ def test_narrow_accumulator_costs_only_below_the_bound():
     x = rng.integers(0, 256, size=(40, 144))
     need = max(accumulator_bits(36, 8, 8, weights=w1).used, accumulator_bits(128, 8, 8, weights=w2).used)
     labels = np.stack([np.argmax(rng.integers(0, 10, 10)) for _ in range(40)])
-    rows = accumulator_study(lay, params, x, [need, need - 6, 12], mode="saturate",
-                             folding={"c": LayerFolding(1, 4), "fc": LayerFolding(1, 8)}, labels=labels)
+    rows = accumulator_study(
+        lay, params, x, [need, need - 6, 12], mode="saturate", folding={"c": LayerFolding(1, 4), "fc": LayerFolding(1, 8)}, labels=labels
+    )
     full, mid, narrow = rows
     assert full.output_mismatch_frac == 0 and full.argmax_agreement == 1 and max(full.overflow_frac.values()) == 0
     assert narrow.output_mismatch_frac > 0 and max(narrow.overflow_frac.values()) > 0

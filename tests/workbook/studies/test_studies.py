@@ -14,7 +14,9 @@ def test_quantizer_table_on_captured_tensors():
     tensors = quantizers.capture_tensors(m, torch.randn(8, 1, 8, 8), max_act_values=500)
     assert set(tensors) == {"0.weight", "0.act", "3.weight", "3.act"}
     assert tensors["3.act"].shape[0] == 144  # channel-first: one row per input feature
-    t = quantizers.error_table(tensors, bits=(8, 4), granularities=("tensor", "channel"), estimators=("minmax", "mse", "entropy"), mse_grid=8)
+    t = quantizers.error_table(
+        tensors, bits=(8, 4), granularities=("tensor", "channel"), estimators=("minmax", "mse", "entropy"), mse_grid=8
+    )
     ok = t[t.error.isna()]
     # More bits, less error; the half-range erratum costs about 6 dB on weights.
     s8 = ok[(ok.bits == 8) & (ok.scale_rule == "standard")].sqnr_db.mean()
@@ -45,7 +47,9 @@ def test_paper_table_means_and_stds_over_seeds():
             {**base, "method": "qat", "ste": "lsq", "w_bits": 8, "a_bits": 8, "test_acc": q8, "int_acc": q8},
             {**base, "method": "qat", "ste": "lsq", "w_bits": 4, "a_bits": 4, "test_acc": q4, "int_acc": q4},
         ]
-    rows.append({"method": "qat", "ste": "pact", "w_bits": 2, "a_bits": 2, "status": "failed", "error": "Traceback...\nValueError: boom", "seed": 0})
+    rows.append(
+        {"method": "qat", "ste": "pact", "w_bits": 2, "a_bits": 2, "status": "failed", "error": "Traceback...\nValueError: boom", "seed": 0}
+    )
     df = pd.DataFrame(rows)
     t = accuracy.paper_table(df)
     q4 = t[(t.method == "qat") & (t.w_bits == 4)].iloc[0]

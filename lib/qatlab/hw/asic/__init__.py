@@ -18,6 +18,7 @@ compute counts), :mod:`.memory` (SRAM/DRAM closed forms and the write-buffer rep
 model that checks the closed form), :mod:`.scalesim_reports` (reads SCALE-Sim's own
 report files for comparison).
 """
+
 from qatlab.hw.asic.config import ArrayConfig, ConfigError
 from qatlab.hw.asic.dataflow import ArrayMapping
 from qatlab.hw.asic.energy import EnergyTable

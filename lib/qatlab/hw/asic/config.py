@@ -11,6 +11,7 @@ Our knobs (clock, operand packing, sparsity skipping, energy node) are not in
 SCALE-Sim's format; they come from the constructor, the CLI, or an optional
 ``[qatlab]`` section that SCALE-Sim ignores.
 """
+
 from __future__ import annotations
 
 import configparser
@@ -96,7 +97,9 @@ class ArrayConfig:
         if self.dram_model not in ("fast", "exact"):
             raise ConfigError(f"{where}: field 'dram_model' must be fast or exact, got {self.dram_model!r}")
         if isinstance(self.vector_lanes, bool) or not isinstance(self.vector_lanes, int) or self.vector_lanes < 0:
-            raise ConfigError(f"{where}: field 'vector_lanes' must be 0 (one per array column) or a positive integer, got {self.vector_lanes!r}")
+            raise ConfigError(
+                f"{where}: field 'vector_lanes' must be 0 (one per array column) or a positive integer, got {self.vector_lanes!r}"
+            )
         if not (self.node_nm > 0 and self.vdd > 0):
             raise ConfigError(f"{where}: fields 'node_nm' and 'vdd' must be positive, got {self.node_nm!r}, {self.vdd!r}")
 
@@ -139,8 +142,12 @@ _ARCH = {
     "dataflow": ("dataflow", str, True),
 }
 _SPELLING = {
-    "arrayheight": "ArrayHeight", "arraywidth": "ArrayWidth", "ifmapsramszkb": "IfmapSramSzkB",
-    "filtersramszkb": "FilterSramSzkB", "ofmapsramszkb": "OfmapSramSzkB", "dataflow": "Dataflow",
+    "arrayheight": "ArrayHeight",
+    "arraywidth": "ArrayWidth",
+    "ifmapsramszkb": "IfmapSramSzkB",
+    "filtersramszkb": "FilterSramSzkB",
+    "ofmapsramszkb": "OfmapSramSzkB",
+    "dataflow": "Dataflow",
 }
 _LAYOUT = {
     "ifmapsrambankbandwidth": ("ifmap_bank_bandwidth", int),
@@ -259,7 +266,9 @@ def _read_cfg(p: Path, overrides: dict[str, object]) -> ArrayConfig:
     kw["bandwidth_mode"] = mode
     if cp.has_section("run_presets") and cp.has_option("run_presets", "useramulatortrace"):
         if get("run_presets", "useramulatortrace", bool, "ramulator") is True:
-            raise ConfigError(f"{loc('run_presets', 'useramulatortrace')}: field 'UseRamulatorTrace': Ramulator DRAM traces are not supported")
+            raise ConfigError(
+                f"{loc('run_presets', 'useramulatortrace')}: field 'UseRamulatorTrace': Ramulator DRAM traces are not supported"
+            )
 
     if cp.has_option(sec, "bandwidth"):
         raw = cp.get(sec, "bandwidth")

@@ -28,6 +28,7 @@ array it uses:
 plus memory stalls. The cycle-stepped model (:mod:`qatlab.hw.asic.stepped`) moves real
 operands through a grid and finishes each fold in exactly ``per_fold`` cycles.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

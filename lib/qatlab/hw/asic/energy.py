@@ -42,6 +42,7 @@ energy is multiplied by ``(node_nm / 45) x (vdd / 0.9)^2``. This is a first-orde
 rule: it ignores leakage and wire-dominated effects below ~20 nm, so state the node
 and voltage next to any figure computed with it.
 """
+
 from __future__ import annotations
 
 import math

@@ -35,6 +35,7 @@ estimates DRAM words and stalls with a bandwidth roofline (:func:`user_read_esti
 ``dram_model="exact"`` replays SCALE-Sim's buffers row by row
 (:mod:`qatlab.hw.asic.user_replay`), stall-arithmetic defects included.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -164,7 +165,9 @@ def ofmap_write_buffer(m: ArrayMapping, size_words: int, bw: int) -> WriteBuffer
     words = m.M * m.N * (1 if m.dataflow == "os" else m.row_fold)
     if words <= size_words - (-(-size_words // 2)):
         last = m.compute_rows - 1
-        return WriteBufferResult(0, words, words, last, last + ceil_div(words, bw) - 1, ceil_div(ceil_div(words, bw), ceil_div(size_words // 2, bw)))
+        return WriteBufferResult(
+            0, words, words, last, last + ceil_div(words, bw) - 1, ceil_div(ceil_div(words, bw), ceil_div(size_words // 2, bw))
+        )
     return write_buffer(m.ofmap_rows, size_words, bw)
 
 
@@ -249,7 +252,9 @@ def calc_dram_start(unique_words: int, first_request_cycle: int, size_words: int
     return -ceil_div(nsets * items, CALC_FILL_BW)
 
 
-def calc_dram_reads(unique_words: int, stream_words: int, passes: int, block_words: int, block_repeats: int, size_words: int) -> tuple[int, bool]:
+def calc_dram_reads(
+    unique_words: int, stream_words: int, passes: int, block_words: int, block_repeats: int, size_words: int
+) -> tuple[int, bool]:
     """DRAM reads of a CALC-mode read buffer and whether the figure is exact.
 
     ``unique_words``: distinct words of the operand; ``stream_words``: words the array

@@ -13,6 +13,7 @@ All groups of a conv have the same geometry, so :func:`grouped_record` simulates
 and scales it; :func:`grouped_record_reference` simulates every group and sums them
 (the tests compare the two).
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -27,10 +28,28 @@ from qatlab.hw.workload import group_layers, op_layer
 
 # Fields that add up over the GEMMs of a grouped conv; the rest are per-GEMM figures.
 _ADDITIVE = (
-    "total_cycles", "total_cycles_incl_prefetch", "stall_cycles", "sram_ifmap_reads", "sram_filter_reads",
-    "sram_ofmap_writes", "dram_ifmap_reads", "dram_filter_reads", "dram_ofmap_writes", "macs", "energy_pj",
-    "latency_s", "cycles", "macs_executed", "sram_ofmap_writes_corrected", "sram_psum_reads",
-    "dram_ofmap_writes_corrected", "folds", "energy_mac_pj", "energy_reg_pj", "energy_sram_pj", "energy_dram_pj",
+    "total_cycles",
+    "total_cycles_incl_prefetch",
+    "stall_cycles",
+    "sram_ifmap_reads",
+    "sram_filter_reads",
+    "sram_ofmap_writes",
+    "dram_ifmap_reads",
+    "dram_filter_reads",
+    "dram_ofmap_writes",
+    "macs",
+    "energy_pj",
+    "latency_s",
+    "cycles",
+    "macs_executed",
+    "sram_ofmap_writes_corrected",
+    "sram_psum_reads",
+    "dram_ofmap_writes_corrected",
+    "folds",
+    "energy_mac_pj",
+    "energy_reg_pj",
+    "energy_sram_pj",
+    "energy_dram_pj",
 )
 _CYCLE_WEIGHTED = ("overall_util_pct", "mapping_eff_pct", "compute_util_pct")
 

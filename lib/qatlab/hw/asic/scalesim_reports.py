@@ -5,6 +5,7 @@ SCALE-Sim writes ``COMPUTE_REPORT.csv``, ``BANDWIDTH_REPORT.csv`` and
 same files may also hold several runs, told apart by a leading ``Case`` column (how
 the reference figures under ``tests/hw/asic/data`` are kept).
 """
+
 from __future__ import annotations
 
 import csv

@@ -6,6 +6,7 @@ SCALE-Sim-named figure of the record is provably SCALE-Sim 3.0.0's (see
 :mod:`qatlab.hw.asic.memory` for when DRAM counts and stalls are estimates; operand
 packing and sparsity skipping have no SCALE-Sim counterpart).
 """
+
 from __future__ import annotations
 
 import csv
@@ -137,8 +138,10 @@ def scalesim_m(layer: Layer) -> int:
     """SCALE-Sim's output-pixel count M for ``layer`` (see :func:`scalesim_out`)."""
     if layer.kind == "gemm":
         return layer.M
-    return layer.batch * scalesim_out(layer.ifmap_h, layer.filter_h, layer.stride_h) * scalesim_out(
-        layer.ifmap_w, layer.filter_w, layer.stride_w
+    return (
+        layer.batch
+        * scalesim_out(layer.ifmap_h, layer.filter_h, layer.stride_h)
+        * scalesim_out(layer.ifmap_w, layer.filter_w, layer.stride_w)
     )
 
 
@@ -299,8 +302,13 @@ def simulate_layer(layer: Layer, cfg: ArrayConfig, table: EnergyTable | None = N
         if layer.kind == "gemm":
             return IfmapAddresses(layer.M, layer.K, 1, layer.K, 1, 1, 1, gemm_k=k_eff)
         return IfmapAddresses(
-            layer.ifmap_h, layer.ifmap_w, layer.filter_h, layer.filter_w, ceil_div(layer.channels, k_pack),
-            layer.stride_h, layer.stride_w,
+            layer.ifmap_h,
+            layer.ifmap_w,
+            layer.filter_h,
+            layer.filter_w,
+            ceil_div(layer.channels, k_pack),
+            layer.stride_h,
+            layer.stride_w,
         )
 
     # SCALE-Sim-named fields: SCALE-Sim's geometry and, with dram_model="exact", its
@@ -373,10 +381,28 @@ def simulate_layer(layer: Layer, cfg: ArrayConfig, table: EnergyTable | None = N
 
 
 _SUMMED = [
-    "total_cycles", "total_cycles_incl_prefetch", "stall_cycles", "sram_ifmap_reads", "sram_filter_reads",
-    "sram_ofmap_writes", "dram_ifmap_reads", "dram_filter_reads", "dram_ofmap_writes", "macs", "energy_pj",
-    "latency_s", "cycles", "macs_executed", "sram_ofmap_writes_corrected", "sram_psum_reads",
-    "dram_ofmap_writes_corrected", "folds", "energy_mac_pj", "energy_reg_pj", "energy_sram_pj", "energy_dram_pj",
+    "total_cycles",
+    "total_cycles_incl_prefetch",
+    "stall_cycles",
+    "sram_ifmap_reads",
+    "sram_filter_reads",
+    "sram_ofmap_writes",
+    "dram_ifmap_reads",
+    "dram_filter_reads",
+    "dram_ofmap_writes",
+    "macs",
+    "energy_pj",
+    "latency_s",
+    "cycles",
+    "macs_executed",
+    "sram_ofmap_writes_corrected",
+    "sram_psum_reads",
+    "dram_ofmap_writes_corrected",
+    "folds",
+    "energy_mac_pj",
+    "energy_reg_pj",
+    "energy_sram_pj",
+    "energy_dram_pj",
 ]
 
 

@@ -28,6 +28,7 @@ operands and a cell does ``k`` MACs per cycle, so the reduction axis shrinks to
 ``ceil(K / k)``. **Sparsity**: reduction positions where the layer's N:M pattern is
 zero are dropped before mapping (their weights must be zero, which is checked).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

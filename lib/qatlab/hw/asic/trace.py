@@ -15,6 +15,7 @@ query (``np.unique``). Cost: O(requests log requests), with numpy; the requests 
 the SRAM reads (millions for a large layer), so this is the reference for the
 closed-form estimate, not the default.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,7 +36,17 @@ def _diag(t_len: int, width: int) -> tuple[np.ndarray, np.ndarray]:
 class IfmapAddresses:
     """Address of ifmap-matrix entry (m, k), SCALE-Sim's layout and (ceil) window geometry; -1 if outside."""
 
-    def __init__(self, ifmap_h: int, ifmap_w: int, filter_h: int, filter_w: int, channels: int, stride_h: int, stride_w: int, gemm_k: int | None = None) -> None:
+    def __init__(
+        self,
+        ifmap_h: int,
+        ifmap_w: int,
+        filter_h: int,
+        filter_w: int,
+        channels: int,
+        stride_h: int,
+        stride_w: int,
+        gemm_k: int | None = None,
+    ) -> None:
         self.h, self.w, self.fh, self.fw, self.c, self.sh, self.sw = ifmap_h, ifmap_w, filter_h, filter_w, channels, stride_h, stride_w
         self.gemm_k = gemm_k
         self.ow = -(-(ifmap_w - filter_w + stride_w) // stride_w)

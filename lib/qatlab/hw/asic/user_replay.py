@@ -19,6 +19,7 @@ buffers, the row's output words through the write buffer; the row's stall is the
 largest of the three, as in SCALE-Sim. Cost: one Python step per requested word that
 misses or hits (it is the reference, not the fast path).
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -34,6 +34,7 @@ column as in TPU v1):
   a ``lut`` read an SRAM access of the table's size; SRAM and DRAM words as for the
   array (:meth:`.EnergyTable.sram`, :meth:`.EnergyTable.dram_per_byte`).
 """
+
 from __future__ import annotations
 
 import math
@@ -139,8 +140,7 @@ def vector_cost(info: OpInfo, cfg: ArrayConfig, table: EnergyTable, batch: int =
     reads, writes = _traffic(info)
     f = table.factor
     e_sram = batch * (
-        sum(n * table.sram(cfg.ifmap_sram_kb, b) for n, b in reads)
-        + sum(n * table.sram(cfg.ofmap_sram_kb, b) for n, b in writes)
+        sum(n * table.sram(cfg.ifmap_sram_kb, b) for n, b in reads) + sum(n * table.sram(cfg.ofmap_sram_kb, b) for n, b in writes)
     )
     entries = table_entries(info)
     table_reads = batch * info.out_elems if entries else 0
@@ -151,7 +151,14 @@ def vector_cost(info: OpInfo, cfg: ArrayConfig, table: EnergyTable, batch: int =
     wr = batch * sum(n * b for n, b in writes) / 8
     e_alu = 0.0 if info.role == "passthrough" else batch * _alu_pj_45nm(info) * f
     return VectorCost(
-        work=work, cycles=cycles, sram_reads=batch * sum(n for n, _ in reads), sram_writes=batch * sum(n for n, _ in writes),
-        table_reads=table_reads, dram_read_bytes=rd, dram_write_bytes=wr, e_alu_pj=e_alu, e_sram_pj=e_sram,
+        work=work,
+        cycles=cycles,
+        sram_reads=batch * sum(n for n, _ in reads),
+        sram_writes=batch * sum(n for n, _ in writes),
+        table_reads=table_reads,
+        dram_read_bytes=rd,
+        dram_write_bytes=wr,
+        e_alu_pj=e_alu,
+        e_sram_pj=e_sram,
         e_dram_pj=(rd + wr) * table.dram_per_byte(),
     )

@@ -28,6 +28,7 @@ Modules: ``devices`` (catalog), ``geometry`` (FINN's view of a layer), ``folding
 search), ``stream`` (stepped simulation), ``study`` (narrow-accumulator accuracy,
 overflow check), ``convert`` (parameters from an IntModel).
 """
+
 from __future__ import annotations
 
 from .accumulator import AccumulatorBits, accumulate, accumulator_bits, bits_for_range
@@ -56,11 +57,46 @@ from .stream import StreamResult, simulate
 from .study import AccumulatorStudy, accumulator_study, check_accumulators
 
 __all__ = [
-    "AccumulatorBits", "AccumulatorOverflowError", "AccumulatorStudy", "ChainError", "DEVICES", "DeadlockError",
-    "Device", "DoesNotFitError", "FINN_RES_LIMITS", "FoldingError", "FpgaError", "FpgaReport", "Geometry",
-    "IntLayer", "LayerFolding", "LayerReport", "ParamsError", "SearchResult", "StreamResult", "UnknownDeviceError",
-    "UnreachableTargetError", "accumulate", "accumulator_bits", "accumulator_study", "analyze", "analyze_intmodel", "apply_thresholds",
-    "bits_for_range", "check_accumulators", "compute_schedule", "device_names", "geometry", "get_device", "params_from_intmodel", "parse_folding",
-    "read_folding", "reference_forward", "requantize", "search_folding", "simulate", "thresholds",
+    "AccumulatorBits",
+    "AccumulatorOverflowError",
+    "AccumulatorStudy",
+    "ChainError",
+    "DEVICES",
+    "DeadlockError",
+    "Device",
+    "DoesNotFitError",
+    "FINN_RES_LIMITS",
+    "FoldingError",
+    "FpgaError",
+    "FpgaReport",
+    "Geometry",
+    "IntLayer",
+    "LayerFolding",
+    "LayerReport",
+    "ParamsError",
+    "SearchResult",
+    "StreamResult",
+    "UnknownDeviceError",
+    "UnreachableTargetError",
+    "accumulate",
+    "accumulator_bits",
+    "accumulator_study",
+    "analyze",
+    "analyze_intmodel",
+    "apply_thresholds",
+    "bits_for_range",
+    "check_accumulators",
+    "compute_schedule",
+    "device_names",
+    "geometry",
+    "get_device",
+    "params_from_intmodel",
+    "parse_folding",
+    "read_folding",
+    "reference_forward",
+    "requantize",
+    "search_folding",
+    "simulate",
+    "thresholds",
     "write_folding",
 ]

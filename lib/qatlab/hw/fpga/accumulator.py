@@ -21,6 +21,7 @@ of its SIMD products (the adder tree is wide enough) to the accumulator, which t
 either wraps (two's complement, the hardware default) or saturates. Wrapping does not
 depend on the order of the additions; saturating does, so it takes the SIMD.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -79,8 +80,14 @@ class AccumulatorBits:
 
 
 def accumulator_bits(
-    mw: int, w_bits: int, a_bits: int, *, weights: np.ndarray | None = None, w_signed: bool = True,
-    a_signed: bool = False, override: int | None = None,
+    mw: int,
+    w_bits: int,
+    a_bits: int,
+    *,
+    weights: np.ndarray | None = None,
+    w_signed: bool = True,
+    a_signed: bool = False,
+    override: int | None = None,
 ) -> AccumulatorBits:
     wlo, whi = worst_case_range(mw, w_bits, a_bits, w_signed, a_signed)
     worst = bits_for_range(wlo, whi)
@@ -106,7 +113,12 @@ def narrow(values: np.ndarray, bits: int, mode: str, signed: bool = True) -> np.
 
 
 def accumulate(
-    x: np.ndarray, w: np.ndarray, *, simd: int | None = None, bits: int | None = None, mode: str = "wrap",
+    x: np.ndarray,
+    w: np.ndarray,
+    *,
+    simd: int | None = None,
+    bits: int | None = None,
+    mode: str = "wrap",
     signed: bool = True,
 ) -> np.ndarray:
     """Dot products ``x [P, MW] @ w[MH, MW]^T`` as a PE's accumulator computes them.

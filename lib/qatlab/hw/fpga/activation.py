@@ -11,6 +11,7 @@ are monotone), the two are equal for every integer ``acc`` when ``T_l`` is the s
 accumulator value whose requantized code reaches ``l``. :func:`thresholds` finds those
 exactly (a float estimate, then integer fix-up against the float64 definition).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,9 +23,7 @@ ALWAYS = -(1 << 62)
 _EXACT_LIMIT = 1 << 50
 
 
-def requantize(
-    acc: np.ndarray, multiplier: np.ndarray, bias: np.ndarray | None, zero_point: int, qmin: int, qmax: int
-) -> np.ndarray:
+def requantize(acc: np.ndarray, multiplier: np.ndarray, bias: np.ndarray | None, zero_point: int, qmin: int, qmax: int) -> np.ndarray:
     """Per output channel (last axis): ``clamp(rint((acc + bias) · M) + z, qmin, qmax)``."""
     a = np.asarray(acc, dtype=np.int64)
     if bias is not None:
@@ -39,9 +38,7 @@ def _level_reached(a: np.ndarray, m: np.ndarray, b: np.ndarray, z: int) -> np.nd
     return np.rint((a + b).astype(np.float64) * m) + z
 
 
-def thresholds(
-    multiplier: np.ndarray, bias: np.ndarray | None, zero_point: int, qmin: int, qmax: int
-) -> np.ndarray:
+def thresholds(multiplier: np.ndarray, bias: np.ndarray | None, zero_point: int, qmin: int, qmax: int) -> np.ndarray:
     """Thresholds ``T [MH, qmax - qmin]`` (int64) with, for every integer ``acc``,
     ``requantize(acc) == qmin + sum(acc >= T[n])``."""
     m = np.asarray(multiplier, dtype=np.float64).reshape(-1)

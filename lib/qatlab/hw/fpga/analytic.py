@@ -18,6 +18,7 @@ topologies leave out) are joined by an implicit zero-latency stage. Weights are 
 dense (N:M sparsity is not exploited, as FINN does not); a depthwise ("DP") layer is
 one single-channel MVAU per channel, as SCALE-Sim expands it (FINN would use a VVAU).
 """
+
 from __future__ import annotations
 
 import csv
@@ -134,7 +135,7 @@ def _fold_input(
 def _unit_formula(spec: LayerSpec, f: LayerFolding, unit: str, cycles: int) -> str:
     g = spec.geom
     if unit == "mvau":
-        return (f"(MH/PE)·(MW/SIMD)·pixels = ({g.mh}/{f.pe})·({g.mw}/{f.simd})·{g.pixels} = {cycles}")
+        return f"(MH/PE)·(MW/SIMD)·pixels = ({g.mh}/{f.pe})·({g.mw}/{f.simd})·{g.pixels} = {cycles}"
     cw = g.channels // int(f.swu_simd or 1)
     if unit == "swu":
         return (
@@ -209,7 +210,11 @@ def _elem_bits(spec: LayerSpec, stage: Stage) -> int:
 
 
 def _report(
-    specs: Sequence[LayerSpec], folds: Sequence[LayerFolding], dev: Device, clock: float, sr: SearchResult | None,
+    specs: Sequence[LayerSpec],
+    folds: Sequence[LayerFolding],
+    dev: Device,
+    clock: float,
+    sr: SearchResult | None,
     do_schedule: bool,
 ) -> FpgaReport:
     rows: list[LayerReport] = []
@@ -219,19 +224,43 @@ def _report(
         mvau_cycles, swu_cycles, ds_cycles = spec.cycles(fold)
         cost = spec.cost(fold, dev)
         total = cost.total
-        unit_cycles += [(mvau_cycles, "mvau", index)] + (
-            [(swu_cycles, "swu", index)] if geom.unit == "swu" else []) + (
-            [(ds_cycles, "ds", index)] if geom.unit == "ds" else [])
-        rows.append(LayerReport(
-            layer=geom.name, pe=fold.pe, simd=fold.simd, cycles=mvau_cycles, swu_cycles=swu_cycles,
-            lut=total.lut, dsp=total.dsp, bram18=total.bram18, acc_bits=spec.acc.used, uram=total.uram,
-            kind=geom.kind, unit=geom.unit, mh=geom.mh, mw=geom.mw, pixels=geom.pixels, swu_simd=fold.swu_simd,
-            ds_cycles=ds_cycles, ii_cycles=max(mvau_cycles, swu_cycles, ds_cycles), impl=cost.impl,
-            ram_style=cost.ram_style, weight_bits=geom.mh * geom.mw * spec.w_bits, wmem_depth=cost.wmem_depth,
-            wmem_width=cost.wmem_width, line_buffer_bits=spec.line_buffer_bits, acc_bits_worst=spec.acc.worst,
-            acc_bits_tight=spec.acc.tight, acc_overflow_possible=spec.acc.overflow_possible,
-            out_bits=spec.out_bits,
-        ))
+        unit_cycles += (
+            [(mvau_cycles, "mvau", index)]
+            + ([(swu_cycles, "swu", index)] if geom.unit == "swu" else [])
+            + ([(ds_cycles, "ds", index)] if geom.unit == "ds" else [])
+        )
+        rows.append(
+            LayerReport(
+                layer=geom.name,
+                pe=fold.pe,
+                simd=fold.simd,
+                cycles=mvau_cycles,
+                swu_cycles=swu_cycles,
+                lut=total.lut,
+                dsp=total.dsp,
+                bram18=total.bram18,
+                acc_bits=spec.acc.used,
+                uram=total.uram,
+                kind=geom.kind,
+                unit=geom.unit,
+                mh=geom.mh,
+                mw=geom.mw,
+                pixels=geom.pixels,
+                swu_simd=fold.swu_simd,
+                ds_cycles=ds_cycles,
+                ii_cycles=max(mvau_cycles, swu_cycles, ds_cycles),
+                impl=cost.impl,
+                ram_style=cost.ram_style,
+                weight_bits=geom.mh * geom.mw * spec.w_bits,
+                wmem_depth=cost.wmem_depth,
+                wmem_width=cost.wmem_width,
+                line_buffer_bits=spec.line_buffer_bits,
+                acc_bits_worst=spec.acc.worst,
+                acc_bits_tight=spec.acc.tight,
+                acc_overflow_possible=spec.acc.overflow_possible,
+                out_bits=spec.out_bits,
+            )
+        )
     ii, bottleneck_unit, bottleneck_index = max(unit_cycles)
     rows[bottleneck_index].bottleneck = True
     clock_hz = clock * 1e6
@@ -273,8 +302,7 @@ def _report(
     if sr is not None:
         explanation += f"; search: {sr.explanation}"
     if not fits:
-        over = [f"{kind.upper()} {used[kind]} > {dev.capacity(kind)}"
-                for kind in RESOURCES if used[kind] > dev.capacity(kind)]
+        over = [f"{kind.upper()} {used[kind]} > {dev.capacity(kind)}" for kind in RESOURCES if used[kind] > dev.capacity(kind)]
         explanation += f"; DOES NOT FIT {dev.name}: {', '.join(over)}"
     totals: dict[str, Any] = {
         "fps": clock_hz / ii,
@@ -288,7 +316,10 @@ def _report(
         # every unit's cycles along the chain, as if no unit overlapped another.
         "latency_cycles_sum": sum(row.cycles + row.swu_cycles + row.ds_cycles for row in rows),
         "bottleneck": f"{spec_b.name}.{bottleneck_unit}",
-        "lut": used["lut"], "dsp": used["dsp"], "bram18": used["bram18"], "uram": used["uram"],
+        "lut": used["lut"],
+        "dsp": used["dsp"],
+        "bram18": used["bram18"],
+        "uram": used["uram"],
         "lut_pct": 100.0 * used["lut"] / dev.lut,
         "dsp_pct": 100.0 * used["dsp"] / dev.dsp,
         "bram18_pct": 100.0 * used["bram18"] / dev.bram18,

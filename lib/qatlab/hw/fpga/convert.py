@@ -17,6 +17,7 @@ With these, :func:`.reference.reference_forward` reproduces the IntModel's codes
 chain of conv/linear ops (tests check it); pooling, padding, residual adds are not
 streaming stages of this model.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -58,7 +59,9 @@ def params_from_intmodel(model: Any) -> list[IntLayer]:
             raise ParamsError(f"op {op.name!r}: its input {src!r} is not produced by an op of the model")
         in_q = prod.out_q
         w = _weights_hwc(op)
-        if op.kind == "linear" and (prod.kind == "flatten" or (prod.kind == "reshape" and len(tuple(prod.attrs.get("out_shape", ()))) == 1)):
+        if op.kind == "linear" and (
+            prod.kind == "flatten" or (prod.kind == "reshape" and len(tuple(prod.attrs.get("out_shape", ()))) == 1)
+        ):
             # The IntModel flattens NCHW; the stream carries HWC: permute the columns.
             feeder = produced.get(prod.inputs[0])
             shape = tuple(feeder.attrs.get("out_shape", ())) if feeder is not None else ()

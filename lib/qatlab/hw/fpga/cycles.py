@@ -18,6 +18,7 @@
 
 Every count is multiplied by the batch (FINN's ``numReps``).
 """
+
 from __future__ import annotations
 
 from .geometry import Geometry

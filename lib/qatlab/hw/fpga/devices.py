@@ -25,6 +25,7 @@ Sources
 Default clocks are this project's assumption (what FINN's example builds commonly
 target), not a data-sheet figure: pass ``clock_mhz`` to override.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -75,25 +76,77 @@ class Device:
 DEVICES: dict[str, Device] = {
     d.name: d
     for d in (
-        Device("PYNQ-Z1", "xc7z020clg400-1", 53_200, 106_400, 220, 280, 0, "DSP48E1", 100.0,
-               "Xilinx DS190 (Zynq-7000 overview), Z-7020 column"),
-        Device("Ultra96-V2", "xczu3eg-sbva484-1-i", 70_560, 141_120, 360, 432, 0, "DSP48E2", 150.0,
-               "Xilinx DS891 (Zynq UltraScale+ MPSoC overview), ZU3EG column"),
-        Device("ZCU104", "xczu7ev-ffvc1156-2-e", 230_400, 460_800, 1_728, 624, 96, "DSP48E2", 200.0,
-               "Xilinx DS891 (Zynq UltraScale+ MPSoC overview), ZU7EV column; board: UG1267"),
-        Device("ZCU102", "xczu9eg-ffvb1156-2-e", 274_080, 548_160, 2_520, 1_824, 0, "DSP48E2", 200.0,
-               "Xilinx DS891 (Zynq UltraScale+ MPSoC overview), ZU9EG column"),
-        Device("U250", "xcu250-figd2104-2L-e", 1_728_000, 3_456_000, 12_288, 5_376, 1_280, "DSP48E2", 200.0,
-               "Xilinx DS962 (Alveo U250 data sheet); VU13P column of DS923"),
+        Device(
+            "PYNQ-Z1", "xc7z020clg400-1", 53_200, 106_400, 220, 280, 0, "DSP48E1", 100.0, "Xilinx DS190 (Zynq-7000 overview), Z-7020 column"
+        ),
+        Device(
+            "Ultra96-V2",
+            "xczu3eg-sbva484-1-i",
+            70_560,
+            141_120,
+            360,
+            432,
+            0,
+            "DSP48E2",
+            150.0,
+            "Xilinx DS891 (Zynq UltraScale+ MPSoC overview), ZU3EG column",
+        ),
+        Device(
+            "ZCU104",
+            "xczu7ev-ffvc1156-2-e",
+            230_400,
+            460_800,
+            1_728,
+            624,
+            96,
+            "DSP48E2",
+            200.0,
+            "Xilinx DS891 (Zynq UltraScale+ MPSoC overview), ZU7EV column; board: UG1267",
+        ),
+        Device(
+            "ZCU102",
+            "xczu9eg-ffvb1156-2-e",
+            274_080,
+            548_160,
+            2_520,
+            1_824,
+            0,
+            "DSP48E2",
+            200.0,
+            "Xilinx DS891 (Zynq UltraScale+ MPSoC overview), ZU9EG column",
+        ),
+        Device(
+            "U250",
+            "xcu250-figd2104-2L-e",
+            1_728_000,
+            3_456_000,
+            12_288,
+            5_376,
+            1_280,
+            "DSP48E2",
+            200.0,
+            "Xilinx DS962 (Alveo U250 data sheet); VU13P column of DS923",
+        ),
     )
 }
 
 _ALIASES = {
-    "pynq-z1": "PYNQ-Z1", "pynqz1": "PYNQ-Z1", "pynq": "PYNQ-Z1", "xc7z020": "PYNQ-Z1", "z7020": "PYNQ-Z1",
-    "ultra96": "Ultra96-V2", "ultra96-v2": "Ultra96-V2", "xczu3eg": "Ultra96-V2",
-    "zcu104": "ZCU104", "xczu7ev": "ZCU104",
-    "zcu102": "ZCU102", "xczu9eg": "ZCU102",
-    "u250": "U250", "alveo-u250": "U250", "alveo u250": "U250", "xcu250": "U250",
+    "pynq-z1": "PYNQ-Z1",
+    "pynqz1": "PYNQ-Z1",
+    "pynq": "PYNQ-Z1",
+    "xc7z020": "PYNQ-Z1",
+    "z7020": "PYNQ-Z1",
+    "ultra96": "Ultra96-V2",
+    "ultra96-v2": "Ultra96-V2",
+    "xczu3eg": "Ultra96-V2",
+    "zcu104": "ZCU104",
+    "xczu7ev": "ZCU104",
+    "zcu102": "ZCU102",
+    "xczu9eg": "ZCU102",
+    "u250": "U250",
+    "alveo-u250": "U250",
+    "alveo u250": "U250",
+    "xcu250": "U250",
 }
 
 

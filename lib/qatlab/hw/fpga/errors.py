@@ -2,6 +2,7 @@
 
 Messages name the layer and the field at fault, so a user can fix the file they wrote.
 """
+
 from __future__ import annotations
 
 

@@ -14,6 +14,7 @@ object, and our one extension ``SWU_SIMD``. FINN attributes we do not model
 (``mem_mode``, FIFO depths, ...) are accepted and ignored; anything else is an error,
 so a typo never silently leaves a layer unfolded.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,9 +34,18 @@ RES_TYPES = ("auto", "lut", "dsp")
 # FINN folding-config attributes that do not change this model's numbers.
 _IGNORED_KEYS = frozenset(
     {
-        "mem_mode", "runtime_writeable_weights", "preferred_impl_style", "impl_style", "inFIFODepths",
-        "outFIFODepths", "depth", "ram_style_thresholds", "parallel_window", "depth_trigger_uram",
-        "depth_trigger_bram", "resType_thresholds",
+        "mem_mode",
+        "runtime_writeable_weights",
+        "preferred_impl_style",
+        "impl_style",
+        "inFIFODepths",
+        "outFIFODepths",
+        "depth",
+        "ram_style_thresholds",
+        "parallel_window",
+        "depth_trigger_uram",
+        "depth_trigger_bram",
+        "resType_thresholds",
     }
 )
 
@@ -146,9 +156,7 @@ def check_layer_folding(g: Geometry, f: LayerFolding) -> LayerFolding:
     if g.mh % f.pe:
         raise FoldingError(f"layer {g.name!r}: PE={f.pe} does not divide MH={g.mh} (output channels)")
     if g.mw % f.simd:
-        raise FoldingError(
-            f"layer {g.name!r}: SIMD={f.simd} does not divide MW={g.mw} (kernel {g.k_h}x{g.k_w} x {g.channels} channels)"
-        )
+        raise FoldingError(f"layer {g.name!r}: SIMD={f.simd} does not divide MW={g.mw} (kernel {g.k_h}x{g.k_w} x {g.channels} channels)")
     if f.ram_style not in RAM_STYLES:
         raise FoldingError(f"layer {g.name!r}: ram_style {f.ram_style!r} is not one of {', '.join(RAM_STYLES)}")
     if f.res_type not in RES_TYPES:
@@ -158,9 +166,7 @@ def check_layer_folding(g: Geometry, f: LayerFolding) -> LayerFolding:
         return replace(f, swu_simd=None)
     ss = f.swu_simd if f.swu_simd is not None else default_swu_simd(g.channels, f.simd)
     if g.channels % ss:
-        raise FoldingError(
-            f"layer {g.name!r}: SWU_SIMD={ss} does not divide the input channels ({g.channels})"
-        )
+        raise FoldingError(f"layer {g.name!r}: SWU_SIMD={ss} does not divide the input channels ({g.channels})")
     return replace(f, swu_simd=ss)
 
 
@@ -173,8 +179,7 @@ def resolve_folding(geoms: Sequence[Geometry], folding: Mapping[str, LayerFoldin
     unknown = [n for n in folding if n != "*" and n not in names]
     if unknown:
         raise FoldingError(
-            f"folding names layer(s) not in the topology: {', '.join(map(repr, unknown))}; "
-            f"layers are: {', '.join(g.name for g in geoms)}"
+            f"folding names layer(s) not in the topology: {', '.join(map(repr, unknown))}; layers are: {', '.join(g.name for g in geoms)}"
         )
     out = []
     for g in geoms:

@@ -19,6 +19,7 @@ Streams carry activations in HWC raster order (pixel by pixel, channels innermos
 as FINN's NHWC dataflow does; im2col vectors are ordered (kernel row, kernel column,
 channel), the order of FINN's SWU output and hence of the weight matrix columns.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -75,9 +76,21 @@ def geometry(layer: Layer) -> Geometry:
     else:
         unit = "swu"
     return Geometry(
-        layer.name, "conv", layer.num_filters, layer.K, layer.ifmap_h, layer.ifmap_w, layer.channels,
-        layer.filter_h, layer.filter_w, layer.stride_h, layer.stride_w, layer.ofmap_h, layer.ofmap_w,
-        layer.batch, unit,
+        layer.name,
+        "conv",
+        layer.num_filters,
+        layer.K,
+        layer.ifmap_h,
+        layer.ifmap_w,
+        layer.channels,
+        layer.filter_h,
+        layer.filter_w,
+        layer.stride_h,
+        layer.stride_w,
+        layer.ofmap_h,
+        layer.ofmap_w,
+        layer.batch,
+        unit,
     )
 
 

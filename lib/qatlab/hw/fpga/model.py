@@ -2,6 +2,7 @@
 accumulator width, output code width, weights' range — and the layer's cost under a
 folding. Shared by :mod:`.analytic` and :mod:`.search`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -48,9 +49,19 @@ class LayerSpec:
     def mvau_cost(self, f: LayerFolding, device: Device) -> LayerCost:
         g = self.geom
         return mvau_cost(
-            g.mh, g.mw, f.pe, f.simd, self.w_bits, self.a_bits, self.acc.used, self.out_bits,
-            res_type=f.res_type, ram_style=f.ram_style, a_signed=self.a_signed,
-            narrow_weights=self.narrow_weights, dsp_block=device.dsp_block,
+            g.mh,
+            g.mw,
+            f.pe,
+            f.simd,
+            self.w_bits,
+            self.a_bits,
+            self.acc.used,
+            self.out_bits,
+            res_type=f.res_type,
+            ram_style=f.ram_style,
+            a_signed=self.a_signed,
+            narrow_weights=self.narrow_weights,
+            dsp_block=device.dsp_block,
         )
 
     def cost(self, f: LayerFolding, device: Device) -> LayerCost:

@@ -22,6 +22,7 @@ Totals sum every row's resources; ``fps`` comes from the slowest unit of any row
 chain only, reported as ``mvau_chain_latency_cycles``. FIFOs between the new units
 are not sized.
 """
+
 from __future__ import annotations
 
 import math
@@ -65,13 +66,32 @@ def _unit_row(spec: UnitSpec, opt: UnitOption) -> LayerReport:
     r = opt.res
     pix = math.prod(i.out_shape[1:]) if len(i.out_shape) > 1 else 1
     return LayerReport(
-        layer=i.name, pe=opt.pe, simd=opt.simd, cycles=main, swu_cycles=swu, lut=r.lut, dsp=r.dsp, bram18=r.bram18,
-        acc_bits=acc.used if acc else 0, uram=r.uram, kind=i.kind, unit="+".join(spec.nodes) or "passthrough",
-        mh=i.out_shape[0] if i.out_shape else 0, mw=spec.simd_axis if spec.nodes and "VVAU" in spec.nodes else 0,
-        pixels=pix, swu_simd=opt.swu_simd, ii_cycles=opt.ii, impl="hls" if spec.nodes else "",
-        ram_style=opt.ram_style, weight_bits=spec.weight_bits, wmem_depth=opt.wmem_depth, wmem_width=opt.wmem_width,
-        line_buffer_bits=spec.line_buffer_bits, acc_bits_worst=acc.worst if acc else 0,
-        acc_bits_tight=acc.tight if acc else None, acc_overflow_possible=bool(acc.overflow_possible) if acc else False,
+        layer=i.name,
+        pe=opt.pe,
+        simd=opt.simd,
+        cycles=main,
+        swu_cycles=swu,
+        lut=r.lut,
+        dsp=r.dsp,
+        bram18=r.bram18,
+        acc_bits=acc.used if acc else 0,
+        uram=r.uram,
+        kind=i.kind,
+        unit="+".join(spec.nodes) or "passthrough",
+        mh=i.out_shape[0] if i.out_shape else 0,
+        mw=spec.simd_axis if spec.nodes and "VVAU" in spec.nodes else 0,
+        pixels=pix,
+        swu_simd=opt.swu_simd,
+        ii_cycles=opt.ii,
+        impl="hls" if spec.nodes else "",
+        ram_style=opt.ram_style,
+        weight_bits=spec.weight_bits,
+        wmem_depth=opt.wmem_depth,
+        wmem_width=opt.wmem_width,
+        line_buffer_bits=spec.line_buffer_bits,
+        acc_bits_worst=acc.worst if acc else 0,
+        acc_bits_tight=acc.tight if acc else None,
+        acc_overflow_possible=bool(acc.overflow_possible) if acc else False,
         out_bits=i.out_bits,
     )
 
@@ -86,7 +106,9 @@ def _split_folding(
     elif isinstance(folding, Mapping):
         fmap = dict(folding)
     else:
-        raise FoldingError(f"an IntModel's folding is a mapping of op name -> LayerFolding (or a FINN folding file), got {type(folding).__name__}")
+        raise FoldingError(
+            f"an IntModel's folding is a mapping of op name -> LayerFolding (or a FINN folding file), got {type(folding).__name__}"
+        )
     known = set(mvau_names) | set(unit_names) | {"*"}
     unknown = [n for n in fmap if n not in known]
     if unknown:
@@ -132,8 +154,16 @@ def analyze_intmodel(
 
     def mvau_design(lim: dict[str, float]) -> FpgaReport:
         return analyze(
-            mvau_layers, dev, folding=mv_fold, target_fps=target_fps, clock_mhz=clock_mhz, params=params,
-            res_type=res_type, ram_style=ram_style, limits=lim, schedule=schedule,
+            mvau_layers,
+            dev,
+            folding=mv_fold,
+            target_fps=target_fps,
+            clock_mhz=clock_mhz,
+            params=params,
+            res_type=res_type,
+            ram_style=ram_style,
+            limits=lim,
+            schedule=schedule,
         )
 
     def fold_units(rep: FpgaReport | None, clock: float) -> dict[str, UnitOption]:
@@ -195,8 +225,9 @@ def analyze_intmodel(
             fmap[info.name] = LayerFolding(opt.pe, opt.simd, opt.swu_simd)
     vvau_macs = sum(i.out_elems * specs[i.name].simd_axis for i in infos if i.role == "grouped" and i.depthwise)
     totals = _totals(rows, rep, dev, clock, set(mv_rows), vvau_macs)
-    return FpgaReport(dev, clock, rows, fmap, totals, rep.search if rep else None,
-                      rep.stages if rep else [], rep.fifo_depths if rep else None)
+    return FpgaReport(
+        dev, clock, rows, fmap, totals, rep.search if rep else None, rep.stages if rep else [], rep.fifo_depths if rep else None
+    )
 
 
 def _totals(
@@ -226,28 +257,33 @@ def _totals(
     if not fits:
         over = [f"{k.upper()} {used[k]} > {dev.capacity(k)}" for k in RESOURCES if used[k] > dev.capacity(k)]
         expl += f"; DOES NOT FIT {dev.name}: {', '.join(over)}"
-    t.update({
-        "fps": clock_hz / ii,
-        "ii_cycles": ii,
-        "bottleneck": where,
-        "fits": fits,
-        "device": dev.name,
-        "clock_mhz": clock,
-        "mvau_chain_latency_cycles": chain,
-        "latency_cycles_sum": total_sum,
-        "latency_cycles": total_sum,
-        "latency_us": total_sum / clock,
-        "lut": used["lut"], "dsp": used["dsp"], "bram18": used["bram18"], "uram": used["uram"],
-        "lut_pct": 100.0 * used["lut"] / dev.lut,
-        "dsp_pct": 100.0 * used["dsp"] / dev.dsp,
-        "bram18_pct": 100.0 * used["bram18"] / dev.bram18,
-        "uram_pct": (100.0 * used["uram"] / dev.uram) if dev.uram else (0.0 if used["uram"] == 0 else None),
-        "within_finn_limits": all(used[k] <= dev.capacity(k) * FINN_RES_LIMITS[k] for k in RESOURCES),
-        "weight_bits": sum(r.weight_bits for r in rows),
-        "ops": len(rows),
-        "macs_per_frame": int(t.get("macs_per_frame", 0)) + vvau_macs,
-        "explanation": expl,
-    })
+    t.update(
+        {
+            "fps": clock_hz / ii,
+            "ii_cycles": ii,
+            "bottleneck": where,
+            "fits": fits,
+            "device": dev.name,
+            "clock_mhz": clock,
+            "mvau_chain_latency_cycles": chain,
+            "latency_cycles_sum": total_sum,
+            "latency_cycles": total_sum,
+            "latency_us": total_sum / clock,
+            "lut": used["lut"],
+            "dsp": used["dsp"],
+            "bram18": used["bram18"],
+            "uram": used["uram"],
+            "lut_pct": 100.0 * used["lut"] / dev.lut,
+            "dsp_pct": 100.0 * used["dsp"] / dev.dsp,
+            "bram18_pct": 100.0 * used["bram18"] / dev.bram18,
+            "uram_pct": (100.0 * used["uram"] / dev.uram) if dev.uram else (0.0 if used["uram"] == 0 else None),
+            "within_finn_limits": all(used[k] <= dev.capacity(k) * FINN_RES_LIMITS[k] for k in RESOURCES),
+            "weight_bits": sum(r.weight_bits for r in rows),
+            "ops": len(rows),
+            "macs_per_frame": int(t.get("macs_per_frame", 0)) + vvau_macs,
+            "explanation": expl,
+        }
+    )
     t.setdefault("fifo_lut", 0)
     t.setdefault("fifo_bram18", 0)
     t.setdefault("fifo_depths_converged", None)

@@ -15,6 +15,7 @@ input stream. A converter from an IntModel folds any input zero point into the b
 (``Σ w·(x − z) = Σ w·x − z·Σ w``), as FINN's streamlining does, and orders weight
 columns (kh, kw, c): ``W = weight_OIHW.transpose(0, 2, 3, 1).reshape(O, -1)``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -85,8 +86,7 @@ def validate_params(layers: Sequence[Layer], params: Sequence[IntLayer]) -> list
         wl, wh = int_range(lay.w_bits, True)
         if w.size and (int(w.min()) < wl or int(w.max()) > wh):
             raise ParamsError(
-                f"layer {lay.name!r}: field 'weights' spans [{int(w.min())}, {int(w.max())}], "
-                f"outside {lay.w_bits}-bit signed [{wl}, {wh}]"
+                f"layer {lay.name!r}: field 'weights' spans [{int(w.min())}, {int(w.max())}], outside {lay.w_bits}-bit signed [{wl}, {wh}]"
             )
         if p.bias is not None:
             b = np.asarray(p.bias)
@@ -148,8 +148,14 @@ def acc_is_signed(layer: Layer, p: IntLayer) -> bool:
 
 
 def layer_forward(
-    x: np.ndarray, g: Geometry, p: IntLayer, *, simd: int | None = None, acc_bits: int | None = None,
-    acc_mode: str = "wrap", acc_signed: bool = True,
+    x: np.ndarray,
+    g: Geometry,
+    p: IntLayer,
+    *,
+    simd: int | None = None,
+    acc_bits: int | None = None,
+    acc_mode: str = "wrap",
+    acc_signed: bool = True,
 ) -> np.ndarray:
     """One layer on one frame: [pixels, MH] int64 output codes (or accumulators)."""
     acc = accumulate(windows(x, g), p.weights, simd=simd, bits=acc_bits, mode=acc_mode, signed=acc_signed)
@@ -159,8 +165,13 @@ def layer_forward(
 
 
 def reference_forward(
-    layers: Sequence[Layer], params: Sequence[IntLayer], x: np.ndarray, *, simd: Sequence[int] | None = None,
-    acc_bits: Sequence[int | None] | int | None = None, acc_mode: str = "wrap",
+    layers: Sequence[Layer],
+    params: Sequence[IntLayer],
+    x: np.ndarray,
+    *,
+    simd: Sequence[int] | None = None,
+    acc_bits: Sequence[int | None] | int | None = None,
+    acc_mode: str = "wrap",
     acc_signed: Sequence[bool] | bool | None = None,
 ) -> list[np.ndarray]:
     """All layers on one frame ``x`` (the first layer's input codes, HWC order).
@@ -174,9 +185,7 @@ def reference_forward(
     check_chain(geoms)
     x = np.asarray(x)
     if x.size != geoms[0].in_elems:
-        raise ValueError(
-            f"input has {x.size} elements; layer {geoms[0].name!r} reads {geoms[0].in_elems} per frame"
-        )
+        raise ValueError(f"input has {x.size} elements; layer {geoms[0].name!r} reads {geoms[0].in_elems} per frame")
     lo, hi = int_range(layers[0].a_bits, params[0].in_signed)
     if x.size and (int(x.min()) < lo or int(x.max()) > hi):
         raise ValueError(f"input codes span [{int(x.min())}, {int(x.max())}], outside layer {layers[0].name!r}'s [{lo}, {hi}]")

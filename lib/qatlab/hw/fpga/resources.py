@@ -23,6 +23,7 @@ them here; where we deviate, the comment says so and why.
   ``Thresholding_rtl.get_pe_mem_geometries``): per PE, stage x = 0..B-1 stores
   (MH/PE) · 2^x thresholds.
 """
+
 from __future__ import annotations
 
 import math
@@ -120,7 +121,12 @@ def a2q_acc_bits(mw: int, w_bits: int, a_bits: int, a_signed: bool) -> int:
 
 
 def rtl_mvu_possible(
-    w_bits: int, a_bits: int, *, w_signed: bool = True, a_signed: bool = False, narrow_weights: bool = False,
+    w_bits: int,
+    a_bits: int,
+    *,
+    w_signed: bool = True,
+    a_signed: bool = False,
+    narrow_weights: bool = False,
     dsp_block: str = "DSP48E2",
 ) -> bool:
     """Whether FINN's SpecializeLayers would build the DSP-packed RTL MVU.
@@ -142,8 +148,14 @@ def rtl_mvu_possible(
 
 
 def mvau_impl(
-    w_bits: int, a_bits: int, res_type: str = "auto", *, w_signed: bool = True, a_signed: bool = False,
-    narrow_weights: bool = False, dsp_block: str = "DSP48E2",
+    w_bits: int,
+    a_bits: int,
+    res_type: str = "auto",
+    *,
+    w_signed: bool = True,
+    a_signed: bool = False,
+    narrow_weights: bool = False,
+    dsp_block: str = "DSP48E2",
 ) -> str:
     """``rtl`` (DSP-packed RTL MVU), ``hls-lut`` (HLS MVAU, LUT multipliers) or ``hls-dsp``.
 
@@ -153,9 +165,7 @@ def mvau_impl(
     """
     if res_type == "lut":
         return "hls-lut"
-    possible = rtl_mvu_possible(
-        w_bits, a_bits, w_signed=w_signed, a_signed=a_signed, narrow_weights=narrow_weights, dsp_block=dsp_block
-    )
+    possible = rtl_mvu_possible(w_bits, a_bits, w_signed=w_signed, a_signed=a_signed, narrow_weights=narrow_weights, dsp_block=dsp_block)
     if possible:
         return "rtl"
     return "hls-dsp" if res_type == "dsp" else "hls-lut"
@@ -268,13 +278,30 @@ class LayerCost:
 
 
 def mvau_cost(
-    mh: int, mw: int, pe: int, simd: int, w_bits: int, a_bits: int, acc_bits: int, out_bits: int | None, *,
-    res_type: str = "auto", ram_style: str = "auto", w_signed: bool = True, a_signed: bool = False,
-    narrow_weights: bool = False, dsp_block: str = "DSP48E2",
+    mh: int,
+    mw: int,
+    pe: int,
+    simd: int,
+    w_bits: int,
+    a_bits: int,
+    acc_bits: int,
+    out_bits: int | None,
+    *,
+    res_type: str = "auto",
+    ram_style: str = "auto",
+    w_signed: bool = True,
+    a_signed: bool = False,
+    narrow_weights: bool = False,
+    dsp_block: str = "DSP48E2",
 ) -> LayerCost:
     """MVAU + weight memory + thresholding for one layer (no input unit)."""
     impl = mvau_impl(
-        w_bits, a_bits, res_type, w_signed=w_signed, a_signed=a_signed, narrow_weights=narrow_weights,
+        w_bits,
+        a_bits,
+        res_type,
+        w_signed=w_signed,
+        a_signed=a_signed,
+        narrow_weights=narrow_weights,
         dsp_block=dsp_block,
     )
     depth = mh * mw // (pe * simd)
@@ -284,8 +311,7 @@ def mvau_cost(
     if impl == "rtl":
         compute = Resources(dsp=mvau_rtl_dsps(pe, simd, dsp_block))  # FINN counts no LUTs here
     elif impl == "hls-dsp":
-        compute = Resources(lut=mvau_hls_luts(pe, simd, w_bits, a_bits, lut_acc, False),
-                            dsp=mvau_hls_dsps(pe, simd, w_bits, a_bits))
+        compute = Resources(lut=mvau_hls_luts(pe, simd, w_bits, a_bits, lut_acc, False), dsp=mvau_hls_dsps(pe, simd, w_bits, a_bits))
     else:
         compute = Resources(lut=mvau_hls_luts(pe, simd, w_bits, a_bits, lut_acc, True))
     act = thresholding_resources(pe, mh, out_bits, acc_bits) if out_bits else Resources()

@@ -43,6 +43,7 @@ Layers that do not chain (the topology leaves out a pooling or padding step betw
 them) are joined by an implicit zero-latency stage that releases the consumer's
 elements in proportion to the producer's (an approximation we only use for timing).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -122,8 +123,9 @@ def build_stages(geoms: Sequence[Geometry], folds: Sequence[LayerFolding]) -> li
         stages.append(Stage(f"{g.name}.mvau", i, "mvau", g.pixels * per, r, f.simd, w, f.pe, in_elems, g.out_elems))
     first = stages[0]
     words = first.in_elems // first.read_width
-    src = Stage("input", -1, "source", words, np.zeros(1, dtype=np.int64), 1, np.arange(words, dtype=np.int64),
-                first.read_width, 0, first.in_elems)
+    src = Stage(
+        "input", -1, "source", words, np.zeros(1, dtype=np.int64), 1, np.arange(words, dtype=np.int64), first.read_width, 0, first.in_elems
+    )
     return [src] + stages
 
 
@@ -168,9 +170,7 @@ class Schedule:
     stage_last_write: list[int] = field(default_factory=list)
 
 
-def _fifo_requirement(
-    push_t: np.ndarray, pop_t: np.ndarray, wp: int, wc: int, e_p: int, e_c: int
-) -> int:
+def _fifo_requirement(push_t: np.ndarray, pop_t: np.ndarray, wp: int, wc: int, e_p: int, e_c: int) -> int:
     """max over pushes of (occupancy at the start of the push cycle + pushed elements),
     in consumer elements; pushes are one per cycle, in order.
 
@@ -191,9 +191,7 @@ def _fifo_requirement(
     return int((before - popped + delta).max())
 
 
-def compute_schedule(
-    stages: list[Stage], *, fifo_depths: bool = True, max_frames: int | None = None
-) -> Schedule:
+def compute_schedule(stages: list[Stage], *, fifo_depths: bool = True, max_frames: int | None = None) -> Schedule:
     """Latency of frame 0 and (if asked) the FIFO depths that never block at full rate."""
     period = max(s.n_iter for s in stages[1:])
     n = len(stages)

@@ -14,6 +14,7 @@ FINN's recommended utilization limit), so a design spends what the device has mo
 design fits; the explanation says which unit bounds the result and which resource
 stops the next faster step.
 """
+
 from __future__ import annotations
 
 import time
@@ -82,8 +83,10 @@ class SearchResult:
 
 
 def _budget(device: Device, limits: Mapping[str, float] | float | None) -> np.ndarray:
-    lim = dict(FINN_RES_LIMITS) if limits is None else (
-        {r: float(limits) for r in RESOURCES} if isinstance(limits, (int, float)) else {**FINN_RES_LIMITS, **limits}
+    lim = (
+        dict(FINN_RES_LIMITS)
+        if limits is None
+        else ({r: float(limits) for r in RESOURCES} if isinstance(limits, (int, float)) else {**FINN_RES_LIMITS, **limits})
     )
     for r, v in lim.items():
         if r not in RESOURCES or not 0 < v <= 1:
@@ -97,9 +100,7 @@ def _frac(usage: np.ndarray, budget: np.ndarray) -> np.ndarray:
         return np.where(budget > 0, u / np.where(budget > 0, budget, 1), np.where(u > 0, np.inf, 0.0))
 
 
-def _tables(
-    spec: LayerSpec, device: Device, budget: np.ndarray, res_type: str, styles: Sequence[str]
-) -> tuple[_Table, _Table | None]:
+def _tables(spec: LayerSpec, device: Device, budget: np.ndarray, res_type: str, styles: Sequence[str]) -> tuple[_Table, _Table | None]:
     g = spec.geom
     cyc, use, keys = [], [], []
     for pe in divisors(g.mh):
@@ -270,8 +271,18 @@ def search_folding(
             f"target {target_fps:g} fps -> at most {t} cycles per frame at {clock_mhz:g} MHz; cheapest folding "
             f"meeting it has II {ii} cycles ({clock_hz / ii:.6g} fps), set by {bn}"
         )
-        return SearchResult(folds, ii, clock_hz / ii, clock_mhz, "target", target_fps, bn, expl,
-                            dict(zip(RESOURCES, map(int, usage))), time.perf_counter() - t0)
+        return SearchResult(
+            folds,
+            ii,
+            clock_hz / ii,
+            clock_mhz,
+            "target",
+            target_fps,
+            bn,
+            expl,
+            dict(zip(RESOURCES, map(int, usage))),
+            time.perf_counter() - t0,
+        )
     # fastest that fits: bisect over every achievable cycle count >= t_min
     cands = np.unique(np.concatenate([tab.cycles for pair in space.tables for tab in pair if tab is not None]))
     cands = cands[cands >= t_min]
@@ -304,6 +315,9 @@ def search_folding(
         else:
             need = space.over(nxt[1], device) or "more than the budget in sum"
             why = f"the next faster step ({int(cands[hi - 1])} cycles per frame) would need {need}"
-    expl = f"fastest design within {device.name}'s budget: II {ii} cycles ({clock_hz / ii:.6g} fps at {clock_mhz:g} MHz), set by {bn}; {why}"
-    return SearchResult(folds, ii, clock_hz / ii, clock_mhz, "fastest", None, bn, expl,
-                        dict(zip(RESOURCES, map(int, usage))), time.perf_counter() - t0)
+    expl = (
+        f"fastest design within {device.name}'s budget: II {ii} cycles ({clock_hz / ii:.6g} fps at {clock_mhz:g} MHz), set by {bn}; {why}"
+    )
+    return SearchResult(
+        folds, ii, clock_hz / ii, clock_mhz, "fastest", None, bn, expl, dict(zip(RESOURCES, map(int, usage))), time.perf_counter() - t0
+    )

@@ -17,6 +17,7 @@ multiplier — so equality with :mod:`.reference` is a real check of both.
 This is a Python loop, meant for small networks: its speed is recorded by
 ``benchmarks/fpga.py`` as cycles simulated per second.
 """
+
 from __future__ import annotations
 
 import time
@@ -215,8 +216,16 @@ class _Ds(_Unit):
 
 class _Mvau(_Unit):
     def __init__(
-        self, g: Geometry, f: LayerFolding, p: IntLayer, inp: Fifo, out: Fifo, frames: int,
-        acc_bits: int | None, acc_mode: str, acc_signed: bool,
+        self,
+        g: Geometry,
+        f: LayerFolding,
+        p: IntLayer,
+        inp: Fifo,
+        out: Fifo,
+        frames: int,
+        acc_bits: int | None,
+        acc_mode: str,
+        acc_signed: bool,
     ) -> None:
         self.name = f"{g.name}.mvau"
         self.g, self.inp, self.out = g, inp, out

@@ -5,6 +5,7 @@ For each width: the fraction of accumulator values that left the width (per laye
 the fraction of final outputs that changed, how often the arg-max (the predicted class
 of a classifier) stays the same, and the accuracy when labels are given.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -103,8 +104,10 @@ def check_accumulators(
     geoms = validate_params(layers, params)
     check_chain(geoms)
     if acc_bits is None:
-        widths = [accumulator_bits(g.mw, lay.w_bits, lay.a_bits, weights=p.weights, a_signed=p.in_signed).used
-                  for g, lay, p in zip(geoms, layers, params)]
+        widths = [
+            accumulator_bits(g.mw, lay.w_bits, lay.a_bits, weights=p.weights, a_signed=p.in_signed).used
+            for g, lay, p in zip(geoms, layers, params)
+        ]
     else:
         widths = list(acc_bits) if isinstance(acc_bits, (list, tuple)) else [int(acc_bits)] * len(layers)
     signed = [acc_is_signed(lay, p) for lay, p in zip(layers, params)]

@@ -47,6 +47,7 @@ A stage whose input and output stream widths differ is joined by a
 DataWidthConverter that FINN sizes as a FIFO; we do not cost it (nor FIFOs between
 these units).
 """
+
 from __future__ import annotations
 
 import math
@@ -151,9 +152,7 @@ class UnitSpec:
     def cost(self, pe: int, simd: int = 1) -> UnitOption:
         """Cycles and resources at one folding (PE must divide ``pe_axis``, SIMD ``simd_axis``)."""
         if pe < 1 or self.pe_axis % pe or simd < 1 or self.simd_axis % simd:
-            raise FoldingError(
-                f"op {self.name!r}: PE={pe} must divide {self.pe_axis} and SIMD={simd} must divide {self.simd_axis}"
-            )
+            raise FoldingError(f"op {self.name!r}: PE={pe} must divide {self.pe_axis} and SIMD={simd} must divide {self.simd_axis}")
         return _COST[self.info.kind if self.info.role != "grouped" else "depthwise"](self, pe, simd)
 
 
@@ -188,8 +187,11 @@ def _elementwise(spec: UnitSpec, pe: int, simd: int) -> UnitOption:
     if k == "add":
         a, b = i.in_bits
         aligned = max(a, b) + ALIGN_FRAC_BITS
-        res = Resources(lut=pe * (mult_luts(a, ALIGN_FRAC_BITS) + mult_luts(b, ALIGN_FRAC_BITS))) + Resources(
-            lut=pe * (aligned + 1)) + _thr(pe, ch, i.out_bits, aligned + 1)
+        res = (
+            Resources(lut=pe * (mult_luts(a, ALIGN_FRAC_BITS) + mult_luts(b, ALIGN_FRAC_BITS)))
+            + Resources(lut=pe * (aligned + 1))
+            + _thr(pe, ch, i.out_bits, aligned + 1)
+        )
         return UnitOption(pe, 1, {"ChannelwiseOp": c, "AddStreams": c, "Thresholding": c}, res)
     if k == "mul":
         a, b = i.in_bits
@@ -275,10 +277,21 @@ def _passthrough(spec: UnitSpec, pe: int, simd: int) -> UnitOption:
 
 
 _COST = {
-    "quantize": _elementwise, "relu": _elementwise, "clamp": _elementwise, "lut": _elementwise,
-    "add": _elementwise, "mul": _elementwise, "cat": _cat, "avgpool": _pool, "maxpool": _pool,
-    "mean": _mean, "depthwise": _depthwise, "flatten": _passthrough, "reshape": _passthrough,
-    "permute": _passthrough, "slice": _passthrough,
+    "quantize": _elementwise,
+    "relu": _elementwise,
+    "clamp": _elementwise,
+    "lut": _elementwise,
+    "add": _elementwise,
+    "mul": _elementwise,
+    "cat": _cat,
+    "avgpool": _pool,
+    "maxpool": _pool,
+    "mean": _mean,
+    "depthwise": _depthwise,
+    "flatten": _passthrough,
+    "reshape": _passthrough,
+    "permute": _passthrough,
+    "slice": _passthrough,
 }
 
 
@@ -289,13 +302,35 @@ def _pair(v: Any) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, (int, np.integer)) else (int(v[0]), int(v[1]))
 
 
-def _window(name: str, in_shape: tuple[int, ...], kernel: tuple[int, int], stride: tuple[int, int],
-            padding: tuple[int, int], dilation: tuple[int, int], out_shape: tuple[int, ...]) -> Geometry:
+def _window(
+    name: str,
+    in_shape: tuple[int, ...],
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    out_shape: tuple[int, ...],
+) -> Geometry:
     """The sliding window's view of a padded input (padding folded in, as for the MVAU)."""
     c, h, w = in_shape
     kh, kw = ((kernel[0] - 1) * dilation[0] + 1, (kernel[1] - 1) * dilation[1] + 1)
-    return Geometry(name, "conv", out_shape[0], kh * kw, h + 2 * padding[0], w + 2 * padding[1], c, kh, kw,
-                    stride[0], stride[1], out_shape[1], out_shape[2], 1, "swu")
+    return Geometry(
+        name,
+        "conv",
+        out_shape[0],
+        kh * kw,
+        h + 2 * padding[0],
+        w + 2 * padding[1],
+        c,
+        kh,
+        kw,
+        stride[0],
+        stride[1],
+        out_shape[1],
+        out_shape[2],
+        1,
+        "swu",
+    )
 
 
 def _monotone(table: Any) -> bool:
@@ -320,13 +355,16 @@ def unit_spec(info: OpInfo) -> UnitSpec:
         wk = _ints(w).reshape(c_out, -1)
         if dil != (1, 1):
             full = np.zeros((c_out, g.k_h, g.k_w), dtype=np.int64)
-            full[:, ::dil[0], ::dil[1]] = wk.reshape(c_out, kernel[0], kernel[1])
+            full[:, :: dil[0], :: dil[1]] = wk.reshape(c_out, kernel[0], kernel[1])
             wk = full.reshape(c_out, -1)
         q = info.in_qs[0]
-        acc = accumulator_bits(g.k_h * g.k_w, int(a["w_bits"]), info.in_bits[0], weights=wk,
-                               a_signed=bool(q is not None and q.qmin < 0))
+        acc = accumulator_bits(g.k_h * g.k_w, int(a["w_bits"]), info.in_bits[0], weights=wk, a_signed=bool(q is not None and q.qmin < 0))
         return UnitSpec(
-            info, ("ConvolutionInputGenerator", "VVAU", "Thresholding"), c_out, g.k_h * g.k_w, acc=acc,
+            info,
+            ("ConvolutionInputGenerator", "VVAU", "Thresholding"),
+            c_out,
+            g.k_h * g.k_w,
+            acc=acc,
             weight_bits=c_out * g.k_h * g.k_w * int(a["w_bits"]),
             line_buffer_bits=(g.k_h + g.stride_h) * g.ifm_w * g.channels * info.in_bits[0],
             extra={"kernel": (g.k_h, g.k_w), "window": g},
@@ -338,8 +376,12 @@ def unit_spec(info: OpInfo) -> UnitSpec:
             raise UnsupportedOpError(f"op {info.name!r}: a lut on {info.in_bits[0]}-bit inputs (at most 8)")
         mono = _monotone(info.op.tensors["table"])
         q = info.in_qs[0]
-        return UnitSpec(info, ("Thresholding",) if mono else ("Lookup",), stream_dims(info.out_shape)[1],
-                        extra={"monotone": mono, "entries": int(q.qmax - q.qmin + 1)})
+        return UnitSpec(
+            info,
+            ("Thresholding",) if mono else ("Lookup",),
+            stream_dims(info.out_shape)[1],
+            extra={"monotone": mono, "entries": int(q.qmax - q.qmin + 1)},
+        )
     if k == "add":
         return UnitSpec(info, ("ChannelwiseOp", "AddStreams", "Thresholding"), stream_dims(info.out_shape)[1])
     if k == "mul":
@@ -352,8 +394,15 @@ def unit_spec(info: OpInfo) -> UnitSpec:
         extra: dict[str, Any] = {}
         nodes: tuple[str, ...] = ("Pool",)
         if not a.get("adaptive"):
-            extra["window"] = _window(info.name, info.in_shapes[0], _pair(a["kernel"]), _pair(a["stride"]),
-                                      _pair(a.get("padding", (0, 0))), _pair(a.get("dilation", (1, 1))), info.out_shape)
+            extra["window"] = _window(
+                info.name,
+                info.in_shapes[0],
+                _pair(a["kernel"]),
+                _pair(a["stride"]),
+                _pair(a.get("padding", (0, 0))),
+                _pair(a.get("dilation", (1, 1))),
+                info.out_shape,
+            )
             nodes = ("ConvolutionInputGenerator", "Pool")
         acc = None
         if k == "avgpool":
@@ -366,8 +415,7 @@ def unit_spec(info: OpInfo) -> UnitSpec:
     if k == "mean":
         count = info.in_elems(0) // max(info.out_elems, 1)
         bits = info.in_bits[0] + math.ceil(math.log2(max(count, 1))) + 1
-        return UnitSpec(info, ("GlobalAccPool", "Thresholding"), stream_dims(info.out_shape)[1],
-                        acc=AccumulatorBits(bits, bits, bits))
+        return UnitSpec(info, ("GlobalAccPool", "Thresholding"), stream_dims(info.out_shape)[1], acc=AccumulatorBits(bits, bits, bits))
     raise UnsupportedOpError(f"op {info.name!r}: kind {k!r} has no FINN unit model")
 
 
@@ -395,4 +443,3 @@ def choose(spec: UnitSpec, device: Device, budget_cycles: int | None, limits: di
         if ok:
             return min(ok, key=lambda t: (t[1], t[0], t[2]))[3]
     return min(priced, key=lambda t: (t[0], t[1], t[2]))[3]
-

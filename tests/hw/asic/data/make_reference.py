@@ -12,6 +12,7 @@ For every case of ``cases.json`` (a config under ``configs/`` and a topology und
 verbatim, to ``scalesim_reports/*.csv`` with a leading ``Case`` column. Only SCALE-Sim's
 numbers are kept, never its code.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,7 +48,9 @@ def run_case(py: str, case: dict) -> tuple[dict[str, str], float]:
         t0 = time.perf_counter()
         subprocess.run(
             [py, "-c", RUNNER, str(HERE / case["config"]), str(HERE / case["topology"]), str(layout), tmp, case["kind"]],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         dt = time.perf_counter() - t0
         run_dir = next(p for p in Path(tmp).iterdir() if p.is_dir())
