@@ -8,13 +8,13 @@ integer model beside each, and the peer (torch.ao QAT, same data, epochs and see
     python benchmarks/accuracy.py --only qat_w4a4_lsq,torch_ao_qat_w8a8 --threads 1 --json b.json
     python benchmarks/accuracy.py --merge a.json b.json
 
-Checks the targets of the QAT issue and prints PASS/FAIL per target.
+Checks the accuracy targets (BENCHMARKS.md) and prints PASS/FAIL per target.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,13 +22,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peer import torch_ao_freeze, torch_ao_qat  # noqa: E402
+from peer import torch_ao_freeze, torch_ao_qat
 
-from qatlab.config import profile  # noqa: E402
-from qatlab.data import load_dataset  # noqa: E402
-from qatlab.train import accuracy, fit, loader, predictions, pretrain_fp32, resolve_device, run_trial, seed_everything  # noqa: E402
-from workbook.bench import machine  # noqa: E402
 from qatlab.atomic import write_json
+from qatlab.config import profile
+from qatlab.data import load_dataset
+from qatlab.timing import machine
+from qatlab.train import accuracy, fit, loader, predictions, pretrain_fp32, resolve_device, run_trial, seed_everything
 
 # Below 8 bits: the first and last layers stay at 8 bits (as in the LSQ paper), and the
 # ranges that initialise LSQ's steps (and PTQ's) come from the MSE-optimal clip: a
@@ -45,8 +45,8 @@ TRIALS = [
 ]
 
 
-def torch_ao_peer(prof: str, seed: int) -> dict[str, object]:
-    cfg = profile(prof, method="qat", seed=seed)
+def torch_ao_peer(prof: str, seed: int, **overrides: object) -> dict[str, object]:
+    cfg = profile(prof, **{"method": "qat", "seed": seed, **overrides})
     device = resolve_device(cfg.device)
     splits = load_dataset(cfg.dataset, val_fraction=cfg.val_fraction, limit_train=cfg.limit_train, seed=cfg.seed)
     fp32, _ = pretrain_fp32(cfg, splits, device)
@@ -88,7 +88,26 @@ def main() -> None:
         r = run_trial(profile(a.profile, seed=a.seed, **over))
         if r["status"] != "ok":
             print(r["error"], file=sys.stderr)
-        rows.append({"name": name, **{k: r.get(k) for k in ("status", "fp32_acc", "test_acc", "int_acc", "int_agreement", "train_s", "epochs", "qat_epochs", "n_train", "device")}})
+        rows.append(
+            {
+                "name": name,
+                **{
+                    k: r.get(k)
+                    for k in (
+                        "status",
+                        "fp32_acc",
+                        "test_acc",
+                        "int_acc",
+                        "int_agreement",
+                        "train_s",
+                        "epochs",
+                        "qat_epochs",
+                        "n_train",
+                        "device",
+                    )
+                },
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     if only is None or "torch_ao_qat_w8a8" in only:
         rows.append(torch_ao_peer(a.profile, a.seed))
@@ -117,7 +136,9 @@ def report(rows: list[dict], profile_name: str, seed: int, json_path: str | None
     }
     for n, r in by.items():
         if r.get("int_agreement") is not None:
-            checks[f"{n}: IntModel agrees on >= 99.9%, acc within 0.1 pt"] = r["int_agreement"] >= 0.999 and abs(r["int_acc"] - r["test_acc"]) <= 0.001
+            checks[f"{n}: IntModel agrees on >= 99.9%, acc within 0.1 pt"] = (
+                r["int_agreement"] >= 0.999 and abs(r["int_acc"] - r["test_acc"]) <= 0.001
+            )
     print(f"\nprofile {profile_name}, seed {seed}")
     print(f"{'trial':22} {'test %':>7} {'int %':>7} {'agree %':>8} {'Δ vs fp32':>9}")
     for r in rows:

@@ -4,6 +4,7 @@ Shared by benchmarks/qat_step.py and benchmarks/accuracy.py. torch.ao is depreca
 upstream but still ships in torch 2.13; its default x86 qconfig uses per-channel
 symmetric int8 weights and quint8 activations with reduce_range (7-bit activations).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -15,10 +16,10 @@ from torch import nn
 def torch_ao_qat(fp32: nn.Module, example: torch.Tensor) -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        import copy
+
         from torch.ao.quantization import get_default_qat_qconfig_mapping
         from torch.ao.quantization.quantize_fx import prepare_qat_fx
-
-        import copy
 
         m = copy.deepcopy(fp32).train()
         return prepare_qat_fx(m, get_default_qat_qconfig_mapping("x86"), (example,))
@@ -26,8 +27,8 @@ def torch_ao_qat(fp32: nn.Module, example: torch.Tensor) -> nn.Module:
 
 def torch_ao_freeze(model: nn.Module) -> None:
     """torch.ao's late-training switches: freeze BN statistics and observers."""
-    from torch.ao.quantization import disable_observer
     from torch.ao.nn.intrinsic import qat as nniqat
+    from torch.ao.quantization import disable_observer
 
     model.apply(disable_observer)
     model.apply(nniqat.freeze_bn_stats)

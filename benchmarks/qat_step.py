@@ -1,74 +1,170 @@
 """QAT training step time: ours vs torch.ao's QAT vs the FP32 step (ratios, same run).
 
-    python benchmarks/qat_step.py [--model lenet] [--batch 128] [--repeats 20] [--threads N]
+    python benchmarks/qat_step.py [--model lenet|resnet8|mobilenet] [--batch 128] [--repeats 64]
+                                  [--threads N] [--recipes lsq,clipped,lsq_mse,pact_mse,clipped_mse]
+                                  [--json out.json]
 
-One step = forward + cross-entropy + backward + Adam step on a fixed batch,
-timed round-robin (interleaved) with the median taken, after a calibration pass.
+One step = forward + cross-entropy + backward + Adam step on a fixed batch, timed
+round-robin (interleaved) after a calibration pass. Each recipe is timed in both QAT
+phases: ``live`` (observers on, BN batch statistics: the steps before the freeze) and
+``frozen`` (after ``freeze_bn`` + observers off). The recipes are the trials'
+(``qatlab.train.specs``): ``lsq`` / ``clipped`` are W8A8 with min/max ranges (EMA for
+activations); the ``*_mse`` ones are W4A4 with MSE-optimal ranges and 8-bit first/last
+layers, the low-bit recipe of benchmarks/accuracy.py.
+
+Reported per model: median and mean ms of each step, and each one's median and mean as a
+ratio to FP32's and to torch.ao's QAT step (its default x86 qconfig, observers live).
+Recipes with a search estimator (``mse``) run it on one step in ``refresh_every``
+(``qatlab.nn.fake_quant``) and track the range by min/max in between; their
+``*_live_search`` step is the same model searching on every step (``refresh_every=1``,
+what every step cost before), and ``amortised`` = live + (search − live) / refresh_every
+is the mean step cost over a whole refresh period.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peer import torch_ao_qat  # noqa: E402
+from peer import torch_ao_freeze, torch_ao_qat
 
-from qatlab.models import build_model  # noqa: E402
-from qatlab.nn import calibrate, prepare_qat, set_observe  # noqa: E402
-from qatlab.quant import QuantSpec  # noqa: E402
-from workbook.bench import interleaved, machine  # noqa: E402
+from qatlab.atomic import write_json
+from qatlab.config import TrainConfig
+from qatlab.models import MODELS, build_model
+from qatlab.nn import calibrate, freeze_bn, prepare_qat, set_observe
+from qatlab.nn.fake_quant import DEFAULT_REFRESH_EVERY, set_refresh_every
+from qatlab.timing import machine
+from qatlab.train import specs
+
+LOW = {"w_bits": 4, "a_bits": 4, "estimator": "mse", "first_last_bits": 8}
+RECIPES: dict[str, dict[str, object]] = {
+    "lsq": {"ste": "lsq"},
+    "clipped": {"ste": "clipped"},
+    "lsq_mse": {"ste": "lsq", **LOW},
+    "pact_mse": {"ste": "pact", **LOW},
+    "clipped_mse": {"ste": "clipped", **LOW},
+}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="lenet")
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    a = ap.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
+def build_steps(model_name: str, batch: int, recipes: list[str], calib_batches: int = 4) -> dict[str, Callable[[], None]]:
     torch.manual_seed(0)
-    x = torch.randn(a.batch, 1, 28, 28)
-    y = torch.randint(0, 10, (a.batch,))
-    fp32 = build_model(a.model, 10, (1, 28, 28))
-    models = {"fp32": fp32}
-    for ste in ("lsq", "clipped"):
-        q = prepare_qat(fp32, QuantSpec(bits=8, granularity="channel"), QuantSpec(bits=8, symmetric=False, estimator="ema"), ste)
-        calibrate(q, [x])
-        set_observe(q, True)  # QAT keeps observing activations (and weights, for fixed scales)
-        models[f"ours_{ste}"] = q
-    models["torch_ao"] = torch_ao_qat(fp32, x)
-    steps = {}
+    x = torch.randn(batch, 1, 28, 28)
+    y = torch.randint(0, 10, (batch,))
+    fp32 = build_model(model_name, 10, (1, 28, 28))
+    models: dict[str, torch.nn.Module] = {"fp32": fp32}
+    for r in recipes:
+        cfg = TrainConfig(model=model_name, method="qat", granularity="channel", **RECIPES[r])  # type: ignore[arg-type]
+        w_spec, a_spec = specs(cfg)
+        phases = ["live", "frozen"] + (["live_search"] if cfg.estimator == "mse" else [])
+        for phase in phases:
+            q = prepare_qat(fp32, w_spec, a_spec, cfg.ste, first_last_bits=cfg.first_last_bits)
+            calibrate(q, [x] * calib_batches)
+            if phase.startswith("live"):
+                set_observe(q, True)  # QAT keeps observing until the freeze
+            else:
+                freeze_bn(q)
+                set_observe(q, False)
+            if phase == "live_search":
+                set_refresh_every(q, 1)
+            models[f"{r}_{phase}"] = q
+    models["torch_ao_live"] = torch_ao_qat(fp32, x)
+    models["torch_ao_frozen"] = torch_ao_qat(fp32, x)
+    torch_ao_freeze(models["torch_ao_frozen"])
+    steps: dict[str, Callable[[], None]] = {}
     for name, m in models.items():
         m.train()
         opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-4)
 
-        def step(m=m, opt=opt) -> None:
+        def step(m: torch.nn.Module = m, opt: torch.optim.Optimizer = opt) -> None:
             loss = F.cross_entropy(m(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
 
         steps[name] = step
-    t = interleaved(steps, repeats=a.repeats, warmup=3)
-    row = {
-        "model": a.model,
-        "batch": a.batch,
-        **{f"{k}_ms": round(v * 1e3, 2) for k, v in t.items()},
-        "ours_lsq_vs_torch_ao": round(t["ours_lsq"] / t["torch_ao"], 3),
-        "ours_clipped_vs_torch_ao": round(t["ours_clipped"] / t["torch_ao"], 3),
-        "ours_lsq_vs_fp32": round(t["ours_lsq"] / t["fp32"], 3),
-        "ours_clipped_vs_fp32": round(t["ours_clipped"] / t["fp32"], 3),
-        "torch_ao_vs_fp32": round(t["torch_ao"] / t["fp32"], 3),
-    }
+    return steps
+
+
+def time_interleaved(steps: dict[str, Callable[[], None]], repeats: int, warmup: int = 3) -> dict[str, list[float]]:
+    """Every step's seconds, round-robin so that load drift hits all of them alike."""
+    for fn in steps.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(repeats):
+        for k, fn in steps.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[k].append(time.perf_counter() - t0)
+    return samples
+
+
+def summarize(model_name: str, batch: int, samples: dict[str, list[float]]) -> dict[str, object]:
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    mean = {k: statistics.fmean(v) for k, v in samples.items()}
+    row: dict[str, object] = {"model": model_name, "batch": batch, "repeats": len(samples["fp32"])}
+    for k in samples:
+        row[f"{k}_ms"] = round(med[k] * 1e3, 2)
+        row[f"{k}_mean_ms"] = round(mean[k] * 1e3, 2)
+    for k in samples:
+        if k == "fp32":
+            continue
+        phase = "frozen" if k.endswith("_frozen") else "live"
+        row[f"{k}_vs_fp32"] = round(med[k] / med["fp32"], 3)
+        row[f"{k}_vs_fp32_mean"] = round(mean[k] / mean["fp32"], 3)
+        if not k.startswith("torch_ao"):
+            row[f"{k}_vs_torch_ao"] = round(med[k] / med[f"torch_ao_{phase}"], 3)
+    for k in samples:
+        if k.endswith("_live_search"):
+            live = k[: -len("_search")]
+            amortised = med[live] + (med[k] - med[live]) / DEFAULT_REFRESH_EVERY
+            row[f"{live}_amortised_ms"] = round(amortised * 1e3, 2)
+            row[f"{live}_amortised_vs_fp32"] = round(amortised / med["fp32"], 3)
+            row[f"{k}_over_live"] = round(med[k] / med[live], 2)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="lenet", choices=MODELS)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, from {', '.join(RECIPES)}")
+    ap.add_argument("--json", default=None, help="also write the row (and machine) here")
+    a = ap.parse_args()
+    recipes = [r for r in a.recipes.split(",") if r]
+    unknown = sorted(set(recipes) - set(RECIPES))
+    if unknown:
+        ap.error(f"--recipes: unknown {', '.join(unknown)}; expected from {', '.join(RECIPES)}")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    row = summarize(a.model, a.batch, time_interleaved(build_steps(a.model, a.batch, recipes), a.repeats))
     print(json.dumps({"machine": machine()}))
     print(json.dumps(row))
+    print(f"\n{a.model}, batch {a.batch}, {row['repeats']} interleaved steps each; FP32 {row['fp32_ms']} ms")
+    print(f"{'step':22} {'median ms':>10} {'mean ms':>9} {'× FP32':>7} {'× FP32 (mean)':>14} {'× torch.ao':>11}")
+    for k in [k[: -len("_ms")] for k in row if k.endswith("_ms") and not k.endswith(("_mean_ms", "_amortised_ms"))]:
+        if k == "fp32":
+            continue
+        vs_ao = row.get(f"{k}_vs_torch_ao", "-")
+        print(f"{k:22} {row[k + '_ms']:>10} {row[k + '_mean_ms']:>9} {row[k + '_vs_fp32']:>7} {row[k + '_vs_fp32_mean']:>14} {vs_ao:>11}")
+    for k in [k for k in row if k.endswith("_amortised_ms")]:
+        live = k[: -len("_amortised_ms")]
+        print(
+            f"{live}: amortised over {DEFAULT_REFRESH_EVERY} steps {row[k]} ms = {row[live + '_amortised_vs_fp32']} × FP32 (a search step: {row[live + '_search_over_live']} × a tracking step)"
+        )
+    if a.json:
+        write_json(a.json, {"machine": machine(), "row": row})
 
 
 if __name__ == "__main__":

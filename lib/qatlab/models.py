@@ -6,15 +6,18 @@ Why the models look the way they do: ``prepare_qat`` rewrites them with
 
 - traces with fx (no data-dependent control flow, shapes fixed at build time),
 - uses only Conv2d, BatchNorm2d, ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d,
-  Flatten and Linear modules, plus ``+`` for residual adds,
+  Flatten and Linear modules, plus ``+`` for residual adds; the MobileNet-style
+  model adds ReLU6, Hardswish, Hardsigmoid and ``*`` for its squeeze-excitation gate,
 - puts each BatchNorm2d directly after its Conv2d, which has ``bias=False`` (the
-  folded BN supplies the bias),
+  folded BN supplies the bias); only the squeeze-excitation 1x1 convs, which have
+  no BN, carry their own bias,
 - has no dropout (it has no integer meaning and the nets are small),
 - gives each ReLU its own module instance, so a quantizer can be attached per use.
 
 Initialisation is PyTorch's default, so ``torch.manual_seed`` before
 :func:`build_model` fixes the weights.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -22,7 +25,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-MODELS = ("mlp", "lenet", "resnet8")
+MODELS = ("mlp", "lenet", "resnet8", "mobilenet")
 DEFAULT_MODEL = "lenet"
 
 
@@ -57,9 +60,7 @@ def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
     ]
 
 
-def lenet(
-    num_classes: int, input_shape: tuple[int, int, int], channels: tuple[int, int] = (32, 64), hidden: int = 128
-) -> nn.Sequential:
+def lenet(num_classes: int, input_shape: tuple[int, int, int], channels: tuple[int, int] = (32, 64), hidden: int = 128) -> nn.Sequential:
     """LeNet with 3x3 convs and BatchNorm: the default CNN.
 
     32/64 channels and a 128-wide hidden layer reach ~91-92% on Fashion-MNIST in a
@@ -132,10 +133,107 @@ class ResNet8(nn.Module):
         return self.fc(self.flatten(self.pool(x)))
 
 
+def _conv_bn_act(cin: int, cout: int, kernel: int, stride: int, act: type[nn.Module] | None, groups: int = 1) -> list[nn.Module]:
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
+    if act is not None:
+        layers.append(act())
+    return layers
+
+
+class SqueezeExcite(nn.Module):
+    """``x * hardsigmoid(fc2(relu(fc1(mean(x)))))`` with 1x1 convs as the fcs (MobileNetV3).
+
+    The mean is an ``AdaptiveAvgPool2d(1)`` module, so the graph names it as a layer
+    and keeps the (N, C, 1, 1) shape that broadcasts in the gating product.
+    """
+
+    def __init__(self, channels: int, squeezed: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, squeezed, 1)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Conv2d(squeezed, channels, 1)
+        self.gate = nn.Hardsigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(self.fc2(self.relu(self.fc1(self.pool(x)))))
+
+
+class InvertedResidual(nn.Module):
+    """1x1 expansion, depthwise 3x3, optional squeeze-excitation, 1x1 linear projection;
+    a residual add where input and output shapes match (MobileNetV2/V3)."""
+
+    def __init__(self, cin: int, expanded: int, cout: int, stride: int, se: bool, act: type[nn.Module]) -> None:
+        super().__init__()
+        # Decided at build time, never in forward, so fx sees a fixed graph.
+        self.expand: nn.Module = nn.Sequential(*_conv_bn_act(cin, expanded, 1, 1, act)) if expanded != cin else nn.Identity()
+        self.depthwise = nn.Sequential(*_conv_bn_act(expanded, expanded, 3, stride, act, groups=expanded))
+        self.se: nn.Module = SqueezeExcite(expanded, _round8(expanded // 4)) if se else nn.Identity()
+        self.project = nn.Sequential(*_conv_bn_act(expanded, cout, 1, 1, None))
+        self.use_residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.project(self.se(self.depthwise(self.expand(x))))
+        if self.use_residual:
+            out = out + x
+        return out
+
+
+def _round8(c: int) -> int:
+    return max(8, (c + 4) // 8 * 8)
+
+
+# (expanded, out, stride, squeeze-excitation, activation) per inverted residual block.
+_MOBILENET_BLOCKS: tuple[tuple[int, int, int, bool, type[nn.Module]], ...] = (
+    (16, 16, 1, True, nn.ReLU6),
+    (64, 24, 2, False, nn.ReLU6),
+    (72, 24, 1, False, nn.ReLU6),
+    (96, 40, 1, True, nn.Hardswish),
+    (120, 40, 1, True, nn.Hardswish),
+    (160, 48, 2, True, nn.Hardswish),
+)
+
+
+class MobileNet(nn.Module):
+    """A MobileNetV3-style CNN for small grayscale images (~105k parameters).
+
+    Stem conv (stride 2, hardswish), six inverted residual blocks (depthwise 3x3 convs,
+    ReLU6 early and hardswish late, squeeze-excitation with hardsigmoid gating, residual
+    adds where shapes match), a 1x1 conv, global average pool and a two-layer head.
+    Two more stride-2 stages take 28x28 to 4x4. Depthwise convs are what makes it
+    interesting to quantize: with one 3x3 filter per channel their per-channel weight
+    ranges differ widely, so a single per-tensor weight scale fails at 8 bits.
+    """
+
+    def __init__(self, num_classes: int, input_shape: tuple[int, int, int], stem: int = 16, last: int = 192, hidden: int = 128) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(*_conv_bn_act(input_shape[0], stem, 3, 2, nn.Hardswish))
+        blocks: list[nn.Module] = []
+        cin = stem
+        for expanded, cout, stride, se, act in _MOBILENET_BLOCKS:
+            blocks.append(InvertedResidual(cin, expanded, cout, stride, se, act))
+            cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.last = nn.Sequential(*_conv_bn_act(cin, last, 1, 1, nn.Hardswish))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(last, hidden)
+        self.act = nn.Hardswish()
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.last(self.blocks(self.stem(x)))
+        return self.fc2(self.act(self.fc1(self.flatten(self.pool(x)))))
+
+
 _BUILDERS: dict[str, Callable[[int, tuple[int, int, int]], nn.Module]] = {
     "mlp": mlp,
     "lenet": lenet,
     "resnet8": ResNet8,
+    "mobilenet": MobileNet,
 }
 
 

@@ -1,11 +1,15 @@
 """Accuracy study over a sweep's results: the table a paper would print, accuracy vs
-bits with error bars over seeds, and the integer model's accuracy beside the
-fake-quant model's."""
+bits with error bars over seeds, the integer model's accuracy beside the
+fake-quant model's, and PTQ with per-tensor vs per-channel weights (why depthwise
+convolutions need the latter)."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
+import torch
+from torch import nn
 
 KEYS = ["method", "ste", "granularity", "estimator", "w_bits", "a_bits"]
 
@@ -53,7 +57,7 @@ def failures(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def plot_acc_vs_bits(df: pd.DataFrame):  # noqa: ANN201 - a matplotlib Figure
+def plot_acc_vs_bits(df: pd.DataFrame):
     """Test accuracy vs weight bits per (method, STE), error bars = std over seeds."""
     import matplotlib.pyplot as plt
 
@@ -76,3 +80,156 @@ def plot_acc_vs_bits(df: pd.DataFrame):  # noqa: ANN201 - a matplotlib Figure
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+# ---- weight granularity: one scale per tensor vs one per output channel ---------------
+GRAN_KEYS = ["model", "w_bits", "a_bits", "estimator"]
+GRAN_COLUMNS = GRAN_KEYS + ["FP32", "per-tensor", "per-channel", "per-channel − per-tensor", "IntModel per-tensor", "IntModel per-channel"]
+
+
+def granularity_table(df: pd.DataFrame) -> pd.DataFrame:
+    """PTQ with per-tensor vs per-channel weights, side by side (test accuracy %, mean
+    over seeds), for every setting the run has with both; empty when it has none.
+
+    Depthwise convolutions are where the two part: each output channel is one 3x3
+    filter with its own range, and one scale for all of them rounds the small filters
+    to a few codes (see :func:`weight_range_table`).
+    """
+    ok = df[(df.status == "ok") & (df.method == "ptq")] if "method" in df else df.iloc[0:0]
+    if ok.empty or not {"tensor", "channel"} <= set(ok.granularity):
+        return pd.DataFrame(columns=GRAN_COLUMNS)
+    ok = ok.copy()
+    if "model" not in ok:
+        ok["model"] = "-"
+    if "int_acc" not in ok:
+        ok["int_acc"] = float("nan")
+    fp = df[(df.status == "ok") & (df.method == "fp32")]
+    fp_by_model = fp.groupby("model").test_acc.mean() if "model" in fp else pd.Series(dtype=float)
+    means = ok.groupby(GRAN_KEYS + ["granularity"], dropna=False)[["test_acc", "int_acc"]].mean().unstack("granularity")
+    rows = []
+    for key, r in means.iterrows():
+        if pd.isna(r.get(("test_acc", "tensor"))) or pd.isna(r.get(("test_acc", "channel"))):
+            continue
+        t, c = 100 * r[("test_acc", "tensor")], 100 * r[("test_acc", "channel")]
+        rows.append(
+            {
+                **dict(zip(GRAN_KEYS, key)),
+                "FP32": 100 * fp_by_model.get(key[0], float("nan")),
+                "per-tensor": t,
+                "per-channel": c,
+                "per-channel − per-tensor": c - t,
+                "IntModel per-tensor": 100 * r[("int_acc", "tensor")],
+                "IntModel per-channel": 100 * r[("int_acc", "channel")],
+            }
+        )
+    return pd.DataFrame(rows, columns=GRAN_COLUMNS).round(2)
+
+
+def plot_granularity(df: pd.DataFrame):
+    """Bars: FP32, PTQ per-tensor and PTQ per-channel weights per setting (None when the
+    run has no such pair)."""
+    t = granularity_table(df)
+    if t.empty:
+        return None
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    labels = [f"{r.model} W{r.w_bits}A{r.a_bits} {r.estimator}" for r in t.itertuples()]
+    x = range(len(t))
+    for i, (col, color) in enumerate((("FP32", "0.6"), ("per-tensor", "tab:red"), ("per-channel", "tab:blue"))):
+        ax.bar([v + (i - 1) * 0.27 for v in x], t[col], width=0.27, color=color, label=f"PTQ {col}" if col != "FP32" else col)
+    ax.set_xticks(list(x), labels, fontsize=8)
+    ax.set_ylabel("test accuracy (%)")
+    lo = min(t[["FP32", "per-tensor", "per-channel"]].min().min(), 100)
+    ax.set_ylim(max(0, lo - 5), 100)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def folded_weights(model: nn.Module) -> list[tuple[str, nn.Module, torch.Tensor]]:
+    """(name, layer, weight) of every Conv2d and Linear, with a BatchNorm that follows a
+    conv folded in (``W·γ/σ``): the weights that PTQ quantizes."""
+    from torch import fx
+
+    gm = fx.symbolic_trace(model)
+    mods = dict(gm.named_modules())
+    out = []
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(mods[str(node.target)], (nn.Conv2d, nn.Linear)):
+            continue
+        layer = mods[str(node.target)]
+        w = layer.weight.detach()
+        users = list(node.users)
+        bn = mods.get(str(users[0].target)) if len(users) == 1 and users[0].op == "call_module" else None
+        if isinstance(layer, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            f = (bn.weight.detach() if bn.weight is not None else 1.0) / torch.sqrt(bn.running_var + bn.eps)
+            w = w * f.reshape(-1, 1, 1, 1)
+        out.append((str(node.target), layer, w))
+    return out
+
+
+def layer_kind(layer: nn.Module) -> str:
+    if isinstance(layer, nn.Linear):
+        return "linear"
+    assert isinstance(layer, nn.Conv2d)
+    if layer.groups > 1 and layer.groups == layer.in_channels:
+        return "depthwise"
+    return "pointwise" if layer.kernel_size == (1, 1) else "conv"
+
+
+def weight_range_table(model: nn.Module, bits: int = 8) -> pd.DataFrame:
+    """Per layer: how far apart its output channels' weight ranges are, and the weight
+    SQNR (dB) at ``bits`` with one scale per tensor vs one per channel (symmetric min/max).
+
+    ``range spread`` = largest / median per-channel max|w|: the factor by which a
+    per-tensor scale is too coarse for a typical channel.
+    """
+    from qatlab.quant import QuantSpec, dequantize, quantize, sqnr_db
+
+    rows = []
+    for name, layer, w in folded_weights(model):
+        per_ch = w.reshape(w.shape[0], -1).abs().amax(1)
+        sq = {}
+        for gran in ("tensor", "channel"):
+            q, qp = quantize(w, QuantSpec(bits=bits, symmetric=True, granularity=gran, axis=0))
+            sq[gran] = sqnr_db(w, dequantize(q, qp))
+        rows.append(
+            {
+                "layer": name,
+                "kind": layer_kind(layer),
+                "shape": "x".join(map(str, w.shape)),
+                "range spread": float(per_ch.max() / per_ch.median().clamp(min=1e-12)),
+                f"SQNR per-tensor W{bits} (dB)": sq["tensor"],
+                f"SQNR per-channel W{bits} (dB)": sq["channel"],
+                "per-channel gain (dB)": sq["channel"] - sq["tensor"],
+            }
+        )
+    return pd.DataFrame(rows).round(2)
+
+
+def depthwise_effect(run_dir: str | Path | None, df: pd.DataFrame, bits: int = 8) -> pd.DataFrame:
+    """Weight ranges and SQNR by layer kind (mean over layers) of the run's FP32 model,
+    when the run compares per-tensor and per-channel PTQ; empty otherwise."""
+    if run_dir is None or granularity_table(df).empty:
+        return pd.DataFrame()
+    model = _fp32_model(run_dir)
+    if model is None:
+        return pd.DataFrame()
+    t = weight_range_table(model, bits)
+    g = t.drop(columns=["layer", "shape"]).groupby("kind")
+    out = g.mean().round(2)
+    out.insert(0, "layers", g.size())
+    return out.reset_index()
+
+
+def _fp32_model(run_dir: str | Path) -> nn.Module | None:
+    """The run's FP32 model (its fp32 trial's checkpoint), or None if it saved none."""
+    from qatlab.train import load_checkpoint
+
+    for p in sorted(Path(run_dir).glob("trials/*/model.pt")):
+        m, cfg, _ = load_checkpoint(p)
+        if cfg.method == "fp32":
+            return m
+    return None

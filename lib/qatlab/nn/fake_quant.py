@@ -8,18 +8,77 @@ Range bookkeeping (``role``):
 * ``act``: a running range across batches: ``minmax`` keeps the running min/max
   (as torch's MinMaxObserver); ``ema`` and the batch estimators (``meanstd``,
   ``percentile``, ``mse``, ``entropy``) average per-batch ranges with decay ``ema_decay``.
+
+Search estimators (``mse``, ``entropy``, ``percentile``: a grid search, a histogram
+search, a selection) cost tens of passes over the tensor. Calibration runs them on
+every batch. In QAT, where the observers run on every training step, they run on
+every ``refresh_every``-th observation only, because what they find, the clip as a
+fraction of the largest magnitude, moves slowly while the magnitude itself moves
+with every batch and every weight update: the steps between take one min/max pass
+and scale the fractions of the last search by it. ``refresh_every=1`` searches on
+every step (the exact, slow reference).
 """
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
 from qatlab.quant import QParams, QuantSpec, estimate_range, layout_for, qparams_from_range, to_rows
+from qatlab.quant.estimators import row_minmax
 from qatlab.quant.granularity import Layout, from_rows
 
 from .ste import STE_KINDS, fake_quant, lsq_fake_quant, lsq_grad_factor, pact_fake_quant
 
 ROLES = ("weight", "act")
+SEARCH_ESTIMATORS = frozenset({"mse", "entropy", "percentile"})
+# The costliest recipe searches per-channel MSE ranges for every weight of the model:
+# ~1.5 s for LeNet on one core, 13x its training step. Once per 128 steps that is
+# ~10 % of a step on average, and a few searches per epoch still follow the weights.
+DEFAULT_REFRESH_EVERY = 128
+
+
+class _PACTFast(torch.autograd.Function):
+    """PACT's fake quantization in one rounding pass; :func:`pact_fake_quant` is the reference.
+
+    Forward: codes ``clamp(round(x·(1/s)), 0, top)·s`` with ``s = α/qmax`` and ``top``
+    the code of α itself, bit-identical to quantizing ``clamp(x, 0, α)`` as the reference
+    does (rounding is monotone, so every ``x ≥ α`` lands on α's code). Backward, as the
+    reference's: ``dx = dy`` where ``0 < x < α``, ``dα = Σ dy`` where ``x ≥ α``. The
+    reference builds the clip, the quantized copy and a straight-through sum as separate
+    tensors (about half of the PACT step's quantizer time on the CPU).
+    """
+
+    @staticmethod
+    def forward(ctx, x, alpha, qmax):  # type: ignore[override]
+        a = alpha.detach().reshape(()).float()
+        s = (a / qmax).clamp(min=1e-12)
+        inv = torch.tensor(1.0, dtype=torch.float32, device=x.device) / s
+        # α <= 0 leaves no codes above 0 (the reference's clip is then 0 or α <= 0).
+        top = torch.round(a * inv).clamp(0, qmax)
+        t = x.detach() * inv
+        t.round_()
+        ctx.save_for_backward(x, a)
+        return torch.minimum(t.clamp_(min=0), top).mul_(s)
+
+    @staticmethod
+    def backward(ctx, dy):  # type: ignore[override]
+        x, a = ctx.saved_tensors
+        above = x >= a
+        dx = dy.masked_fill(above | (x <= 0), 0) if ctx.needs_input_grad[0] else None
+        da = dy.masked_fill(~above, 0).sum().reshape(1) if ctx.needs_input_grad[1] else None
+        return dx, da, None
+
+
+def pact_fake_quant_fast(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
+    """:func:`pact_fake_quant`'s values and gradients, from fewer full-size passes."""
+    return _PACTFast.apply(x, alpha, 2**bits - 1)
+
+
+def _check_refresh_every(n: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"refresh_every must be an int >= 0 (0: search only while calibrating), got {n!r}")
+    return n
 
 
 class FakeQuant(nn.Module):
@@ -42,6 +101,11 @@ class FakeQuant(nn.Module):
         # While calibrating, learned quantizers observe and apply their observed range;
         # their learned parameters are initialised from it afterwards (init_learned).
         self.calibrating = False
+        self.refresh_every = DEFAULT_REFRESH_EVERY
+        # The last search's clip per row as fractions of the row's largest magnitude,
+        # [2, rows] (lo, hi); derived state, so not saved with the model.
+        self.register_buffer("clip_frac", torch.empty(0), persistent=False)
+        self._since_search = 0
         self.register_buffer("lo", torch.empty(0))
         self.register_buffer("hi", torch.empty(0))
         self.register_buffer("initialized", torch.tensor(False))
@@ -56,8 +120,36 @@ class FakeQuant(nn.Module):
         s = self.spec
         return f"bits={s.bits}, {s.granularity}, {s.estimator}, {'sym' if s.symmetric else 'asym'}, ste={self.ste}, role={self.role}"
 
+    @property
+    def refresh_every(self) -> int:
+        """Observations between two runs of a search estimator outside calibration
+        (1: every one; 0: none, the fractions found while calibrating stay)."""
+        return self._refresh_every
+
+    @refresh_every.setter
+    def refresh_every(self, n: int) -> None:
+        self._refresh_every = _check_refresh_every(n)
+
+    def _batch_range(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.spec.estimator not in SEARCH_ESTIMATORS:
+            return estimate_range(rows, self.spec)
+        with torch.no_grad():
+            mm_lo, mm_hi = row_minmax(rows)
+            mag = torch.maximum(mm_lo.abs(), mm_hi.abs()).float()
+        n = self._refresh_every
+        due = self.calibrating or self.clip_frac.shape != (2, mag.numel()) or n == 1 or (n > 1 and self._since_search + 1 >= n)
+        if not due:
+            self._since_search += 1
+            return self.clip_frac[0] * mag, self.clip_frac[1] * mag
+        lo, hi = estimate_range(rows, self.spec)
+        # An all-zero row has no magnitude to scale: its fractions are 0 and its range stays 0.
+        safe = torch.where(mag > 0, mag, torch.ones_like(mag))
+        self.clip_frac = torch.stack([lo / safe, hi / safe])
+        self._since_search = 0
+        return lo, hi
+
     def _observe(self, x: torch.Tensor, layout: Layout) -> None:
-        lo, hi = estimate_range(to_rows(x.detach(), layout), self.spec)
+        lo, hi = self._batch_range(to_rows(x.detach(), layout))
         if self.role == "weight" or self.lo.numel() != lo.numel():
             self.lo, self.hi = lo, hi
         elif self.spec.estimator == "minmax":
@@ -128,6 +220,8 @@ class FakeQuant(nn.Module):
                 return self._apply_fixed(x, qp, layout, "clipped")
             self._init_learned(layout, x)
         if self.ste == "pact":
+            if x.device.type == "cpu":
+                return pact_fake_quant_fast(x, self.alpha, self.spec.bits)
             return pact_fake_quant(x, self.alpha, self.spec.bits)
         if self.ste == "lsq":
             return self._lsq(x, layout, numel)
@@ -160,7 +254,6 @@ class FakeQuant(nn.Module):
             return lsq_fake_quant(x, s, z, lo, hi, layout.axis, g)
         return from_rows(lsq_fake_quant(to_rows(x, layout), s, z, lo, hi, 0, g), x.shape, layout)
 
-
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[no-untyped-def]
         # Observed and learned tensors are sized by the data they saw; a fresh module
         # holds empty placeholders, so take the checkpoint's shapes.
@@ -171,6 +264,9 @@ class FakeQuant(nn.Module):
                 t.data = torch.empty_like(state_dict[key])
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         self.__dict__["_init_cache"] = None
+        # Fractions found on other data or weights do not describe the loaded ones.
+        self.clip_frac = torch.empty(0, device=self.lo.device)
+        self._since_search = 0
 
 
 def set_observe(model: nn.Module, on: bool) -> None:
@@ -183,6 +279,14 @@ def set_fake_quant(model: nn.Module, on: bool) -> None:
     for m in model.modules():
         if isinstance(m, FakeQuant):
             m.enabled = on
+
+
+def set_refresh_every(model: nn.Module, n: int) -> None:
+    """How often every quantizer of ``model`` reruns its search estimator in QAT (see the module doc)."""
+    n = _check_refresh_every(n)
+    for m in model.modules():
+        if isinstance(m, FakeQuant):
+            m.refresh_every = n
 
 
 def set_calibrating(model: nn.Module, on: bool) -> None:
