@@ -20,6 +20,9 @@ import pytest
 
 from qatlab.kernels.cupy_backend import MMA_STAGES, SOURCES, kernel_source
 
+# Each case runs nvcc on the kernel sources (seconds per arch).
+pytestmark = pytest.mark.slow
+
 ARCHS = ("sm_80", "sm_90")
 
 

@@ -17,6 +17,9 @@ from qatlab.kernels.cupy_conv import CONV_SOURCES, conv_compile_options, conv_ke
 from tests.kernels.test_compile import ARCHS, Built, _functions, _sass, assert_no_spills, nvcc_builds
 from tests.kernels.test_nvrtc import _compile, _find_nvrtc
 
+# Each case runs nvcc on the kernel sources (seconds per arch).
+pytestmark = pytest.mark.slow
+
 VECS = {"igemm": (16, 4, 1), "direct": (16, 1)}
 
 

@@ -378,6 +378,7 @@ def _missing_cupy() -> None:
         raise CupyUnavailableError(f"CuPy could not be imported ({e})") from e
 
 
+@pytest.mark.slow  # trains
 def test_run_trial_records_its_int_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QATLAB_CACHE", str(tmp_path))
     monkeypatch.delenv("QATLAB_INT_BACKEND", raising=False)

@@ -79,6 +79,7 @@ def test_pages_render_in_headless_chromium(run_dir, tmp_path):
         assert not console_errors, console_errors
 
 
+@pytest.mark.slow  # starts a notebook kernel
 def test_failing_notebook_still_renders_and_is_marked(tmp_path, monkeypatch):
     nbs = tmp_path / "nbs"
     nbs.mkdir()
