@@ -18,7 +18,7 @@ help:
 	@echo "make lint  - ruff: lint rules and format check (pyproject.toml)"
 	@echo "make lab   - set up and start JupyterLab with the project's kernel"
 	@echo "make bench - run the benchmarks in benchmarks/"
-	@echo "make gpu-data - stage Fashion-MNIST in .gpu-data for benchmarks/gpu_checks.sh on a lent GPU"
+	@echo "make gpu-data - stage Fashion-MNIST in .gpu-data for benchmarks/gpu_checks.sh on a GPU machine without network"
 
 setup: $(STAMP) data
 
@@ -71,7 +71,7 @@ bench: setup
 gpu-data: data
 	@mkdir -p .gpu-data/fashion-mnist
 	@cp $${QATLAB_DATA:-$(FMNIST)}/*-ubyte.gz .gpu-data/fashion-mnist/
-	@echo "staged .gpu-data/fashion-mnist (carry it: \"carry\": [\".gpu-data\"])"
+	@echo "staged .gpu-data/fashion-mnist (copy .gpu-data along with the tree to the GPU machine)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info lib/*.egg-info

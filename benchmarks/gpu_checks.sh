@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Every check that needs a GPU (issues 8 and 9), as one prepared run for a lent device:
+# Every check that needs a GPU, as one prepared run on a GPU machine without network:
 # the gpu-marked tests (kernels bit-exact vs their CPU twins, the IntModel on cuda equal
 # to cpu), the kernel benchmark (GEMM and convolution vs cuBLASLt / cuDNN), and the GPU
 # QAT benchmark with one training-loop trial on cuda. Logs and JSON go to $OUT.
 #
 #   make gpu-data      # here, once: copies Fashion-MNIST into .gpu-data (ignored by git)
-#   device run: command "bash benchmarks/gpu_checks.sh", carry [".gpu-data"], timeout_s 560
+#   then, on the GPU machine, with .gpu-data copied beside the tree:
+#   OUT=results bash benchmarks/gpu_checks.sh      # about 9 minutes
 #
-# The device image has torch, CuPy, pytest and hypothesis; nothing is installed there.
-# Each step has its own time limit so that one hang cannot eat the whole lease.
+# The GPU machine needs torch, CuPy, pytest and hypothesis; nothing is installed there.
+# Each step has its own time limit so that one hang cannot eat the whole run.
 set -uo pipefail
 OUT=${OUT:-/tmp/qatlab-gpu-out}
 mkdir -p "$OUT"
