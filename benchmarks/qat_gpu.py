@@ -25,10 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,6 +37,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from qatlab.atomic import write_json  # noqa: E402
+from qatlab.timing import interleaved  # noqa: E402
 
 TARGET = 1.5
 
@@ -81,16 +80,8 @@ def step_times(name: str, batch: int, repeats: int, device: torch.device, warmup
     x = torch.randn(batch, 1, 28, 28, generator=gen).to(device)
     y = torch.randint(0, 10, (batch,), generator=gen).to(device)
     steps = {k: _step_fn(m, x, y) for k, m in _models(name, x).items()}
-    for fn in steps.values():  # warm-up: cuDNN autotuning, allocator, lazy init
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(repeats):
-        for k, fn in steps.items():
-            t0 = time.perf_counter()
-            fn()
-            samples[k].append(time.perf_counter() - t0)
-    t = {k: statistics.median(v) for k, v in samples.items()}
+    # The warm-up covers cuDNN autotuning, the allocator and lazy initialisation.
+    t = interleaved(steps, repeats, warmup)
     row: dict[str, Any] = {"model": name, "batch": batch, **{f"{k}_ms": round(v * 1e3, 3) for k, v in t.items()}}
     for k in ("qat_lsq", "qat_clipped"):
         row[f"{k}_vs_fp32"] = round(t[k] / t["fp32"], 3)

@@ -27,7 +27,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -42,7 +41,7 @@ from qatlab.config import TrainConfig
 from qatlab.models import MODELS, build_model
 from qatlab.nn import calibrate, freeze_bn, prepare_qat, set_observe
 from qatlab.nn.fake_quant import DEFAULT_REFRESH_EVERY, set_refresh_every
-from qatlab.timing import machine
+from qatlab.timing import interleaved_samples, machine
 from qatlab.train import specs
 
 LOW = {"w_bits": 4, "a_bits": 4, "estimator": "mse", "first_last_bits": 8}
@@ -94,20 +93,6 @@ def build_steps(model_name: str, batch: int, recipes: list[str], calib_batches: 
     return steps
 
 
-def time_interleaved(steps: dict[str, Callable[[], None]], repeats: int, warmup: int = 3) -> dict[str, list[float]]:
-    """Every step's seconds, round-robin so that load drift hits all of them alike."""
-    for fn in steps.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(repeats):
-        for k, fn in steps.items():
-            t0 = time.perf_counter()
-            fn()
-            samples[k].append(time.perf_counter() - t0)
-    return samples
-
-
 def summarize(model_name: str, batch: int, samples: dict[str, list[float]]) -> dict[str, object]:
     med = {k: statistics.median(v) for k, v in samples.items()}
     mean = {k: statistics.fmean(v) for k, v in samples.items()}
@@ -148,7 +133,7 @@ def main() -> None:
         ap.error(f"--recipes: unknown {', '.join(unknown)}; expected from {', '.join(RECIPES)}")
     if a.threads:
         torch.set_num_threads(a.threads)
-    row = summarize(a.model, a.batch, time_interleaved(build_steps(a.model, a.batch, recipes), a.repeats))
+    row = summarize(a.model, a.batch, interleaved_samples(build_steps(a.model, a.batch, recipes), a.repeats, warmup=3))
     print(json.dumps({"machine": machine()}))
     print(json.dumps(row))
     print(f"\n{a.model}, batch {a.batch}, {row['repeats']} interleaved steps each; FP32 {row['fp32_ms']} ms")

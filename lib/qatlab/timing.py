@@ -29,8 +29,8 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def interleaved(fns: Mapping[str, Callable[[], object]], repeats: int = 15, warmup: int = 2) -> dict[str, float]:
-    """Median seconds of each fn, run round-robin so drift hits all of them alike."""
+def interleaved_samples(fns: Mapping[str, Callable[[], object]], repeats: int = 15, warmup: int = 2) -> dict[str, list[float]]:
+    """Every call's seconds for each fn, run round-robin so drift hits all of them alike."""
     if not fns:
         raise ValueError("interleaved needs at least one function to time")
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
@@ -44,7 +44,12 @@ def interleaved(fns: Mapping[str, Callable[[], object]], repeats: int = 15, warm
     for _ in range(repeats):
         for name, fn in fns.items():
             samples[name].append(median_time(fn, 1))
-    return {name: statistics.median(times) for name, times in samples.items()}
+    return samples
+
+
+def interleaved(fns: Mapping[str, Callable[[], object]], repeats: int = 15, warmup: int = 2) -> dict[str, float]:
+    """Median seconds of each fn, run round-robin so drift hits all of them alike."""
+    return {name: statistics.median(times) for name, times in interleaved_samples(fns, repeats, warmup).items()}
 
 
 def machine() -> dict[str, object]:

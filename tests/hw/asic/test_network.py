@@ -15,7 +15,7 @@ from qatlab.hw.asic import ArrayConfig, ConfigError, EnergyTable, simulate_intmo
 from qatlab.hw.asic.energy import INT32_ADD_PJ, INT32_MULT_PJ
 from qatlab.hw.asic.network import grouped_record, grouped_record_reference
 from qatlab.hw.asic.scalesim_reports import read_scalesim_reports
-from qatlab.hw.asic.simulate import _SUMMED
+from qatlab.hw.asic.simulate import SUMMED_FIELDS
 from qatlab.hw.opgraph import UnsupportedOpError, op_infos
 
 from ..int_nets import U8, conv, depthwise_only, every_kind, op
@@ -33,7 +33,7 @@ def test_every_op_is_a_row_and_the_totals_sum_them():
     assert units["c1"] == units["dw"] == units["gc"] == units["fc"] == "array"
     assert {units[n] for n in ("sl", "pm", "rs", "fl")} == {"none"}
     assert rep.totals["layers"] == len(m.ops)
-    for k in _SUMMED:
+    for k in SUMMED_FIELDS:
         assert rep.totals[k] == pytest.approx(sum(getattr(r, k) for r in rep.layers)), k
     assert rep.totals["cycles"] == rep.totals["array_cycles"] + rep.totals["vector_cycles"]
     for r in rep.layers:

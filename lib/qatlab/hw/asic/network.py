@@ -21,46 +21,19 @@ from typing import Any, Sequence
 
 from qatlab.hw.asic.config import ArrayConfig
 from qatlab.hw.asic.energy import EnergyTable
-from qatlab.hw.asic.simulate import AsicReport, LayerRecord, simulate_layer, totals
+from qatlab.hw.asic.simulate import CYCLE_WEIGHTED_FIELDS, SUMMED_FIELDS, AsicReport, LayerRecord, simulate_layer, totals
 from qatlab.hw.asic.vector import vector_cost
 from qatlab.hw.opgraph import OpInfo, op_infos
 from qatlab.hw.workload import group_layers, op_layer
-
-# Fields that add up over the GEMMs of a grouped conv; the rest are per-GEMM figures.
-_ADDITIVE = (
-    "total_cycles",
-    "total_cycles_incl_prefetch",
-    "stall_cycles",
-    "sram_ifmap_reads",
-    "sram_filter_reads",
-    "sram_ofmap_writes",
-    "dram_ifmap_reads",
-    "dram_filter_reads",
-    "dram_ofmap_writes",
-    "macs",
-    "energy_pj",
-    "latency_s",
-    "cycles",
-    "macs_executed",
-    "sram_ofmap_writes_corrected",
-    "sram_psum_reads",
-    "dram_ofmap_writes_corrected",
-    "folds",
-    "energy_mac_pj",
-    "energy_reg_pj",
-    "energy_sram_pj",
-    "energy_dram_pj",
-)
-_CYCLE_WEIGHTED = ("overall_util_pct", "mapping_eff_pct", "compute_util_pct")
 
 
 def combine_records(name: str, recs: Sequence[LayerRecord], op_kind: str) -> LayerRecord:
     """One record for GEMMs run back to back: sums, and utilizations weighted by cycles."""
     if not recs:
         raise ValueError(f"op {name!r}: no records to combine")
-    d: dict[str, Any] = {k: sum(getattr(r, k) for r in recs) for k in _ADDITIVE}
+    d: dict[str, Any] = {k: sum(getattr(r, k) for r in recs) for k in SUMMED_FIELDS}
     cyc = max(sum(r.cycles for r in recs), 1)
-    for k in _CYCLE_WEIGHTED:
+    for k in CYCLE_WEIGHTED_FIELDS:
         d[k] = sum(getattr(r, k) * r.cycles for r in recs) / cyc
     d["scalesim_exact"] = all(r.scalesim_exact for r in recs)
     return replace(recs[0], layer=name, op_kind=op_kind, unit="array", groups=len(recs), **d)
@@ -70,7 +43,7 @@ def grouped_record(info: OpInfo, cfg: ArrayConfig, table: EnergyTable, batch: in
     """A grouped conv's record: one group simulated, times the group count (fast path)."""
     g = info.groups
     one = simulate_layer(group_layers(info.op, batch)[0], cfg, table)
-    d: dict[str, Any] = {k: getattr(one, k) * g for k in _ADDITIVE}
+    d: dict[str, Any] = {k: getattr(one, k) * g for k in SUMMED_FIELDS}
     return replace(one, layer=info.name, op_kind=info.kind, unit="array", groups=g, **d)
 
 

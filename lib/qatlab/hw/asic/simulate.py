@@ -380,7 +380,9 @@ def simulate_layer(layer: Layer, cfg: ArrayConfig, table: EnergyTable | None = N
     )
 
 
-_SUMMED = [
+# Record fields that add up over layers (or over the GEMMs of one grouped op); the
+# utilizations instead average weighted by cycles.
+SUMMED_FIELDS = (
     "total_cycles",
     "total_cycles_incl_prefetch",
     "stall_cycles",
@@ -403,12 +405,13 @@ _SUMMED = [
     "energy_reg_pj",
     "energy_sram_pj",
     "energy_dram_pj",
-]
+)
+CYCLE_WEIGHTED_FIELDS = ("overall_util_pct", "mapping_eff_pct", "compute_util_pct")
 
 
 def totals(records: list[LayerRecord], cfg: ArrayConfig, batch: int = 1) -> dict:
     """Network totals: sums, cycle-weighted utilizations, energy per inference, TOPS/W."""
-    t: dict = {k: sum(getattr(r, k) for r in records) for k in _SUMMED}
+    t: dict = {k: sum(getattr(r, k) for r in records) for k in SUMMED_FIELDS}
     t["layer"] = "TOTAL"
     cyc = max(t["cycles"], 1)
     t["overall_util_pct"] = 100 * sum(r.overall_util_pct / 100 * r.cycles for r in records) / cyc
