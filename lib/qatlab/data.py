@@ -40,13 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import TensorDataset
 
 from qatlab.atomic import atomic_path
 from qatlab.datasets import load_user_dataset
 from qatlab.datasets.errors import DatasetError
-from qatlab.datasets.splits import DataSplits, check_split_args, val_train_indices
+from qatlab.datasets.splits import DataSplits, check_split_args, in_memory_splits
 from qatlab.sources import dataset_kind
 
 __all__ = ["DATASETS", "DataSplits", "DatasetError", "FileCheck", "load_dataset", "load_raw"]
@@ -427,32 +425,7 @@ def load_dataset(
     train_x, train_y = load_raw(name, "train", root)
     test_x, test_y = load_raw(name, "test", root)
 
-    val_idx, train_idx = val_train_indices(len(train_y), val_fraction, seed)
-
-    scale = np.float32(1.0 / _PIXEL_MAX[name])
-    # float64 sums: float32 accumulation over 42M pixels loses digits.
-    train_pixels = train_x[train_idx].astype(np.float64) * float(scale)
-    mean = float(train_pixels.mean())
-    std = float(train_pixels.std()) or 1.0
-    del train_pixels
-
-    if limit_train is not None:
-        train_idx = train_idx[:limit_train]
-    if limit_test is not None:
-        test_x, test_y = test_x[:limit_test], test_y[:limit_test]
-
-    def tensors(x: np.ndarray, y: np.ndarray) -> TensorDataset:
-        xf = (x.astype(np.float32) * scale - np.float32(mean)) / np.float32(std)
-        return TensorDataset(torch.from_numpy(xf[:, None]), torch.from_numpy(np.array(y, dtype=np.int64)))
-
-    h, w = train_x.shape[1:]
-    return DataSplits(
-        train=tensors(train_x[train_idx], train_y[train_idx]),
-        val=tensors(train_x[val_idx], train_y[val_idx]),
-        test=tensors(test_x, test_y),
-        num_classes=10,
-        input_shape=(1, int(h), int(w)),
-        name=name,
-        mean=mean,
-        std=std,
-    )
+    return in_memory_splits(
+        train_x[:, None], train_y, test_x[:, None], test_y, 1.0 / _PIXEL_MAX[name], num_classes=10, name=name,
+        val_fraction=val_fraction, limit_train=limit_train, limit_test=limit_test, seed=seed,
+    )  # fmt: skip

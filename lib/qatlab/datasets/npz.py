@@ -18,11 +18,9 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import TensorDataset
 
 from qatlab.datasets.errors import DatasetError
-from qatlab.datasets.splits import DataSplits, val_train_indices
+from qatlab.datasets.splits import DataSplits, in_memory_splits
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -82,29 +80,8 @@ def load_npz(
     path: str | os.PathLike[str], *, val_fraction: float, limit_train: int | None, limit_test: int | None, seed: int
 ) -> DataSplits:
     xtr, ytr, xte, yte, num_classes = read_npz(path)
-    scale = np.float32(1 / 255) if xtr.dtype == np.uint8 else np.float32(1)
-    val_idx, train_idx = val_train_indices(len(ytr), val_fraction, seed)
-    # float64 sums, as for the built-in datasets: float32 accumulation loses digits.
-    pixels = xtr[train_idx].astype(np.float64) * float(scale)
-    mean, std = float(pixels.mean()), float(pixels.std()) or 1.0
-    del pixels
-    if limit_train is not None:
-        train_idx = train_idx[:limit_train]
-    if limit_test is not None:
-        xte, yte = xte[:limit_test], yte[:limit_test]
-
-    def tensors(x: np.ndarray, y: np.ndarray) -> TensorDataset:
-        xf = (x.astype(np.float32) * scale - np.float32(mean)) / np.float32(std)
-        return TensorDataset(torch.from_numpy(np.ascontiguousarray(xf)), torch.from_numpy(np.array(y, dtype=np.int64)))
-
-    c, h, w = (int(d) for d in xtr.shape[1:])
-    return DataSplits(
-        train=tensors(xtr[train_idx], ytr[train_idx]),
-        val=tensors(xtr[val_idx], ytr[val_idx]),
-        test=tensors(xte, yte),
-        num_classes=num_classes,
-        input_shape=(c, h, w),
-        name=str(path),
-        mean=mean,
-        std=std,
-    )
+    scale = 1 / 255 if xtr.dtype == np.uint8 else 1.0
+    return in_memory_splits(
+        xtr, ytr, xte, yte, scale, num_classes=num_classes, name=str(path),
+        val_fraction=val_fraction, limit_train=limit_train, limit_test=limit_test, seed=seed,
+    )  # fmt: skip

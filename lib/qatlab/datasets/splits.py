@@ -91,3 +91,50 @@ def subset_splits(
     n_test = len(test)  # type: ignore[arg-type]
     test_view: Dataset = Subset(test, range(min(n_test, limit_test))) if limit_test is not None else test
     return Subset(train, kept.tolist()), Subset(train, val_idx.tolist()), test_view, train_idx
+
+
+def in_memory_splits(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    scale: float,
+    *,
+    num_classes: int,
+    name: str,
+    val_fraction: float,
+    limit_train: int | None,
+    limit_test: int | None,
+    seed: int,
+) -> DataSplits:
+    """Array images ``[N, C, H, W]`` as normalised ``TensorDataset`` splits under the module's rule.
+
+    Pixels are multiplied by ``scale`` (to [0, 1]); mean and std come from the whole
+    train part before ``limit_train``, so val/test tensors do not depend on the limit.
+    """
+    f_scale = np.float32(scale)
+    val_idx, train_idx = val_train_indices(len(y_train), val_fraction, seed)
+    # float64 sums: float32 accumulation over tens of millions of pixels loses digits.
+    pixels = x_train[train_idx].astype(np.float64) * float(f_scale)
+    mean, std = float(pixels.mean()), float(pixels.std()) or 1.0
+    del pixels
+    if limit_train is not None:
+        train_idx = train_idx[:limit_train]
+    if limit_test is not None:
+        x_test, y_test = x_test[:limit_test], y_test[:limit_test]
+
+    def tensors(x: np.ndarray, y: np.ndarray) -> TensorDataset:
+        xf = (x.astype(np.float32) * f_scale - np.float32(mean)) / np.float32(std)
+        return TensorDataset(torch.from_numpy(np.ascontiguousarray(xf)), torch.from_numpy(np.array(y, dtype=np.int64)))
+
+    c, h, w = (int(d) for d in x_train.shape[1:])
+    return DataSplits(
+        train=tensors(x_train[train_idx], y_train[train_idx]),
+        val=tensors(x_train[val_idx], y_train[val_idx]),
+        test=tensors(x_test, y_test),
+        num_classes=num_classes,
+        input_shape=(c, h, w),
+        name=name,
+        mean=mean,
+        std=std,
+    )
