@@ -209,6 +209,18 @@ def _elem_bits(spec: LayerSpec, stage: Stage) -> int:
     return spec.out_bits if spec.out_bits is not None else spec.acc.used
 
 
+def resource_use(used: Mapping[str, float], dev: Device) -> dict[str, Any]:
+    """The design's LUT/DSP/BRAM18/URAM counts and their percentages of ``dev``."""
+    return {
+        **{k: used[k] for k in ("lut", "dsp", "bram18", "uram")},
+        "lut_pct": 100.0 * used["lut"] / dev.lut,
+        "dsp_pct": 100.0 * used["dsp"] / dev.dsp,
+        "bram18_pct": 100.0 * used["bram18"] / dev.bram18,
+        # A device without UltraRAM: 0 % if none is used, else None (JSON has no infinity).
+        "uram_pct": (100.0 * used["uram"] / dev.uram) if dev.uram else (0.0 if used["uram"] == 0 else None),
+    }
+
+
 def _report(
     specs: Sequence[LayerSpec],
     folds: Sequence[LayerFolding],
@@ -316,15 +328,7 @@ def _report(
         # every unit's cycles along the chain, as if no unit overlapped another.
         "latency_cycles_sum": sum(row.cycles + row.swu_cycles + row.ds_cycles for row in rows),
         "bottleneck": f"{spec_b.name}.{bottleneck_unit}",
-        "lut": used["lut"],
-        "dsp": used["dsp"],
-        "bram18": used["bram18"],
-        "uram": used["uram"],
-        "lut_pct": 100.0 * used["lut"] / dev.lut,
-        "dsp_pct": 100.0 * used["dsp"] / dev.dsp,
-        "bram18_pct": 100.0 * used["bram18"] / dev.bram18,
-        # A device without UltraRAM: 0 % if none is used, else None (JSON has no infinity).
-        "uram_pct": (100.0 * used["uram"] / dev.uram) if dev.uram else (0.0 if used["uram"] == 0 else None),
+        **resource_use(used, dev),
         "fifo_lut": sum(row.fifo_lut for row in rows),
         "fifo_bram18": sum(row.fifo_bram18 for row in rows),
         "fifo_depths_converged": converged,

@@ -33,7 +33,7 @@ from typing import Any, Mapping
 from qatlab.hw.opgraph import op_infos
 from qatlab.hw.workload import op_layer
 
-from .analytic import FpgaReport, LayerReport, analyze
+from .analytic import FpgaReport, LayerReport, analyze, resource_use
 from .convert import params_from_intmodel
 from .devices import FINN_RES_LIMITS, RESOURCES, get_device
 from .errors import DoesNotFitError, FoldingError, FpgaError
@@ -269,14 +269,7 @@ def _totals(
             "latency_cycles_sum": total_sum,
             "latency_cycles": total_sum,
             "latency_us": total_sum / clock,
-            "lut": used["lut"],
-            "dsp": used["dsp"],
-            "bram18": used["bram18"],
-            "uram": used["uram"],
-            "lut_pct": 100.0 * used["lut"] / dev.lut,
-            "dsp_pct": 100.0 * used["dsp"] / dev.dsp,
-            "bram18_pct": 100.0 * used["bram18"] / dev.bram18,
-            "uram_pct": (100.0 * used["uram"] / dev.uram) if dev.uram else (0.0 if used["uram"] == 0 else None),
+            **resource_use(used, dev),
             "within_finn_limits": all(used[k] <= dev.capacity(k) * FINN_RES_LIMITS[k] for k in RESOURCES),
             "weight_bits": sum(r.weight_bits for r in rows),
             "ops": len(rows),
