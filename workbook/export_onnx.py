@@ -11,11 +11,12 @@ Heavy imports (torch, onnx) happen inside ``run``: ``workbook --help`` stays fas
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
 from qatlab.atomic import write_json
+from workbook.errors import CommandError, one_line
+from workbook.trialfiles import load_trial_model
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,62 +46,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, metavar="FILE", help="with --check: also write the figures as JSON")
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def _load(path: str) -> tuple[Any, Any, Any]:
-    """(IntModel, fake-quant model or None, TrainConfig or None) from a checkpoint or IntModel file."""
-    import torch
-
-    from qatlab.intmodel import FORMAT, IntModel, IntModelFormatError, convert
-    from qatlab.train import CheckpointError, load_checkpoint
-    from workbook.errors import CommandError
-
-    if os.path.isdir(path):
-        raise CommandError(f"{path}: is a folder; give the trial's model.pt or intmodel.pt")
-    if not os.path.isfile(path):
-        raise CommandError(f"{path}: no such checkpoint file")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        raw = None  # load_checkpoint below reports the damage in its own words
-    if isinstance(raw, dict) and raw.get("format") == FORMAT:
-        try:
-            return IntModel.from_dict(raw, path), None, None
-        except IntModelFormatError as e:
-            raise CommandError(_one_line(e)) from e
-    try:
-        model, cfg, input_shape = load_checkpoint(path)
-    except CheckpointError as e:
-        raise CommandError(_one_line(e)) from e
-    if cfg.method == "fp32":
-        raise CommandError(f"{path}: an fp32 checkpoint has no quantized model to export; export a ptq or qat trial")
-    from qatlab.nn import UnsupportedLayerError
-
-    try:
-        im = convert(model, input_shape, cfg.rounding, meta={"config": cfg.to_dict()})
-    except UnsupportedLayerError as e:
-        raise CommandError(f"cannot export {path}: {_one_line(e)}") from e
-    return im, model, cfg
-
-
 def run(args: argparse.Namespace) -> int:
-    from workbook.errors import CommandError
-
     if not str(args.out).endswith(".onnx"):
         raise CommandError(f"{args.out}: the output file should end in .onnx")
     if args.limit is not None and args.limit < 1:
         raise CommandError(f"--limit must be a positive integer, got {args.limit}")
-    im, fq_model, cfg = _load(args.checkpoint)
+    im, fq_model, cfg = load_trial_model(args.checkpoint, file_word="checkpoint")
 
     from qatlab.export import ExportError, compare_onnx, export_onnx
 
     try:
         info = export_onnx(im, args.out, opset=args.opset, low_bit=args.low_bit)
     except ExportError as e:
-        raise CommandError(_one_line(e)) from e
+        raise CommandError(one_line(e)) from e
     nodes = ", ".join(f"{k} {v}" for k, v in sorted(info.nodes.items()))
     codes = ", ".join(f"{k} {v}" for k, v in sorted(info.code_types.items()))
     print(
@@ -115,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cmp = compare_onnx(im, args.out, x, y, fake_quant=fq_model, optimization=args.optimization, per_layer=args.per_layer)
     except ExportError as e:
-        raise CommandError(_one_line(e)) from e
+        raise CommandError(one_line(e)) from e
     print(cmp.summary())
     if args.json:
         record = {"onnx": info.path, "opset": info.opset, "low_bit": info.low_bit, "rounding": info.rounding, **cmp.to_dict()}
@@ -131,7 +89,6 @@ def _test_set(args: argparse.Namespace, im: Any, cfg: Any) -> tuple[Any, Any]:
     """The test split, normalised exactly as the trial's training saw it."""
     from qatlab.config import TrainConfig
     from qatlab.data import load_dataset
-    from workbook.errors import CommandError
 
     if cfg is None and isinstance(im.meta.get("config"), dict):
         try:
@@ -148,7 +105,7 @@ def _test_set(args: argparse.Namespace, im: Any, cfg: Any) -> tuple[Any, Any]:
     try:
         splits = load_dataset(name, limit_test=args.limit, **kw)
     except (ValueError, OSError) as e:
-        raise CommandError(f"dataset {name!r}: {_one_line(e)}") from e
+        raise CommandError(f"dataset {name!r}: {one_line(e)}") from e
     if tuple(splits.input_shape) != tuple(im.input_shape):
         raise CommandError(f"dataset {name!r} has inputs {splits.input_shape}; the model takes {tuple(im.input_shape)}")
     return splits.test_tensors()

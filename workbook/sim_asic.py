@@ -10,7 +10,6 @@ layer and a ``TOTAL`` row. Field meanings: :mod:`qatlab.hw.asic.simulate`.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
@@ -49,38 +48,10 @@ def add_workload_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def load_intmodel(path: str) -> Any:
-    """The IntModel in ``path``: an ``intmodel.pt``, or a ptq/qat trial's ``model.pt`` converted
-    here as the trial converted it. Unusable files are a CommandError naming the file."""
-    import torch
+    """The IntModel of a trial's ``intmodel.pt`` or ``model.pt`` (CommandError if unusable)."""
+    from workbook.trialfiles import load_trial_model
 
-    from qatlab.intmodel import FORMAT, IntModel, IntModelFormatError, convert
-    from qatlab.nn import UnsupportedLayerError
-    from qatlab.train import CheckpointError, load_checkpoint
-    from workbook.errors import CommandError
-
-    if os.path.isdir(path):
-        raise CommandError(f"{path}: is a folder; give a trial's intmodel.pt or model.pt")
-    if not os.path.isfile(path):
-        raise CommandError(f"{path}: no such model file")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        raw = None  # load_checkpoint below names the damage
-    if isinstance(raw, dict) and raw.get("format") == FORMAT:
-        try:
-            return IntModel.from_dict(raw, path)
-        except IntModelFormatError as e:
-            raise CommandError(str(e).strip().splitlines()[0]) from e
-    try:
-        model, cfg, input_shape = load_checkpoint(path)
-    except CheckpointError as e:
-        raise CommandError(str(e).strip().splitlines()[0]) from e
-    if cfg.method == "fp32":
-        raise CommandError(f"{path}: an fp32 checkpoint has no integer model; give a ptq or qat trial's model.pt")
-    try:
-        return convert(model, input_shape, cfg.rounding, meta={"config": cfg.to_dict()})
-    except UnsupportedLayerError as e:
-        raise CommandError(f"{path}: cannot convert to an integer model: {str(e).strip().splitlines()[0]}") from e
+    return load_trial_model(path, file_word="model")[0]
 
 
 def reject_with_model(args: argparse.Namespace, flags: dict[str, object]) -> None:
