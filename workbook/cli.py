@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from typing import Callable, Sequence
 
 # Re-exported: callers written against `workbook.cli` keep working; the commands
 # themselves import these from their own modules, so nothing here imports back.
 from workbook.argtypes import int_at_least  # noqa: F401
-from workbook.errors import CommandError
+from workbook.errors import EXIT_FAILED, EXIT_INTERRUPTED, CommandError, one_line
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="workbook", description="qatlab experiment workbench")
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="the main job: sweep, notebooks, HTML reports")
@@ -74,8 +76,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.fn(args)
     except CommandError as e:
+        if args.debug:
+            traceback.print_exc()
         print(f"workbook: error: {e}", file=sys.stderr)
-        return 2
+        return e.code
+    except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
+        print("workbook: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # the last net: one line, never a traceback unless asked for
+        if args.debug:
+            traceback.print_exc()
+        print(f"workbook: error: {type(e).__name__}: {one_line(e)}: rerun with --debug for the traceback", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":
