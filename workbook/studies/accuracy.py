@@ -5,7 +5,9 @@ convolutions need the latter)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -42,7 +44,10 @@ def paper_table(df: pd.DataFrame) -> pd.DataFrame:
             "int_agreement": 100 * g.int_agreement.mean(),
         }
     ).reset_index()
-    t["test_acc"] = t.test_mean.map("{:.2f}".format) + " ± " + t.test_std.fillna(0).map("{:.2f}".format)
+    from .display import pct_pm
+
+    # "±" only where it is a spread: two or more seeds.
+    t["test_acc"] = [pct_pm(m, sd, n) for m, sd, n in zip(t.test_mean, t.test_std, t.seeds)]
     t["Δ vs FP32"] = (t.test_mean - 100 * fp32).round(2) if pd.notna(fp32) else float("nan")
     t = t.sort_values(["w_bits", "method", "ste"], ascending=[False, True, True])
     return t[KEYS + ["seeds", "test_acc", "int_acc", "int_agreement", "Δ vs FP32"]].round(2).reset_index(drop=True)
@@ -57,29 +62,144 @@ def failures(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def bits_label(w: Any, a: Any) -> str:
+    return "FP32" if int(w) >= 32 else f"W{int(w)}A{int(a)}"
+
+
 def plot_acc_vs_bits(df: pd.DataFrame):
-    """Test accuracy vs weight bits per (method, STE), error bars = std over seeds."""
+    """Test accuracy per bit width (categories, most bits first) for each method and STE:
+    markers, not lines, as bit widths are settings, not a continuum. Error bars (std over
+    seeds) only where a setting has two or more seeds; the IntModel's accuracy as hollow
+    diamonds beside the fake-quant markers."""
     import matplotlib.pyplot as plt
 
     ok = df[df.status == "ok"]
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    q = ok[ok.method != "fp32"]
+    cats = sorted({(int(w), int(a)) for w, a in zip(q.w_bits, q.a_bits)}, reverse=True)
+    pos = {c: i for i, c in enumerate(cats)}
     fp = ok[ok.method == "fp32"].test_acc
     if len(fp):
-        ax.axhline(100 * fp.mean(), color="k", ls="--", lw=1, label="FP32")
-    q = ok[ok.method != "fp32"]
-    for (method, ste), d in q.groupby(["method", "ste"]):
-        s = d.groupby("w_bits").test_acc.agg(["mean", "std"]).sort_index()
-        ax.errorbar(s.index, 100 * s["mean"], yerr=100 * s["std"].fillna(0), marker="o", capsize=3, label=f"{method} {ste}")
+        ax.axhline(100 * fp.mean(), color="k", ls="--", lw=1, label=f"FP32 ({100 * fp.mean():.2f} %)")
+    series = list(q.groupby(["method", "ste"]))
+    width = 0.6 / max(1, len(series))
+    for k, ((method, ste), d) in enumerate(series):
+        off = (k - (len(series) - 1) / 2) * width
+        g = d.groupby(["w_bits", "a_bits"])
+        s = g.test_acc.agg(["mean", "std", "size"])
+        xs = [pos[(int(w), int(a))] + off for w, a in s.index]
+        err = [100 * sd if n >= 2 and pd.notna(sd) else 0.0 for sd, n in zip(s["std"], s["size"])]
+        name = f"{method.upper()} {ste}" if method == "qat" else method.upper()
+        line = ax.errorbar(xs, 100 * s["mean"], yerr=err if any(err) else None, ls="none", marker="o", ms=7, capsize=3, label=name)
         if "int_acc" in d and d.int_acc.notna().any():
-            si = d.groupby("w_bits").int_acc.mean().sort_index()
-            ax.plot(si.index, 100 * si.values, ls=":", marker="x", color=ax.lines[-1].get_color(), label=f"{method} {ste} (IntModel)")
-    ax.set_xlabel("weight bits")
+            si = g.int_acc.mean()
+            xi = [pos[(int(w), int(a))] + off + width * 0.35 for w, a in si.index]
+            color = line[0].get_color()
+            ax.plot(xi, 100 * si.values, ls="none", marker="D", ms=8, mfc="none", mew=1.5, color=color, label=f"{name} (IntModel)")
+    ax.set_xticks(range(len(cats)), [bits_label(w, a) for w, a in cats])
+    ax.set_xlim(-0.6, max(0, len(cats) - 1) + 0.6)
+    ax.set_xlabel("bit width (weights W, activations A)")
     ax.set_ylabel("test accuracy (%)")
-    ax.invert_xaxis()
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    ax.margins(y=0.15)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: it hides no point
+    ax.set_title("test accuracy per bit width", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+PAPER_UNITS = {
+    "test_acc": "test accuracy (%)",
+    "int_acc": "IntModel accuracy (%)",
+    "int_agreement": "IntModel agreement (%)",
+    "Δ vs FP32": "Δ vs FP32 (points)",
+}
+
+
+def paper_view(df: pd.DataFrame) -> Any:
+    """:func:`paper_table` as the report shows it: units in the headers, 2 decimals."""
+    from .display import Table, format_frame
+
+    t = paper_table(df)
+    t["bits"] = [bits_label(w, a) for w, a in zip(t.w_bits, t.a_bits)]
+    t = t[["bits", "method", "ste", "granularity", "estimator", "seeds", "test_acc", "int_acc", "int_agreement", "Δ vs FP32"]]
+    f = format_frame(
+        t, percent=["int_acc", "int_agreement", "Δ vs FP32"], keep=["bits", "method", "ste", "granularity", "estimator", "test_acc"]
+    )
+    return Table(f.rename(columns=PAPER_UNITS), empty="no trial finished")
+
+
+def intro(df: pd.DataFrame) -> str:
+    """What this page compares, from what the run has (no promise of a method, STE or
+    error bar the run lacks)."""
+    ok = df[df.status == "ok"]
+    parts = []
+    if (ok.method == "fp32").any():
+        parts.append("FP32")
+    if (ok.method == "ptq").any():
+        parts.append("post-training quantization (PTQ)")
+    stes = sorted(set(ok[ok.method == "qat"].ste.dropna()))
+    if stes:
+        parts.append(f"quantization-aware training (QAT; STE: {', '.join(stes)})")
+    if not parts:
+        return "The run has no finished trial to compare."
+    seeds = ok.groupby(KEYS, dropna=False).size() if len(ok) else pd.Series(dtype=int)
+    spread = (
+        f"Error bars: standard deviation over seeds (up to {int(seeds.max())} per setting)."
+        if len(seeds) and seeds.max() >= 2
+        else "One seed per setting: no error bars."
+    )
+    bits = sorted({bits_label(w, a) for w, a in zip(ok.w_bits, ok.a_bits) if pd.notna(w)} - {"FP32"}, reverse=True)
+    has_int = "int_acc" in ok and ok.int_acc.notna().any()
+    return f"This run compares {', '.join(parts)} at {', '.join(bits) or 'no quantized bit width'}. {spread}" + (
+        " Beside each fake-quant accuracy, the pure integer model's (IntModel)." if has_int else ""
+    )
+
+
+def key_findings(df: pd.DataFrame) -> list[str]:
+    """Sentences with this run's numbers: FP32, the best setting per bit width, the QAT −
+    PTQ gap where the run has both, and how closely the integer model follows."""
+    from .display import pct, pct_pm
+
+    ok = df[df.status == "ok"]
+    out: list[str] = []
+    failed = int((df.status != "ok").sum())
+    if ok.empty:
+        return [f"no trial finished ({failed} failed)"]
+    fp = ok[ok.method == "fp32"].test_acc
+    fp_mean = 100 * float(fp.mean()) if len(fp) else math.nan
+    if len(fp):
+        out.append(f"FP32: {pct_pm(fp_mean, 100 * float(fp.std(ddof=0)), len(fp))} % test accuracy.")
+    q = ok[ok.method != "fp32"]
+    means = q.groupby(KEYS, dropna=False).test_acc.agg(["mean", "std", "size"]).reset_index()
+    for (w, a), g in sorted(means.groupby(["w_bits", "a_bits"]), key=lambda kv: (-kv[0][0], -kv[0][1])):
+        r = g.loc[g["mean"].idxmax()]
+        name = f"{r.method.upper()} {r.ste}" if r.method == "qat" else f"{r.method.upper()}"
+        delta = f" ({100 * r['mean'] - fp_mean:+.2f} points vs FP32)" if not math.isnan(fp_mean) else ""
+        out.append(f"Best at {bits_label(w, a)}: {name}, {pct_pm(100 * r['mean'], 100 * r['std'], int(r['size']))} %{delta}.")
+        best = {m: 100 * float(g[g.method == m]["mean"].max()) for m in ("qat", "ptq") if (g.method == m).any()}
+        if len(best) == 2:
+            out.append(f"QAT − PTQ at {bits_label(w, a)}: {best['qat'] - best['ptq']:+.2f} points (best of each).")
+    if "int_acc" in q and q.int_acc.notna().any():
+        gap = (100 * (q.int_acc - q.test_acc)).abs().max()
+        agree = 100 * q.int_agreement.min() if "int_agreement" in q and q.int_agreement.notna().any() else math.nan
+        out.append(
+            f"The integer models are within {pct(gap)} points of their fake-quant models"
+            + (f" and agree on at least {pct(agree)} % of the test predictions." if not math.isnan(agree) else ".")
+        )
+    if failed:
+        out.append(f"{failed} trial{'s' if failed > 1 else ''} failed: see the end of the page.")
+    return out
+
+
+def failures_section(df: pd.DataFrame) -> Any:
+    """The failed trials with their last error line, under a heading; None when none failed."""
+    from .display import Group, Heading, Table
+
+    f = failures(df)
+    if f.empty:
+        return None
+    return Group([Heading(f"Failed trials ({len(f)})"), Table(f.astype(str))])
 
 
 # ---- weight granularity: one scale per tensor vs one per output channel ---------------
@@ -139,6 +259,7 @@ def plot_granularity(df: pd.DataFrame):
     for i, (col, color) in enumerate((("FP32", "0.6"), ("per-tensor", "tab:red"), ("per-channel", "tab:blue"))):
         ax.bar([v + (i - 1) * 0.27 for v in x], t[col], width=0.27, color=color, label=f"PTQ {col}" if col != "FP32" else col)
     ax.set_xticks(list(x), labels, fontsize=8)
+    ax.set_xlabel("setting (model, bits, range estimator)")
     ax.set_ylabel("test accuracy (%)")
     lo = min(t[["FP32", "per-tensor", "per-channel"]].min().min(), 100)
     ax.set_ylim(max(0, lo - 5), 100)
@@ -233,3 +354,19 @@ def _fp32_model(run_dir: str | Path) -> nn.Module | None:
         if cfg.method == "fp32":
             return m
     return None
+
+
+def granularity_section(run_dir: str | Path | None, df: pd.DataFrame) -> Any:
+    """Per-tensor vs per-channel PTQ: table, bars and the weight-range study, or a note
+    when the run has no such pair."""
+    from .display import Group, Note, Table, format_frame, section
+
+    t = granularity_table(df)
+    if t.empty:
+        return Note("This run has no PTQ setting with both per-tensor and per-channel weights, so there is nothing to compare here.")
+    acc_cols = [c for c in GRAN_COLUMNS if c not in GRAN_KEYS]
+    table = Table(format_frame(t, percent=acc_cols, keep=["model", "estimator"]), caption="test accuracy (%), mean over seeds")
+    effect = section("the weight-range study", depthwise_effect, run_dir, df)
+    if isinstance(effect, pd.DataFrame):
+        effect = Table(format_frame(effect, keep=["kind"]), caption="weight ranges and 8-bit weight SQNR (dB) by layer kind")
+    return Group([table, section("the granularity figure", plot_granularity, df), effect])

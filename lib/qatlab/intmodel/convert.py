@@ -276,6 +276,8 @@ def _walk(gm: fx.GraphModule, input_shape: tuple[int, ...], rounding: str, meta:
         name = name or node.name
         attrs = dict(attrs or {})
         attrs.setdefault("out_shape", _shape(node))
+        if node.op == "call_module":  # reports name layers as the model does ("features.3"), fx as "features_3"
+            attrs.setdefault("module", str(node.target))
         ops.append(IntOp(kind, name, [i if isinstance(i, str) else ref(i) for i in inputs], name, out_q, attrs, tensors or {}))
         q_of[name] = out_q
 

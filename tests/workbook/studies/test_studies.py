@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from workbook.studies import accuracy, kernels, quantizers
+from workbook.studies import accuracy, quantizers
 
 
 def test_quantizer_table_on_captured_tensors():
@@ -56,8 +56,3 @@ def test_paper_table_means_and_stds_over_seeds():
     assert q4.seeds == 2 and q4.test_acc == "86.00 ± 1.00" and q4["Δ vs FP32"] == pytest.approx(-5.0)
     assert accuracy.failures(df).error.tolist() == ["ValueError: boom"]
     assert accuracy.plot_acc_vs_bits(df) is not None
-
-
-def test_cpu_gemm_table_is_labelled():
-    t = kernels.cpu_gemm_table((32, 64), repeats=1)
-    assert t.path.str.contains("CPU reference").all() and (t["int8 GOPS"] > 0).all()
