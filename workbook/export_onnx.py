@@ -51,38 +51,64 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"{args.out}: the output file should end in .onnx")
     if args.limit is not None and args.limit < 1:
         raise CommandError(f"--limit must be a positive integer, got {args.limit}")
+    if not args.check:
+        given = [
+            flag
+            for flag, v in (("--dataset", args.dataset), ("--limit", args.limit), ("--per-layer", args.per_layer), ("--json", args.json))
+            if v
+        ]
+        if given:
+            raise CommandError(f"{', '.join(given)} only apply with --check", fix="add --check or drop them")
+    _check_writable(args.out, "the .onnx file")
+    if args.json:
+        _check_writable(args.json, "--json")
     im, fq_model, cfg = load_trial_model(args.checkpoint, file_word="checkpoint")
 
+    from qatlab.atomic import atomic_path
     from qatlab.export import ExportError, compare_onnx, export_onnx
 
+    # Everything that can fail happens before the .onnx appears: the test set is loaded
+    # first, and the file is checked at a temp name that only becomes OUT once it passed.
+    xy = _test_set(args, im, cfg) if args.check else None
+    cmp = None
     try:
-        info = export_onnx(im, args.out, opset=args.opset, low_bit=args.low_bit)
+        with atomic_path(args.out, mkdir=False) as tmp:
+            info = export_onnx(im, tmp, opset=args.opset, low_bit=args.low_bit)
+            if xy is not None:
+                cmp = compare_onnx(im, tmp, *xy, fake_quant=fq_model, optimization=args.optimization, per_layer=args.per_layer)
+                if args.json:
+                    record = {
+                        "onnx": str(args.out),
+                        "opset": info.opset,
+                        "low_bit": info.low_bit,
+                        "rounding": info.rounding,
+                        **cmp.to_dict(),
+                    }
+                    write_json(args.json, record, indent=2, mkdir=False)
     except ExportError as e:
         raise CommandError(one_line(e)) from e
+    except OSError as e:
+        raise CommandError(f"cannot write: {e.strerror or e}", e.filename or args.out) from e
     nodes = ", ".join(f"{k} {v}" for k, v in sorted(info.nodes.items()))
     codes = ", ".join(f"{k} {v}" for k, v in sorted(info.code_types.items()))
-    print(
-        f"wrote {info.path} ({info.size_bytes} bytes, opset {info.opset}, low-bit form {info.low_bit}, IntModel rounding {info.rounding})"
-    )
+    print(f"wrote {args.out} ({info.size_bytes} bytes, opset {info.opset}, low-bit form {info.low_bit}, IntModel rounding {info.rounding})")
     print(f"  nodes: {nodes}")
     print(f"  code types: {codes}; integer clips: {info.clips}")
-    if not args.check:
-        return 0
-
-    x, y = _test_set(args, im, cfg)
-    try:
-        cmp = compare_onnx(im, args.out, x, y, fake_quant=fq_model, optimization=args.optimization, per_layer=args.per_layer)
-    except ExportError as e:
-        raise CommandError(one_line(e)) from e
-    print(cmp.summary())
-    if args.json:
-        record = {"onnx": info.path, "opset": info.opset, "low_bit": info.low_bit, "rounding": info.rounding, **cmp.to_dict()}
-        try:
-            write_json(args.json, record, indent=2, mkdir=False)
-        except OSError as e:
-            raise CommandError(f"{args.json}: cannot write: {e}") from e
+    if cmp is not None:
+        print(cmp.summary())
     sys.stdout.flush()
     return 0
+
+
+def _check_writable(path: str, what: str) -> None:
+    """CommandError now, before any work, for an output path that cannot be written."""
+    import os
+
+    folder = os.path.dirname(path) or "."
+    if os.path.isdir(path):
+        raise CommandError(f"{what} is a folder", path, "give a file name")
+    if not os.path.isdir(folder):
+        raise CommandError(f"no such folder for {what}", folder, "create it first or write elsewhere")
 
 
 def _test_set(args: argparse.Namespace, im: Any, cfg: Any) -> tuple[Any, Any]:
@@ -102,9 +128,11 @@ def _test_set(args: argparse.Namespace, im: Any, cfg: Any) -> tuple[Any, Any]:
     if cfg is not None and name == cfg.dataset:
         # Same split parameters as the trial: the normalisation statistics come from its train split.
         kw = {"val_fraction": cfg.val_fraction, "limit_train": cfg.limit_train, "seed": cfg.seed, "loader_args": cfg.loader_args or None}
+    from qatlab.datasets.errors import DatasetError
+
     try:
         splits = load_dataset(name, limit_test=args.limit, **kw)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, DatasetError) as e:
         raise CommandError(f"dataset {name!r}: {one_line(e)}") from e
     if tuple(splits.input_shape) != tuple(im.input_shape):
         raise CommandError(f"dataset {name!r} has inputs {splits.input_shape}; the model takes {tuple(im.input_shape)}")

@@ -13,7 +13,6 @@ import argparse
 import sys
 from typing import Any
 
-from qatlab.atomic import write_text
 from workbook.argtypes import int_at_least
 
 _pos_int = int_at_least(0)
@@ -24,8 +23,8 @@ def _pos_float(text: str) -> float:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {v}")
+    if not (v > 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {v}")
     return v
 
 
@@ -62,6 +61,21 @@ def reject_with_model(args: argparse.Namespace, flags: dict[str, object]) -> Non
     if args.model and given:
         verb = "applies" if len(given) == 1 else "apply"
         raise CommandError(f"{', '.join(given)} {verb} to --topology only: an IntModel (--model) carries its own bit widths and signs")
+
+
+def check_out_path(path: str) -> None:
+    """Refuse an output path that cannot be written before any work is done (CommandError)."""
+    import os
+
+    from workbook.errors import CommandError
+
+    folder = os.path.dirname(path) or "."
+    if os.path.isdir(path):
+        raise CommandError("is a folder", path, "give a file name")
+    if not os.path.isdir(folder):
+        raise CommandError("no such folder", folder, "create it first or write elsewhere")
+    if not os.access(folder, os.W_OK):
+        raise CommandError("folder is not writable", folder)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -101,12 +115,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from qatlab.hw.asic import ArrayConfig, ConfigError, simulate, simulate_intmodel
+    from qatlab.hw.asic import ArrayConfig, ConfigError, simulate
+    from qatlab.hw.limits import LimitError
     from qatlab.hw.opgraph import UnsupportedOpError
     from qatlab.hw.workload import TopologyError, read_topology
     from workbook.errors import CommandError
 
     reject_with_model(args, {"--w-bits": args.w_bits, "--a-bits": args.a_bits})
+    if args.out:
+        check_out_path(args.out)
 
     overrides = {
         k: v
@@ -126,19 +143,26 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = ArrayConfig.from_cfg(args.config, **overrides)
         if args.model:
+            from qatlab.hw.asic import simulate_intmodel  # the IntModel path only when asked for
+
             report = simulate_intmodel(load_intmodel(args.model), cfg)
         else:
             layers = read_topology(args.topology)
             if args.w_bits or args.a_bits:
                 layers = [dataclasses.replace(lay, w_bits=args.w_bits or lay.w_bits, a_bits=args.a_bits or lay.a_bits) for lay in layers]
             report = simulate(layers, cfg)
-    except (ConfigError, TopologyError) as e:
+    except (ConfigError, TopologyError, LimitError) as e:
         raise CommandError(str(e)) from None
     except UnsupportedOpError as e:
         raise CommandError(f"{args.model}: {e}") from None
     text = report.to_json() + "\n" if args.format == "json" else report.to_csv()
     if args.out:
-        write_text(args.out, text, mkdir=False)
+        from qatlab.atomic import write_text  # tempfile and shutil only when a file is written
+
+        try:
+            write_text(args.out, text, mkdir=False)
+        except OSError as e:
+            raise CommandError(f"cannot write the report: {e.strerror or e}", args.out) from None
     else:
         sys.stdout.write(text)
     return 0

@@ -19,6 +19,9 @@ import sys
 
 # Kept in step with qatlab.hw.fpga.devices (a test checks): naming them here keeps
 # `workbook --help` from importing the model (numpy) just to list them.
+MIN_FPS, MAX_FPS = 1e-3, 1e12
+MAX_CLOCK_MHZ = 1e5
+
 DEVICE_NAMES = ("PYNQ-Z1", "Ultra96-V2", "ZCU104", "ZCU102", "U250")
 
 
@@ -61,7 +64,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--ram-style",
         choices=["auto", "block", "distributed", "ultra"],
         default="auto",
-        help="weight memories (auto: LUTRAM up to 128 words, else BRAM; the search may pick any)",
+        help="weight memories (auto: FINN's default, BRAM at any depth; with --cost-model qatlab LUTRAM up to 128 words and the search may pick any)",
+    )
+    p.add_argument(
+        "--cost-model",
+        choices=["finn", "qatlab"],
+        default="finn",
+        help="finn: FINN's own estimates of its default build (default); qatlab: also the memories and comparators FINN leaves uncounted, standalone thresholds, the HLS sliding window (docs/fpga-finn.md)",
     )
     p.add_argument(
         "--max-util",
@@ -84,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from qatlab.hw import fpga
+    from qatlab.hw.limits import LimitError
     from qatlab.hw.opgraph import UnsupportedOpError
     from qatlab.hw.workload import TopologyError, read_topology
     from workbook.errors import CommandError
@@ -100,9 +110,26 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--acc-bits must be between 2 and 64, got {args.acc_bits}")
     if args.max_util is not None and not 0 < args.max_util <= 1:
         raise CommandError(f"--max-util must be in (0, 1], got {args.max_util}")
+    # Bounds that keep cycles-per-frame budgets finite integers (a fps of 1e-300 overflows them).
+    if args.target_fps is not None and not MIN_FPS <= args.target_fps <= MAX_FPS:
+        raise CommandError(f"--target-fps must be between {MIN_FPS:g} and {MAX_FPS:g} frames per second, got {args.target_fps}")
+    if args.clock_mhz is not None and not 0 < args.clock_mhz <= MAX_CLOCK_MHZ:
+        raise CommandError(f"--clock-mhz must be in (0, {MAX_CLOCK_MHZ:g}], got {args.clock_mhz}")
+    if args.folding:
+        from qatlab.hw.limits import InputFileError, read_text
+
+        try:
+            read_text(args.folding, "folding")  # size and encoding, before the JSON parser sees it
+        except InputFileError as e:
+            raise CommandError(str(e)) from None
+    if args.save_folding:
+        from workbook.sim_asic import check_out_path
+
+        check_out_path(args.save_folding)
     common = {
         "folding": args.folding, "target_fps": args.target_fps, "clock_mhz": args.clock_mhz, "res_type": args.res_type,
         "ram_style": args.ram_style, "limits": args.max_util, "schedule": not args.no_schedule,
+        "cost_model": args.cost_model,
     }  # fmt: skip
     try:
         if args.model:
@@ -114,12 +141,12 @@ def run(args: argparse.Namespace) -> int:
             rep = fpga.analyze(layers, args.device, signed_input=args.signed_input, acc_bits=args.acc_bits, **common)
         if args.save_folding:
             fpga.write_folding(rep.folding, args.save_folding)
-    except (TopologyError, fpga.FpgaError) as e:
+    except (TopologyError, fpga.FpgaError, LimitError) as e:
         raise CommandError(str(e)) from None
     except UnsupportedOpError as e:
         raise CommandError(f"{args.model}: {e}") from None
     except OSError as e:
-        raise CommandError(f"{e.filename or ''}: {e.strerror or e}") from None
+        raise CommandError(f"{e.strerror or e}", args.save_folding or e.filename) from None
     if args.format == "json":
         d = rep.to_dict()
         d["layers"] = [{k: _finite(v) for k, v in r.items()} for r in d["layers"]]

@@ -49,6 +49,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -60,6 +61,14 @@ SPECS_DIR = Path(__file__).resolve().parent / "specs"
 TOP_KEYS = ("name", "description", "dataset", "model", "train", "grid", "include", "resources", "save_models")
 RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory", "custom", "max_retries", "timeout_s")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# A spec is a page of YAML; the cap stops `--spec /dev/zero` from being read whole.
+MAX_SPEC_BYTES = 4 * 1024 * 1024
+# Grid points plus include combinations a spec may expand to: far above any sweep a
+# cluster runs, low enough that a mistyped grid (or YAML aliases multiplying lists)
+# is refused in milliseconds instead of building millions of configs.
+MAX_TRIALS = 10_000
+# YAML values a spec may stand for with its aliases expanded (a real one has hundreds).
+MAX_YAML_NODES = 1_000_000
 
 
 class SpecError(ValueError):
@@ -177,23 +186,116 @@ def resolve_spec_path(name_or_path: str | os.PathLike[str]) -> Path:
 
 def load_spec(name_or_path: str | os.PathLike[str]) -> Spec:
     """Read, validate and expand a spec file (or bundled spec name). Raises SpecError."""
-    import yaml
-
     path = resolve_spec_path(name_or_path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpecError(f"{path}: cannot read: {e}") from None
+        with open(path, "rb") as f:
+            raw = f.read(MAX_SPEC_BYTES + 1)
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read: {e.strerror or e}") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(f"{path}: larger than {MAX_SPEC_BYTES // (1024 * 1024)} MiB: not a spec file")
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}): not a spec file") from None
+    data = read_yaml(text, str(path))
+    return parse_spec(data, path, text, locations=_locations(text))
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (SpecError naming both lines).
+
+    Plain PyYAML keeps the last of two equal keys, so a second ``include:`` silently
+    replaces the first. A ``<<`` merge may still be overridden: that is its purpose.
+    """
+    import yaml
+
+    loader = None
+    try:
+        loader = _unique_key_loader()(text)  # its reader already refuses control characters
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_YAML_NODES:
+            raise SpecError(f"{source}: expands to more than {MAX_YAML_NODES} YAML values (each alias repeats what it names): not a spec")
+        return loader.construct_document(node)
+    except _DuplicateKey as e:
+        raise SpecError(
+            f"{source}:{e.line}:{e.column}: key {e.key!r} is given twice (first at {source}:{e.first_line}:{e.first_column}): "
+            "give each key once"
+        ) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
         problem = " ".join(str(x) for x in (e.context, e.problem) if x)
         raise SpecError(f"{where}: YAML syntax error: {problem}") from None
     except yaml.YAMLError as e:
-        raise SpecError(f"{path}: YAML error: {' '.join(str(e).split())}") from None
-    return parse_spec(data, path, text, locations=_locations(text))
+        raise SpecError(f"{source}: YAML error: {' '.join(str(e).split())}") from None
+    except RecursionError:
+        raise SpecError(f"{source}: nested too deeply to be a spec") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _expanded_size(node: Any, memo: dict[int, int]) -> int:
+    """Values ``node`` stands for once every alias is expanded, in O(distinct nodes).
+
+    ``l0: &l0 [1, 1, 1]``, ``l1: &l1 [*l0, *l0, *l0]``, ... nine levels deep is a few
+    hundred bytes of YAML that encoding ``model_args`` as JSON would expand to a billion
+    values.
+    """
+    import yaml
+
+    key = id(node)
+    if key not in memo:
+        memo[key] = 1  # a node that contains itself counts once
+        if isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            children = []
+        memo[key] = 1 + sum(_expanded_size(c, memo) for c in children)
+    return memo[key]
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: object, line: int, column: int, first_line: int, first_column: int) -> None:
+        super().__init__(key)
+        self.key, self.line, self.column, self.first_line, self.first_column = key, line, column, first_line, first_column
+
+
+_LOADER: Any = None
+
+
+def _unique_key_loader() -> Any:
+    """A SafeLoader whose mappings refuse duplicate keys (built once, on first use: yaml is imported lazily)."""
+    global _LOADER
+    if _LOADER is not None:
+        return _LOADER
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            if isinstance(node, yaml.MappingNode):
+                seen: dict[Any, Any] = {}
+                # Checked before SafeLoader flattens `<<` merges into the node.
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        first = seen.setdefault(key, key_node)
+                    except TypeError:
+                        continue  # an unhashable key: SafeLoader names it below
+                    if first is not key_node:
+                        a, b = first.start_mark, key_node.start_mark
+                        raise _DuplicateKey(key, b.line + 1, b.column + 1, a.line + 1, a.column + 1)
+            return super().construct_mapping(node, deep=deep)
+
+    _LOADER = UniqueKeyLoader
+    return _LOADER
 
 
 # ---- validation ---------------------------------------------------------------------
@@ -205,11 +307,17 @@ def _locations(text: str) -> dict[str, tuple[int, int]]:
 
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         return {}
     out: dict[str, tuple[int, int]] = {}
 
+    seen: set[int] = set()
+
     def walk(node: Any, prefix: str) -> None:
+        # An aliased node is walked once, under its anchor: the first place it is written.
+        if id(node) in seen:
+            return
+        seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
             for k, v in node.value:
                 if isinstance(k, yaml.ScalarNode):
@@ -222,7 +330,10 @@ def _locations(text: str) -> dict[str, tuple[int, int]]:
                 out.setdefault(path, (item.start_mark.line + 1, item.start_mark.column + 1))
                 walk(item, path)
 
-    walk(root, "")
+    try:
+        walk(root, "")
+    except RecursionError:
+        return {}
     return out
 
 
@@ -427,6 +538,12 @@ def parse_spec(
     resources = _parse_resources(c, top.get("resources"))
 
     # ---- expansion ----
+    count = math.prod(len(v) for v in grid.values()) if grid else 0
+    count += sum(math.prod(len(v) for v in e.values() if isinstance(v, list)) for e in include)
+    if count > MAX_TRIALS:
+        raise c.err(
+            "grid" if grid else "include", f"expands to {count} trials, more than the {MAX_TRIALS} a spec may hold: split the sweep"
+        )
     # The grid's defaults for an include entry: the first value of each grid list.
     grid_first = {k: v[0] for k, v in grid.items()}
     candidates: list[tuple[dict[str, Any], str, dict[str, str]]] = []

@@ -23,8 +23,17 @@ def load_trial_model(path: str, *, file_word: str = "model") -> tuple[Any, Any, 
 
     if os.path.isdir(path):
         raise CommandError(f"{path}: is a folder; give a trial's intmodel.pt or model.pt")
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise CommandError(f"{path}: no such {file_word} file")
+    if not os.path.isfile(path):
+        raise CommandError(f"{path}: not a regular file; give a trial's intmodel.pt or model.pt")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (or, before torch 1.6, a pickle): anything else is
+    # named here, not by torch's weights-only unpickler advice, which does not apply.
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        what = "an empty file" if not head else "not a torch file"
+        raise CommandError(f"{path}: cannot read checkpoint: {what}; give a trial's intmodel.pt or model.pt")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:

@@ -4,22 +4,58 @@ Every writer in qatlab and workbook goes through here. The data goes to a unique
 name in the target's folder (same filesystem, so the rename is atomic), is flushed and
 fsynced, then renamed over the target. On any error, KeyboardInterrupt included, the
 temp file is removed and the target is left as it was.
+
+The file ends with the permissions a plain ``open(path, "w")`` would give it: the mode
+of the file it replaces, or ``0o666`` less the process umask for a new one (the temp
+file itself is created ``0o600`` by :func:`tempfile.mkstemp`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-# mkstemp creates 0600; a result file should get the usual umask-derived mode.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-FILE_MODE = 0o666 & ~_UMASK
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows.
+
+    Linux reports it in ``/proc/self/status``; elsewhere the only way is to set it and
+    set it back, which another thread could observe, so that is done under a lock.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file now: ``0o666 & ~umask``."""
+    return 0o666 & ~current_umask()
+
+
+def target_mode(path: str | os.PathLike[str]) -> int:
+    """The mode the file written to ``path`` should end with: the replaced file's, else a new file's."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return new_file_mode()
+    return stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else new_file_mode()
 
 
 @contextmanager
@@ -39,7 +75,7 @@ def atomic_path(path: str | os.PathLike[str], *, mkdir: bool = True) -> Iterator
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE)
+        os.chmod(tmp, target_mode(p))
         os.replace(tmp, p)
     finally:
         tmp.unlink(missing_ok=True)

@@ -15,6 +15,8 @@ from pathlib import Path
 here = Path(__file__)
 with open(here.parent / "calls.jsonl", "a") as fh:
     fh.write(json.dumps([here.name, sys.argv[1:]]) + "\\n")
+if "--json" in sys.argv:
+    Path(sys.argv[sys.argv.index("--json") + 1]).write_text(json.dumps({{"script": here.name}}))
 sys.exit({status})
 """
 
@@ -55,8 +57,9 @@ def test_exit_none_is_success_and_a_message_is_failure(tmp_path, capsys):
 def test_json_goes_only_to_scripts_that_take_it(tmp_path, monkeypatch):
     _scripts(tmp_path, takes=0, plain=0)
     monkeypatch.setattr(bench, "JSON_SCRIPTS", frozenset({"takes.py"}))
-    assert bench.run_scripts(("takes.py", "plain.py"), "out.json", root=tmp_path) == 0
-    assert _calls(tmp_path) == [["takes.py", ["--json", "out.json"]], ["plain.py", []]]
+    out = str(tmp_path / "out.json")
+    assert bench.run_scripts(("takes.py", "plain.py"), out, root=tmp_path) == 0
+    assert _calls(tmp_path) == [["takes.py", ["--json", out]], ["plain.py", []]]
     with pytest.raises(CommandError, match="--json is not supported by plain.py"):
         bench.run_scripts(("plain.py",), "out.json", root=tmp_path)
 

@@ -346,3 +346,97 @@ def test_relative_data_paths_follow_base_dir(tmp_path, monkeypatch):
         spec_from_dict(d)  # the working directory has no imgs/
     s = spec_from_dict(d, base_dir=tmp_path / "sub")
     assert s.trials[0].config["dataset"] == str(tmp_path / "sub" / "imgs")
+
+
+# ---- duplicate keys, sizes and bytes: refused with the lines at fault ---------------------
+
+
+@pytest.mark.parametrize(
+    "text, second, first",
+    [
+        ("name: d\ninclude:\n  - {method: qat}\ninclude:\n  - {method: ptq}\n", "4:1", "2:1"),
+        ("name: d\ntrain: {epochs: 1, epochs: 500}\ngrid: {method: [ptq]}\n", "2:20", "2:9"),
+        ("name: d\ngrid: {method: [ptq]}\nresources:\n  num_cpus: 1\n  num_cpus: 2\n", "5:3", "4:3"),
+        ("name: d\ninclude:\n  - method: qat\n    ste: lsq\n    method: ptq\n", "5:5", "3:5"),
+        ("name: d\ngrid: {method: [ptq]}\nname: e\n", "3:1", "1:1"),
+    ],
+)
+def test_duplicate_keys_name_both_places(tmp_path, text, second, first):
+    p = write(tmp_path, text)
+    with pytest.raises(SpecError) as e:
+        load_spec(p)
+    msg = str(e.value)
+    assert f"{p}:{second}:" in msg and f"(first at {p}:{first})" in msg and "given twice" in msg
+
+
+def test_a_merge_key_may_still_be_overridden(tmp_path):
+    # `<<` exists to be overridden: that is not a duplicate.
+    p = write(tmp_path, "name: d\ntrain:\n  <<: {epochs: 1, lr: 0.1}\n  epochs: 2\ngrid: {method: [ptq]}\n")
+    assert load_spec(p).defaults["epochs"] == 2
+
+
+@settings(max_examples=30, deadline=None)
+@given(keys=st.lists(st.sampled_from(["epochs", "lr", "seed", "batch_size"]), min_size=1, max_size=6))
+def test_duplicates_refused_exactly_when_a_key_repeats(tmp_path_factory, keys):
+    # Reference: a plain scan of the key list.
+    body = ", ".join(f"{k}: 1" if k != "lr" else "lr: 0.1" for k in keys)
+    p = write(tmp_path_factory.mktemp("s"), f"name: d\ntrain: {{{body}}}\ngrid: {{method: [ptq]}}\n")
+    if len(set(keys)) < len(keys):
+        with pytest.raises(SpecError, match="given twice"):
+            load_spec(p)
+    else:
+        load_spec(p)
+
+
+def test_bytes_depth_and_size_are_spec_errors(tmp_path):
+    cases = {
+        b"name: \xff\xfe": "not UTF-8 text",
+        b"[" * 5000: "nested too deeply",
+        b"name: d\x00": "YAML error",
+    }
+    for data, words in cases.items():
+        p = tmp_path / "s.yaml"
+        p.write_bytes(data)
+        with pytest.raises(SpecError, match=words):
+            load_spec(p)
+
+
+def test_trial_count_is_capped_before_expansion(tmp_path, monkeypatch):
+    import workbook.spec as spec_mod
+
+    monkeypatch.setattr(spec_mod, "MAX_TRIALS", 7)
+    p = write(tmp_path, "name: d\ngrid: {seed: [0, 1, 2], epochs: [1, 2, 3]}\ninclude: [{seed: [5, 6]}]\n")
+    with pytest.raises(SpecError, match="expands to 11 trials, more than the 7"):
+        load_spec(p)
+    monkeypatch.setattr(spec_mod, "MAX_TRIALS", 11)
+    assert len(load_spec(p).trials) == 11
+
+
+def _alias_bomb(levels: int) -> str:
+    lines = ["name: b", "l0: &l0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, levels)]
+    return "\n".join([*lines, "grid: {method: [ptq]}", f"train: {{model_args: {{x: *l{levels - 1}}}}}"]) + "\n"
+
+
+def test_an_alias_bomb_is_refused_before_it_is_expanded(tmp_path):
+    # Nine levels of ten aliases: 10^9 values if expanded; refused in milliseconds.
+    with pytest.raises(SpecError, match="expands to more than 1000000 YAML values"):
+        load_spec(write(tmp_path, _alias_bomb(9)))
+
+
+def test_aliases_that_stay_small_still_read(tmp_path):
+    # Two levels: 110 values; the `l0`/`l1` keys are unknown, which is what is reported.
+    with pytest.raises(SpecError, match="l0: unknown key"):
+        load_spec(write(tmp_path, _alias_bomb(2)))
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("name: r\ngrid: {method: [ptq]}\ntrain: {model_args: &a {x: *a}}\n", "Circular reference"),
+        ("name: r\ngrid: {method: &m [ptq, *m]}\n", "grid.method"),
+    ],
+)
+def test_recursive_aliases_are_spec_errors(tmp_path, text, words):
+    with pytest.raises(SpecError, match=words):
+        load_spec(write(tmp_path, text))

@@ -14,8 +14,6 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from qatlab.atomic import write_text
-
 
 class TopologyError(ValueError):
     """A topology file that cannot be read; the message names the file, line and field."""
@@ -129,12 +127,16 @@ def read_topology(path: str | os.PathLike[str]) -> list[Layer]:
     empty fields (SCALE-Sim's files end rows with a comma) and extra fields that are
     not ``N:M`` (notes such as ``#dw``, a ``Target`` column) are ignored.
     """
+    from qatlab.hw.limits import MAX_TOPOLOGY_LAYERS, InputFileError, read_text
+
     p = Path(path)
     try:
-        text = p.read_text()
-    except OSError as e:
-        raise TopologyError(f"{p}: cannot read topology file: {e.strerror or e}") from e
-    rows = [r for r in csv.reader(text.splitlines())]
+        text = read_text(p, "topology")
+        rows = [r for r in csv.reader(text.splitlines())]
+    except InputFileError as e:
+        raise TopologyError(str(e)) from None
+    except csv.Error as e:
+        raise TopologyError(f"{p}: not a CSV topology: {e}") from None
     rows = [[c.strip() for c in r] for r in rows]
     numbered = [(i + 1, r) for i, r in enumerate(rows) if any(r)]
     if not numbered:
@@ -163,6 +165,8 @@ def read_topology(path: str | os.PathLike[str]) -> list[Layer]:
                 continue
             vals = [_int(row[i + 1], h, where) for i, h in enumerate(_CONV_FIELDS)]
             ih, iw, fh, fw, ch, nf, st = vals
+            if len(layers) + (ch if "DP" in name else 1) > MAX_TOPOLOGY_LAYERS:
+                raise TopologyError(f"{where}: more than {MAX_TOPOLOGY_LAYERS} layers (depthwise layers count one per channel)")
             if "DP" in name:
                 layers.extend(Layer(f"{name}Channel_{c}", ih, iw, fh, fw, 1, nf, st, st, sparsity=sparsity) for c in range(ch))
             else:
@@ -189,6 +193,8 @@ def write_topology(layers: list[Layer], path: str | os.PathLike[str]) -> None:
             f"{lay.name}, {lay.ifmap_h}, {lay.ifmap_w}, {lay.filter_h}, {lay.filter_w}, {lay.channels}, "
             f"{lay.num_filters}, {lay.stride_h}, {lay.sparsity[0]}:{lay.sparsity[1]},\n"
         )
+    from qatlab.atomic import write_text  # tempfile and shutil only when a file is written
+
     write_text(p, "".join(lines), mkdir=False)
 
 

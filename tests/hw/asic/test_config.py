@@ -100,3 +100,60 @@ def test_constructor_validates():
     with pytest.raises(ConfigError, match="freq_mhz"):
         ArrayConfig(freq_mhz=0)
     assert issubclass(ConfigError, ValueError)
+
+
+@pytest.mark.parametrize(
+    "extra, second, first, words",
+    [
+        ("ArrayWidth: 8\n", 11, 6, "field 'arraywidth' given twice in [architecture_presets]"),
+        ("\n[general]\nrun_name = u\n", 12, 1, "section [general] given twice"),
+        ("\n[qatlab]\npack = 0\nPACK = 2\n", 14, 13, "field 'pack' given twice in [qatlab]"),
+    ],
+)
+def test_duplicates_name_both_lines(tmp_path, extra, second, first, words):
+    p = write(tmp_path, MINIMAL + extra)
+    with pytest.raises(ConfigError) as e:
+        ArrayConfig.from_cfg(p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}:{second}: ") and f"(first at {p}:{first})" in msg and words in msg
+
+
+def test_a_continuation_line_is_not_taken_for_the_first_occurrence(tmp_path):
+    # An indented line continues the value above it; only the real option line counts.
+    p = write(tmp_path, MINIMAL + "[qatlab]\nfreq_mhz = 1\n  pack = 9\npack = 0\npack = 2\n")
+    with pytest.raises(ConfigError, match=rf"{p}:15: .*\(first at {p}:14\)"):
+        ArrayConfig.from_cfg(p)
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        (b"\xff\xfe[general]", "not UTF-8 text"),
+        (MINIMAL.encode() + b"\x00", "NUL byte"),
+        (MINIMAL.replace("Dataflow : ws", "Dataflow : %(x)s").encode(), "'Dataflow' must be os, ws or is"),
+        (MINIMAL.encode() + b"[qatlab]\nvdd = inf\n", "'vdd' must be a finite number"),
+        (MINIMAL.encode() + b"[qatlab]\nfreq_mhz = nan\n", "'freq_mhz' must be a finite number"),
+    ],
+)
+def test_bytes_percent_signs_and_non_finite_numbers(tmp_path, text, words):
+    p = tmp_path / "c.cfg"
+    p.write_bytes(text)
+    with pytest.raises(ConfigError, match=words):
+        ArrayConfig.from_cfg(p)
+
+
+def test_a_folder_or_a_device_is_not_a_config(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder"):
+        ArrayConfig.from_cfg(tmp_path)
+    with pytest.raises(ConfigError, match="larger than"):
+        ArrayConfig.from_cfg("/dev/zero")
+
+
+@pytest.mark.parametrize("field, value", [("freq_mhz", "1e-320"), ("freq_mhz", "1e9"), ("vdd", "1e300"), ("node_nm", "1e-300")])
+def test_float_knobs_outside_their_physical_range(tmp_path, field, value):
+    p = write(tmp_path, MINIMAL + f"\n[qatlab]\n{field} = {value}\n")
+    with pytest.raises(ConfigError, match=rf"{p}:13: field '{field}' must be between"):
+        ArrayConfig.from_cfg(p)
+    # The same bound holds for a value given as an override (the CLI's --vdd and friends).
+    with pytest.raises(ConfigError, match=f"{field} overridden: field '{field}' must be between"):
+        ArrayConfig.from_cfg(write(tmp_path, MINIMAL), **{field: float(value)})

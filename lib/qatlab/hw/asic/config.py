@@ -63,8 +63,10 @@ class ArrayConfig:
     pack_max: int = 4
     # Skip zero weights of N:M-sparse layers (structured along the reduction axis).
     sparsity: bool = False
-    # "fast": closed-form DRAM read counts (exact while operands fit, else an estimate);
-    # "exact": replay SCALE-Sim's CALC-mode read window on the address streams (slower).
+    # Both give SCALE-Sim's figures exactly. "fast": closed forms, and a replay of
+    # SCALE-Sim's buffers only where none exists (overlapping convolution windows in CALC
+    # mode, operands that overflow in USER mode); "exact": the replay wherever a count is
+    # not simply the operand's size (the reference the closed forms are tested against).
     dram_model: str = "fast"
     node_nm: float = 45.0
     vdd: float = 0.9
@@ -185,23 +187,51 @@ def _line_index(text: str) -> tuple[dict[tuple[str, str], int], dict[str, str]]:
     return idx, spelled
 
 
+def _first_line(text: str, section: str, option: str | None, before: int) -> int | None:
+    """The 1-based line where ``[section]`` (``option`` None) or its ``option`` first
+    appears before line ``before``: the first of two occurrences configparser refuses."""
+    current = None
+    for n, line in enumerate(text.splitlines()[: max(0, before - 1)], 1):
+        s = line.strip()
+        m = re.match(r"^\[(?P<header>.+)\]", s)
+        if m:
+            current = m.group("header")
+            if option is None and current == section:
+                return n
+            continue
+        if option is not None and current == section and line[:1] not in (" ", "\t"):
+            m = re.match(r"^([^:=#;]+?)\s*[:=]", s)
+            if m and m.group(1).strip().lower() == option:
+                return n
+    return None
+
+
 def _read_cfg(p: Path, overrides: dict[str, object]) -> ArrayConfig:
+    from qatlab.hw.limits import FLOAT_RANGES, InputFileError, out_of_range, read_text
+
     try:
-        text = p.read_text()
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read config file: {e.strerror or e}") from e
-    cp = configparser.ConfigParser(inline_comment_prefixes=("#", ";"), strict=True)
+        text = read_text(p, "config")
+    except InputFileError as e:
+        raise ConfigError(str(e)) from None
+    # No interpolation: a '%' in a value is a character, not a reference to expand.
+    cp = configparser.ConfigParser(inline_comment_prefixes=("#", ";"), strict=True, interpolation=None)
     try:
         cp.read_string(text, source=str(p))
     except configparser.MissingSectionHeaderError as e:
         raise ConfigError(f"{p}:{e.lineno}: no [section] header before {e.line.strip()!r}") from None
     except configparser.DuplicateOptionError as e:
-        raise ConfigError(f"{p}:{e.lineno}: field {e.option!r} given twice in [{e.section}]") from None
+        first = _first_line(text, e.section, e.option, e.lineno)
+        also = f" (first at {p}:{first})" if first else ""
+        raise ConfigError(f"{p}:{e.lineno}: field {e.option!r} given twice in [{e.section}]{also}: give each field once") from None
     except configparser.DuplicateSectionError as e:
-        raise ConfigError(f"{p}:{e.lineno}: section [{e.section}] given twice") from None
+        first = _first_line(text, e.section, None, e.lineno)
+        also = f" (first at {p}:{first})" if first else ""
+        raise ConfigError(f"{p}:{e.lineno}: section [{e.section}] given twice{also}: merge them into one") from None
     except configparser.ParsingError as e:
         lineno, line = e.errors[0] if e.errors else (0, "")
         raise ConfigError(f"{p}:{lineno}: malformed line {str(line).strip()!r} (expected 'Field: value')") from None
+    except configparser.Error as e:
+        raise ConfigError(f"{p}: {' '.join(str(e).split())}") from None
     lines, spelled = _line_index(text)
     kw: dict[str, object] = {}
     where_of: dict[str, str] = {}
@@ -227,6 +257,8 @@ def _read_cfg(p: Path, overrides: dict[str, object]) -> ArrayConfig:
         except ValueError:
             kind = "an integer" if typ is int else "a number"
             raise ConfigError(f"{where}: field {option!r} must be {kind}, got {raw!r}") from None
+        if typ is float and not math.isfinite(v):
+            raise ConfigError(f"{where}: field {option!r} must be a finite number, got {raw!r}")
         return v
 
     def pos_int(section: str, option: str, fieldname: str) -> int:
@@ -304,6 +336,11 @@ def _read_cfg(p: Path, overrides: dict[str, object]) -> ArrayConfig:
             kw[name] = get("qatlab", opt, typ, name)
 
     kw.update(overrides)
+    for name in FLOAT_RANGES:
+        v = kw.get(name)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and (why := out_of_range(name, float(v))):
+            origin = where_of.get(name, str(p)) if name not in overrides else f"{p} with {name} overridden"
+            raise ConfigError(f"{origin}: field {name!r} {why}")
     try:
         return ArrayConfig(source=str(p), lines=where_of, **kw)  # type: ignore[arg-type]
     except ConfigError:
