@@ -240,18 +240,28 @@ def test_make_lab_passes_flags_and_setup_announces_its_steps():
 
 @pytest.fixture(scope="module")
 def lenet_w8a8(tmp_path_factory: pytest.TempPathFactory) -> object:
-    """The default CNN on 28x28 inputs as a W8A8 IntModel: too big for a PYNQ-Z1."""
+    """The default CNN on 28x28 inputs as a W8A8 IntModel."""
     from qatlab.intmodel import IntModel
 
     folder = tmp_path_factory.mktemp("lenet")
     return IntModel.load(write_intmodel(write_checkpoint(folder, input_shape=(1, 28, 28))))
 
 
-def test_hardware_study_reports_the_overflow_instead_of_raising(lenet_w8a8):
+@pytest.fixture(scope="module")
+def too_big(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """The default CNN on 56x56 inputs, W8A8: its 12544x128 FC alone holds 12.8 Mbit of
+    weights, more than a PYNQ-Z1's 280 BRAM18 (5 Mbit) under FINN's estimates."""
+    from qatlab.intmodel import IntModel
+
+    folder = tmp_path_factory.mktemp("lenet56")
+    return IntModel.load(write_intmodel(write_checkpoint(folder, input_shape=(1, 56, 56))))
+
+
+def test_hardware_study_reports_the_overflow_instead_of_raising(too_big):
     from qatlab.hw.fpga import get_device
     from workbook.studies import hardware as hw
 
-    fit = hw.fpga_fit(lenet_w8a8, "PYNQ-Z1")
+    fit = hw.fpga_fit(too_big, "PYNQ-Z1")
     assert fit.verdict == hw.NO_FIT and not fit.fits
     dev = get_device("PYNQ-Z1")
     assert fit.overflow, "a design that does not fit names what overflows"
@@ -263,9 +273,9 @@ def test_hardware_study_reports_the_overflow_instead_of_raising(lenet_w8a8):
             assert (o.used, o.capacity) == (fit.totals[res], dev.capacity(res)) and o.pct > 100
             assert f"{o.used - o.capacity} over" in str(o)
     assert fit.message.startswith("does not fit PYNQ-Z1 at any folding: ") and "BRAM18" in fit.message
-    assert list(fit.layers.layer) == [op.name for op in lenet_w8a8.ops]
-    layers, totals = hw.fpga(lenet_w8a8, "PYNQ-Z1")
-    assert totals["fit"] == hw.NO_FIT and totals["overflow"] and not totals["fits"] and len(layers) == len(lenet_w8a8.ops)
+    assert list(fit.layers.layer) == [op.name for op in too_big.ops]
+    layers, totals = hw.fpga(too_big, "PYNQ-Z1")
+    assert totals["fit"] == hw.NO_FIT and totals["overflow"] and not totals["fits"] and len(layers) == len(too_big.ops)
 
 
 def test_hardware_study_fits_a_bigger_device(lenet_w8a8):
@@ -289,7 +299,9 @@ def test_hardware_study_says_when_a_design_fits_only_above_finn_limits():
     from workbook.studies import hardware as hw
 
     dev = get_device("PYNQ-Z1")
-    fit = hw.fpga_fit(_one_linear(512, 64), "PYNQ-Z1")
+    # 256 input channels of thresholds (FINN tiles per-tensor thresholds over the channels)
+    # and 4 Mbit of weights: inside the device, above FINN's 70 % LUT / 80 % BRAM limits.
+    fit = hw.fpga_fit(_one_linear(256, 2048), "PYNQ-Z1")
     assert fit.verdict == hw.FITS_FULL and fit.fits and fit.overflow == []
     used = {r: fit.totals[r] for r in ("lut", "dsp", "bram18", "uram")}
     assert all(used[r] <= dev.capacity(r) for r in used)
@@ -305,11 +317,11 @@ def test_hardware_study_still_refuses_an_unknown_device(lenet_w8a8):
         hw.fpga_fit(lenet_w8a8, "PYNQ-Z9")
 
 
-def test_cost_table_carries_the_overflow_not_an_error(tmp_path, lenet_w8a8):
+def test_cost_table_carries_the_overflow_not_an_error(tmp_path, too_big):
     from workbook.studies import hardware as hw
 
     (tmp_path / "trials" / "t1").mkdir(parents=True)
-    lenet_w8a8.save(tmp_path / "trials" / "t1" / "intmodel.pt")
+    too_big.save(tmp_path / "trials" / "t1" / "intmodel.pt")
     df = pd.DataFrame(
         [
             {
@@ -338,7 +350,7 @@ def test_hardware_notebook_is_thin_and_committed_without_outputs():
 
 
 @pytest.mark.slow
-def test_hardware_notebook_runs_on_pynq_z1(tmp_path, lenet_w8a8):
+def test_hardware_notebook_runs_on_pynq_z1(tmp_path, too_big):
     """`workbook run -p fpga_device=PYNQ-Z1`, the notebook part: it finishes and reports the overflow."""
     from qatlab.atomic import write_bytes
     from workbook.notebooks import execute
@@ -346,7 +358,7 @@ def test_hardware_notebook_runs_on_pynq_z1(tmp_path, lenet_w8a8):
 
     sweep = tmp_path / "sweep"
     (sweep / "trials" / "t1").mkdir(parents=True)
-    lenet_w8a8.save(sweep / "trials" / "t1" / "intmodel.pt")
+    too_big.save(sweep / "trials" / "t1" / "intmodel.pt")
     rec = {
         "trial_id": "t1",
         "status": "ok",

@@ -39,29 +39,43 @@ def test_target_is_met_and_every_layer_is_as_cheap_as_allowed():
 
 
 def test_fastest_lenet_is_bounded_by_its_one_channel_window():
-    rep = analyze(_net("lenet"), "ZCU104")
-    # conv1's SWU emits at most one 1-channel element per cycle: 30*3 + 28*max(28*9, 30) = 7146
+    rep = analyze(_net("lenet"), "ZCU104", cost_model="qatlab")
+    # the HLS SWU emits at most one 1-channel element per cycle: 30*3 + 28*max(28*9, 30) = 7146
     assert rep.totals["ii_cycles"] == 7146 and rep.totals["bottleneck"] == "conv1.swu"
     assert "cannot go below 7146" in rep.totals["explanation"]
     assert rep.fits and rep.totals["within_finn_limits"] is not None
 
 
+def test_fastest_lenet_uses_finns_parallel_window():
+    rep = analyze(_net("lenet"), "ZCU104")
+    conv1 = rep.layers[0]
+    # FINN's RTL window in parallel mode takes a whole 3x3 window per cycle: 30*30 + 2
+    assert (conv1.swu_simd, conv1.swu_cycles) == (1, 902) and rep.folding["conv1"].parallel_window
+    assert rep.totals["ii_cycles"] < 7146 and rep.fits
+
+
 WIDE = [Layer("a", 34, 34, 3, 3, 16, 64, w_bits=4, a_bits=4), Layer("b", 32, 32, 3, 3, 64, 64, w_bits=4, a_bits=4)]
 
 
-def test_fastest_that_fits_stops_at_the_device():
-    small = analyze(WIDE, "PYNQ-Z1", schedule=False)
-    big = analyze(WIDE, "U250", schedule=False, clock_mhz=100)
+@pytest.mark.parametrize("cost_model", ["finn", "qatlab"])
+def test_fastest_that_fits_stops_at_the_device(cost_model):
+    small = analyze(WIDE, "PYNQ-Z1", schedule=False, cost_model=cost_model)
+    big = analyze(WIDE, "U250", schedule=False, clock_mhz=100, cost_model=cost_model)
     assert small.fits and small.totals["within_finn_limits"]
     assert big.fps > 5 * small.fps
     # the explanation names the resource that stops the next faster step
     assert "the next faster step" in small.totals["explanation"] and "LUT" in small.totals["explanation"]
-    assert "at its fastest" in big.totals["explanation"]
+    if cost_model == "qatlab":
+        assert "at its fastest" in big.totals["explanation"]
+    else:  # FINN's auto weights are BRAM at any depth: the U250 runs out of them first
+        assert "the next faster step" in big.totals["explanation"] and "BRAM18" in big.totals["explanation"]
 
 
 def test_unreachable_target_says_the_ceiling():
     with pytest.raises(UnreachableTargetError, match=r"conv1\.swu needs at least 7146 cycles.*at most 27987\.7 fps"):
-        analyze(_net("lenet"), "ZCU104", target_fps=50_000)
+        analyze(_net("lenet"), "ZCU104", target_fps=50_000, cost_model="qatlab")
+    with pytest.raises(UnreachableTargetError, match=r"conv1\.swu needs at least 902 cycles.*at most 221729 fps"):
+        analyze(_net("lenet"), "ZCU104", target_fps=500_000)
     fastest = analyze(WIDE, "PYNQ-Z1", schedule=False).fps
     with pytest.raises(UnreachableTargetError, match=r"does not fit PYNQ-Z1.*LUT.*fastest design that fits reaches"):
         analyze(WIDE, "PYNQ-Z1", target_fps=1.7 * fastest)

@@ -36,7 +36,8 @@ def test_stepped_equals_reference_and_analytic(net):
     layers, params, folds, x = net
     res = simulate(layers, params, folds, x)
     assert np.array_equal(res.outputs, _ref(layers, params, x))
-    rep = analyze(layers, "U250", folding=folds, params=params)
+    # The stepped simulation runs the HLS sliding window's loop: the qatlab cost model's.
+    rep = analyze(layers, "U250", folding=folds, params=params, cost_model="qatlab")
     assert res.latency_cycles == rep.totals["latency_cycles"]
     # frames enter as fast as the first FIFO takes them: the steady interval is the slowest
     # unit's count; before it settles, intervals are only ever longer (d_f - f*P never decreases)
@@ -120,3 +121,33 @@ def test_speed_is_recorded():
     lay, params, x = _tiny()
     res = simulate(lay, params, {"a": LayerFolding(2, 6), "b": LayerFolding(3, 4)}, x)
     assert res.cycles > 0 and res.cycles_per_s > 0 and res.wall_s > 0
+
+
+@settings(max_examples=40)
+@given(networks())
+def test_the_default_model_steps_finns_rtl_windows(net):
+    """FINN's RTL windows (default and parallel style, as the folding resolves them)
+    stepped: bit-exact, every window element read before it is emitted, and the latency,
+    interval and FIFO depths of the default (FINN) analytic schedule."""
+    layers, params, folds, x = net
+    res = simulate(layers, params, folds, x, rtl_window=True)
+    assert np.array_equal(res.outputs, _ref(layers, params, x))
+    rep = analyze(layers, "U250", folding=folds, params=params)
+    assert res.latency_cycles == rep.totals["latency_cycles"]
+    assert res.interval_cycles == rep.totals["ii_cycles"] == max(r.ii_cycles for r in rep.layers)
+    assert all(p <= d for p, d in zip(res.fifo_peak, res.fifo_depths))
+
+
+def test_a_parallel_window_is_stepped():
+    lay = [Layer("c", 6, 6, 3, 3, 2, 4), Layer("fc", 1, 1, 1, 1, 64, 3)]
+    rng = np.random.default_rng(0)
+    params = [
+        IntLayer(rng.integers(-8, 8, size=(4, 18)), multiplier=np.full(4, 0.01), qmin=0, qmax=255),
+        IntLayer(rng.integers(-8, 8, size=(3, 64))),
+    ]
+    folds = {"c": LayerFolding(2, 18), "fc": LayerFolding(1, 8)}  # SIMD 18 > 2 channels: parallel
+    x = rng.integers(0, 256, size=(3, 72))
+    res = simulate(lay, params, folds, x, rtl_window=True)
+    rep = analyze(lay, "U250", folding=folds, params=params)
+    assert rep.folding["c"].parallel_window and rep.layers[0].swu_cycles == 6 * 6 + 2
+    assert np.array_equal(res.outputs, _ref(lay, params, x)) and res.latency_cycles == rep.totals["latency_cycles"]

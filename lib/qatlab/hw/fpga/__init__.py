@@ -26,7 +26,14 @@ Modules: ``devices`` (catalog), ``geometry`` (FINN's view of a layer), ``folding
 (requantization and thresholds), ``reference`` (numpy integer semantics), ``schedule``
 (max-plus pipeline timing), ``analytic`` (:func:`analyze`), ``search`` (folding
 search), ``stream`` (stepped simulation), ``study`` (narrow-accumulator accuracy,
-overflow check), ``convert`` (parameters from an IntModel).
+overflow check), ``convert`` (parameters from an IntModel), ``units`` (FINN's other
+streaming units), ``network`` (an IntModel, every op), ``graph`` (branch and join
+timing, skip-branch FIFOs).
+
+Every estimate defaults to FINN's own cost functions for the design FINN's default
+build makes (``cost_model="finn"``; tests/hw/fpga/data/finn_reference.json holds
+FINN's values); ``cost_model="qatlab"`` adds what FINN leaves uncounted
+(docs/fpga-finn.md).
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ resources on a device, without stepping cycles.
 Scope: the network is the topology's layers as one chain of units, in file order.
 Throughput and resources do not depend on that; latency does: a residual network's
 branches (a ResNet's downsample path) are timed as if in series, and the FIFO a skip
-connection needs is not sized. Pooling and padding between layers (which SCALE-Sim
+connection needs is not sized (a SCALE-Sim topology has no graph; an IntModel's
+branches are timed as a graph by :func:`.network.analyze_intmodel`). Pooling and padding between layers (which SCALE-Sim
 topologies leave out) are joined by an implicit zero-latency stage. Weights are stored
 dense (N:M sparsity is not exploited, as FINN does not); a depthwise ("DP") layer is
 one single-channel MVAU per channel, as SCALE-Sim expands it (FINN would use a VVAU).
@@ -137,6 +138,13 @@ def _unit_formula(spec: LayerSpec, f: LayerFolding, unit: str, cycles: int) -> s
     if unit == "mvau":
         return f"(MH/PE)·(MW/SIMD)·pixels = ({g.mh}/{f.pe})·({g.mw}/{f.simd})·{g.pixels} = {cycles}"
     cw = g.channels // int(f.swu_simd or 1)
+    if unit == "swu" and spec.rtl_window:
+        if f.parallel_window:
+            return f"parallel window: ifm_h·ifm_w + 2 = {g.ifm_h}·{g.ifm_w} + 2 = {cycles}"
+        return (
+            f"((k_h-1)·ifm_w + k_w)·C/SIMD + ofm_h·max(ofm_w·k_w·k_h·C/SIMD, stride·ifm_w·C/SIMD) = "
+            f"(({g.k_h}-1)·{g.ifm_w} + {g.k_w})·{cw} + {g.ofm_h}·max({g.ofm_w}·{g.k_w}·{g.k_h}·{cw}, {g.stride_w}·{g.ifm_w}·{cw}) = {cycles}"
+        )
     if unit == "swu":
         return (
             f"ifm_w·k_h·C/SIMD + ofm_h·max(ofm_w·k_w·k_h·C/SIMD, stride·ifm_w·C/SIMD) = "
@@ -159,6 +167,8 @@ def analyze(
     ram_style: str = "auto",
     limits: Mapping[str, float] | float | None = None,
     schedule: bool = True,
+    cost_model: str = "finn",
+    output_last: bool = True,
 ) -> FpgaReport:
     """Model ``layers`` as a FINN-style dataflow accelerator on ``device``.
 
@@ -168,6 +178,12 @@ def analyze(
     IntLayer or a weight array [MH, MW] (tight accumulator bounds, DSP48E1 packing
     rules), or None. ``schedule=False`` skips latency and FIFO depths (their cost
     grows with the stream's word count; the rest is closed form).
+
+    ``cost_model="finn"`` (default): every number is FINN's estimate of the design its
+    default build makes (RTL sliding windows, thresholds inside the MVAU, weights
+    ``internal_decoupled``); ``"qatlab"``: the fuller count of :mod:`.resources`
+    (docs/fpga-finn.md lists the differences). ``output_last``: the last layer is the
+    graph's output (FINN rounds its accumulator without activation to whole bytes).
     """
     if folding is not None and target_fps is not None:
         raise FpgaError("give a folding or a target frame rate, not both")
@@ -175,7 +191,7 @@ def analyze(
     clock = float(clock_mhz if clock_mhz is not None else dev.default_clock_mhz)
     if not clock > 0 or not math.isfinite(clock):
         raise FpgaError(f"clock must be a positive frequency in MHz, got {clock_mhz!r}")
-    specs = layer_specs(layers, params, signed_input=signed_input, acc_bits=acc_bits)
+    specs = layer_specs(layers, params, signed_input=signed_input, acc_bits=acc_bits, cost_model=cost_model, output_last=output_last)
     geoms = [s.geom for s in specs]
     names = [g.name for g in geoms]
     if len(set(names)) != len(names):
@@ -281,7 +297,10 @@ def _report(
     stage_names: list[str] = []
     converged = None
     if do_schedule:
-        stages = build_stages([spec.geom for spec in specs], folds)
+        from qatlab.hw.limits import check_fpga_schedule
+
+        check_fpga_schedule([spec.geom for spec in specs], folds)  # refused before the per-word arrays exist
+        stages = build_stages([spec.geom for spec in specs], folds, rtl_window=specs[0].rtl_window)
         schedule = compute_schedule(stages, fifo_depths=True)
         assert schedule.period == ii, (schedule.period, ii)
         latency, depths, converged = schedule.latency, schedule.fifo_depth, schedule.converged

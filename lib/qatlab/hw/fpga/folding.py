@@ -42,7 +42,6 @@ _IGNORED_KEYS = frozenset(
         "outFIFODepths",
         "depth",
         "ram_style_thresholds",
-        "parallel_window",
         "depth_trigger_uram",
         "depth_trigger_bram",
         "resType_thresholds",
@@ -57,11 +56,16 @@ class LayerFolding:
     swu_simd: int | None = None  # None: the default rule (see module docstring)
     ram_style: str = "auto"  # weight memory: auto | block (BRAM) | distributed (LUTRAM) | ultra (URAM)
     res_type: str = "auto"  # multipliers: auto (FINN's choice) | lut | dsp
+    # The RTL sliding window's parallel-window mode (a whole window per cycle; needs
+    # SWU_SIMD = channels). None: on exactly when the MVAU takes more than C per cycle.
+    parallel_window: bool | None = None
 
     def to_finn(self) -> dict[str, Any]:
         d: dict[str, Any] = {"PE": self.pe, "SIMD": self.simd}
         if self.swu_simd is not None:
             d["SWU_SIMD"] = self.swu_simd
+        if self.parallel_window is not None:
+            d["parallel_window"] = int(self.parallel_window)
         if self.ram_style != "auto":
             d["ram_style"] = self.ram_style
         if self.res_type != "auto":
@@ -99,10 +103,15 @@ def _parse_entry(d: Any, where: str, base: LayerFolding) -> LayerFolding:
             if val not in RES_TYPES:
                 raise FoldingError(f"{where}: field 'resType' must be one of {', '.join(RES_TYPES)}, got {val!r}")
             f = replace(f, res_type=val)
+        elif key == "parallel_window":
+            if isinstance(val, bool) or val in (0, 1):
+                f = replace(f, parallel_window=bool(val))
+            else:
+                raise FoldingError(f"{where}: field 'parallel_window' must be 0 or 1, got {val!r}")
         elif key in _IGNORED_KEYS:
             continue
         else:
-            raise FoldingError(f"{where}: unknown field {key!r} (expected PE, SIMD, SWU_SIMD, ram_style, resType)")
+            raise FoldingError(f"{where}: unknown field {key!r} (expected PE, SIMD, SWU_SIMD, ram_style, resType, parallel_window)")
     return f
 
 
@@ -163,11 +172,17 @@ def check_layer_folding(g: Geometry, f: LayerFolding) -> LayerFolding:
         raise FoldingError(f"layer {g.name!r}: resType {f.res_type!r} is not one of {', '.join(RES_TYPES)}")
     if g.unit == "none":
         # No window unit: the MVAU reads the input stream itself; a SWU_SIMD would be meaningless.
-        return replace(f, swu_simd=None)
+        return replace(f, swu_simd=None, parallel_window=None)
     ss = f.swu_simd if f.swu_simd is not None else default_swu_simd(g.channels, f.simd)
     if g.channels % ss:
         raise FoldingError(f"layer {g.name!r}: SWU_SIMD={ss} does not divide the input channels ({g.channels})")
-    return replace(f, swu_simd=ss)
+    if g.unit != "swu":
+        return replace(f, swu_simd=ss, parallel_window=None)
+    pw = f.parallel_window if f.parallel_window is not None else (ss == g.channels and f.simd > g.channels)
+    if pw and ss != g.channels:
+        # FINN's RTL window asserts SIMD == IFMChannels in parallel-window mode.
+        raise FoldingError(f"layer {g.name!r}: parallel_window needs SWU_SIMD equal to the input channels ({g.channels}), got {ss}")
+    return replace(f, swu_simd=ss, parallel_window=bool(pw))
 
 
 def resolve_folding(geoms: Sequence[Geometry], folding: Mapping[str, LayerFolding] | None) -> list[LayerFolding]:

@@ -17,10 +17,13 @@ of the budget (``UNIT_ROUNDS`` rounds, until the whole design fits or nothing
 changes). A given folding config may name any op (MVAU or unit) by its name.
 
 Totals sum every row's resources; ``fps`` comes from the slowest unit of any row.
-``latency_cycles`` is FINN's own estimate here (the sum of every unit's cycles,
-``latency_cycles_sum``): the max-plus schedule of :mod:`.schedule` times the MVAU
-chain only, reported as ``mvau_chain_latency_cycles``. FIFOs between the new units
-are not sized.
+``latency_cycles`` comes from the graph's own timing (:mod:`.graph`): branches run
+side by side and meet at their join, whose skip-branch FIFO gets the depth that keeps
+the fork from blocking (the join row's ``in_fifo_depth``, its resources in
+``fifo_lut``/``fifo_bram18``; ``totals["join_fifo_depths"]`` per input). FINN's own
+estimate, the sum of every unit's cycles, is ``latency_cycles_sum``; the max-plus
+schedule of :mod:`.schedule` times the MVAU chain alone (``mvau_chain_latency_cycles``).
+FIFOs between single-input units are not sized.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from .convert import params_from_intmodel
 from .devices import FINN_RES_LIMITS, RESOURCES, get_device
 from .errors import DoesNotFitError, FoldingError, FpgaError
 from .folding import LayerFolding, read_folding
-from .resources import Resources
+from .graph import GraphNode, graph_schedule, producer_of
+from .resources import Resources, fifo_resources
 from .units import UnitOption, UnitSpec, choose, unit_spec
 
 # Rounds of the MVAU search that make room for the units (see analyze_intmodel).
@@ -131,8 +135,11 @@ def analyze_intmodel(
     ram_style: str = "auto",
     limits: Mapping[str, float] | float | None = None,
     schedule: bool = True,
+    cost_model: str = "finn",
 ) -> FpgaReport:
-    """Every op of ``model`` (an IntModel) as FINN units on ``device``: one row per op."""
+    """Every op of ``model`` (an IntModel) as FINN units on ``device``: one row per op.
+    ``cost_model``: as for :func:`.analytic.analyze` (units FINN does not estimate cost
+    nothing under ``"finn"``)."""
     if folding is not None and target_fps is not None:
         raise FpgaError("give a folding or a target frame rate, not both")
     dev = get_device(device)
@@ -142,7 +149,11 @@ def analyze_intmodel(
         dup = sorted({n for n in names if names.count(n) > 1})
         raise FpgaError(f"op names must be unique (folding configs key on them): {', '.join(dup)}")
     mv_infos = [i for i in infos if _is_mvau(i)]
-    specs = {i.name: unit_spec(i) for i in infos if not _is_mvau(i)}
+    specs = {i.name: unit_spec(i, cost_model) for i in infos if not _is_mvau(i)}
+    # FINN rounds the accumulator of the graph's last node up to whole bytes: only when
+    # nothing but pass-through ops follows the last MVAU is it that node.
+    last_mv = max((k for k, i in enumerate(infos) if _is_mvau(i)), default=-1)
+    output_last = last_mv >= 0 and all(i.role == "passthrough" for i in infos[last_mv + 1 :])
     mv_fold, unit_fold = _split_folding(folding, [i.name for i in mv_infos], list(specs))
 
     base = {**FINN_RES_LIMITS, **_limits(limits)}
@@ -164,6 +175,8 @@ def analyze_intmodel(
             ram_style=ram_style,
             limits=lim,
             schedule=schedule,
+            cost_model=cost_model,
+            output_last=output_last,
         )
 
     def fold_units(rep: FpgaReport | None, clock: float) -> dict[str, UnitOption]:
@@ -224,10 +237,74 @@ def analyze_intmodel(
         if spec.nodes:
             fmap[info.name] = LayerFolding(opt.pe, opt.simd, opt.swu_simd)
     vvau_macs = sum(i.out_elems * specs[i.name].simd_axis for i in infos if i.role == "grouped" and i.depthwise)
+    latency, joins = _graph_timing(model, infos, rows)
     totals = _totals(rows, rep, dev, clock, set(mv_rows), vvau_macs)
+    if latency is not None:
+        totals.update(latency_cycles=latency, latency_us=latency / clock, join_fifo_depths=joins)
     return FpgaReport(
         dev, clock, rows, fmap, totals, rep.search if rep else None, rep.stages if rep else [], rep.fifo_depths if rep else None
     )
+
+
+JOINS = ("add", "mul", "cat")
+SOURCE = "<input>"
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _lead(info: Any) -> tuple[int, ...]:
+    """Elements of each input an op holds before its first output (module docstring of
+    :mod:`.graph`): a window's line buffer, a vector, a whole frame, or one element."""
+    a = info.op.attrs
+    k = info.kind
+    if info.role == "passthrough":
+        return tuple(0 for _ in info.in_shapes)
+    if k in JOINS:
+        big = max(info.in_elems(j) for j in range(len(info.in_shapes)))
+        return tuple(info.in_elems(j) if info.in_elems(j) < big else 1 for j in range(len(info.in_shapes)))
+    shape = info.in_shapes[0]
+    if k == "mean" or len(shape) != 3:
+        return (info.in_elems(0),)  # a global reduction, or a fully connected layer's vector
+    c, h, w = shape
+    if k == "avgpool" and a.get("adaptive"):
+        oh = int(info.out_shape[1])
+        return (min(h, -(-h // oh) + 1) * w * c,)
+    if k in ("conv", "maxpool", "avgpool"):
+        kh, kw = _pair(a["kernel"])
+        dh, dw = _pair(a.get("dilation", (1, 1)))
+        ph, pw = _pair(a.get("padding", (0, 0)))
+        kh, kw = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+        return (((kh - 1) * (w + 2 * pw) + kw) * c,)
+    return (1,)
+
+
+def _graph_timing(model: Any, infos: list[Any], rows: list[LayerReport]) -> tuple[int | None, dict[str, list[int]]]:
+    """Latency and join FIFO depths from the graph (:mod:`.graph`); each join row gets its
+    FIFO depth and the FIFOs' resources. The source runs at the design's rate."""
+    values = {i.op.output: i.name for i in infos}
+    by_row = {r.layer: r for r in rows}
+    nodes = []
+    for i in infos:
+        ins = tuple(producer_of(values, v, SOURCE, model.input_name) for v in i.op.inputs)
+        ii = 0 if i.role == "passthrough" else max(by_row[i.name].ii_cycles, 1)
+        elems = tuple(i.in_elems(j) for j in range(len(i.in_shapes)))
+        nodes.append(GraphNode(i.name, ins, elems, i.out_elems, ii, _lead(i), i.kind in JOINS))
+    out = values.get(model.output_name)
+    if out is None:
+        return None, {}
+    period = max((r.ii_cycles for r in rows), default=1)
+    sch = graph_schedule(nodes, SOURCE, period, out)
+    for name, depths in sch.fifo_depth.items():
+        r = by_row[name]
+        info = next(i for i in infos if i.name == name)
+        r.in_fifo_depth = max(depths, default=0)
+        for d, bits in zip(depths, info.in_bits):
+            f = fifo_resources(-(-d // r.pe), r.pe * bits)
+            r.fifo_lut += f.lut
+            r.fifo_bram18 += f.bram18
+    return sch.latency, {k: list(v) for k, v in sch.fifo_depth.items()}
 
 
 def _totals(
@@ -269,6 +346,7 @@ def _totals(
             "latency_cycles_sum": total_sum,
             "latency_cycles": total_sum,
             "latency_us": total_sum / clock,
+            "join_fifo_depths": {},
             **resource_use(used, dev),
             "within_finn_limits": all(used[k] <= dev.capacity(k) * FINN_RES_LIMITS[k] for k in RESOURCES),
             "weight_bits": sum(r.weight_bits for r in rows),
@@ -277,7 +355,7 @@ def _totals(
             "explanation": expl,
         }
     )
-    t.setdefault("fifo_lut", 0)
-    t.setdefault("fifo_bram18", 0)
+    t["fifo_lut"] = sum(r.fifo_lut for r in rows)
+    t["fifo_bram18"] = sum(r.fifo_bram18 for r in rows)
     t.setdefault("fifo_depths_converged", None)
     return t

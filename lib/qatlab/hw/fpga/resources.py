@@ -17,6 +17,17 @@ them here; where we deviate, the comment says so and why.
   data-type bound of I. Colbert, A. Pappalardo, J. Petri-Koenig, "A2Q: Accumulator-
   Aware Quantization with Guaranteed Overflow Avoidance", ICCV 2023 (arXiv:2301.13376).
 * SWU: ``ConvolutionInputGenerator_hls.bram_estimation`` / ``lut_estimation``.
+* The FINN cost model (``cost_model="finn"``, the default) is FINN's estimators as its
+  default build leaves the design (finn-plus 1.6.1; ``tests/hw/fpga/data/
+  finn_reference.json`` holds FINN's own values and the test compares every one):
+  thresholds inside the MVAU (``standalone_thresholds=False``, so such an MVAU is the
+  HLS one and its thresholds cost nothing in the estimate), weights
+  ``internal_decoupled`` with ``ram_style=auto`` (the RAMB18 rule at any depth), the
+  sliding window ``ConvolutionInputGenerator_rtl`` with LUTRAM line buffers.
+  ``cost_model="qatlab"`` is our earlier, physically fuller count (see
+  docs/fpga-finn.md): standalone RTL thresholding with its memories and comparators,
+  weights of at most 128 words in LUTRAM (counted as LUTs on the RTL MVU as well), the
+  HLS sliding window with the deep-line BRAM rule.
 * FIFOs: ``StreamingFIFO`` estimates; FIFOs deeper than 256 become BRAM (FINN's
   ``InsertAndSetFIFODepths(max_qsrl_depth=256)``), shallower ones shift registers.
 * Activation: FINN's RTL binary-search thresholding (finn-rtllib/thresholding,
@@ -30,6 +41,8 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from .errors import FpgaError
+
 # FINN-R's LUT model constants, "parameters from experiments" (MVAU_hls.lut_estimation).
 C0_LUT = 300
 C1_LUT = 1.1
@@ -37,6 +50,17 @@ C1_LUT = 1.1
 LUTRAM_MAX_DEPTH = 128
 # FIFOs deeper than this are built from BRAM (FINN InsertAndSetFIFODepths max_qsrl_depth).
 FIFO_MAX_SRL_DEPTH = 256
+# "finn": FINN's estimators under its default build; "qatlab": ours (module docstring).
+COST_MODELS = ("finn", "qatlab")
+# Operand limits of the DSP datapath (activation, weight, accumulator bits) that FINN's
+# _mvu_rtl_possible checks (finn.util.basic.get_dsp_datapath_limits).
+DSP_DATAPATH_LIMITS = {"DSP58": (24, 27, 58), "DSP48E2": (18, 27, 48), "DSP48E1": (18, 25, 48)}
+
+
+def check_cost_model(cost_model: str) -> str:
+    if cost_model not in COST_MODELS:
+        raise FpgaError(f"cost_model must be one of {', '.join(COST_MODELS)}, got {cost_model!r}")
+    return cost_model
 
 
 @dataclass(frozen=True)
@@ -147,6 +171,30 @@ def rtl_mvu_possible(
     return True
 
 
+def finn_rtl_mvu_possible(
+    w_bits: int,
+    a_bits: int,
+    acc_bits: int,
+    *,
+    has_activation: bool,
+    w_signed: bool = True,
+    a_signed: bool = False,
+    narrow_weights: bool = False,
+    dsp_block: str = "DSP48E2",
+) -> bool:
+    """finn-plus ``SpecializeLayers`` for an MVAU: ``_determine_impl_style`` wants both
+    operands at least 4 bits wide; ``_mvu_rtl_possible`` no thresholds inside the MVAU
+    (under the default ``standalone_thresholds=False`` any activation stays inside),
+    signed weights (narrow-range on a DSP48E1), and operands within the DSP datapath:
+    ``A - signed(A) < act limit``, ``W <= weight limit``, accumulator ``<= acc limit``."""
+    if has_activation or a_bits < 4 or w_bits < 4 or not w_signed:
+        return False
+    if dsp_block == "DSP48E1" and not narrow_weights:
+        return False
+    max_act, max_w, max_acc = DSP_DATAPATH_LIMITS[dsp_block]
+    return (a_bits - int(a_signed)) < max_act and w_bits <= max_w and acc_bits <= max_acc
+
+
 def mvau_impl(
     w_bits: int,
     a_bits: int,
@@ -156,6 +204,9 @@ def mvau_impl(
     a_signed: bool = False,
     narrow_weights: bool = False,
     dsp_block: str = "DSP48E2",
+    cost_model: str = "qatlab",
+    has_activation: bool = False,
+    acc_bits: int = 0,
 ) -> str:
     """``rtl`` (DSP-packed RTL MVU), ``hls-lut`` (HLS MVAU, LUT multipliers) or ``hls-dsp``.
 
@@ -165,7 +216,21 @@ def mvau_impl(
     """
     if res_type == "lut":
         return "hls-lut"
-    possible = rtl_mvu_possible(w_bits, a_bits, w_signed=w_signed, a_signed=a_signed, narrow_weights=narrow_weights, dsp_block=dsp_block)
+    if cost_model == "finn":
+        possible = finn_rtl_mvu_possible(
+            w_bits,
+            a_bits,
+            acc_bits,
+            has_activation=has_activation,
+            w_signed=w_signed,
+            a_signed=a_signed,
+            narrow_weights=narrow_weights,
+            dsp_block=dsp_block,
+        )
+    else:
+        possible = rtl_mvu_possible(
+            w_bits, a_bits, w_signed=w_signed, a_signed=a_signed, narrow_weights=narrow_weights, dsp_block=dsp_block
+        )
     if possible:
         return "rtl"
     return "hls-dsp" if res_type == "dsp" else "hls-lut"
@@ -277,6 +342,21 @@ class LayerCost:
         return self.compute + self.weights + self.activation + self.window
 
 
+def finn_weight_memory(style: str, depth: int, width: int, impl: str) -> Resources:
+    """FINN's estimate of an ``internal_decoupled`` weight memory (``MVAU.bram_estimation``,
+    ``uram_estimation`` and the c2 term of ``MVAU_hls.lut_estimation``): ``auto`` and
+    ``block`` by the RAMB18 rule at any depth, ``ultra`` by the URAM rule,
+    ``distributed`` as ``width · ceil(depth/64)`` LUTs on the HLS MVAU and nothing on
+    the RTL one (whose ``lut_estimation`` is 0)."""
+    if style in ("auto", "block"):
+        return Resources(bram18=bram18_sdp(depth, width))
+    if style == "ultra":
+        return Resources(uram=uram_blocks(depth, width))
+    if style == "distributed":
+        return Resources(lut=lutram_luts(depth, width) if impl != "rtl" else 0)
+    raise ValueError(f"unknown ram style {style!r}")
+
+
 def mvau_cost(
     mh: int,
     mw: int,
@@ -293,8 +373,14 @@ def mvau_cost(
     a_signed: bool = False,
     narrow_weights: bool = False,
     dsp_block: str = "DSP48E2",
+    cost_model: str = "qatlab",
 ) -> LayerCost:
-    """MVAU + weight memory + thresholding for one layer (no input unit)."""
+    """MVAU + weight memory + thresholding for one layer (no input unit).
+
+    ``cost_model="finn"``: the MVAU FINN's default build makes (thresholds inside, so
+    an activation means the HLS MVAU; ``internal_decoupled`` weights) and FINN's
+    estimate of it. ``"qatlab"``: standalone thresholds and every memory counted."""
+    check_cost_model(cost_model)
     impl = mvau_impl(
         w_bits,
         a_bits,
@@ -303,10 +389,12 @@ def mvau_cost(
         a_signed=a_signed,
         narrow_weights=narrow_weights,
         dsp_block=dsp_block,
+        cost_model=cost_model,
+        has_activation=out_bits is not None,
+        acc_bits=acc_bits,
     )
     depth = mh * mw // (pe * simd)
     width = pe * simd * w_bits
-    style = resolve_ram_style(ram_style, depth)
     lut_acc = min(acc_bits, a2q_acc_bits(mw, w_bits, a_bits, a_signed))
     if impl == "rtl":
         compute = Resources(dsp=mvau_rtl_dsps(pe, simd, dsp_block))  # FINN counts no LUTs here
@@ -314,5 +402,170 @@ def mvau_cost(
         compute = Resources(lut=mvau_hls_luts(pe, simd, w_bits, a_bits, lut_acc, False), dsp=mvau_hls_dsps(pe, simd, w_bits, a_bits))
     else:
         compute = Resources(lut=mvau_hls_luts(pe, simd, w_bits, a_bits, lut_acc, True))
+    if cost_model == "finn":
+        # FINN's estimate of embedded thresholds (ram_style_thresholds=auto) is nothing.
+        style = "block" if ram_style == "auto" else ram_style
+        return LayerCost(impl, style, depth, width, compute, finn_weight_memory(ram_style, depth, width, impl), Resources())
+    style = resolve_ram_style(ram_style, depth)
     act = thresholding_resources(pe, mh, out_bits, acc_bits) if out_bits else Resources()
     return LayerCost(impl, style, depth, width, compute, memory_resources(style, depth, width), act)
+
+
+# ---- FINN's other estimators (cost_model="finn") -----------------------------------
+
+# Memory primitives FINN's RTL thresholding chooses among (finn.util.memutil, Versal
+# table, used for every part): name -> (width, depth); the first of least waste wins.
+MEM_PRIMITIVES = (
+    ("URAM_72x4096", 72, 4096),
+    ("URAM_36x8192", 36, 8192),
+    ("URAM_18x16384", 18, 16384),
+    ("URAM_9x32768", 9, 32768),
+    ("BRAM18_36x512", 36, 512),
+    ("BRAM18_18x1024", 18, 1024),
+    ("BRAM18_9x2048", 9, 2048),
+    ("LUTRAM", 1, 64),
+)
+
+
+def least_waste_primitive(width: int, depth: int) -> tuple[str, int]:
+    """``get_memutil_alternatives(...)[0]``: the primitive (and how many) that wastes the
+    fewest bits for a width x depth memory; ties go to the earlier entry."""
+    best: tuple[int, str, int] | None = None
+    for name, pw, pd in MEM_PRIMITIVES:
+        count = math.ceil(width / pw) * math.ceil(depth / pd)
+        waste = count * pw * pd - width * depth
+        if best is None or waste < best[0]:
+            best = (waste, name, count)
+    assert best is not None
+    return best[1], best[2]
+
+
+def finn_thresholding_resources(pe: int, channels: int, out_bits: int, thr_bits: int) -> Resources:
+    """``Thresholding_rtl`` estimate: per PE, stage x = 0..B-1 a ``thr_bits`` x
+    ``(C/PE)·2^x`` memory in its least-waste primitive (LUTRAM counts as LUTs); no
+    comparators, no DSP."""
+    res = Resources()
+    cf = channels // pe
+    for x in range(out_bits):
+        name, count = least_waste_primitive(thr_bits, cf * 2**x)
+        if name.startswith("BRAM"):
+            res = res + Resources(bram18=pe * count)
+        elif name.startswith("URAM"):
+            res = res + Resources(uram=pe * count)
+        else:
+            res = res + Resources(lut=pe * count)
+    return res
+
+
+def swu_rtl_buffer(
+    ifm_w: int, channels: int, k_h: int, k_w: int, stride_h: int, stride_w: int, simd: int, parallel: bool
+) -> tuple[int, int]:
+    """``ConvolutionInputGenerator_rtl.get_buffer_depth`` and the (depth, count) its
+    memory estimates use (dilation 1): the default style one buffer of
+    ``((k_h-1)·W + k_w)·C/SIMD`` words plus a stride allowance; the parallel window
+    ``k_h - 1`` line buffers of ``W - k_w`` words for the estimates (the LUT estimate
+    takes ``(k_h-1)·W + k_w-1)·C/SIMD + 2``)."""
+    cf = channels // simd
+    if not parallel:
+        kk = k_h * k_w
+        depth = ((k_h - 1) * ifm_w + k_w) * cf + max(0, (stride_w - 1 - kk) * cf) + max(0, ((stride_h - 1) * ifm_w - kk) * cf)
+        return depth, 1
+    return ifm_w - k_w, k_h - 1
+
+
+def _ramb18_width_for(depth: int) -> int:
+    for limit, width in ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2)):
+        if depth <= limit:
+            return width
+    return 1
+
+
+def swu_rtl_resources(
+    ifm_h: int,
+    ifm_w: int,
+    channels: int,
+    k_h: int,
+    k_w: int,
+    stride_h: int,
+    stride_w: int,
+    simd: int,
+    a_bits: int,
+    parallel: bool,
+    ram_style: str = "distributed",
+) -> Resources:
+    """``ConvolutionInputGenerator_rtl`` ``lut/bram/uram_estimation`` (FINN's default
+    ``ram_style`` is distributed): LUTs ``300 + width·ceil(buffer depth/38)`` for
+    LUTRAM buffers; RAMB18s by the aspect-ratio rule with cascades past 16K words (the
+    remainder at its own ratio); URAMs ``ceil(depth/4096)·ceil(width/72)`` per buffer."""
+    width = simd * a_bits
+    cf = channels // simd
+    parallel = parallel or (k_h == 1 and k_w == 1)  # FINN's select_impl_style
+    if parallel:
+        full_depth = ((k_h - 1) * ifm_w + k_w - 1) * cf + 2
+    else:
+        full_depth = swu_rtl_buffer(ifm_w, channels, k_h, k_w, stride_h, stride_w, simd, False)[0]
+    lut = 300 + (width * math.ceil(full_depth / 38) if ram_style == "distributed" else 0)
+    if ram_style == "distributed" or (parallel and (ifm_h == 1 or ifm_w == 1)):
+        return Resources(lut=lut)
+    depth, count = swu_rtl_buffer(ifm_w, channels, k_h, k_w, stride_h, stride_w, simd, parallel)
+    if ram_style == "ultra":
+        return Resources(lut=lut, uram=math.ceil(depth / 4096) * math.ceil(width / 72) * count)
+    cascade_w = math.ceil(width / _ramb18_width_for(depth))
+    savings = 0
+    if depth > 16384:
+        savings = cascade_w - math.ceil(width / _ramb18_width_for(depth % 16384))
+    return Resources(lut=lut, bram18=(math.ceil(depth / 16384) * cascade_w - savings) * count)
+
+
+def channelwise_op_luts(pe: int, channels: int, a_bits: int) -> int:
+    """``ChannelwiseOp_hls.lut_estimation`` (Xilinx FINN v0.10; ram_style distributed, its
+    default): an ``A``-bit operator per PE plus the parameters in LUTRAM,
+    ``P·A·ceil(TMEM/64)`` with ``TMEM = C/PE`` (none for a single parameter per PE)."""
+    tmem = channels // pe
+    return a_bits * pe + (pe * a_bits * math.ceil(tmem / 64) if tmem > 1 else 0)
+
+
+def vvau_luts(
+    pe: int,
+    simd: int,
+    w_bits: int,
+    a_bits: int,
+    acc_bits: int,
+    taps: int,
+    a_signed: bool,
+    out_bits: int | None,
+    channels: int,
+    wmem_luts: int = 0,
+) -> int:
+    """``VVAU_hls.lut_estimation``: FINN-R's model with the A2Q bound over the kernel's
+    taps, plus, with thresholds inside, ``(2^B - 1)·acc·(C/PE)/64`` threshold LUTs and
+    ``(2^B - 1)·acc`` comparator LUTs per PE (not rounded up: FINN's formula)."""
+    wa = w_bits + a_bits
+    mult = simd * (2 * math.ceil(wa / 6) - 1) * wa
+    adder = wa * (2 * simd - 1)
+    acc = min(acc_bits, a2q_acc_bits(taps, w_bits, a_bits, a_signed))
+    thr = comp = 0.0
+    if out_bits is not None:
+        steps = 2**out_bits - 1
+        thr = steps * acc * (channels // pe) / 64
+        comp = steps * acc
+    return int(C0_LUT + C1_LUT * (pe * (mult + adder + acc + thr + comp)) + wmem_luts)
+
+
+def vvau_bram18(depth: int, width: int, style: str = "auto") -> int:
+    """``VVAU.bram_estimation`` (internal_decoupled): none in LUTRAM or URAM, none for at
+    most 128 words with ``auto``; else RAMB18s by FINN's VVAU table, whose width
+    divisors (8, 16, 32) differ from the MVAU's (9, 18, 36)."""
+    if style in ("distributed", "ultra") or (style == "auto" and depth <= LUTRAM_MAX_DEPTH):
+        return 0
+    if width == 1:
+        return math.ceil(depth / 16384)
+    if width == 2:
+        return math.ceil(depth / 8192)
+    if width <= 4:
+        return math.ceil(depth / 4096) * math.ceil(width / 4)
+    if width <= 9:
+        return math.ceil(depth / 2048) * math.ceil(width / 8)
+    if width <= 18 or depth > 512:
+        return math.ceil(depth / 1024) * math.ceil(width / 16)
+    return math.ceil(depth / 512) * math.ceil(width / 32)

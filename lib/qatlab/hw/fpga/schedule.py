@@ -51,6 +51,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .cycles import swu_rtl_cycles
 from .folding import LayerFolding
 from .geometry import Geometry
 
@@ -87,6 +88,41 @@ def _swu_iters(g: Geometry, ss: int) -> tuple[int, np.ndarray, np.ndarray]:
     return n_img, reads, writes
 
 
+def _swu_rtl_iters(g: Geometry, ss: int, parallel: bool) -> tuple[int, np.ndarray, np.ndarray, int]:
+    """The RTL window's loop (FINN ``ConvolutionInputGenerator_rtl``): iterations per
+    image equal FINN's cycle count. Default style: the same read/write blocks as the HLS
+    loop after a shorter fill (k_h - 1 rows and k_w pixels), blocks of ``stride_w`` rows
+    as FINN counts them. Parallel window: one pixel read per iteration, each window
+    written (all k_h·k_w·C elements in one word) two iterations after its last pixel.
+    1D images: reads one per iteration, writes in the last iterations. Returns (n,
+    reads, writes, write width)."""
+    cw = g.channels // ss
+    n_img = swu_rtl_cycles(g.ifm_h, g.ifm_w, g.channels, g.k_h, g.k_w, g.stride_h, g.stride_w, g.ofm_h, g.ofm_w, ss, parallel)
+    n_reads = g.ifm_h * g.ifm_w * cw
+    if parallel:
+        oy = np.arange(g.ofm_h, dtype=np.int64)[:, None]
+        ox = np.arange(g.ofm_w, dtype=np.int64)[None, :]
+        last = (oy * g.stride_h + g.k_h - 1) * g.ifm_w + ox * g.stride_w + g.k_w - 1
+        return n_img, np.arange(n_reads, dtype=np.int64), (last.ravel() + 2), g.k_h * g.k_w * ss
+    if g.ifm_h == 1 or g.ifm_w == 1:
+        n_writes = g.ofm_h * g.ofm_w * g.k_h * g.k_w * cw
+        j = np.arange(n_reads, dtype=np.int64)
+        # More pixels than iterations only with a stride above the kernel: spread them.
+        reads = j if n_reads <= n_img else (j * (n_img - 1)) // max(n_reads - 1, 1)
+        return n_img, reads, np.arange(n_img - n_writes, n_img, dtype=np.int64), ss
+    r = g.ifm_w * cw
+    fill = ((g.k_h - 1) * g.ifm_w + g.k_w) * cw
+    wb = g.ofm_w * g.k_w * g.k_h * cw
+    rb = g.stride_w * r
+    bl = max(wb, rb)
+    j = np.arange(n_reads, dtype=np.int64)
+    jj = j - fill
+    reads = np.where(j < fill, j, fill + (jj // rb) * bl + jj % rb)
+    m = np.arange(g.ofm_h * wb, dtype=np.int64)
+    writes = fill + (m // wb) * bl + m % wb
+    return n_img, reads, writes, ss
+
+
 def _ds_iters(g: Geometry, ss: int) -> tuple[int, np.ndarray, np.ndarray]:
     cw = g.channels // ss
     n_img = g.ifm_h * g.ifm_w * cw
@@ -104,16 +140,23 @@ def _per_batch(n_img: int, reads: np.ndarray, writes: np.ndarray, batch: int) ->
     return n_img * batch, (reads[None, :] + off).ravel(), (writes[None, :] + off).ravel()
 
 
-def build_stages(geoms: Sequence[Geometry], folds: Sequence[LayerFolding]) -> list[Stage]:
-    """The chain of units of a folded network (the source first)."""
+def build_stages(geoms: Sequence[Geometry], folds: Sequence[LayerFolding], *, rtl_window: bool = False) -> list[Stage]:
+    """The chain of units of a folded network (the source first). ``rtl_window``: the
+    sliding windows are FINN's RTL ones (else the HLS loop, which :mod:`.stream` steps)."""
     stages: list[Stage] = []
     for i, (g, f) in enumerate(zip(geoms, folds)):
         if g.unit in ("swu", "ds"):
             ss = int(f.swu_simd or 1)
-            n_img, r, w = (_swu_iters if g.unit == "swu" else _ds_iters)(g, ss)
+            ww = ss
+            if g.unit == "swu" and rtl_window:
+                n_img, r, w, ww = _swu_rtl_iters(g, ss, bool(f.parallel_window))
+            else:
+                n_img, r, w = (_swu_iters if g.unit == "swu" else _ds_iters)(g, ss)
+                if g.unit == "ds" and rtl_window:
+                    n_img += 2  # FINN's RTL 1x1 window: two cycles more per image
             n, r, w = _per_batch(n_img, r, w, g.batch)
             out = (g.pixels * g.mw) if g.unit == "swu" else g.pixels * g.channels
-            stages.append(Stage(f"{g.name}.{g.unit}", i, g.unit, n, r, ss, w, ss, g.in_elems, out))
+            stages.append(Stage(f"{g.name}.{g.unit}", i, g.unit, n, r, ss, w, ww, g.in_elems, out))
         nf, sf = g.mh // f.pe, g.mw // f.simd
         per = nf * sf
         pix = np.arange(g.pixels, dtype=np.int64)[:, None] * per

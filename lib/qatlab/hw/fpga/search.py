@@ -5,7 +5,9 @@ Like FINN's ``SetFolding`` the target is a cycle budget per frame, ``T = clock /
 that every unit must meet (a dataflow pipeline runs at its slowest unit's rate). Unlike
 its greedy walk, we enumerate every feasible folding of each layer — PE over the
 divisors of MH, SIMD over the divisors of MW, the window SIMD over the divisors of the
-channels, weight memory in BRAM, LUTRAM or URAM — price each with the cost model, and
+channels (and FINN's parallel window, under the FINN cost model), weight memory in
+BRAM, LUTRAM or URAM (FINN's ``auto`` alone under the FINN cost model, whose estimate
+counts an RTL MVU's LUTRAM weights nowhere) — price each with the cost model, and
 for a budget T take per layer the cheapest option meeting T. "Cheapest" is the sum of
 the layer's resources, each as a fraction of the device's budget for it (capacity x
 FINN's recommended utilization limit), so a design spends what the device has most of.
@@ -115,15 +117,16 @@ def _tables(spec: LayerSpec, device: Device, budget: np.ndarray, res_type: str, 
     mv = _Table.build(cyc, use, budget, keys)
     if g.unit == "none":
         return mv, None
-    from .cycles import ds_cycles, swu_cycles
-
     cyc, use, keys = [], [], []
-    for ss in divisors(g.channels):
-        c = swu_cycles(g, ss) if g.unit == "swu" else ds_cycles(g, ss)
-        w = spec.window_cost(ss)
+    options = [(ss, False) for ss in divisors(g.channels)]
+    if g.unit == "swu" and spec.rtl_window:
+        options.append((g.channels, True))  # FINN's parallel window: SIMD = C, a window per cycle
+    for ss, pw in options:
+        c = spec.window_cycles(ss, pw)
+        w = spec.window_cost(ss, pw)
         cyc.append(c)
         use.append([w.lut, w.dsp, w.bram18, w.uram])
-        keys.append((ss,))
+        keys.append((ss, pw if g.unit == "swu" and spec.rtl_window else None))
     return mv, _Table.build(cyc, use, budget, keys)
 
 
@@ -174,15 +177,15 @@ class _Space:
             pe, simd, st = mv.keys[i]
             total += mv.usage[i]
             cycles.append((int(mv.cycles[i]), f"{s.name}.mvau"))
-            ss = None
+            ss, pw = None, None
             if un is not None:
                 j = un.pick(t, bu)
                 if j is None:
                     return None
-                (ss,) = un.keys[j]
+                ss, pw = un.keys[j]
                 total += un.usage[j]
                 cycles.append((int(un.cycles[j]), f"{s.name}.{s.geom.unit}"))
-            folds.append(LayerFolding(pe, simd, ss, st, self.res_type))
+            folds.append(LayerFolding(pe, simd, ss, st, self.res_type, pw))
         return folds, total, cycles
 
     def choose(self, t: int) -> tuple[list[LayerFolding], np.ndarray, list[tuple[int, str]]] | None:
@@ -215,11 +218,15 @@ class _Space:
         return ", ".join(parts)
 
 
-def _styles(device: Device, ram_style: str | None) -> list[str]:
+def _styles(device: Device, ram_style: str | None, cost_model: str = "qatlab") -> list[str]:
     if ram_style and ram_style != "auto":
         if ram_style == "ultra" and device.uram == 0:
             raise ValueError(f"ram_style 'ultra': device {device.name} has no UltraRAM")
         return [ram_style]
+    if cost_model == "finn":
+        # FINN's default build leaves ram_style=auto; its estimate counts LUTRAM weights
+        # of the RTL MVU nowhere, so choosing them here would be a free lunch.
+        return ["auto"]
     return ["block", "distributed"] + (["ultra"] if device.uram else [])
 
 
@@ -238,7 +245,8 @@ def search_folding(
     UnreachableTargetError / DoesNotFitError with the reason when there is none."""
     t0 = time.perf_counter()
     budget = _budget(device, limits)
-    space = _Space(specs, device, budget, res_type, _styles(device, ram_style))
+    cost_model = specs[0].cost_model if specs else "qatlab"
+    space = _Space(specs, device, budget, res_type, _styles(device, ram_style, cost_model))
     clock_hz = clock_mhz * 1e6
     t_min, who_min = space.fastest_possible()
     if t_min < 0:

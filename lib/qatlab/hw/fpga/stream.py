@@ -7,9 +7,10 @@ start of the cycle); otherwise it stalls, starved or blocked. Units are evaluate
 from source to sink and pushes are committed at the end of the cycle, which gives
 exactly those semantics without ordering effects.
 
-The units compute: the sliding-window unit keeps a circular line buffer of
-``k_h + stride`` rows (FINN's SWU buffer) and checks each window it emits is really
-there; the MVAU multiplies PE x SIMD blocks of the integer weights, accumulates (exact,
+The units compute: the sliding-window unit (FINN's HLS loop, or with
+``rtl_window=True`` the RTL generator's default and parallel-window loops) keeps a
+circular line buffer of ``k_h + stride`` rows (FINN's SWU buffer) and checks every
+element it emits has been read; the MVAU multiplies PE x SIMD blocks of the integer weights, accumulates (exact,
 or in a narrower wrapping/saturating accumulator) and applies the activation as FINN
 does, with thresholds (:func:`.activation.thresholds`) rather than the reference's
 multiplier — so equality with :mod:`.reference` is a real check of both.
@@ -31,7 +32,7 @@ from qatlab.hw.workload import Layer
 
 from .accumulator import int_range, narrow
 from .activation import thresholds
-from .errors import DeadlockError, FoldingError
+from .errors import ChainError, DeadlockError, FoldingError
 from .folding import LayerFolding, resolve_folding
 from .geometry import Geometry
 from .reference import IntLayer, acc_is_signed, check_chain, validate_params
@@ -113,17 +114,29 @@ class _Source(_Unit):
 
 
 class _Swu(_Unit):
-    def __init__(self, g: Geometry, ss: int, inp: Fifo, out: Fifo, frames: int) -> None:
+    """The sliding window's loop: FINN's HLS one, or (``rtl``) the RTL generator's default
+    style (a shorter fill, blocks of ``stride_w`` rows) or its parallel-window style (a
+    pixel in per iteration, a whole window out two iterations after its last pixel)."""
+
+    def __init__(self, g: Geometry, ss: int, inp: Fifo, out: Fifo, frames: int, rtl: bool = False, parallel: bool = False) -> None:
         self.name = f"{g.name}.swu"
         self.g, self.ss, self.inp, self.out = g, ss, inp, out
+        self.parallel = rtl and parallel
         self.cw = g.channels // ss
         self.row_words = g.ifm_w * self.cw
-        self.fill = g.k_h * self.row_words
-        self.wb = g.ofm_w * g.k_w * g.k_h * self.cw
-        self.rb = g.stride_h * self.row_words
-        self.bl = max(self.wb, self.rb)
-        self.n_img = self.fill + g.ofm_h * self.bl
         self.total_reads = g.ifm_h * self.row_words
+        if self.parallel:
+            oy = np.arange(g.ofm_h)[:, None]
+            ox = np.arange(g.ofm_w)[None, :]
+            last = (oy * g.stride_h + g.k_h - 1) * g.ifm_w + ox * g.stride_w + g.k_w - 1
+            self.window_at = {int(t) + 2: k for k, t in enumerate(last.ravel())}
+            self.n_img = self.total_reads + 2
+        else:
+            self.fill = ((g.k_h - 1) * g.ifm_w + g.k_w) * self.cw if rtl else g.k_h * self.row_words
+            self.wb = g.ofm_w * g.k_w * g.k_h * self.cw
+            self.rb = (g.stride_w if rtl else g.stride_h) * self.row_words
+            self.bl = max(self.wb, self.rb)
+            self.n_img = self.fill + g.ofm_h * self.bl
         self.rows = g.k_h + g.stride_h  # FINN's line buffer: k + stride rows
         self.buf = np.zeros((self.rows, g.ifm_w, g.channels), dtype=np.int64)
         self.images = frames * g.batch
@@ -136,21 +149,46 @@ class _Swu(_Unit):
         self.i = 0
         self.reads = 0
         self.tag = [-1] * self.rows
+        self.filled = [0] * self.rows  # words of the tagged row read so far
+
+    def _element(self, row: int, col: int, cc: int) -> list[int]:
+        """The ``cc``-th SIMD group of pixel (row, col), checked to have been read."""
+        slot = row % self.rows
+        if self.tag[slot] != row or self.filled[slot] <= col * self.cw + cc:  # pragma: no cover - a schedule bug
+            raise AssertionError(f"{self.name}: pixel ({row}, {col}) not yet in the {self.rows}-row line buffer")
+        return self.buf[slot, col, cc * self.ss : (cc + 1) * self.ss].tolist()
+
+    def _plan(self) -> tuple[bool, list[tuple[int, int, int]] | None]:
+        """This iteration's read flag and the (row, col, group) elements it writes."""
+        g, i = self.g, self.i
+        if self.parallel:
+            k = self.window_at.get(i)
+            rd = i < self.total_reads
+            if k is None:
+                return rd, None
+            oy, ox = divmod(k, g.ofm_w)
+            taps = [(oy * g.stride_h + kh, ox * g.stride_w + kw, 0) for kh in range(g.k_h) for kw in range(g.k_w)]
+            return rd, taps
+        if i < self.fill:
+            return True, None
+        b, k = divmod(i - self.fill, self.bl)
+        rd = k < self.rb and self.reads < self.total_reads
+        if k >= self.wb:
+            return rd, None
+        ow, rem = divmod(k, g.k_h * g.k_w * self.cw)
+        kpos, cc = divmod(rem, self.cw)
+        kh, kw = divmod(kpos, g.k_w)
+        return rd, [(b * g.stride_h + kh, ow * g.stride_w + kw, cc)]
 
     def step(self, t: int) -> bool:
         if self.done:
             return False
-        i, ss = self.i, self.ss
-        if i < self.fill:
-            rd, wr, b, k = True, False, 0, 0
-        else:
-            b, k = divmod(i - self.fill, self.bl)
-            wr = k < self.wb
-            rd = k < self.rb and self.reads < self.total_reads
+        ss = self.ss
+        rd, taps = self._plan()
         if rd and len(self.inp.data) < ss:
             self.starved += 1
             return False
-        if wr and not self.out.room(ss):
+        if taps is not None and not self.out.room(ss * len(taps)):
             return False
         if rd:
             vals = self.inp.pop(ss)
@@ -158,19 +196,12 @@ class _Swu(_Unit):
             col, cc = divmod(rem, self.cw)
             slot = row % self.rows
             if rem == 0:
-                self.tag[slot] = row
+                self.tag[slot], self.filled[slot] = row, 0
             self.buf[slot, col, cc * ss : (cc + 1) * ss] = vals
+            self.filled[slot] += 1
             self.reads += 1
-        if wr:
-            g = self.g
-            ow, rem = divmod(k, g.k_h * g.k_w * self.cw)
-            kpos, cc = divmod(rem, self.cw)
-            kh, kw = divmod(kpos, g.k_w)
-            row, col = b * g.stride_h + kh, ow * g.stride_w + kw
-            slot = row % self.rows
-            if self.tag[slot] != row:  # pragma: no cover - would be a schedule/line-buffer bug
-                raise AssertionError(f"{self.name}: row {row} not in the {self.rows}-row line buffer")
-            self.out.push(self.buf[slot, col, cc * ss : (cc + 1) * ss].tolist())
+        if taps is not None:
+            self.out.push([v for row, col, cc in taps for v in self._element(row, col, cc)])
         self.i += 1
         if self.i == self.n_img:
             self.img += 1
@@ -180,11 +211,15 @@ class _Swu(_Unit):
 
 
 class _Ds(_Unit):
-    def __init__(self, g: Geometry, ss: int, inp: Fifo, out: Fifo, frames: int) -> None:
+    """FINN's DownSampler; with ``rtl`` the 1x1 RTL window that replaces it in finn-plus,
+    two idle iterations longer per image."""
+
+    def __init__(self, g: Geometry, ss: int, inp: Fifo, out: Fifo, frames: int, rtl: bool = False) -> None:
         self.name = f"{g.name}.ds"
         self.g, self.ss, self.inp, self.out = g, ss, inp, out
         self.cw = g.channels // ss
-        self.n_img = g.ifm_h * g.ifm_w * self.cw
+        self.n_reads = g.ifm_h * g.ifm_w * self.cw
+        self.n_img = self.n_reads + (2 if rtl else 0)
         self.images = frames * g.batch
         self.i = 0
         self.img = 0
@@ -195,6 +230,9 @@ class _Ds(_Unit):
         if self.done:
             return False
         g, ss = self.g, self.ss
+        if self.i >= self.n_reads:
+            self._advance()
+            return True
         pix = self.i // self.cw
         h, w = divmod(pix, g.ifm_w)
         keep = h % g.stride_h == 0 and w % g.stride_w == 0 and h // g.stride_h < g.ofm_h and w // g.stride_w < g.ofm_w
@@ -206,12 +244,15 @@ class _Ds(_Unit):
         vals = self.inp.pop(ss)
         if keep:
             self.out.push(vals)
+        self._advance()
+        return True
+
+    def _advance(self) -> None:
         self.i += 1
         if self.i == self.n_img:
             self.i = 0
             self.img += 1
             self.done = self.img == self.images
-        return True
 
 
 class _Mvau(_Unit):
@@ -320,6 +361,7 @@ def simulate(
     acc_bits: int | Sequence[int | None] | None = None,
     acc_mode: str = "wrap",
     max_cycles: int | None = None,
+    rtl_window: bool = False,
 ) -> StreamResult:
     """Run ``inputs`` (frames of the first layer's input codes, [F, ...] or one frame)
     through the folded network cycle by cycle.
@@ -329,6 +371,9 @@ def simulate(
     ``throttle``: feed one frame per initiation interval (the design's steady rate)
     instead of as fast as the first FIFO takes words. ``acc_bits``: implement
     narrower accumulators (one width, or one per layer) that wrap or saturate.
+    ``rtl_window``: step FINN's RTL sliding window (default or parallel style, as the
+    folding resolves it) instead of the HLS one, as the FINN cost model times it;
+    only 2D windows (a 1D one is timed by :mod:`.schedule` but not stepped).
     """
     geoms = validate_params(layers, params)
     check_chain(geoms)
@@ -350,7 +395,11 @@ def simulate(
     if x.size and (int(x.min()) < lo or int(x.max()) > hi):
         raise ValueError(f"input codes span [{int(x.min())}, {int(x.max())}], outside [{lo}, {hi}]")
     frames = x.shape[0]
-    stages: list[Stage] = build_stages(geoms, folds)
+    if rtl_window:
+        flat = [g.name for g in geoms if g.unit == "swu" and (g.ifm_h == 1 or g.ifm_w == 1)]
+        if flat:
+            raise ChainError(f"the stepped RTL window runs 2D windows only; 1D: {', '.join(flat)}")
+    stages: list[Stage] = build_stages(geoms, folds, rtl_window=rtl_window)
     n_fifo = len(stages) - 1
     period = max(s.n_iter for s in stages[1:])
     if isinstance(fifo_depths, str):
@@ -374,9 +423,9 @@ def simulate(
         g, f, p = geoms[st.layer], folds[st.layer], params[st.layer]
         inp, out = outs[k - 1], outs[k]
         if st.unit == "swu":
-            units.append(_Swu(g, int(f.swu_simd or 1), inp, out, frames))
+            units.append(_Swu(g, int(f.swu_simd or 1), inp, out, frames, rtl_window, bool(f.parallel_window)))
         elif st.unit == "ds":
-            units.append(_Ds(g, int(f.swu_simd or 1), inp, out, frames))
+            units.append(_Ds(g, int(f.swu_simd or 1), inp, out, frames, rtl_window))
         else:
             signed = acc_is_signed(layers[st.layer], p)
             units.append(_Mvau(g, f, p, inp, out, frames, bits[st.layer], acc_mode, signed))

@@ -2,7 +2,10 @@
 
 Each op becomes a short chain of FINN nodes; its cycles per frame are FINN's
 ``get_exp_cycles`` of those nodes (src/finn/custom_op/fpgadataflow/), its resources
-FINN's estimators where FINN has one and ours (stated) where FINN estimates nothing:
+FINN's estimators. Under ``cost_model="finn"`` (the default) that is all: a node FINN
+does not estimate costs nothing, the depthwise window is FINN's RTL one and the VVAU
+keeps its thresholds (FINN's default build; docs/fpga-finn.md). Under ``"qatlab"``
+the costs below marked "ours" are added and the window is the HLS one:
 
 ==========================  =================================================  ====================================
 IntModel op                 FINN nodes                                         cycles per frame (``P`` = PE)
@@ -60,7 +63,7 @@ from qatlab.hw.opgraph import OpInfo, UnsupportedOpError, stream_dims
 
 from .accumulator import AccumulatorBits, accumulator_bits
 from .convert import _ints
-from .cycles import swu_cycles
+from .cycles import swu_cycles, swu_rtl_cycles
 from .devices import FINN_RES_LIMITS, Device
 from .errors import FoldingError
 from .folding import default_swu_simd
@@ -68,12 +71,18 @@ from .geometry import Geometry
 from .resources import (
     Resources,
     a2q_acc_bits,
+    channelwise_op_luts,
+    check_cost_model,
+    finn_thresholding_resources,
     memory_resources,
     mvau_hls_luts,
     resolve_ram_style,
     swu_bram18,
     swu_luts,
+    swu_rtl_resources,
     thresholding_resources,
+    vvau_bram18,
+    vvau_luts,
 )
 from .search import divisors
 
@@ -141,6 +150,7 @@ class UnitSpec:
     weight_bits: int = 0
     line_buffer_bits: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    cost_model: str = "finn"  # finn: FINN's estimators only; qatlab: ours where FINN has none
 
     @property
     def name(self) -> str:
@@ -159,11 +169,26 @@ class UnitSpec:
 # ---- cost of each op kind at a folding -------------------------------------------------
 
 
-def _thr(pe: int, channels: int, out_bits: int, thr_bits: int) -> Resources:
+def _thr(pe: int, channels: int, out_bits: int, thr_bits: int, cost_model: str = "qatlab") -> Resources:
+    if cost_model == "finn":
+        return finn_thresholding_resources(pe, channels, out_bits, thr_bits)
     return thresholding_resources(pe, channels, out_bits, thr_bits)
 
 
-def _swu(g: Geometry, simd: int, a_bits: int) -> tuple[int, Resources]:
+def _ours(spec: UnitSpec, res: Resources) -> Resources:
+    """A cost FINN does not estimate (AddStreams, ChannelwiseOp, Pool, ...): ours under
+    the qatlab cost model, nothing under FINN's."""
+    return res if spec.cost_model == "qatlab" else Resources()
+
+
+def _swu(g: Geometry, simd: int, a_bits: int, cost_model: str = "qatlab", parallel: bool = False) -> tuple[int, Resources]:
+    """The depthwise window in front of a VVAU or Pool: FINN's RTL one (``depthwise=1``)
+    under the FINN cost model, the HLS one under ours."""
+    if cost_model == "finn":
+        cyc = g.batch * swu_rtl_cycles(
+            g.ifm_h, g.ifm_w, g.channels, g.k_h, g.k_w, g.stride_h, g.stride_w, g.ofm_h, g.ofm_w, simd, parallel, depthwise=True
+        )
+        return cyc, swu_rtl_resources(g.ifm_h, g.ifm_w, g.channels, g.k_h, g.k_w, g.stride_h, g.stride_w, simd, a_bits, parallel)
     return swu_cycles(g, simd), Resources(lut=swu_luts(), bram18=swu_bram18(g.ifm_w, g.channels, g.k_h, g.stride_h, simd, a_bits))
 
 
@@ -172,13 +197,14 @@ def _elementwise(spec: UnitSpec, pe: int, simd: int) -> UnitOption:
     pix, ch = stream_dims(i.out_shape)
     c = stream_cycles(pix, ch, pe)
     k = i.kind
+    cm = spec.cost_model
     if k == "quantize":
-        return UnitOption(pe, 1, {"Thresholding": c}, _thr(pe, ch, i.out_bits, 32))
+        return UnitOption(pe, 1, {"Thresholding": c}, _thr(pe, ch, i.out_bits, 32, cm))
     if k in ("relu", "clamp"):
-        return UnitOption(pe, 1, {"Thresholding": c}, _thr(pe, ch, i.out_bits, i.in_bits[0]))
+        return UnitOption(pe, 1, {"Thresholding": c}, _thr(pe, ch, i.out_bits, i.in_bits[0], cm))
     if k == "lut":
         if spec.extra["monotone"]:
-            return UnitOption(pe, 1, {"Thresholding": c}, _thr(pe, ch, i.out_bits, i.in_bits[0]))
+            return UnitOption(pe, 1, {"Thresholding": c}, _thr(pe, ch, i.out_bits, i.in_bits[0], cm))
         depth = spec.extra["entries"]
         style = resolve_ram_style("auto", depth)
         rom = memory_resources(style, depth, i.out_bits)
@@ -187,20 +213,21 @@ def _elementwise(spec: UnitSpec, pe: int, simd: int) -> UnitOption:
     if k == "add":
         a, b = i.in_bits
         aligned = max(a, b) + ALIGN_FRAC_BITS
-        res = (
-            Resources(lut=pe * (mult_luts(a, ALIGN_FRAC_BITS) + mult_luts(b, ALIGN_FRAC_BITS)))
-            + Resources(lut=pe * (aligned + 1))
-            + _thr(pe, ch, i.out_bits, aligned + 1)
-        )
+        if cm == "finn":
+            # One ChannelwiseOp (mul) per input, FINN's estimate; AddStreams has none.
+            res = Resources(lut=channelwise_op_luts(pe, ch, a) + channelwise_op_luts(pe, ch, b))
+        else:
+            res = Resources(lut=pe * (mult_luts(a, ALIGN_FRAC_BITS) + mult_luts(b, ALIGN_FRAC_BITS))) + Resources(lut=pe * (aligned + 1))
+        res = res + _thr(pe, ch, i.out_bits, aligned + 1, cm)
         return UnitOption(pe, 1, {"ChannelwiseOp": c, "AddStreams": c, "Thresholding": c}, res)
     if k == "mul":
         a, b = i.in_bits
-        res = Resources(lut=pe * mult_luts(a, b)) + _thr(pe, ch, i.out_bits, a + b)
+        res = _ours(spec, Resources(lut=pe * mult_luts(a, b))) + _thr(pe, ch, i.out_bits, a + b, cm)
         small = min(i.in_elems(0), i.in_elems(1))
         if small < i.out_elems:  # the broadcast operand is held for the frame
             depth = -(-small // pe)
             style = resolve_ram_style("auto", depth)
-            res = res + memory_resources(style, depth, pe * min(a, b))
+            res = res + _ours(spec, memory_resources(style, depth, pe * min(a, b)))
         return UnitOption(pe, 1, {"ElementwiseMul": c, "Thresholding": c}, res)
     raise UnsupportedOpError(f"op {i.name!r}: kind {k!r} is not elementwise")
 
@@ -212,7 +239,7 @@ def _cat(spec: UnitSpec, pe: int, simd: int) -> UnitOption:
     for j in i.requantized_inputs():
         pix, ch = stream_dims(i.in_shapes[j])
         cycles[f"Thresholding[{j}]"] = stream_cycles(pix, ch, pe)
-        res = res + _thr(pe, ch, i.out_bits, i.in_bits[j])
+        res = res + _thr(pe, ch, i.out_bits, i.in_bits[j], spec.cost_model)
     return UnitOption(pe, 1, cycles, res)
 
 
@@ -224,15 +251,15 @@ def _pool(spec: UnitSpec, pe: int, simd: int) -> UnitOption:
     res = Resources()
     g: Geometry | None = spec.extra.get("window")
     if g is not None:
-        cycles["ConvolutionInputGenerator"], r = _swu(g, pe, a_bits)
+        cycles["ConvolutionInputGenerator"], r = _swu(g, pe, a_bits, spec.cost_model)
         res = res + r
     cycles["Pool"] = pool_cycles(i.reduction_taps(), pe)
     if i.kind == "maxpool":
-        return UnitOption(pe, 1, cycles, res + Resources(lut=pe * a_bits), swu_simd=pe if g else None)
+        return UnitOption(pe, 1, cycles, res + _ours(spec, Resources(lut=pe * a_bits)), swu_simd=pe if g else None)
     acc = spec.acc.used if spec.acc else a_bits
     pix, _ = stream_dims(i.out_shape)
     cycles["Thresholding"] = stream_cycles(pix, ch, pe)
-    res = res + Resources(lut=pe * acc) + _thr(pe, ch, i.out_bits, acc)
+    res = res + _ours(spec, Resources(lut=pe * acc)) + _thr(pe, ch, i.out_bits, acc, spec.cost_model)
     return UnitOption(pe, 1, cycles, res, swu_simd=pe if g else None)
 
 
@@ -242,7 +269,7 @@ def _mean(spec: UnitSpec, pe: int, simd: int) -> UnitOption:
     pix, ch = stream_dims(i.out_shape)
     depth = max(1, i.out_elems // pe)
     style = resolve_ram_style("auto", depth)
-    res = Resources(lut=pe * acc) + memory_resources(style, depth, pe * acc) + _thr(pe, ch, i.out_bits, acc)
+    res = _ours(spec, Resources(lut=pe * acc) + memory_resources(style, depth, pe * acc)) + _thr(pe, ch, i.out_bits, acc, spec.cost_model)
     cycles = {"GlobalAccPool": globalaccpool_cycles(i.in_elems(0), i.out_elems, pe), "Thresholding": stream_cycles(pix, ch, pe)}
     return UnitOption(pe, 1, cycles, res, wmem_depth=depth, wmem_width=pe * acc, ram_style=style)
 
@@ -256,9 +283,21 @@ def _depthwise(spec: UnitSpec, pe: int, simd: int) -> UnitOption:
     pix = i.out_shape[1] * i.out_shape[2]
     g: Geometry = spec.extra["window"]
     ss = default_swu_simd(g.channels, pe)
-    swu_c, swu_r = _swu(g, ss, a_bits)
+    a_signed = bool(i.in_qs[0] is not None and i.in_qs[0].qmin < 0)
+    # FINN's SetFolding turns the RTL window's parallel mode on once the VVAU's SIMD is above 1.
+    swu_c, swu_r = _swu(g, ss, a_bits, spec.cost_model, parallel=simd > 1)
     acc = spec.acc.used if spec.acc else a_bits + w_bits + math.ceil(math.log2(kh * kw))
-    lut_acc = min(acc, a2q_acc_bits(kh * kw, w_bits, a_bits, bool(i.in_qs[0] is not None and i.in_qs[0].qmin < 0)))
+    if spec.cost_model == "finn":
+        # VVAU_hls with its thresholds inside (FINN's default build), as FINN estimates it.
+        depth = kh * kw * c_out // (pe * simd)
+        width = pe * simd * w_bits
+        res = swu_r + Resources(
+            lut=vvau_luts(pe, simd, w_bits, a_bits, acc, kh * kw, a_signed, i.out_bits, c_out), bram18=vvau_bram18(depth, width)
+        )
+        cycles = {"ConvolutionInputGenerator": swu_c, "VVAU": vvau_cycles(c_out, kh, kw, pix, pe, simd)}
+        style = "auto"
+        return UnitOption(pe, simd, cycles, res, swu_simd=ss, wmem_depth=depth, wmem_width=width, ram_style=style)
+    lut_acc = min(acc, a2q_acc_bits(kh * kw, w_bits, a_bits, a_signed))
     compute = Resources(lut=mvau_hls_luts(pe, simd, w_bits, a_bits, lut_acc, True))
     depth = kh * kw * c_out // (pe * simd)
     width = pe * simd * w_bits
@@ -338,8 +377,17 @@ def _monotone(table: Any) -> bool:
     return bool(np.all(np.diff(t) >= 0))
 
 
-def unit_spec(info: OpInfo) -> UnitSpec:
+def unit_spec(info: OpInfo, cost_model: str = "finn") -> UnitSpec:
     """The FINN units of one non-MVAU op (a depthwise conv, a vector or pass-through op)."""
+    check_cost_model(cost_model)
+    spec = _unit_spec(info)
+    spec.cost_model = cost_model
+    if cost_model == "finn" and info.role == "grouped":
+        spec.nodes = ("ConvolutionInputGenerator", "VVAU")  # thresholds inside the VVAU_hls
+    return spec
+
+
+def _unit_spec(info: OpInfo) -> UnitSpec:
     k = info.kind
     a = info.op.attrs
     if info.role == "passthrough":

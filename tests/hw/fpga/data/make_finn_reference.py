@@ -1,0 +1,611 @@
+"""Write finn_reference.json: FINN's own cost functions evaluated on real FINN nodes.
+
+Run with a Python that has FINN (finn-plus 1.6.1) and qonnx installed; CI never runs
+this, it only reads the JSON it writes::
+
+    /path/to/finn-venv/bin/python tests/hw/fpga/data/make_finn_reference.py [FINN_SRC]
+
+finn-plus dropped AddStreams and ChannelwiseOp; FINN_SRC, a checkout of Xilinx FINN
+(v0.10), supplies those two node classes, loaded on top of finn-plus' base classes.
+Without it their cases are left out.
+
+Every case builds the node as FINN's flow leaves it under its default build settings
+(``standalone_thresholds=False``: thresholds stay inside the MVAU; weights
+``mem_mode=internal_decoupled``, ``ram_style=auto``; the sliding window's
+``ram_style`` its default), lets ``SpecializeLayers``' own rule pick the HLS or RTL
+variant, runs ``minimize_accumulator_width`` on the graph, and records
+``get_exp_cycles`` and the LUT/BRAM18/URAM/DSP estimates. Weights are a fixed
+arithmetic pattern (:func:`weights`) the test rebuilds, so accumulator widths can be
+compared too.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+from finn.transformation.fpgadataflow.specialize_layers import _determine_impl_style
+from onnx import TensorProto, helper
+from qonnx.core.datatype import DataType
+from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.custom_op.registry import getCustomOp
+
+OUT = Path(__file__).with_name("finn_reference.json")
+PARTS = {"U250": "xcu250-figd2104-2L-e", "PYNQ-Z1": "xc7z020clg400-1", "ZCU104": "xczu7ev-ffvc1156-2-e"}
+DOMAIN = "finn.custom_op.fpgadataflow"
+
+
+def weights(mh: int, mw: int, bits: int, signed: bool, pattern: int, narrow: bool) -> np.ndarray:
+    """[MW, MH] weights from a fixed pattern (the test rebuilds the same matrix):
+    ``w[j, i] = lo + (7·i + 13·j + pattern) mod span`` over the type's (narrow) range."""
+    lo = -(1 << (bits - 1)) if signed else 0
+    hi = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
+    if narrow and signed:
+        lo += 1
+    span = hi - lo + 1
+    i = np.arange(mh)[None, :]
+    j = np.arange(mw)[:, None]
+    return (lo + (7 * i + 13 * j + pattern) % span).astype(np.float32)
+
+
+def int_dt(bits: int, signed: bool) -> DataType:
+    return DataType[f"{'INT' if signed else 'UINT'}{bits}"]
+
+
+def _model(nodes: list, inputs: list, outputs: list, inits: dict[str, np.ndarray]) -> ModelWrapper:
+    graph = helper.make_graph(nodes, "g", inputs, outputs)
+    model = ModelWrapper(helper.make_model(graph))
+    for k, v in inits.items():
+        model.set_initializer(k, v)
+    return model
+
+
+def _specialize(model: ModelWrapper, node, part: str) -> str:
+    style = _determine_impl_style(node, part, model)
+    node.op_type = f"{node.op_type}_{style}"
+    node.domain = f"{DOMAIN}.{style}"
+    return style
+
+
+def _estimates(inst, part: str) -> dict:
+    return {
+        "cycles": int(inst.get_exp_cycles()),
+        "lut": int(inst.lut_estimation(part)),
+        "bram18": int(inst.bram_estimation(part)),
+        "uram": int(inst.uram_estimation(part)),
+        "dsp": int(inst.dsp_estimation(part)),
+    }
+
+
+def mvau_case(c: dict) -> dict:
+    part = PARTS[c["device"]]
+    mh, mw, vecs = c["mh"], c["mw"], c["vectors"]
+    idt = int_dt(c["a_bits"], c["a_signed"])
+    wdt = int_dt(c["w_bits"], True)
+    act = c["out_bits"] is not None
+    odt = int_dt(c["out_bits"], False) if act else DataType["INT32"]
+    inp = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, vecs, mw])
+    mid = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, vecs, mh])
+    ins = ["x", "w"] + (["t"] if act else [])
+    node = helper.make_node(
+        "MVAU",
+        ins,
+        ["y"],
+        domain=DOMAIN,
+        backend="fpgadataflow",
+        MW=mw,
+        MH=mh,
+        PE=c["pe"],
+        SIMD=c["simd"],
+        inputDataType=idt.name,
+        weightDataType=wdt.name,
+        outputDataType=odt.name,
+        noActivation=0 if act else 1,
+        numInputVectors=[1, vecs],
+        ActVal=0,
+        mem_mode="internal_decoupled",
+        ram_style=c["ram_style"],
+        name="mvau",
+    )
+    nodes, outputs = [node], [mid]
+    if not c["last"]:
+        # A consumer after the MVAU, so it is not the graph's last node.
+        out = helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, vecs, mh])
+        nodes.append(helper.make_node("Relu", ["y"], ["z"], name="after"))
+        outputs = [out]
+    inits = {"w": weights(mh, mw, c["w_bits"], True, c["pattern"], c["narrow"])}
+    if act:
+        n_thr = (1 << c["out_bits"]) - 1
+        inits["t"] = np.tile(np.arange(n_thr, dtype=np.float32), (mh, 1))
+    model = _model(nodes, [inp], outputs, inits)
+    model.set_tensor_datatype("x", idt)
+    model.set_tensor_datatype("w", wdt)
+    inst = getCustomOp(node)
+    acc = inst.minimize_accumulator_width(model)
+    style = _specialize(model, node, part)
+    inst = getCustomOp(node)
+    return {"impl": style, "acc_bits": acc.bitwidth(), **_estimates(inst, part)}
+
+
+def swu_case(c: dict) -> dict:
+    part = PARTS[c["device"]]
+    ch, (ih, iw), (kh, kw), (sh, sw) = c["channels"], c["ifm"], c["kernel"], c["stride"]
+    oh, ow = (ih - kh) // sh + 1, (iw - kw) // sw + 1
+    dt = int_dt(c["a_bits"], False)
+    attrs = dict(
+        ConvKernelDim=[kh, kw],
+        IFMChannels=ch,
+        IFMDim=[ih, iw],
+        OFMDim=[oh, ow],
+        SIMD=c["simd"],
+        Stride=[sh, sw],
+        Dilation=[1, 1],
+        inputDataType=dt.name,
+        outputDataType=dt.name,
+        depthwise=int(c.get("depthwise", 0)),
+        parallel_window=int(c["parallel_window"]),
+        name="swu",
+    )
+    if c.get("ram_style"):
+        attrs["ram_style"] = c["ram_style"]
+    inp = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, ih, iw, ch])
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, oh, ow, kh * kw * ch])
+    node = helper.make_node("ConvolutionInputGenerator", ["x"], ["y"], domain=DOMAIN, backend="fpgadataflow", **attrs)
+    model = _model([node], [inp], [out], {})
+    style = _specialize(model, node, part)
+    inst = getCustomOp(node)
+    return {"impl": style, "default_ram_style": inst.get_nodeattr("ram_style"), **_estimates(inst, part)}
+
+
+def thresholding_case(c: dict) -> dict:
+    part = PARTS[c["device"]]
+    ch, pe, pix = c["channels"], c["pe"], c["pixels"]
+    idt = int_dt(c["in_bits"], c["in_signed"])
+    tdt = int_dt(c["thr_bits"], c["in_signed"])
+    odt = int_dt(c["out_bits"], False)
+    inp = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, pix, ch])
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, pix, ch])
+    node = helper.make_node(
+        "Thresholding",
+        ["x", "t"],
+        ["y"],
+        domain=DOMAIN,
+        backend="fpgadataflow",
+        NumChannels=ch,
+        PE=pe,
+        numSteps=(1 << c["out_bits"]) - 1,
+        inputDataType=idt.name,
+        weightDataType=tdt.name,
+        outputDataType=odt.name,
+        numInputVectors=[1, pix],
+        ActVal=0,
+        name="thr",
+    )
+    n_thr = (1 << c["out_bits"]) - 1
+    model = _model([node], [inp], [out], {"t": np.tile(np.arange(n_thr, dtype=np.float32), (ch, 1))})
+    style = _specialize(model, node, part)
+    inst = getCustomOp(node)
+    return {"impl": style, **_estimates(inst, part)}
+
+
+def vvau_case(c: dict) -> dict:
+    part = PARTS[c["device"]]
+    ch, (kh, kw), (oh, ow) = c["channels"], c["kernel"], c["dim"]
+    idt = int_dt(c["a_bits"], c["a_signed"])
+    wdt = int_dt(c["w_bits"], True)
+    act = c["out_bits"] is not None
+    odt = int_dt(c["out_bits"], False) if act else DataType["INT32"]
+    inp = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, oh, ow, kh * kw * ch])
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, oh, ow, ch])
+    ins = ["x", "w"] + (["t"] if act else [])
+    node = helper.make_node(
+        "VVAU",
+        ins,
+        ["y"],
+        domain=DOMAIN,
+        backend="fpgadataflow",
+        PE=c["pe"],
+        SIMD=c["simd"],
+        Dim=[oh, ow],
+        Channels=ch,
+        Kernel=[kh, kw],
+        resType="auto",
+        inputDataType=idt.name,
+        weightDataType=wdt.name,
+        outputDataType=odt.name,
+        noActivation=0 if act else 1,
+        ActVal=0,
+        mem_mode="internal_decoupled",
+        name="vvau",
+    )
+    # FINN's VVAU weights: [C, 1, k_h, k_w]; the pattern over (channel, tap).
+    w = weights(kh * kw, ch, c["w_bits"], True, c["pattern"], False).T.reshape(ch, 1, kh, kw)
+    inits = {"w": w}
+    if act:
+        inits["t"] = np.tile(np.arange((1 << c["out_bits"]) - 1, dtype=np.float32), (ch, 1))
+    outputs = [out]
+    nodes = [node]
+    if not c["last"]:
+        outputs = [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, oh, ow, ch])]
+        nodes.append(helper.make_node("Relu", ["y"], ["z"], name="after"))
+    model = _model(nodes, [inp], outputs, inits)
+    model.set_tensor_datatype("x", idt)
+    model.set_tensor_datatype("w", wdt)
+    inst = getCustomOp(node)
+    acc = inst.minimize_accumulator_width(model)
+    style = _specialize(model, node, part)
+    inst = getCustomOp(node)
+    return {"impl": style, "acc_bits": acc.bitwidth(), **_estimates(inst, part)}
+
+
+def _node(op: str, ins: list[str], style: str, **attrs):
+    return helper.make_node(f"{op}_{style}", ins, ["y"], domain=f"{DOMAIN}.{style}", backend="fpgadataflow", name=op.lower(), **attrs)
+
+
+def _finn_v010(src: Path):
+    """AddStreams_hls and ChannelwiseOp_hls from a Xilinx FINN checkout."""
+    import importlib.util
+
+    def load(name: str, path: Path):
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+        return mod
+
+    base = src / "src" / "finn" / "custom_op" / "fpgadataflow"
+    load(f"{DOMAIN}.channelwise_op", base / "channelwise_op.py")
+    load(f"{DOMAIN}.addstreams", base / "addstreams.py")
+    cw = load(f"{DOMAIN}.hls.channelwise_op_hls", base / "hls" / "channelwise_op_hls.py")
+    ad = load(f"{DOMAIN}.hls.addstreams_hls", base / "hls" / "addstreams_hls.py")
+    return cw.ChannelwiseOp_hls, ad.AddStreams_hls
+
+
+def unit_case(c: dict, v010) -> dict:
+    """A streaming unit's cycles and estimates (FINN has none for most: they are 0)."""
+    part = PARTS[c["device"]]
+    k = c["kind"]
+    vecs = [1] + list(c.get("vectors", ()))
+    if k == "pool":
+        (kh, kw), (oh, ow) = c["kernel"], c["out"]
+        n = _node(
+            "Pool",
+            ["x"],
+            "hls",
+            Channels=c["channels"],
+            PE=c["pe"],
+            KernelSize=[kh, kw],
+            Function=c["function"],
+            OutImgDims=[oh, ow],
+            PoolDim=[kh, kw],
+            InputDataType=int_dt(c["bits"], False).name,
+            OutputDataType=int_dt(c["out_bits"], False).name,
+            AccumBits=c.get("acc_bits", 0),
+            Size=kh * kw,
+        )
+        inst = getCustomOp(n)
+    elif k == "concat":
+        n = _node(
+            "StreamingConcat",
+            ["a", "b"],
+            "hls",
+            SIMD=c["simd"],
+            ChannelsPerStream=c["channels"],
+            inputDataTypes=[int_dt(c["bits"], False).name] * len(c["channels"]),
+            numInputVectors=vecs,
+        )
+        inst = getCustomOp(n)
+    elif k == "globalaccpool":
+        n = _node(
+            "GlobalAccPool",
+            ["x"],
+            "hls",
+            NumChannels=c["channels"],
+            PE=c["pe"],
+            inputDataType=int_dt(c["bits"], False).name,
+            numInputVectors=vecs,
+        )
+        inst = getCustomOp(n)
+    elif k in ("channelwise", "addstreams"):
+        if v010 is None:
+            return {}
+        cw_cls, ad_cls = v010
+        dt = int_dt(c["bits"], True).name
+        if k == "channelwise":
+            n = _node(
+                "ChannelwiseOp",
+                ["x", "p"],
+                "hls",
+                NumChannels=c["channels"],
+                PE=c["pe"],
+                Func="mul",
+                inputDataType=dt,
+                paramDataType="INT17",
+                outputDataType="INT32",
+                numInputVectors=vecs,
+            )
+            inst = cw_cls(n)
+            return {
+                "impl": "hls",
+                "cycles": int(inst.get_exp_cycles()),
+                "lut": int(inst.lut_estimation()),
+                "bram18": int(inst.bram_estimation()),
+                "uram": 0,
+                "dsp": 0,
+            }
+        n = _node(
+            "AddStreams",
+            ["a", "b"],
+            "hls",
+            NumChannels=c["channels"],
+            PE=c["pe"],
+            inputDataTypes=[dt, dt],
+            outputDataType=int_dt(c["bits"] + 1, True).name,
+            numInputVectors=vecs,
+        )
+        inst = ad_cls(n)
+    else:
+        raise ValueError(k)
+    return {"impl": "hls", **_estimates(inst, part)}
+
+
+def unit_grid() -> list[dict]:
+    base = dict(device="U250")
+    return [
+        {
+            **base,
+            "kind": "pool",
+            "function": "MaxPool",
+            "channels": 64,
+            "pe": 8,
+            "kernel": (2, 2),
+            "out": (14, 14),
+            "bits": 8,
+            "out_bits": 8,
+        },
+        {
+            **base,
+            "kind": "pool",
+            "function": "MaxPool",
+            "channels": 16,
+            "pe": 16,
+            "kernel": (3, 3),
+            "out": (7, 7),
+            "bits": 4,
+            "out_bits": 4,
+        },
+        {
+            **base,
+            "kind": "pool",
+            "function": "AccPool",
+            "channels": 32,
+            "pe": 4,
+            "kernel": (2, 2),
+            "out": (8, 8),
+            "bits": 8,
+            "out_bits": 10,
+            "acc_bits": 10,
+        },
+        {**base, "kind": "concat", "channels": [32, 64], "simd": 8, "vectors": (8, 8), "bits": 8},
+        {**base, "kind": "concat", "channels": [3, 6], "simd": 3, "vectors": (16, 16), "bits": 4},
+        {**base, "kind": "globalaccpool", "channels": 64, "pe": 8, "vectors": (7, 7), "bits": 8},
+        {**base, "kind": "globalaccpool", "channels": 512, "pe": 1, "vectors": (4, 4), "bits": 4},
+        {**base, "kind": "channelwise", "channels": 64, "pe": 4, "vectors": (16, 16), "bits": 8},
+        {**base, "kind": "channelwise", "channels": 256, "pe": 2, "vectors": (8, 8), "bits": 4},
+        {**base, "kind": "channelwise", "channels": 8, "pe": 8, "vectors": (8, 8), "bits": 9},
+        {**base, "kind": "addstreams", "channels": 64, "pe": 4, "vectors": (16, 16), "bits": 8},
+        {**base, "kind": "addstreams", "channels": 10, "pe": 5, "vectors": (1,), "bits": 4},
+    ]
+
+
+def mvau_grid() -> list[dict]:
+    cases = []
+    base = dict(device="U250", vectors=16, a_signed=False, last=False, narrow=False, ram_style="auto", pattern=0)
+    shapes = [(64, 288, 8, 32), (32, 27, 4, 3), (10, 256, 10, 16), (128, 1152, 16, 64), (16, 16, 1, 1), (64, 576, 2, 8)]
+    bits = [(8, 8), (4, 4), (2, 2), (8, 4), (3, 5), (1, 1)]
+    k = 0
+    for mh, mw, pe, simd in shapes:
+        for wb, ab in bits:
+            for out_bits, last in ((4, False), (None, True), (None, False)):
+                k += 1
+                if k % 3 and not (wb >= 4 and ab >= 4):
+                    continue  # fewer narrow cases: they are all HLS
+                cases.append(
+                    {
+                        **base,
+                        "mh": mh,
+                        "mw": mw,
+                        "pe": pe,
+                        "simd": simd,
+                        "w_bits": max(wb, 2),
+                        "a_bits": ab,
+                        "out_bits": out_bits,
+                        "last": last,
+                        "pattern": k,
+                    }
+                )
+    for style in ("distributed", "block", "ultra"):
+        for out_bits in (None, 8):
+            cases.append(
+                {
+                    **base,
+                    "mh": 64,
+                    "mw": 288,
+                    "pe": 8,
+                    "simd": 32,
+                    "w_bits": 8,
+                    "a_bits": 8,
+                    "out_bits": out_bits,
+                    "ram_style": style,
+                    "pattern": 3,
+                }
+            )
+    # Signed inputs, DSP48E1 with and without narrow weights, a deep memory, 9-bit signed inputs.
+    cases.append(
+        {
+            **base,
+            "mh": 32,
+            "mw": 144,
+            "pe": 4,
+            "simd": 16,
+            "w_bits": 8,
+            "a_bits": 8,
+            "a_signed": True,
+            "out_bits": None,
+            "last": True,
+            "pattern": 5,
+        }
+    )
+    cases.append(
+        {
+            **base,
+            "device": "PYNQ-Z1",
+            "mh": 32,
+            "mw": 144,
+            "pe": 4,
+            "simd": 16,
+            "w_bits": 8,
+            "a_bits": 8,
+            "out_bits": None,
+            "last": True,
+            "narrow": True,
+            "pattern": 6,
+        }
+    )
+    cases.append(
+        {
+            **base,
+            "device": "PYNQ-Z1",
+            "mh": 32,
+            "mw": 144,
+            "pe": 4,
+            "simd": 16,
+            "w_bits": 8,
+            "a_bits": 8,
+            "out_bits": None,
+            "last": True,
+            "narrow": False,
+            "pattern": 6,
+        }
+    )
+    cases.append({**base, "mh": 512, "mw": 4608, "pe": 2, "simd": 4, "w_bits": 4, "a_bits": 4, "out_bits": None, "pattern": 7})
+    cases.append({**base, "mh": 512, "mw": 4608, "pe": 2, "simd": 4, "w_bits": 4, "a_bits": 4, "out_bits": 4, "pattern": 7})
+    cases.append(
+        {
+            **base,
+            "mh": 16,
+            "mw": 64,
+            "pe": 16,
+            "simd": 64,
+            "w_bits": 8,
+            "a_bits": 9,
+            "a_signed": True,
+            "out_bits": None,
+            "last": True,
+            "pattern": 8,
+        }
+    )
+    cases.append(
+        {**base, "mh": 16, "mw": 64, "pe": 16, "simd": 64, "w_bits": 12, "a_bits": 12, "out_bits": None, "last": True, "pattern": 9}
+    )
+    cases.append(
+        {
+            **base,
+            "device": "ZCU104",
+            "mh": 1000,
+            "mw": 512,
+            "pe": 8,
+            "simd": 32,
+            "w_bits": 8,
+            "a_bits": 8,
+            "out_bits": None,
+            "last": True,
+            "pattern": 10,
+        }
+    )
+    return cases
+
+
+def swu_grid() -> list[dict]:
+    base = dict(device="U250", a_bits=8, stride=(1, 1), parallel_window=False)
+    cases = [
+        {**base, "channels": 3, "ifm": (32, 32), "kernel": (3, 3), "simd": 3},
+        {**base, "channels": 3, "ifm": (32, 32), "kernel": (3, 3), "simd": 3, "parallel_window": True},
+        {**base, "channels": 3, "ifm": (230, 230), "kernel": (7, 7), "stride": (2, 2), "simd": 3},
+        {**base, "channels": 3, "ifm": (230, 230), "kernel": (7, 7), "stride": (2, 2), "simd": 3, "parallel_window": True},
+        {**base, "channels": 64, "ifm": (58, 58), "kernel": (3, 3), "simd": 8},
+        {**base, "channels": 64, "ifm": (58, 58), "kernel": (3, 3), "simd": 64},
+        {**base, "channels": 64, "ifm": (58, 58), "kernel": (3, 3), "simd": 64, "parallel_window": True},
+        {**base, "channels": 64, "ifm": (57, 57), "kernel": (3, 3), "stride": (2, 2), "simd": 16},
+        {**base, "channels": 512, "ifm": (64, 64), "kernel": (3, 3), "simd": 1},
+        {**base, "channels": 512, "ifm": (64, 64), "kernel": (3, 3), "simd": 1, "ram_style": "block"},
+        {**base, "channels": 512, "ifm": (64, 64), "kernel": (3, 3), "simd": 2, "ram_style": "block"},
+        {**base, "channels": 256, "ifm": (30, 30), "kernel": (5, 5), "simd": 4, "ram_style": "block"},
+        {**base, "channels": 256, "ifm": (30, 30), "kernel": (5, 5), "simd": 4, "ram_style": "ultra"},
+        {**base, "channels": 32, "ifm": (16, 16), "kernel": (3, 3), "simd": 32, "ram_style": "block", "parallel_window": True},
+        {**base, "channels": 32, "ifm": (16, 16), "kernel": (3, 3), "simd": 32, "ram_style": "ultra", "parallel_window": True},
+        {**base, "channels": 16, "ifm": (28, 28), "kernel": (2, 2), "stride": (2, 2), "simd": 4, "a_bits": 4},
+        {**base, "channels": 16, "ifm": (12, 12), "kernel": (5, 5), "simd": 16, "a_bits": 2},
+        {**base, "channels": 32, "ifm": (16, 16), "kernel": (3, 3), "simd": 8, "depthwise": True},
+        {**base, "channels": 32, "ifm": (17, 17), "kernel": (3, 3), "stride": (2, 2), "simd": 8, "depthwise": True},
+        {**base, "channels": 32, "ifm": (16, 16), "kernel": (3, 3), "simd": 8, "depthwise": True, "parallel_window": True},
+        # 1x1 kernels with stride 2 (FINN lowers them to an RTL window of its parallel style)
+        {**base, "channels": 64, "ifm": (28, 28), "kernel": (1, 1), "stride": (2, 2), "simd": 8},
+        {**base, "channels": 256, "ifm": (14, 14), "kernel": (1, 1), "stride": (2, 2), "simd": 256, "a_bits": 4},
+    ]
+    return cases
+
+
+def thresholding_grid() -> list[dict]:
+    base = dict(device="U250", in_signed=False, pixels=64)
+    out = []
+    for ch, pe in ((64, 8), (64, 64), (256, 1), (10, 5), (512, 2), (3, 3)):
+        for ib, ob in ((8, 4), (16, 8), (12, 2), (24, 1)):
+            out.append({**base, "channels": ch, "pe": pe, "in_bits": ib, "thr_bits": ib, "out_bits": ob})
+    out.append({**base, "channels": 64, "pe": 4, "in_bits": 9, "thr_bits": 9, "out_bits": 4, "in_signed": True})
+    return out
+
+
+def vvau_grid() -> list[dict]:
+    base = dict(device="U250", a_signed=False, last=False, pattern=1)
+    out = []
+    for ch, k, dim, pe, simd in (
+        (32, (3, 3), (16, 16), 4, 1),
+        (32, (3, 3), (16, 16), 32, 9),
+        (64, (5, 5), (8, 8), 8, 5),
+        (128, (3, 3), (7, 7), 2, 3),
+    ):
+        for wb, ab, ob in ((8, 8, 8), (4, 4, None), (2, 3, 2)):
+            out.append(
+                {**base, "channels": ch, "kernel": k, "dim": dim, "pe": pe, "simd": simd, "w_bits": wb, "a_bits": ab, "out_bits": ob}
+            )
+    return out
+
+
+def main() -> int:
+    v010 = _finn_v010(Path(sys.argv[1])) if len(sys.argv) > 1 else None
+    units = [{"case": c, "finn": unit_case(c, v010)} for c in unit_grid()]
+    data = {
+        "_about": (
+            "FINN's cost functions on real FINN nodes (finn-plus 1.6.1, default build settings); "
+            "written by make_finn_reference.py, compared against qatlab by test_finn_reference.py."
+        ),
+        "finn": "finn-plus 1.6.1" + ("; AddStreams, ChannelwiseOp: Xilinx FINN v0.10" if v010 else ""),
+        "mvau": [{"case": c, "finn": mvau_case(c)} for c in mvau_grid()],
+        "swu": [{"case": c, "finn": swu_case(c)} for c in swu_grid()],
+        "thresholding": [{"case": c, "finn": thresholding_case(c)} for c in thresholding_grid()],
+        "vvau": [{"case": c, "finn": vvau_case(c)} for c in vvau_grid()],
+        "units": [u for u in units if u["finn"]],
+    }
+    # qatlab.atomic is plain Python: importable from the FINN venv without installing qatlab.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "lib"))
+    from qatlab.atomic import write_json
+
+    write_json(OUT, data, indent=1, default=list)
+    print(f"wrote {OUT}: " + ", ".join(f"{k} {len(v)}" for k, v in data.items() if isinstance(v, list)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
