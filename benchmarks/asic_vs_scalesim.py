@@ -1,23 +1,32 @@
 """The same topology through SCALE-Sim 3.0.0 and through qatlab.hw.asic, in one run.
 
-    python benchmarks/asic_vs_scalesim.py [--config CFG] [--topology CSV] [--scalesim-python PY] [--json FILE]
+    python benchmarks/asic_vs_scalesim.py [--config CFG] [--topology CSV] [--cli-topology CSV]
+                                          [--scalesim-python PY] [--json FILE]
 
 SCALE-Sim is not a qatlab dependency. It is used when importable here, or when
 ``--scalesim-python`` names the Python of an environment that has it (it runs in a
 subprocess there; install: ``pip install scalesim==3.0.0 'numpy<2.4'``). Without it the
 script says so and times only ours.
 
-Ours runs twice: the closed form (``dram_model="fast"``, the default: DRAM read counts
-are estimates once an operand overflows its SRAM) and with SCALE-Sim's buffers replayed
-(``dram_model="exact"``). For each, it prints per layer whether every SCALE-Sim-named
-field agrees, the wall and CPU times (SCALE-Sim: one run, it is slow; ours: median of
-``--repeats`` runs, file reading included) and the ratios.
+Two comparisons:
+
+1. In-process, on ``--topology``: SCALE-Sim's simulation (one run, it is slow) against
+   ours, twice: the default (``dram_model="fast"``: closed forms, SCALE-Sim's buffers
+   replayed only where no closed form exists) and the replay wherever a count is not
+   trivial (``dram_model="exact"``, the reference). Ours: median of ``--repeats`` runs,
+   file reading included. Per layer: whether every SCALE-Sim-named field agrees.
+2. Whole processes, on ``--cli-topology``: ``workbook sim asic --format json`` against
+   SCALE-Sim's command line (``python -m scalesim.scale``), start-up and file writing
+   included; CPU time from the operating system's accounting of the child.
+
+CPU time is the robust figure on a shared machine; wall time is reported beside it.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -31,6 +40,7 @@ sys.path.insert(0, str(ROOT / "lib"))
 from qatlab.atomic import write_json  # noqa: E402
 from qatlab.hw.asic import ArrayConfig, simulate  # noqa: E402
 from qatlab.hw.asic.scalesim_reports import read_scalesim_reports  # noqa: E402
+from qatlab.hw.asic.trace import clear_replay_cache  # noqa: E402
 from qatlab.hw.workload import read_topology  # noqa: E402
 
 DATA = ROOT / "tests" / "hw" / "asic" / "data"
@@ -64,14 +74,18 @@ def is_gemm(topology: Path) -> bool:
     return [h.strip().upper() for h in head[1:4]] == ["M", "N", "K"]
 
 
-def run_scalesim(py: str | None, cfg: Path, topo: Path) -> tuple[float, float, list[dict]] | None:
-    """(wall seconds, CPU seconds, per-layer figures) from SCALE-Sim, or None when it is not available."""
-    if py is None:
-        try:
-            import scalesim  # noqa: F401
-        except ImportError:
-            return None
-        py = sys.executable
+def scalesim_python(py: str | None) -> str | None:
+    if py is not None:
+        return py
+    try:
+        import scalesim  # noqa: F401
+    except ImportError:
+        return None
+    return sys.executable
+
+
+def run_scalesim(py: str, cfg: Path, topo: Path) -> tuple[float, float, list[dict]]:
+    """(wall seconds, CPU seconds, per-layer figures) of SCALE-Sim's simulation, measured inside its process."""
     with tempfile.TemporaryDirectory() as tmp:
         layout = Path(tmp) / "layout.csv"
         layout.write_text("Layer name,\n")  # SCALE-Sim 3.0.0 opens a layout file even when unused
@@ -87,8 +101,9 @@ def run_scalesim(py: str | None, cfg: Path, topo: Path) -> tuple[float, float, l
 def time_ours(cfg: Path, topo: Path, repeats: int, dram_model: str) -> tuple[float, float, list]:
     """(median wall seconds, median CPU seconds, records), files read on every repeat."""
     walls, cpus, rep = [], [], None
-    simulate(read_topology(topo), ArrayConfig.from_cfg(cfg, dram_model=dram_model))  # warm-up (imports, caches)
+    simulate(read_topology(topo), ArrayConfig.from_cfg(cfg, dram_model=dram_model))  # warm-up (imports)
     for _ in range(repeats):
+        clear_replay_cache()  # every run replays what it needs: a cold network, not a memo lookup
         t0, c0 = time.perf_counter(), time.process_time()
         rep = simulate(read_topology(topo), ArrayConfig.from_cfg(cfg, dram_model=dram_model))
         walls.append(time.perf_counter() - t0)
@@ -96,14 +111,66 @@ def time_ours(cfg: Path, topo: Path, repeats: int, dram_model: str) -> tuple[flo
     return statistics.median(walls), statistics.median(cpus), rep.layers  # type: ignore[union-attr]
 
 
+def time_process(cmd: list[str], cwd: str, env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system) of one child process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if p.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stderr[-2000:]}")
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def compare_processes(py: str | None, cfg: Path, topo: Path, repeats: int) -> dict:
+    """Whole `workbook sim asic` processes against SCALE-Sim's command line."""
+    workbook = str(Path(sys.executable).parent / "workbook")
+    ours_cmd = [workbook, "sim", "asic", "--config", str(cfg), "--topology", str(topo), "--format", "json"]
+    # As an installed package runs: compiled bytecode cached (in a scratch folder here,
+    # whatever PYTHONDONTWRITEBYTECODE the shell sets), the first run warming the cache.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="pycache-")
+    time_process(ours_cmd, str(ROOT), env)
+    ours = [time_process(ours_cmd, str(ROOT), env) for _ in range(repeats)]
+    out = {"topology": topo.name, "ours_wall_s": statistics.median(w for w, _ in ours), "ours_cpu_s": statistics.median(c for _, c in ours)}
+    print(
+        f"workbook sim asic on {topo.name}: {out['ours_wall_s'] * 1e3:.0f} ms wall, {out['ours_cpu_s'] * 1e3:.0f} ms CPU (median of {repeats})"
+    )
+    if py is None:
+        return out
+    with tempfile.TemporaryDirectory() as tmp:
+        layout = Path(tmp) / "layout.csv"
+        layout.write_text("Layer name,\n")
+        kind = "gemm" if is_gemm(topo) else "conv"
+        cmd = [py, "-m", "scalesim.scale", "-c", str(cfg), "-t", str(topo), "-l", str(layout), "-p", tmp, "-i", kind, "-s", "N"]
+        wall, cpu = time_process(cmd, tmp, env)
+    out |= {"scalesim_wall_s": wall, "scalesim_cpu_s": cpu, "ratio_wall": wall / out["ours_wall_s"], "ratio_cpu": cpu / out["ours_cpu_s"]}
+    print(
+        f"SCALE-Sim 3.0.0 command line: {wall:.2f} s wall, {cpu:.2f} s CPU; ratio {out['ratio_wall']:,.0f}x wall, {out['ratio_cpu']:,.0f}x CPU"
+    )
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=DATA / "configs" / "scale.cfg")
     ap.add_argument("--topology", type=Path, default=DATA / "topologies" / "Resnet18_tail.csv")
+    ap.add_argument("--cli-topology", type=Path, default=ROOT / "examples" / "lenet.csv", help="the small net of the process comparison")
     ap.add_argument("--scalesim-python", default=os.environ.get("SCALESIM_PYTHON"), help="python with scalesim==3.0.0")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--skip-in-process", action="store_true", help="only the process comparison")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args()
+    py = scalesim_python(args.scalesim_python)
+    if py is None:
+        print("SCALE-Sim is not installed here (and no --scalesim-python): timing ours only")
+    out: dict = {"config": args.config.name}
+    out["process"] = compare_processes(py, args.config, args.cli_topology, args.repeats)
+    if args.skip_in_process:
+        if args.json:
+            write_json(args.json, out, indent=2)
+        return 0
 
     ours = {
         mode: time_ours(args.config, args.topology, args.repeats if mode == "fast" else max(1, args.repeats // 3), mode)
@@ -111,11 +178,9 @@ def main() -> int:
     }
     n_layers = len(ours["fast"][2])
     print(f"config {args.config.name}, topology {args.topology.name}: {n_layers} layers")
-    out: dict = {"config": args.config.name, "topology": args.topology.name, "layers": n_layers}
-    ss = run_scalesim(args.scalesim_python, args.config, args.topology)
-    if ss is None:
-        print("SCALE-Sim is not installed here (and no --scalesim-python): timing ours only")
-    else:
+    out |= {"topology": args.topology.name, "layers": n_layers}
+    ss = run_scalesim(py, args.config, args.topology) if py else None
+    if ss is not None:
         print(f"SCALE-Sim 3.0.0: {ss[0]:.2f} s wall, {ss[1]:.2f} s CPU")
         out |= {"scalesim_wall_s": ss[0], "scalesim_cpu_s": ss[1]}
     for mode, (wall, cpu, records) in ours.items():
@@ -131,7 +196,6 @@ def main() -> int:
                 differing[f] = differing.get(f, 0) + 1
             status = "all fields equal" if not bad else "differ: " + ", ".join(f"{f} {r[f]} vs {getattr(o, f)}" for f in bad)
             print(f"  {o.layer:<14} cycles {o.total_cycles:>9}  {status}")
-        # Wall time is what a user waits; CPU time is robust on a shared machine.
         ratio, ratio_cpu = ss_wall / wall, ss_cpu / cpu
         total = len(ref) * len(FIELDS)
         equal = total - sum(differing.values())

@@ -79,6 +79,17 @@ def test_skew_counts_formula():
     np.testing.assert_array_equal(skew_counts(12, 3, 6, 3), (skew(blk) != -1).sum(axis=1))
 
 
+@given(st.integers(0, 40), st.integers(0, 12), st.integers(1, 8), st.integers(0, 30))
+def test_skew_counts_equal_the_skewed_block(a, span, width, extra_rows):
+    """The range-built counts against skewing an explicit block, row by row."""
+    b = a + span
+    blk = -np.ones((b + 1, width + 1))
+    blk[a : b + 1, :width] = 1
+    ref = (skew(blk) != -1).sum(axis=1)
+    rows = len(ref) + extra_rows
+    assert skew_counts(rows, a, b, width) == list(ref) + [0] * extra_rows
+
+
 def test_fold_table():
     m = ArrayMapping("ws", 8, 4, 100, 10, 20)  # M, N, K
     assert (m.Sr, m.Sc, m.T, m.row_fold, m.col_fold) == (20, 10, 100, 3, 3)

@@ -153,3 +153,28 @@ def test_unsupported_op_is_refused_not_skipped():
     m.ops.insert(5, op("softmax", "sm", ["act"], U8, (8, 10, 10)))
     with pytest.raises(UnsupportedOpError, match="softmax"):
         simulate_intmodel(m, CFG)
+
+
+def _architectures() -> list[str]:
+    from ...test_architectures import ARCHITECTURES
+
+    return sorted(ARCHITECTURES)
+
+
+@pytest.mark.parametrize("name", _architectures())
+def test_reference_architectures_leave_no_op_out(name):
+    """MobileNet, ShuffleNet, DenseNet, ResNet, ... blocks: one row per op, totals their sums."""
+    from ...test_architectures import _quantized
+
+    im = _quantized(name)[2]
+    rep = simulate_intmodel(im, CFG)
+    assert [r.layer for r in rep.layers] == [o.name for o in im.ops]
+    assert rep.totals["layers"] == len(im.ops)
+    for k in SUMMED_FIELDS:
+        assert rep.totals[k] == pytest.approx(sum(getattr(r, k) for r in rep.layers)), k
+    infos = {i.name: i for i in op_infos(im)}
+    for r in rep.layers:
+        # every op that computes something costs cycles and energy on its unit (a cat of
+        # inputs already on its output grid is written in place by their producers)
+        if infos[r.layer].role != "passthrough" and r.op_kind != "cat":
+            assert r.cycles > 0 and r.energy_pj > 0, r.layer

@@ -27,14 +27,18 @@ array it uses:
 "Total Cycles" in SCALE-Sim is the index of the last cycle: ``folds * per_fold - 1``
 plus memory stalls. The cycle-stepped model (:mod:`qatlab.hw.asic.stepped`) moves real
 operands through a grid and finishes each fold in exactly ``per_fold`` cycles.
+
+Pure Python (no numpy): the closed forms cost O(folds) integer operations, and
+importing numpy would dominate a command-line run's time.
 """
 
 from __future__ import annotations
 
+import operator
+from bisect import bisect_right
 from dataclasses import dataclass
-from functools import cached_property
-
-import numpy as np
+from functools import cached_property, reduce
+from itertools import accumulate
 
 
 @dataclass(frozen=True)
@@ -50,11 +54,15 @@ class ArrayMapping:
     K: int
 
     def __post_init__(self) -> None:
+        for f in ("R", "C", "M", "N", "K"):  # numpy integers are accepted; store Python ints
+            v = getattr(self, f)
+            if hasattr(type(v), "__index__") and not isinstance(v, (int, bool)):
+                object.__setattr__(self, f, operator.index(v))
         if self.dataflow not in ("os", "ws", "is"):
             raise ValueError(f"dataflow must be os, ws or is; got {self.dataflow!r}")
         for f in ("R", "C", "M", "N", "K"):
             v = getattr(self, f)
-            if not isinstance(v, (int, np.integer)) or v < 1:
+            if isinstance(v, bool) or not hasattr(type(v), "__index__") or v < 1:
                 raise ValueError(f"{f} must be a positive integer, got {v!r}")
 
     # ---- geometry ------------------------------------------------------------------
@@ -107,40 +115,36 @@ class ArrayMapping:
         """Stall-free cycles of the layer (SCALE-Sim's "Total Cycles" is this minus one)."""
         return self.folds * self.rows_per_fold
 
-    def row_used(self) -> np.ndarray:
+    def row_used(self) -> list[int]:
         """Array rows used by each row fold."""
-        u = np.full(self.row_fold, self.R, dtype=np.int64)
-        u[-1] = self.Sr - self.R * (self.row_fold - 1)
-        return u
+        return [self.R] * (self.row_fold - 1) + [self.Sr - self.R * (self.row_fold - 1)]
 
-    def col_used(self) -> np.ndarray:
+    def col_used(self) -> list[int]:
         """Array columns used by each column fold."""
-        u = np.full(self.col_fold, self.C, dtype=np.int64)
-        u[-1] = self.Sc - self.C * (self.col_fold - 1)
-        return u
+        return [self.C] * (self.col_fold - 1) + [self.Sc - self.C * (self.col_fold - 1)]
 
     # ---- utilization (SCALE-Sim averages per-fold figures) ---------------------------
-    def _per_fold_macs(self) -> np.ndarray:
-        # Fold order: column folds outer, row folds inner.
-        return np.outer(self.col_used(), self.row_used()).ravel()
+    def _per_fold_mean(self, scale: int, den: int) -> float:
+        """Mean over folds of ``macs * scale / den``, rounded as SCALE-Sim rounds it.
 
-    @staticmethod
-    def _sequential_mean(values: np.ndarray) -> float:
-        # SCALE-Sim adds per-fold floats left to right (Python's sum on a list); cumsum
-        # adds in the same order, so the result is identical to the last bit (np.sum
-        # would sum pairwise and differ in the last digits).
-        return float(np.cumsum(values)[-1]) / len(values)
+        SCALE-Sim adds the per-fold floats left to right (not pairwise, not compensated:
+        Python >= 3.12's ``sum`` would differ in the last digits), each the float
+        quotient of two floats. Fold order: column folds outer, row folds inner.
+        """
+        fden = float(den)
+        per_col = [[float(c * r * scale) / fden for r in self.row_used()] for c in self.col_used()]
+        total = reduce(operator.add, (v for row in per_col for v in row), 0.0)
+        return total / self.folds
 
     @property
     def mapping_eff_pct(self) -> float:
         """Mean over folds of the fraction of PEs holding work."""
-        return self._sequential_mean(self._per_fold_macs() / (self.R * self.C)) * 100
+        return self._per_fold_mean(1, self.R * self.C) * 100
 
     @property
     def compute_util_pct(self) -> float:
         """Mean over folds of MACs / (PEs x fold cycles), SCALE-Sim's definition."""
-        den = self.R * self.C * self.util_cycles_per_fold
-        return self._sequential_mean(self._per_fold_macs() * self.T / den) * 100
+        return self._per_fold_mean(self.T, self.R * self.C * self.util_cycles_per_fold) * 100
 
     # ---- SRAM traffic (words) --------------------------------------------------------
     @property
@@ -226,17 +230,26 @@ class ArrayMapping:
         return self.row_fold * self.N * self.R
 
 
-def skew_counts(rows: int, a: int, b: int, width: int) -> np.ndarray:
+def skew_counts(rows: int, a: int, b: int, width: int) -> list[int]:
     """Valid entries per row of a skewed block (SCALE-Sim's ``skew_matrix``).
 
     The unskewed block has valid rows ``a..b`` (inclusive) in its first ``width``
     columns; column ``c`` is delayed by ``c`` rows. Returns counts for skewed rows
     ``0..rows-1``: ``#{c < width : a <= j - c <= b}``.
     """
-    j = np.arange(rows, dtype=np.int64)
-    hi = np.minimum(width - 1, j - a)
-    lo = np.maximum(0, j - b)
-    return np.maximum(0, hi - lo + 1)
+    # The count is F(j - a) - F(j - b - 1) with F(x) = #{c < width : c <= x}, a clamped
+    # ramp; building both ramps from ranges keeps the per-row work in C (rows can number
+    # tens of thousands per fold shape).
+    return list(map(operator.sub, _clamped_ramp(-a, rows, width), _clamped_ramp(-b - 1, rows, width)))
+
+
+def _clamped_ramp(start: int, n: int, width: int) -> list[int]:
+    """``min(max(x + 1, 0), width)`` for ``x = start .. start + n - 1``."""
+    end = start + n
+    zeros = max(0, min(end, 0) - start)
+    ramp = range(max(start, 0) + 1, min(end, width) + 1)
+    flat = max(0, end - max(start, width))
+    return [0] * zeros + list(ramp) + [width] * flat
 
 
 class RowCounts:
@@ -248,14 +261,14 @@ class RowCounts:
     megabytes, never one array entry per cycle.
     """
 
-    def __init__(self, rows_per_fold: int, profiles: list[np.ndarray], fold_type: np.ndarray) -> None:
+    def __init__(self, rows_per_fold: int, profiles: list[list[int]], fold_type: list[int]) -> None:
         self.rows_per_fold = rows_per_fold
         self.num_rows = rows_per_fold * len(fold_type)
-        self._prof = [np.concatenate(([0], np.cumsum(p))) for p in profiles]
+        self._prof = [list(accumulate(p, initial=0)) for p in profiles]
         self._type = fold_type
-        totals = np.array([p[-1] for p in self._prof], dtype=np.int64)[fold_type]
-        self._fold_cum = np.concatenate(([0], np.cumsum(totals)))
-        self.total = int(self._fold_cum[-1])
+        totals = [p[-1] for p in self._prof]
+        self._fold_cum = list(accumulate((totals[t] for t in fold_type), initial=0))
+        self.total = self._fold_cum[-1]
 
     @classmethod
     def for_mapping(cls, m: ArrayMapping) -> "RowCounts":
@@ -264,12 +277,10 @@ class RowCounts:
         # Fold order: column folds outer, row folds inner. Only the last row fold and
         # the last column fold can be partial, so a fold's shape is (first-or-last row
         # size, first-or-last column size): four kinds at most.
-        fold_r = np.tile(ru, m.col_fold)
-        fold_c = np.repeat(cu, m.row_fold)
-        kind = (fold_c != cu[0]).astype(np.int64) * 2 + (fold_r != ru[0]).astype(np.int64)
+        kind = [(c != cu[0]) * 2 + (r != ru[0]) for c in cu for r in ru]
         profiles = []
-        for c in (int(cu[0]), int(cu[-1])):
-            for r in (int(ru[0]), int(ru[-1])):
+        for c in (cu[0], cu[-1]):
+            for r in (ru[0], ru[-1]):
                 if m.dataflow == "os":
                     # T-1 idle rows, then the R x C block flipped upside down (outputs leave
                     # at the bottom edge, so padding rows come first), then the column skew.
@@ -278,8 +289,7 @@ class RowCounts:
                     # 2R-1 idle rows (weights load, inputs skew in), then T rows of outputs
                     # over the used columns, skewed; the row fold does not change the shape.
                     profiles.append(skew_counts(rpf, 2 * m.R - 1, 2 * m.R - 2 + m.T, c))
-        fold_type = kind
-        return cls(rpf, profiles, fold_type.astype(np.int64))
+        return cls(rpf, profiles, kind)
 
     def before(self, row: int) -> int:
         """Entries in rows ``< row``."""
@@ -290,14 +300,15 @@ class RowCounts:
 
     def row_of(self, g: int) -> int:
         """The row holding entry number ``g`` (0-based, ``g < total``)."""
-        f = int(np.searchsorted(self._fold_cum, g, side="right")) - 1
-        within = g - int(self._fold_cum[f])
-        j = int(np.searchsorted(self._prof[self._type[f]], within, side="right")) - 1
+        f = bisect_right(self._fold_cum, g) - 1
+        within = g - self._fold_cum[f]
+        j = bisect_right(self._prof[self._type[f]], within) - 1
         return f * self.rows_per_fold + j
 
-    def dense(self) -> np.ndarray:
+    def dense(self) -> list[int]:
         """All per-row counts (tests and small layers only)."""
-        return np.concatenate([np.diff(self._prof[t]) for t in self._type]) if len(self._type) else np.zeros(0, np.int64)
+        diffs = [[b - a for a, b in zip(p, p[1:])] for p in self._prof]
+        return [c for t in self._type for c in diffs[t]]
 
 
 def ceil_div(a: int, b: int) -> int:

@@ -20,25 +20,27 @@ drains, not the number of writes. It reproduces two quirks of SCALE-Sim's code:
 
 **CALC-mode read buffers.** SCALE-Sim assumes reads never stall. Its DRAM read count
 de-duplicates requests through a window of sets of ``floor(S/100)`` words that is
-emptied every ``S/2`` misses. While an operand's distinct words (``U``) number fewer
-than ``S/2`` no window is ever emptied and the count is exactly ``U``; the same holds
-when every word is requested once. Otherwise the closed form estimates with a
-tiling-reuse model (:func:`calc_dram_reads`) and the record says so
-(``scalesim_exact`` false); ``dram_model="exact"`` replays the window on the address
-streams instead (:mod:`qatlab.hw.asic.trace`). The first-prefetch cycle, which
-enters "Total Cycles (incl. prefetch)", depends only on ``U`` and is always exact.
+emptied every ``W = 50 * floor(S/100)`` misses: a request misses iff its word was not
+requested since the window was last emptied. While an operand's distinct words (``U``)
+number fewer than ``W`` no window is ever emptied and the count is exactly ``U``; the
+same holds when every word is requested once (:func:`calc_dram_reads` says when).
+Beyond that, filters, GEMM ifmaps and the ifmaps of convolutions whose windows do not
+overlap are *block streams* whose count has a closed form
+(:mod:`qatlab.hw.asic.calc_reads`); the ifmap of a convolution with overlapping
+windows is replayed (:mod:`qatlab.hw.asic.trace`). The first-prefetch cycle, which
+enters "Total Cycles (incl. prefetch)", depends only on ``U``.
 
 **USER-mode read buffers.** SCALE-Sim fetches the operand's prefetch matrix in lines of
 the bank bandwidth. When all its lines fit the active half, every request hits: no
-stall, and the DRAM count is the first fill (exact). Otherwise the closed form
-estimates DRAM words and stalls with a bandwidth roofline (:func:`user_read_estimate`);
-``dram_model="exact"`` replays SCALE-Sim's buffers row by row
-(:mod:`qatlab.hw.asic.user_replay`), stall-arithmetic defects included.
+stall, and the DRAM count is the first fill. Otherwise SCALE-Sim's figures (DRAM words,
+stalls, its stall-arithmetic defects) come from replaying its buffers row by row
+(:mod:`qatlab.hw.asic.user_replay`); our own ``cycles`` instead use a bandwidth
+roofline (:func:`user_read_estimate`), which does not carry those defects.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from qatlab.hw.asic.dataflow import ArrayMapping, RowCounts, ceil_div
 
@@ -49,8 +51,7 @@ CALC_PREFETCH_SETS = CALC_SETS - CALC_ACTIVE_SETS
 CALC_FILL_BW = 10  # words/cycle SCALE-Sim assumes for the CALC-mode fill ("arbitrary", its comment)
 
 
-@dataclass(frozen=True)
-class WriteBufferResult:
+class WriteBufferResult(NamedTuple):
     stall_cycles: int
     dram_writes: int  # SCALE-Sim's count (partial lines inside a drain counted full)
     dram_words: int  # words actually written back
@@ -255,7 +256,7 @@ def calc_dram_start(unique_words: int, first_request_cycle: int, size_words: int
 def calc_dram_reads(
     unique_words: int, stream_words: int, passes: int, block_words: int, block_repeats: int, size_words: int
 ) -> tuple[int, bool]:
-    """DRAM reads of a CALC-mode read buffer and whether the figure is exact.
+    """DRAM reads of a CALC-mode read buffer and whether the figure is exact (the trivial cases).
 
     ``unique_words``: distinct words of the operand; ``stream_words``: words the array
     requests; ``passes``: times the fold order sweeps the whole operand; ``block_words``

@@ -2,9 +2,10 @@
 
 The records carry SCALE-Sim's report columns under the names docs/cli.md fixes, plus ours
 (MACs, energy, latency, corrected counts). ``scalesim_exact`` says whether every
-SCALE-Sim-named figure of the record is provably SCALE-Sim 3.0.0's (see
-:mod:`qatlab.hw.asic.memory` for when DRAM counts and stalls are estimates; operand
-packing and sparsity skipping have no SCALE-Sim counterpart).
+SCALE-Sim-named figure of the record is SCALE-Sim 3.0.0's: true for every layer SCALE-Sim
+can run (closed forms, and SCALE-Sim's buffers replayed where none exists: see
+:mod:`qatlab.hw.asic.memory`); false only with operand packing or sparsity skipping,
+which have no SCALE-Sim counterpart (their DRAM counts are then estimates).
 """
 
 from __future__ import annotations
@@ -14,14 +15,19 @@ import io
 import json
 import math
 from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
+from qatlab.hw.asic import calc_reads
 from qatlab.hw.asic import memory as mem
+from qatlab.hw.asic.calc_reads import ifmap_is_block_stream
 from qatlab.hw.asic.config import ArrayConfig, ConfigError
 from qatlab.hw.asic.dataflow import ArrayMapping, ceil_div
 from qatlab.hw.asic.energy import EnergyTable
-from qatlab.hw.asic.trace import IfmapAddresses, calc_dram_reads_exact
-from qatlab.hw.asic.user_replay import user_replay
+from qatlab.hw.limits import check_asic_mappings
 from qatlab.hw.workload import Layer
+
+if TYPE_CHECKING:  # the replays need numpy; they are imported only when a layer needs one
+    from qatlab.hw.asic.trace import IfmapAddresses
 
 # Accumulators are int32; partial sums travel and are stored at this width.
 ACC_BITS = 32
@@ -157,9 +163,10 @@ def ifmap_unique_words(layer: Layer, k_pack: int, scalesim: bool = False) -> int
     def covered(size: int, filt: int, stride: int) -> int:
         n = scalesim_out(size, filt, stride) if scalesim else (size - filt) // stride + 1
         # Windows [o*stride, o*stride + filt) clipped to the input: each adds min(stride,
-        # filt) new positions, the last adds what is left of the input.
+        # filt) new positions, the last adds what is left of the input (nothing when
+        # SCALE-Sim's extra window starts past the input's end, as a stride > filter can).
         last = (n - 1) * stride
-        return (n - 1) * min(stride, filt) + min(filt, size - last)
+        return (n - 1) * min(stride, filt) + max(0, min(filt, size - last))
 
     return (
         layer.batch
@@ -196,8 +203,7 @@ def check_sram_holds_fold(m: ArrayMapping, cfg: ArrayConfig, layer: Layer) -> No
 # ---- one layer -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Memory:
+class _Memory(NamedTuple):
     """What the memory models say about one mapping."""
 
     stall: int
@@ -208,11 +214,27 @@ class _Memory:
     dram_ofmap: int  # SCALE-Sim's count
     dram_ofmap_words: int  # true words
     exact: bool
+    replayed: bool = False  # some figure came from replaying SCALE-Sim's buffers
 
 
-def _memory(m: ArrayMapping, u_ifmap: int, cfg: ArrayConfig, addr: IfmapAddresses | None, replay: bool) -> _Memory:
-    """Memory figures of one mapping. ``replay``: replay SCALE-Sim's buffers where the closed
-    form is not exact (``addr`` is needed for that); otherwise estimate there."""
+def _memory(
+    m: ArrayMapping,
+    u_ifmap: int,
+    cfg: ArrayConfig,
+    addresses: Callable[[], IfmapAddresses] | None,
+    replay: bool,
+    ifmap_blocks: bool = True,
+) -> _Memory:
+    """Memory figures of one mapping.
+
+    Where the count is not trivially the operand's size, CALC-mode DRAM reads come from
+    the block-stream closed form (:mod:`qatlab.hw.asic.calc_reads`); an ifmap that is not
+    a block stream (``ifmap_blocks`` false: overlapping convolution windows), and every
+    USER-mode operand that overflows its buffer, is replayed when ``addresses`` (which
+    makes the ifmap's address map) is given, and estimated otherwise (sparsity skipping,
+    our real-geometry figures). ``replay`` (``dram_model="exact"``, the reference): replay
+    every operand the trivial count does not cover instead of using the closed form.
+    """
     isz, fsz, osz = cfg.ifmap_sram_kb * 1024, cfg.filter_sram_kb * 1024, cfg.ofmap_sram_kb * 1024
     # SCALE-Sim drains outputs at one array row per cycle in CALC mode, at the user's
     # first Bandwidth figure in USER mode.
@@ -221,6 +243,7 @@ def _memory(m: ArrayMapping, u_ifmap: int, cfg: ArrayConfig, addr: IfmapAddresse
     u_filter = m.K * m.N
     passes = mem.operand_passes(m)
     read_stall = 0
+    replayed = False
     if cfg.bandwidth_mode == "CALC":
         start_i = mem.calc_dram_start(u_ifmap, m.first_ifmap_row, isz)
         start_f = mem.calc_dram_start(u_filter, m.first_filter_row, fsz)
@@ -228,9 +251,22 @@ def _memory(m: ArrayMapping, u_ifmap: int, cfg: ArrayConfig, addr: IfmapAddresse
         block = m.K * min(m.C, m.N)  # os: a column fold's filter block, re-read for each row fold
         reps = m.row_fold if m.dataflow == "os" else 1
         dram_f, exact_f = mem.calc_dram_reads(u_filter, m.sram_filter_reads, passes["filter"], block, reps, fsz)
-        if replay and addr is not None and not (exact_i and exact_f):
-            dram_i, dram_f = calc_dram_reads_exact(m, addr, isz, fsz)
-            exact_i = exact_f = True
+        if not exact_f:
+            replayed = replay
+            if replay:
+                from qatlab.hw.asic.trace import calc_filter_reads_replay
+
+                dram_f = calc_filter_reads_replay(m, fsz)
+            else:
+                dram_f = calc_reads.calc_filter_reads(m, fsz)
+            exact_f = True
+        if not exact_i:
+            if addresses is not None and (replay or not ifmap_blocks):
+                from qatlab.hw.asic.trace import calc_ifmap_reads_replay
+
+                dram_i, exact_i, replayed = calc_ifmap_reads_replay(m, addresses(), isz), True, True
+            elif ifmap_blocks:
+                dram_i, exact_i = calc_reads.calc_ifmap_reads(m, u_ifmap, isz), True
     else:
         ibw, fbw = cfg.ifmap_bank_bandwidth, cfg.filter_bank_bandwidth
         start_i = -ceil_div(mem.user_first_fill(isz, m.ifmap_prefetch_entries, ibw), ibw)
@@ -250,9 +286,11 @@ def _memory(m: ArrayMapping, u_ifmap: int, cfg: ArrayConfig, addr: IfmapAddresse
             dram_f, st = mem.user_read_estimate(fsz, m.filter_prefetch_entries, fbw, passes["filter"] * reps, m.compute_rows)
             stalls.append(st)
         read_stall = max(stalls)  # estimate (0 when both fit: then exact)
-        if replay and addr is not None and not (exact_i and exact_f):
+        if addresses is not None and not (exact_i and exact_f):
+            from qatlab.hw.asic.user_replay import user_replay
+
             # Replay every demand row through SCALE-Sim's USER-mode buffers (slow, exact).
-            r = user_replay(m, addr, (isz, fsz, osz), (ibw, fbw, ofmap_bw))
+            r = user_replay(m, addresses(), (isz, fsz, osz), (ibw, fbw, ofmap_bw))
             return _Memory(
                 stall=int(r["stall"]),
                 total_cycles=int(r["total_cycles"]),
@@ -262,6 +300,7 @@ def _memory(m: ArrayMapping, u_ifmap: int, cfg: ArrayConfig, addr: IfmapAddresse
                 dram_ofmap=int(r["dram_ofmap"]),
                 dram_ofmap_words=int(wb.dram_words),
                 exact=True,
+                replayed=True,
             )
     stall = wb.stall_cycles + read_stall
     # Read stalls (estimated) delay the final drain by as much.
@@ -275,6 +314,7 @@ def _memory(m: ArrayMapping, u_ifmap: int, cfg: ArrayConfig, addr: IfmapAddresse
         dram_ofmap=int(wb.dram_writes),
         dram_ofmap_words=int(wb.dram_words),
         exact=bool(exact_i and exact_f),
+        replayed=replayed,
     )
 
 
@@ -289,6 +329,7 @@ def simulate_layer(layer: Layer, cfg: ArrayConfig, table: EnergyTable | None = N
     m = ArrayMapping(cfg.dataflow, cfg.rows, cfg.cols, layer.M, layer.N, k_eff)
     m_ss = m if scalesim_m(layer) == layer.M else ArrayMapping(cfg.dataflow, cfg.rows, cfg.cols, scalesim_m(layer), layer.N, k_eff)
     check_sram_holds_fold(m_ss, cfg, layer)
+    check_asic_mappings(layer.name, (m, m_ss), dram_exact=cfg.dram_model == "exact", user_mode=cfg.bandwidth_mode == "USER")
 
     def unique(scalesim: bool) -> int:
         u = ifmap_unique_words(layer, k_pack, scalesim)
@@ -296,9 +337,9 @@ def simulate_layer(layer: Layer, cfg: ArrayConfig, table: EnergyTable | None = N
             u = ceil_div(u * k_sparse, layer.K)  # overlap with the windows is not tracked
         return u
 
-    def addresses() -> IfmapAddresses | None:
-        if k_sparse != layer.K:
-            return None  # skipped positions break the window geometry; DRAM stays an estimate
+    def addresses() -> IfmapAddresses:
+        from qatlab.hw.asic.trace import IfmapAddresses
+
         if layer.kind == "gemm":
             return IfmapAddresses(layer.M, layer.K, 1, layer.K, 1, 1, 1, gemm_k=k_eff)
         return IfmapAddresses(
@@ -315,8 +356,11 @@ def simulate_layer(layer: Layer, cfg: ArrayConfig, table: EnergyTable | None = N
     # buffers replayed. Ours: the real geometry and the closed form (which also corrects
     # SCALE-Sim's USER-mode stall arithmetic), whatever dram_model says.
     replay = cfg.dram_model == "exact"
-    mm_ss = _memory(m_ss, unique(True), cfg, addresses() if replay else None, replay)
-    mm = mm_ss if (m_ss is m and not replay) else _memory(m, unique(False), cfg, None, False)
+    # Skipped positions break the window geometry: no replay, DRAM stays an estimate.
+    replayable = addresses if k_sparse == layer.K else None
+    mm_ss = _memory(m_ss, unique(True), cfg, replayable, replay, ifmap_is_block_stream(layer))
+    # Ours never replays, so that energy and our cycles do not depend on dram_model.
+    mm = mm_ss if (m_ss is m and not mm_ss.replayed) else _memory(m, unique(False), cfg, None, False, ifmap_is_block_stream(layer))
     cycles = mm.total_cycles + 1
     num_compute = m_ss.M * m_ss.N * m_ss.K  # SCALE-Sim's "compute" count
     overall = (num_compute * 100) / (max(mm_ss.total_cycles, 1) * cfg.num_pes)

@@ -1,27 +1,33 @@
-"""Exact CALC-mode DRAM read counts from the operand address streams (opt-in, slower).
+"""Exact CALC-mode DRAM read counts from the operand address streams (the replay).
 
 SCALE-Sim's CALC-mode read buffer counts a DRAM read for every requested word that
 is not in its window: the misses since the window was last emptied, grouped in sets
-of ``floor(S/100)`` words; when 50 sets have filled, the window restarts empty (the
-next 50 sets). While an operand fits, the count is its distinct words and the
-closed form is exact; beyond that it depends on the order of requests, which this
-module reproduces: it generates each fold's requests in SCALE-Sim's demand order
-(skewed, row by row, left to right) and replays the window.
+of ``floor(S/100)`` words; when 50 sets have filled (``W`` misses), the window restarts
+empty. So a request misses iff its word was not requested since the current epoch
+began. This module generates each fold's requests in SCALE-Sim's demand order (skewed,
+row by row, left to right) and replays the window on them.
 
-The replay does not visit words one by one. Between two window restarts a request
-misses iff it is the first request of its word since the restart and the word was not
-fetched since the previous restart, so each stretch is a vectorised "first occurrence"
-query (``np.unique``). Cost: O(requests log requests), with numpy; the requests number
-the SRAM reads (millions for a large layer), so this is the reference for the
-closed-form estimate, not the default.
+Used where no closed form exists (:mod:`qatlab.hw.asic.calc_reads` covers block
+streams: filters, GEMMs, convolutions whose windows do not overlap) and, with
+``dram_model="exact"``, as the reference for the closed form.
+
+The replay does not visit words one by one: one stable sort gives every request the
+position of its word's previous request, and an epoch that began at ``p`` misses exactly
+at the requests whose previous request lies before ``p`` (:func:`epoch_misses`). A
+stream that repeats one pass (os and ws ifmaps, once per column fold) is generated and
+sorted for one pass only. Cost: O(n log n) in the pass length plus O(n) vectorised
+comparisons over the whole stream. :func:`window_misses_stepwise` is the plain
+request-by-request reference the tests compare it with.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from qatlab.hw.asic.dataflow import ArrayMapping
-from qatlab.hw.asic.memory import CALC_ACTIVE_SETS, CALC_PREFETCH_SETS, calc_items_per_set
+from qatlab.hw.asic.memory import CALC_ACTIVE_SETS, calc_items_per_set
 
 
 def _diag(t_len: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -49,6 +55,7 @@ class IfmapAddresses:
     ) -> None:
         self.h, self.w, self.fh, self.fw, self.c, self.sh, self.sw = ifmap_h, ifmap_w, filter_h, filter_w, channels, stride_h, stride_w
         self.gemm_k = gemm_k
+        self.key = (ifmap_h, ifmap_w, filter_h, filter_w, channels, stride_h, stride_w, gemm_k)
         self.ow = -(-(ifmap_w - filter_w + stride_w) // stride_w)
         self.oh = -(-(ifmap_h - filter_h + stride_h) // stride_h)
 
@@ -63,10 +70,38 @@ class IfmapAddresses:
         addr = ((img * self.h + y) * self.w + x) * self.c + ch
         return np.where((y < self.h) & (x < self.w), addr, -1)
 
+    def tables(self, n_m: int) -> "AddressTables | None":
+        """Per-pixel and per-tap lookup tables for the first ``n_m`` pixels (None for a GEMM)."""
+        if self.gemm_k is not None:
+            return None
+        return AddressTables(self, n_m)
+
+
+class AddressTables:
+    """:class:`IfmapAddresses` as two table lookups and an add: a replay asks for the same
+    pixels and taps millions of times, and gathers cost less than four integer divisions."""
+
+    def __init__(self, a: IfmapAddresses, n_m: int) -> None:
+        m = np.arange(n_m, dtype=np.int64)
+        img, pix = np.divmod(m, a.oh * a.ow)
+        oy, ox = np.divmod(pix, a.ow)
+        k = np.arange(a.fh * a.fw * a.c, dtype=np.int64)
+        kh, rem = np.divmod(k, a.fw * a.c)
+        kw, ch = np.divmod(rem, a.c)
+        self.m_base = ((img * a.h + oy * a.sh) * a.w + ox * a.sw) * a.c
+        self.k_off = (kh * a.w + kw) * a.c + ch
+        self.y_room, self.x_room = a.h - oy * a.sh, a.w - ox * a.sw  # taps must stay below these
+        self.kh, self.kw = kh, kw
+
+    def __call__(self, m: np.ndarray, k: np.ndarray) -> np.ndarray:
+        inside = (self.kh[k] < self.y_room[m]) & (self.kw[k] < self.x_room[m])
+        return np.where(inside, self.m_base[m] + self.k_off[k], -1)
+
 
 def ifmap_folds(m: ArrayMapping, addr: IfmapAddresses):
     """Per fold: (ifmap word, demand row within the fold) in SCALE-Sim's request order."""
     ru, cu = m.row_used(), m.col_used()
+    addr = addr.tables(m.M) or addr
     for fc in range(m.col_fold):
         for fr in range(m.row_fold):
             if m.dataflow == "os":  # rows = output pixels, time = reduction; skewed from row 0
@@ -110,49 +145,116 @@ def ifmap_stream(m: ArrayMapping, addr: IfmapAddresses) -> np.ndarray:
     return _stream(ifmap_folds(m, addr))
 
 
+def ifmap_pass(m: ArrayMapping, addr: IfmapAddresses) -> tuple[np.ndarray, int]:
+    """(one pass, passes): the ifmap stream is the pass repeated ``passes`` times.
+
+    os and ws request the same ifmap words in the same order for every column fold;
+    is holds each ifmap word once (one pass).
+    """
+    if m.dataflow == "is" or m.col_fold == 1:
+        return ifmap_stream(m, addr), 1
+    one = ArrayMapping(m.dataflow, m.R, m.C, m.M, min(m.N, m.C), m.K)  # the same row folds, one column fold
+    return ifmap_stream(one, addr), m.col_fold
+
+
 def filter_stream(m: ArrayMapping) -> np.ndarray:
     """Filter words (address n*K + k) in SCALE-Sim's request order."""
     return _stream(filter_folds(m))
 
 
-def window_misses(stream: np.ndarray, n_addr: int, size_words: int) -> int:
-    """Replay SCALE-Sim's CALC-mode read window over ``stream``; returns its DRAM reads."""
+def previous_request(stream: np.ndarray) -> np.ndarray:
+    """Where each request's word was last requested, for ``stream`` repeated any number of times.
+
+    Within the first pass a word's first request gets a negative value (never requested
+    before); add ``k * len(stream)`` for pass ``k``: a word's first request in a pass then
+    points at its last request in the previous pass. One array of one pass's length
+    serves every pass (:func:`epoch_misses`), however many column folds repeat it.
+    """
+    n = len(stream)
+    order = np.argsort(stream, kind="stable")
+    ws = stream[order]
+    same = np.empty(n, dtype=bool)
+    same[:1] = False
+    same[1:] = ws[1:] == ws[:-1]
+    prev = np.empty(n, dtype=np.int64)  # every entry is set below: repeats, then first requests
+    prev[order[same]] = order[np.flatnonzero(same) - 1]
+    # Each word's first and last request in the pass, word by word in the same order.
+    is_last = np.ones(n, dtype=bool)
+    is_last[:-1] = ~same[1:]
+    prev[order[~same]] = order[is_last] - n
+    return prev
+
+
+def epoch_misses(prev: np.ndarray, size_words: int, passes: int = 1) -> int:
+    """SCALE-Sim's CALC-mode read window over ``passes`` repetitions of a pass.
+
+    ``prev``: :func:`previous_request` of the pass. Within an epoch that began at request
+    ``p``, request ``t`` misses iff its word was not requested in ``[p, t)``: iff its
+    previous request lies before ``p``. The epoch ends right after its ``W``-th miss.
+    Cost: one vectorised comparison per request, in slices of at most one pass.
+    """
     items = calc_items_per_set(size_words)
     if items < 1:
         raise ValueError(f"SRAM of {size_words} words is below SCALE-Sim's 100-word minimum")
-    last = np.full(n_addr, -1, dtype=np.int64)  # set that last fetched each word
-    cur = n_in = start = count = 0
-    end_set = CALC_ACTIVE_SETS - 1
-    p, n = 0, len(stream)
-    chunk = 1 << 14
-    while p < n:
-        need = (end_set + 1 - cur) * items - n_in  # misses until the window restarts
-        while True:
-            q = min(n, p + max(chunk, 2 * need))
-            seg = stream[p:q]
-            uniq, first = np.unique(seg, return_index=True)
-            miss = np.sort(first[last[uniq] < start])
-            if len(miss) >= need or q == n:
-                break
-            chunk *= 2
-        take = miss[:need]
-        ids = cur + (n_in + np.arange(len(take))) // items
-        last[seg[take]] = ids
-        count += len(take)
-        filled = n_in + len(take)
-        cur, n_in = cur + filled // items, filled % items
-        if len(take) == need:  # the window restarts right after this miss
-            p += int(take[-1]) + 1
-            start += CALC_PREFETCH_SETS
-            end_set += CALC_PREFETCH_SETS
+    w = CALC_ACTIVE_SETS * items
+    n = len(prev)
+    total = n * passes
+    count = 0
+    start = pos = got = 0  # epoch start, next request to look at, misses since start
+    span = min(4 * w, n)
+    while pos < total:
+        k, off = divmod(pos, n)
+        end = min(off + span, n)  # never past this pass: slices stay one pass long at most
+        miss = np.flatnonzero(prev[off:end] + k * n < start)
+        if got + len(miss) >= w:
+            t = pos + int(miss[w - got - 1])
+            count += w
+            start = pos = t + 1
+            got = 0
         else:
-            p = q
+            got += len(miss)
+            pos += end - off
+            span = min(2 * span, n)
+    return count + got
+
+
+def window_misses_stepwise(stream: list[int], size_words: int) -> int:
+    """The plain reference: SCALE-Sim's CALC-mode window, one request at a time."""
+    w = CALC_ACTIVE_SETS * calc_items_per_set(size_words)
+    epoch: set[int] = set()
+    count = 0
+    for word in stream:
+        if word not in epoch:
+            epoch.add(word)
+            count += 1
+            if len(epoch) == w:
+                epoch = set()
     return count
+
+
+def calc_ifmap_reads_replay(m: ArrayMapping, addr: IfmapAddresses, size_words: int) -> int:
+    """Ifmap DRAM reads of SCALE-Sim's CALC mode, replayed exactly (one pass generated, repeated)."""
+    return _ifmap_reads_replay(m, addr.key, size_words)
+
+
+def clear_replay_cache() -> None:
+    """Forget the replayed counts kept for this process (benchmarks time a cold network)."""
+    _ifmap_reads_replay.cache_clear()
+
+
+# Networks repeat layer shapes (ResNet's blocks): a replayed count depends on the mapping,
+# the address geometry and the buffer size only, so it is kept for the process.
+@lru_cache(maxsize=256)
+def _ifmap_reads_replay(m: ArrayMapping, key: tuple, size_words: int) -> int:
+    one, passes = ifmap_pass(m, IfmapAddresses(*key))
+    return epoch_misses(previous_request(one), size_words, passes)
+
+
+def calc_filter_reads_replay(m: ArrayMapping, size_words: int) -> int:
+    """Filter DRAM reads of SCALE-Sim's CALC mode, replayed exactly."""
+    return epoch_misses(previous_request(filter_stream(m)), size_words)
 
 
 def calc_dram_reads_exact(m: ArrayMapping, addr: IfmapAddresses, ifmap_size_words: int, filter_size_words: int) -> tuple[int, int]:
     """(ifmap, filter) DRAM reads of SCALE-Sim's CALC mode, replayed exactly."""
-    si, sf = ifmap_stream(m, addr), filter_stream(m)
-    i = window_misses(si, int(si.max()) + 1, ifmap_size_words)
-    f = window_misses(sf, int(sf.max()) + 1, filter_size_words)
-    return i, f
+    return calc_ifmap_reads_replay(m, addr, ifmap_size_words), calc_filter_reads_replay(m, filter_size_words)

@@ -197,7 +197,7 @@ def user_replay(m: ArrayMapping, addr: IfmapAddresses, size_words: tuple[int, in
     wb = WriteBuffer(osz, obw)
     iw, ibnd = _rows_of(ifmap_folds(m, addr), m)
     fw, fbnd = _rows_of(filter_folds(m), m)
-    out_counts = m.ofmap_rows.dense().tolist()
+    out_counts = m.ofmap_rows.dense()
     stall = 0
     last_out = 0
     for row in range(m.compute_rows):

@@ -76,9 +76,22 @@ def main() -> int:
         p = out_dir / r
         if p.exists():
             rows = _rows(p.read_text())
-            headers[r], existing[r] = rows[0], [row for row in rows[1:] if row[0] not in wanted]
+            headers[r], existing[r] = rows[0], rows[1:]
         else:
             existing[r] = []
+    order = {c["name"]: i for i, c in enumerate(cases)}
+
+    def save() -> None:
+        for r in REPORTS:
+            if r not in headers:
+                continue
+            rows = sorted(existing[r], key=lambda row: (order.get(row[0], 1 << 30), int(row[1])))
+            with atomic_path(out_dir / r) as tmp, open(tmp, "w", newline="") as f:
+                w = csv.writer(f, lineterminator="\n")
+                w.writerow(headers[r])
+                w.writerows(rows)
+        write_json(HERE / "cases.json", cases)
+
     for case in cases:
         if case["name"] not in wanted:
             continue
@@ -87,16 +100,9 @@ def main() -> int:
         for r in REPORTS:
             rows = _rows(texts[r])
             headers[r] = ["Case", *rows[0]]
-            existing[r] += [[case["name"], *row] for row in rows[1:]]
+            existing[r] = [row for row in existing[r] if row[0] != case["name"]] + [[case["name"], *row] for row in rows[1:]]
         print(f"{case['name']}: {dt:.1f} s", flush=True)
-    order = {c["name"]: i for i, c in enumerate(cases)}
-    for r in REPORTS:
-        rows = sorted(existing[r], key=lambda row: (order.get(row[0], 1 << 30), int(row[1])))
-        with atomic_path(out_dir / r) as tmp, open(tmp, "w", newline="") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(headers[r])
-            w.writerows(rows)
-    write_json(HERE / "cases.json", cases)
+        save()  # after every case: SCALE-Sim runs are long, a later failure keeps the earlier ones
     return 0
 
 
