@@ -12,15 +12,27 @@ Layout of a sweep directory::
 Every file is written to a temporary name in the same folder and renamed over the
 target (``os.replace``), so a reader never sees half a file, and a killed sweep
 leaves only complete results behind. ``result.json`` is written last for a trial,
-after its log and checkpoints: its presence means the trial finished.
+after its log and checkpoints: its presence means the trial finished. A trial's files
+are first written together into a staging folder (``<out>/.staging-*``) and only
+then renamed into ``trials/<trial_id>/``: a full or read-only disk fails the write
+before the trial's folder is touched, so it never holds a new checkpoint beside an
+old record.
+
+A folder that holds results of trials not in the spec being run is another spec's:
+``foreign_ids`` finds them, and ``set_aside`` moves them (with the old ``spec.yaml``,
+``sweep.json`` and ``results.parquet``) into ``<out>/replaced-<stamp>/``, so that
+nothing is dropped from view without a trace.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import os
+import shutil
 import socket
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -42,6 +54,8 @@ RESULT_FILE = "result.json"
 LOG_FILE = "trial.log"
 PARQUET_FILE = "results.parquet"
 LOCK_FILE = ".sweep.lock"
+REPLACED_PREFIX = "replaced-"  # where --force moves another spec's results
+STAGING_PREFIX = ".staging-"
 
 
 class SweepLockedError(RuntimeError):
@@ -117,31 +131,106 @@ class ResultStore:
     def existing_ids(self) -> list[str]:
         if not self.trials_dir.is_dir():
             return []
-        return sorted(p.parent.name for p in self.trials_dir.glob(f"*/{RESULT_FILE}"))
+        return sorted(p.parent.name for p in self.trials_dir.glob(f"*/{RESULT_FILE}") if not p.parent.name.startswith("."))
+
+    def parquet_ids(self) -> list[str]:
+        """Trial ids in results.parquet ([] when there is none or it is unreadable: it is rebuilt from the records)."""
+        if not self.parquet_path.is_file():
+            return []
+        try:
+            import pyarrow.parquet as pq
+
+            return [str(t) for t in pq.read_table(self.parquet_path, columns=["trial_id"]).column("trial_id").to_pylist() if t]
+        except Exception:  # a damaged table holds nothing the per-trial records do not
+            return []
 
     def save(self, record: Mapping[str, Any], log: str | None = None, artifacts: Mapping[str, bytes] | None = None) -> Path:
-        """Write a finished trial: checkpoints and log first, the record last."""
+        """Write a finished trial: checkpoints and log first, the record last.
+
+        Everything is written into a staging folder first, then renamed into the
+        trial's folder (the record last): an OSError while writing (a full or
+        read-only disk) leaves the trial's folder exactly as it was.
+        """
         tid = str(record["trial_id"])
-        d = self.trial_dir(tid)
-        d.mkdir(parents=True, exist_ok=True)
-        for name, data in (artifacts or {}).items():
+        for name in artifacts or {}:
             if "/" in name or name.startswith(".") or name in (RESULT_FILE, LOG_FILE):
                 raise ValueError(f"artifact name {name!r} is not a plain file name")
-            atomic.write_bytes(d / name, data)
-        if log is not None:
-            atomic.write_text(d / LOG_FILE, log)
-        write_json_atomic(d / RESULT_FILE, record)
+        d = self.trial_dir(tid)
+        self.root.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{tid}-", dir=self.root))
+        try:
+            names = []
+            for name, data in (artifacts or {}).items():
+                atomic.write_bytes(stage / name, data, mkdir=False)
+                names.append(name)
+            if log is not None:
+                atomic.write_text(stage / LOG_FILE, log, mkdir=False)
+                names.append(LOG_FILE)
+            write_json_atomic(stage / RESULT_FILE, record)
+            d.mkdir(parents=True, exist_ok=True)
+            for name in names + [RESULT_FILE]:
+                os.replace(stage / name, d / name)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
         return d / RESULT_FILE
+
+    def save_failure(self, record: Mapping[str, Any]) -> bool:
+        """Record a trial whose results could not be written, unless it has an ``ok`` record already.
+
+        Returns whether the record is on disk. An ``ok`` result of an earlier run is
+        worth more than the note that this run could not write a newer one.
+        """
+        tid = str(record["trial_id"])
+        if self.status(tid) == "ok":
+            return False
+        try:
+            self.trial_dir(tid).mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.result_path(tid), record)
+        except OSError:
+            return False
+        return True
 
     def records(self, trial_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Records of ``trial_ids`` (in that order, missing ones skipped), or all of them."""
         ids = self.existing_ids() if trial_ids is None else trial_ids
         return [r for r in (self.load(t) for t in ids) if r is not None]
 
+    def foreign_ids(self, trial_ids: Iterable[str]) -> list[str]:
+        """Trials with results here (a record or a row of results.parquet) that are not in ``trial_ids``."""
+        keep = set(trial_ids)
+        return sorted((set(self.existing_ids()) | set(self.parquet_ids())) - keep)
+
+    def set_aside(self, trial_ids: Iterable[str], dest: str | os.PathLike[str] | None = None) -> Path:
+        """Move the trials ``trial_ids`` and the folder's spec.yaml, sweep.json, results.parquet to ``dest``.
+
+        ``dest`` defaults to ``<out>/replaced-<YYYYmmdd-HHMMSS>``. Renames only (same
+        filesystem): nothing is copied, so a full disk cannot stop it half way through
+        a file, and an interruption leaves every file in one place or the other.
+        """
+        dest = Path(dest) if dest is not None else self.root / f"{REPLACED_PREFIX}{dt.datetime.now():%Y%m%d-%H%M%S}"
+        n = 1
+        base = dest
+        while dest.exists():  # two replacements in one second
+            n += 1
+            dest = base.with_name(f"{base.name}-{n}")
+        (dest / "trials").mkdir(parents=True)
+        for name in ("spec.yaml", "sweep.json", PARQUET_FILE):
+            if (self.root / name).is_file():
+                os.replace(self.root / name, dest / name)
+        for tid in trial_ids:
+            if self.trial_dir(tid).is_dir():
+                os.replace(self.trial_dir(tid), dest / "trials" / tid)
+        return dest
+
     def rebuild_parquet(self, trial_ids: Sequence[str] | None = None) -> Path:
         """(Re)write results.parquet from the per-trial JSON files, atomically."""
         atomic.write_bytes(self.parquet_path, records_to_parquet_bytes(self.records(trial_ids)))
         return self.parquet_path
+
+    def holder(self) -> dict[str, Any] | None:
+        """The live process that holds this folder's lock (pid, host), or None."""
+        holder = _read_lock(self.root / LOCK_FILE)
+        return holder if holder is not None and _alive(holder) else None
 
     @contextmanager
     def lock(self) -> Iterator[None]:

@@ -18,16 +18,18 @@ TINY = ["-p", "epochs=1", "-p", "n_images=16", "-p", "max_act_values=2000", "-p"
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("reports")
+    work = tmp_path_factory.mktemp("work")
     cache = tmp_path_factory.mktemp("cache")
     mp = pytest.MonkeyPatch()
     mp.setenv("QATLAB_CACHE", str(cache))
+    # reports/ under the working directory is the reports root: the one place `run` writes an index unasked
+    mp.chdir(work)
     try:
-        rc = main(["run", "--spec", "digits-smoke", "--out", str(root / "run1"), *TINY])
+        rc = main(["run", "--spec", "digits-smoke", "--out", "reports/run1", *TINY])
     finally:
         mp.undo()
     assert rc == 0
-    return root / "run1"
+    return work / "reports" / "run1"
 
 
 @pytest.mark.slow

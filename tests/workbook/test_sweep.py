@@ -225,7 +225,7 @@ def test_digits_sweep_resume_and_rerun_one(ray_local, tmp_path, capsys):
     assert main(["sweep", str(spec), "--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert "4 ok, 0 failed (ran 4 now, 0 were done)" in captured.out
-    assert "trials: 100%" in captured.err and "ok=" in captured.err and "running=" in captured.err  # the progress bar
+    assert "trials:" not in captured.err and "running=" not in captured.err  # no bar when the output is not a terminal
     df = read_results(out)
     assert len(df) == 4 and (df.status == "ok").all() and df.trial_id.is_unique
     assert list(df.columns[: len(REQUIRED_COLUMNS)]) == list(REQUIRED_COLUMNS)

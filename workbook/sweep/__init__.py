@@ -16,9 +16,14 @@ it, so Ray runs those trials after it, on any node, and none pretrains it again.
 Failures: a trial that raises is recorded ``failed`` with its traceback (run_trial
 never raises); a worker process or node that dies is Ray's business — the task is
 retried up to ``resources.max_retries`` times, then recorded ``failed`` with
-``failure: infra``. A failed FP32 task fails its trials with its error. The command
-exits 1 when any trial of the spec failed, after all results are written, 2 for
-usage errors, 130 when interrupted.
+``failure: infra`` and the attempts the driver saw start (the message gives the
+same count). A failed FP32 task fails its trials with its error. Results the disk
+refuses (full, read-only) fail the trial with ``failure: disk`` and leave its folder
+as it was; a rerun runs it. Before anything runs: a folder holding another spec's
+results is refused (``--force`` moves them aside), and so is a per-trial request
+no node can satisfy (unless an autoscaler may add one). The command exits 1 when
+any trial of the spec failed, after all results are written, 2 for usage errors,
+130 when interrupted.
 
 The modules, one job each: ``cli`` (arguments, joining Ray), ``plan`` (what runs),
 ``worker`` and ``node`` (a trial inside its task), ``fp32`` (FP32 models shared as

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import logging
 import os
-import sys
+import socket
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbook.argtypes import int_at_least
 from workbook.errors import CommandError
 from workbook.results import ResultStore, SweepLockedError
+from workbook.sweep.driver import check_foreign
 from workbook.sweep.plan import fmt_resources, plan
 
 if TYPE_CHECKING:
@@ -37,7 +41,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--rerun-failed", action="store_true",
         help="run only the trials whose last result is 'failed' (not the ones never run)",
     )  # fmt: skip
-    again.add_argument("--force", action="store_true", help="run every trial again, even those with an 'ok' result")
+    again.add_argument(
+        "--force", action="store_true",
+        help="run every trial again, even those with an 'ok' result; results of another spec in --out are moved "
+        "aside into --out/replaced-<date>/ (without --force such a folder is refused)",
+    )  # fmt: skip
     p.add_argument(
         "--dry-run", action="store_true", help="validate the spec, list its trials and what would run; start nothing, write nothing"
     )
@@ -66,12 +74,12 @@ def run(args: argparse.Namespace) -> int:
     store = ResultStore(out)
     if getattr(args, "dry_run", False):
         return _dry_run(spec, store, mode)
+    ensure_out_dir(out)
+    if not args.force:  # refused before Ray starts; run_sweep checks again under the lock
+        check_foreign(spec, store, replace=False)
 
-    try:
-        started_local, connected = connect(args.address)
-    except KeyboardInterrupt:  # Ctrl-C while Ray starts: nothing was written yet
-        print("workbook: interrupted", file=sys.stderr)
-        return 130
+    # Ctrl-C while Ray starts: connect() stops what it started; nothing was written yet.
+    started_local, connected = connect(args.address)
     try:
         summary = run_sweep(
             spec,
@@ -80,15 +88,73 @@ def run(args: argparse.Namespace) -> int:
             max_concurrent=args.max_concurrent,
             progress=not getattr(args, "no_progress", False),
             cpu_fallback=started_local,
+            replace=bool(args.force),
         )
     except SweepLockedError as e:
         raise CommandError(str(e)) from None
+    except OSError as e:
+        if not is_disk_error(e):
+            raise
+        raise disk_error(e, out) from None
     finally:
         if connected:
             import ray
 
             ray.shutdown()
     return summary.exit_code
+
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EIO, errno.ENOTDIR, errno.EISDIR}
+
+
+def is_disk_error(e: OSError) -> bool:
+    """A file the disk refused (not a network OSError such as a lost Ray connection)."""
+    return e.errno in _DISK_ERRNOS or (e.filename is not None and not isinstance(e, ConnectionError))
+
+
+def disk_error(e: OSError, where: Path) -> CommandError:
+    """An OSError the disk raised outside a trial's results (those are recorded failed): one line, exit 1."""
+    return CommandError(f"cannot write {e.filename or where}: {e.strerror or e}", where=str(where),
+                        fix="free space or choose another --out; finished results are kept and a rerun resumes", code=1)  # fmt: skip
+
+
+def ensure_out_dir(path: Path, option: str = "--out") -> None:
+    """Create ``path`` (and its parents) and prove it writable, or a CommandError naming it.
+
+    A file where a folder is wanted, a parent that is a file, a read-only or full
+    disk: each is one line before anything starts, not a traceback half way through.
+    """
+    if path.exists() and not path.is_dir():
+        raise CommandError(f"{path} is a file, not a folder", where=option, fix="give a folder (it is created when missing)")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CommandError(f"{parent} is a file, not a folder", where=option, fix="give a path inside a folder")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise CommandError(f"cannot write in {path}: {e.strerror or e}", where=option, fix="choose a folder you can write") from None
+
+
+def _probe(address: str, where: str, timeout_s: float = 5.0) -> None:
+    """Fail fast where nothing listens at a HOST:PORT or ray://HOST:PORT address (ray.init would wait minutes)."""
+    hostport = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return  # "auto", or a form Ray resolves itself
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise CommandError(
+            f"cannot join the Ray cluster at {address}: nothing answers on {host}:{port} ({e.strerror or type(e).__name__})",
+            where=where,
+            fix="start the cluster (ray start --head) or correct the address",
+        ) from None
 
 
 def connect(address: str | None) -> tuple[bool, bool]:
@@ -102,9 +168,14 @@ def connect(address: str | None) -> tuple[bool, bool]:
     if ray.is_initialized():
         return False, False
     addr = address or os.environ.get("RAY_ADDRESS") or None
+    if addr:
+        _probe(addr, "--address" if address else "$RAY_ADDRESS")
     # Worker output goes to each trial's log file, not to this terminal (it would
     # tear the progress bar); Ray's own INFO chatter is left out for the same reason.
     kw: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+    # Ray announces that it enabled token auth for a local cluster on every start: news
+    # to nobody running a sweep, so it stays out of the run's output.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     try:
         if addr:
             ray.init(address=addr, **kw)
@@ -121,6 +192,10 @@ def connect(address: str | None) -> tuple[bool, bool]:
                 if attempt == 2 or "timed out during startup" not in str(e):
                     raise
         raise AssertionError("unreachable")
+    except KeyboardInterrupt:  # Ctrl-C while Ray starts: stop the processes it started so far
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        raise
     except Exception as e:  # Ray raises bare Exceptions too (a node that fails to start)
         where = addr or "a local Ray"
         raise CommandError(f"cannot start or join {where}: {' '.join(str(e).split())[:300]}") from None
@@ -135,5 +210,9 @@ def _dry_run(spec: "Spec", store: ResultStore, mode: str) -> int:
         state = "run " if t.trial_id in run_ids else "done" if t in done else "skip"
         bad = f"  INVALID: {t.error}" if t.error else ""
         print(f"  {state} {t.trial_id}  {t.label}  [{t.origin}]{bad}")
+    foreign = store.foreign_ids(t.trial_id for t in spec.trials)
+    if foreign:
+        print(f"{store.root} holds results of {len(foreign)} trials not in this spec: refused without --force; "
+              "with --force they are moved aside into a replaced-<date> folder there")  # fmt: skip
     print(f"would run {len(to_run)} of {len(spec.trials)} into {store.root} (mode {mode}); nothing started, nothing written")
     return 0

@@ -6,13 +6,16 @@ import contextlib
 import json
 import math
 import os
+import re
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, TextIO
 
 from qatlab.atomic import write_text
-from workbook.results import ResultStore
+from workbook.errors import CommandError
+from workbook.results import STAGING_PREFIX, ResultStore
 from workbook.sweep import cluster
 from workbook.sweep.flight import FP32, TRIAL, Flight, Job
 from workbook.sweep.plan import plan
@@ -34,20 +37,48 @@ def run_sweep(
     progress: bool = True,
     stream: TextIO | None = None,
     cpu_fallback: bool = False,
+    replace: bool = False,
+    lock: bool = True,
 ) -> SweepSummary:
     """Run ``spec``'s trials that need running on the connected Ray; write all results.
 
     ``cpu_fallback``: when the cluster has no GPU at all, drop the spec's ``num_gpus``
     and train on CPU (right for the embedded local Ray; a cluster may be waiting for
     its autoscaler to add GPU nodes, so there the request stands).
+    ``replace``: results of trials not in ``spec`` (another spec's) are moved aside
+    to ``<out>/replaced-<stamp>/``; without it they are a ForeignResultsError.
+    ``lock``: False where the caller holds ``ResultStore(out).lock()`` already.
+    A request no node can satisfy is a ``cluster.ResourcesError`` before anything runs.
     """
     import ray
 
     if not ray.is_initialized():
         raise RuntimeError("run_sweep needs a connected Ray (ray.init or workbook.sweep.connect)")
     store = ResultStore(out)
-    with store.lock():
+    with store.lock() if lock else contextlib.nullcontext():
+        check_foreign(spec, store, replace, (stream or sys.stderr).write)
         return _Driver(spec, store, mode, max_concurrent, progress, stream or sys.stderr, cpu_fallback).run()
+
+
+class ForeignResultsError(CommandError):
+    """The sweep folder holds results of trials that are not in the spec (another spec's)."""
+
+
+def check_foreign(spec: "Spec", store: ResultStore, replace: bool, say: Any = None) -> Path | None:
+    """Refuse a folder holding another spec's results, or (``replace``) move them aside; returns where to."""
+    foreign = store.foreign_ids(t.trial_id for t in spec.trials)
+    if not foreign:
+        return None
+    if not replace:
+        raise ForeignResultsError(
+            f"{store.root} holds results of {len(foreign)} trials that are not in spec {spec.name} (another spec's results)",
+            where=str(store.root),
+            fix="give another --out, or --force to move them aside into a replaced-<date> folder there and run here",
+        )
+    dest = store.set_aside(foreign)
+    if say is not None:
+        say(f"moved {len(foreign)} results of another spec, with its spec.yaml, sweep.json and results.parquet, to {dest}\n")
+    return dest
 
 
 class _Driver:
@@ -67,15 +98,23 @@ class _Driver:
         self.here: str | None = None
         self.client = cluster.client_mode()
         self.n_ok = self.n_failed = 0
+        self.unsaved: dict[str, str] = {}  # trial id -> why its results could not be written
+        self.write_errors: list[str] = []
+        self.last_wait_note = 0.0
 
     def run(self) -> SweepSummary:
         t0 = time.time()
         spec, store = self.spec, self.store
         to_run, done, left = plan(spec, store, self.mode)
         summary = SweepSummary(out=store.root, total=len(spec.trials), done_before=len(done), left_out=len(left))
-        store.root.mkdir(parents=True, exist_ok=True)
-        write_text(store.root / "spec.yaml", spec.text or json.dumps({"name": spec.name}) + "\n")
         num_gpus = cluster.gpu_request(spec.resources.num_gpus, self.cpu_fallback, self.out.echo)
+        if any(t.valid for t in to_run):  # before anything is written or submitted
+            # A Ray this command started has no autoscaler: waiting there would be forever.
+            cluster.check_demand(spec.resources.demand(num_gpus), self.out.echo, autoscaler=False if self.cpu_fallback else None)
+        store.root.mkdir(parents=True, exist_ok=True)
+        for stale in store.root.glob(f"{STAGING_PREFIX}*"):  # a killed sweep's half-staged trial: never a result
+            shutil.rmtree(stale, ignore_errors=True)
+        write_text(store.root / "spec.yaml", spec.text or json.dumps({"name": spec.name}) + "\n")
         run_info = {"started_at": iso(t0), "mode": self.mode, **cluster.describe(), "num_gpus_per_trial": num_gpus, "to_run": len(to_run)}
         write_manifest(spec, store, run_info)
         self.out.echo(header_line(spec, store, len(done), len(to_run), len(left), num_gpus))
@@ -94,19 +133,34 @@ class _Driver:
             import ray
 
             summary.interrupted = True
-            for ref, _ in self.flight:
+            for ref, job in self.flight:
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=True)  # a source's dependents fail with it
+                if job.trial_id is not None:  # a worker killed mid-trial cannot remove its own live log
+                    with contextlib.suppress(OSError):
+                        self._live_log(job.trial_id).unlink(missing_ok=True)
             self.out.echo("interrupted: finished trials are saved; run the same command again to resume")
         finally:
             self.out.close()
-            store.rebuild_parquet([t.trial_id for t in spec.trials])
+            self._guard("results.parquet", lambda: store.rebuild_parquet([t.trial_id for t in spec.trials]))
         summary.ran = self.n_ok + self.n_failed
         summary.count(spec, store)
+        summary.unsaved = dict(self.unsaved)
+        summary.write_errors = list(self.write_errors)
         summary.wall_s = round(time.time() - t0, 3)
-        write_manifest(spec, store, {**run_info, "finished_at": iso(time.time()), **summary.figures()})
+        self._guard("sweep.json", lambda: write_manifest(spec, store, {**run_info, "finished_at": iso(time.time()), **summary.figures()}))
+        summary.write_errors = list(self.write_errors)
         print_summary(spec, store, summary)
         return summary
+
+    def _guard(self, what: str, write: Any) -> None:
+        """A summary file the disk refuses: said and counted, never a crash that strands the rest."""
+        try:
+            write()
+        except OSError as e:
+            msg = f"cannot write {what} in {self.store.root}: {e.strerror or e}"
+            self.write_errors.append(msg)
+            self.out.echo(f"error: {msg}; the trials' own results are kept, a rerun rewrites it")
 
     def _loop(self, pending: list["Trial"], num_gpus: float) -> None:
         import ray
@@ -141,8 +195,27 @@ class _Driver:
             if now - last_capacity > 5:
                 capacity, last_capacity = cluster.capacity(demand), now
             if ready and now - last_parquet > 30:  # long sweeps: a fresh table now and then
-                self.store.rebuild_parquet([t.trial_id for t in self.spec.trials])
+                self._guard("results.parquet", lambda: self.store.rebuild_parquet([t.trial_id for t in self.spec.trials]))
                 last_parquet = now
+            if not ready:
+                self._note_waiting(demand, now)
+
+    def _note_waiting(self, demand: Mapping[str, float], now: float) -> None:
+        """A busy cluster: every minute or so, say what queued trials wait for."""
+        counts = self.flight.counts()
+        if not counts["queued"] or now - self.last_wait_note < 60:
+            return
+        import ray
+
+        waited = now - min(j.submitted for j in self.flight.jobs.values())
+        if waited < 30:
+            return
+        free, total = ray.available_resources(), ray.cluster_resources()
+        if cluster.fits(demand, free):
+            return  # a slot is free: Ray is about to start one
+        self.last_wait_note = now
+        self.out.echo(f"waiting: {counts['queued']} trials queued for {cluster.waiting_for(demand, free, total)}; "
+                      f"{counts['running']} running")  # fmt: skip
 
     def _submit_some(self, pending: list["Trial"], opts: Mapping[str, Any]) -> None:
         """Submit in spec order while under --max-concurrent; a group's source goes first."""
@@ -226,13 +299,9 @@ class _Driver:
             kind, error, attempts = "cancelled", f"cancelled: {e}", None
         except ray.exceptions.RayTaskError as e:  # the runner itself raised: a bug, not retried
             kind, error, attempts = "runner", str(e), 1
-        except ray.exceptions.RayError as e:  # a worker or node died more than max_retries times (its own or its source's)
-            n = self.spec.resources.max_retries
-            kind, error, attempts = (
-                "infra",
-                f"infrastructure failure after {n} retries: {type(e).__name__}: {e}",
-                (n + 1 if n >= 0 else None),
-            )
+        except ray.exceptions.RayError as e:  # a worker, node or raylet died (its own task's or its source's)
+            kind, attempts = "infra", self._attempts_seen(t.trial_id, job)
+            error = f"infrastructure failure {infra_attempts_text(attempts, self.spec.resources.max_retries)}: {type(e).__name__}: {e}"
         else:
             rec = out["record"]
             rec["submitted_at"] = iso(job.submitted)
@@ -242,9 +311,24 @@ class _Driver:
         rec = driver_failure(t, self.spec.name, error, kind, attempts=attempts, submitted=job.submitted)
         self._finish(t, rec, log=error + "\n", artifacts={})
 
+    def _attempts_seen(self, trial_id: str, job: Job) -> int | None:
+        """How many times the task started, as far as this driver saw: None when it cannot know.
+
+        A trial that was waiting for its FP32 source never started (0). Otherwise each
+        attempt rewrites the live log's first line (``..., attempt N``) when its worker
+        shares the driver's node; a worker elsewhere leaves no trace here.
+        """
+        if job.runnable_since is None:
+            return 0
+        return attempt_in_log(self._live_log(trial_id))
+
     def _finish(self, t: "Trial", rec: dict[str, Any], log: str | None, artifacts: Mapping[str, bytes]) -> None:
-        self.store.save(rec, log=log, artifacts=artifacts)
-        self._live_log(t.trial_id).unlink(missing_ok=True)  # left behind by a worker that died
+        try:
+            self.store.save(rec, log=log, artifacts=artifacts)
+        except OSError as e:
+            rec = self._unsaved(t, rec, e)
+        with contextlib.suppress(OSError):
+            self._live_log(t.trial_id).unlink(missing_ok=True)  # left behind by a worker that died
         k = self.key.get(t.trial_id)
         if k is not None:
             self.left[k] -= 1
@@ -257,3 +341,36 @@ class _Driver:
         self.out.echo(outcome_line(t, rec, self.store.log_path(t.trial_id)))
         self.out.status(self.n_ok, self.n_failed, self.flight.counts())
         self.out.advance()
+
+    def _unsaved(self, t: "Trial", rec: Mapping[str, Any], e: OSError) -> dict[str, Any]:
+        """Results the disk refused (full, read-only): the trial is failed, with the reason, and the rerun runs it."""
+        reason = f"cannot write the trial's results to {self.store.trial_dir(t.trial_id)}: {e.strerror or e}"
+        failed = driver_failure(t, self.spec.name, f"the trial ended {rec.get('status')}, but {reason}", "disk",
+                                attempts=rec.get("attempts"), submitted=None)  # fmt: skip
+        if not self.store.save_failure(failed):
+            self.unsaved[t.trial_id] = reason
+        return failed
+
+
+_ATTEMPT = re.compile(r", attempt (\d+)\s*$")
+
+
+def attempt_in_log(path: Path) -> int | None:
+    """The attempt number in a live trial log's first line, or None without a readable one."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            first = f.readline()
+    except OSError:
+        return None
+    m = _ATTEMPT.search(first)
+    return int(m.group(1)) if m else None
+
+
+def infra_attempts_text(attempts: int | None, max_retries: int) -> str:
+    """The count an infrastructure failure's message gives: the same one its record's ``attempts`` holds."""
+    allowed = "unlimited retries" if max_retries < 0 else f"up to {max_retries} retries"
+    if attempts is None:
+        return f"(attempts made unknown here; resources.max_retries allows {allowed})"
+    if attempts == 0:
+        return "before the trial started"
+    return f"after {attempts} attempt{'s' if attempts != 1 else ''} (resources.max_retries allows {allowed})"

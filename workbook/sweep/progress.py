@@ -18,13 +18,11 @@ class Progress:
             print(msg, file=self.stream, flush=True)
 
     def start(self, total: int, enabled: bool) -> None:
-        if not enabled or total == 0:
+        if not enabled or total == 0 or not self.tty:  # a bar only on a terminal; logs get the per-trial lines
             return
         from tqdm import tqdm
 
-        # Not a terminal (CI logs): redraw rarely, so the log stays readable.
-        self.bar = tqdm(total=total, unit="trial", file=self.stream, dynamic_ncols=True, mininterval=0.5 if self.tty else 10.0,
-                        smoothing=0.1, desc="trials")  # fmt: skip
+        self.bar = tqdm(total=total, unit="trial", file=self.stream, dynamic_ncols=True, mininterval=0.5, smoothing=0.1, desc="trials")
 
     def status(self, ok: int, failed: int, counts: Mapping[str, int]) -> None:
         if self.bar is None:
@@ -32,9 +30,7 @@ class Progress:
         text = f"ok={ok} failed={failed} running={counts['running']} queued={counts['queued']}"
         if counts.get("pretraining"):
             text += f" pretraining={counts['pretraining']}"
-        self.bar.set_postfix_str(text, refresh=False)
-        if self.tty:
-            self.bar.refresh()
+        self.bar.set_postfix_str(text, refresh=True)
 
     def advance(self) -> None:
         if self.bar is not None:

@@ -38,10 +38,10 @@ def config_failure(t: "Trial", sweep: str) -> dict[str, Any]:
 
 
 def driver_failure(t: "Trial", sweep: str, error: str, kind: str, *, attempts: int | None, submitted: float | None) -> dict[str, Any]:
-    """A trial whose task returned no record: ``kind`` says why (infra, timeout, cancelled, runner, fp32).
+    """A trial whose task returned no record: ``kind`` says why (infra, timeout, cancelled, runner, fp32, disk).
 
-    ``attempts`` is what Ray's retry policy implies (max_retries + 1 after an
-    infrastructure failure), None where the driver cannot know it.
+    ``attempts`` is how many times the driver saw the task start (0: never started),
+    None where it cannot know; the error text gives the same count.
     """
     now = time.time()
     rec = base_record(t, sweep)

@@ -29,16 +29,19 @@ class SweepSummary:
     failed_ids: list[str] = dataclasses.field(default_factory=list)
     interrupted: bool = False
     wall_s: float = 0.0
+    # trial id -> why the disk refused its results (not even a failed record could be written)
+    unsaved: dict[str, str] = dataclasses.field(default_factory=dict)
+    write_errors: list[str] = dataclasses.field(default_factory=list)  # results.parquet / sweep.json the disk refused
 
     @property
     def exit_code(self) -> int:
         if self.interrupted:
             return 130
-        return 1 if self.failed else 0
+        return 1 if self.failed or self.unsaved or self.write_errors else 0
 
     def figures(self) -> dict[str, Any]:
         """What ``sweep.json`` keeps of this run."""
-        return {k: getattr(self, k) for k in ("wall_s", "ran", "ok", "failed", "missing", "interrupted")}
+        return {k: getattr(self, k) for k in ("wall_s", "ran", "ok", "failed", "missing", "interrupted", "unsaved", "write_errors")}
 
     def count(self, spec: "Spec", store: ResultStore) -> None:
         """ok / failed / missing over every trial of the spec, from the results on disk."""
@@ -92,10 +95,15 @@ def print_summary(spec: "Spec", store: ResultStore, s: SweepSummary) -> None:
     line = (
         f"sweep {spec.name}: {s.total} trials: {s.ok} ok, {s.failed} failed"
         + (f", {s.missing} without result" if s.missing else "")
+        + (f", {len(s.unsaved)} not saved" if s.unsaved else "")
         + f" (ran {s.ran} now, {s.done_before} were done) in {s.wall_s:.1f} s"
     )
     print(line, flush=True)
     for tid in s.failed_ids:
         rec = store.load(tid) or {}
         print(f"  FAILED {rec.get('label', tid)} [{tid}]: {last_line(rec.get('error'))}  log: {store.log_path(tid)}")
+    for tid, why in s.unsaved.items():
+        print(f"  NOT SAVED [{tid}]: {why}; a rerun runs it again")
+    for msg in s.write_errors:
+        print(f"  NOT WRITTEN: {msg}")
     print(f"results: {store.parquet_path} (+ one JSON and log per trial under {store.trials_dir})", flush=True)
