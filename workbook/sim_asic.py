@@ -104,8 +104,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--dram",
         choices=["fast", "exact"],
         default=None,
-        help="DRAM read counts: fast = closed form (estimate once an operand overflows its SRAM); "
-        "exact = replay SCALE-Sim's CALC-mode window on the address streams (slower)",
+        help="DRAM counts, SCALE-Sim's exactly either way: fast = closed forms, SCALE-Sim's buffers "
+        "replayed only where none exists; exact = replay wherever a count is not trivial (the reference, slower)",
     )
     p.add_argument("--sparsity", action="store_true", help="skip zero weights of N:M-sparse layers (topology's N:M column)")
     p.add_argument("--node-nm", type=_pos_float, default=None, help="technology node for energy (default 45: Horowitz' table)")

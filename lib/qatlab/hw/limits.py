@@ -175,6 +175,27 @@ def check_asic_mappings(name: str, mappings: Sequence[Any], *, dram_exact: bool,
     require_memory(need, f"layer {name!r} ({shape})", available, hint="check the layer's and the array's sizes")
 
 
+# Python steps the ASIC's replays of SCALE-Sim's buffers may take for one layer: the
+# USER-mode read-buffer replay steps through every requested word (about 0.5 million a
+# second measured on a 2-core VM), the ofmap write-buffer event replay through every
+# drain. 3e7 keeps a refused layer's would-be run above a minute and every layer of the
+# SCALE-Sim reference runs (1e6 steps at most) far below the bound.
+MAX_ASIC_REPLAY_STEPS = 30_000_000
+# The CALC-mode replay of an overlapping-window ifmap is vectorised: about 1e8 requests
+# a second on the same VM, so 3e9 requests keep it near half a minute.
+MAX_ASIC_VECTOR_REPLAY_REQUESTS = 3_000_000_000
+
+
+def check_asic_replay(name: str, steps: int, what: str, limit: int = MAX_ASIC_REPLAY_STEPS, per_s: float = 500_000) -> None:
+    """LimitError unless a replay of ``steps`` steps (``what`` names it; ``per_s`` a second) fits the time bound."""
+    if steps > limit:
+        raise LimitError(
+            f"layer {name!r}: {what} takes {steps} steps, over the bound of {limit} "
+            f"(about {steps / per_s:.3g} s at {per_s:.3g} steps a second): "
+            "enlarge the SRAMs or the bandwidth so that the operands fit, or shrink the layer"
+        )
+
+
 def fpga_stream_words(geoms: Sequence[Any], folds: Sequence[Any]) -> int:
     """An upper bound on the stream words of one frame over every unit of the FPGA
     pipeline (``geoms``: the layers' ``Geometry``, ``folds``: their ``LayerFolding``)."""

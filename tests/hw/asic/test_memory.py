@@ -135,3 +135,33 @@ def test_default_equals_the_replay(run):
     assert [getattr(fast, f) for f in named] == [getattr(slow, f) for f in named]
     # our own figures do not depend on the replay
     assert (fast.cycles, fast.energy_pj) == (slow.cycles, slow.energy_pj)
+
+
+def test_a_user_mode_replay_that_would_run_for_minutes_is_refused():
+    import pytest
+
+    from qatlab.hw.asic import ArrayConfig, simulate_layer
+    from qatlab.hw.limits import MAX_ASIC_REPLAY_STEPS, LimitError
+    from qatlab.hw.workload import Layer
+
+    cfg = ArrayConfig(rows=32, cols=32, dataflow="ws", ifmap_sram_kb=4, filter_sram_kb=4, bandwidth_mode="USER", bandwidth=(10,))
+    layer = Layer("c", 200, 200, 3, 3, 64, 64, 1, 1)  # 4 kB SRAMs overflow: SCALE-Sim's buffers replayed
+    with pytest.raises(LimitError, match=rf"layer 'c': the USER-mode replay .* takes \d+ steps, over the bound of {MAX_ASIC_REPLAY_STEPS}"):
+        simulate_layer(layer, cfg)
+    small = Layer("c", 20, 20, 3, 3, 64, 64, 1, 1)  # the same overflow, a hundredth of the steps: replayed
+    assert simulate_layer(small, cfg).scalesim_exact
+
+
+def test_an_overlapping_window_replay_too_large_is_refused_before_numpy_is_asked():
+    import pytest
+
+    from qatlab.hw.asic import ArrayConfig, simulate_layer
+    from qatlab.hw.limits import LimitError
+    from qatlab.hw.workload import Layer
+
+    cfg = ArrayConfig(rows=32, cols=32, dataflow="os")  # CALC, 64 kB SRAMs
+    huge = Layer("c3", 3000, 3000, 3, 3, 256, 256, 1, 1)  # 2e10 requests a pass: no closed form, no room
+    with pytest.raises(LimitError, match=r"layer 'c3': the replay of its ifmap read window \(20708361216 requests a pass\)"):
+        simulate_layer(huge, cfg)
+    # the same size without overlapping windows has a closed form and runs
+    assert simulate_layer(Layer("c2", 3000, 3000, 2, 2, 256, 256, 2, 2), cfg).scalesim_exact

@@ -31,7 +31,8 @@ Which streams are block streams (fold order: column folds outer, row folds inner
 An ifmap is a block stream when no two windows share an input word: a GEMM, or a
 convolution whose filter is no larger than its stride along both axes. Overlapping
 convolution windows re-request words inside a pass; :func:`ifmap_is_block_stream`
-says when the closed form applies, and otherwise the caller replays that one operand.
+says when the closed form applies, and otherwise the caller walks that one operand fold
+by fold (os: :func:`qatlab.hw.asic.trace.os_ifmap_reads_by_folds`) or replays it.
 Cost: O(column folds) at most, with a shortcut once the epoch count repeats.
 """
 

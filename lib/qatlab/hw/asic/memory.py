@@ -6,10 +6,13 @@ Three models, all matching SCALE-Sim 3.0.0's semantics where stated:
 word into a buffer of ``S`` words split in two halves. When more than half is
 occupied and no drain is in flight, it drains ``ceil((S/2)/bw)`` lines of ``bw``
 words to DRAM, one line per cycle; a write that finds the buffer full while a drain
-is in flight stalls the array until the drain ends. :func:`write_buffer` replays
-exactly this, but jumps from event to event (drain, stall) with prefix sums over the
-per-row write counts instead of visiting every word, so its cost is the number of
-drains, not the number of writes. It reproduces two quirks of SCALE-Sim's code:
+is in flight stalls the array until the drain ends. When no row writes more than
+``bw`` words (always in CALC mode) no drain ever waits and the drains follow in closed
+form (:func:`write_buffer_closed`, whatever the layer's size). Otherwise
+:func:`write_buffer` replays the buffer, jumping from event to event (drain, stall)
+with prefix sums over the per-row write counts instead of visiting every word, so its
+cost is the number of drains, not the number of writes; :func:`write_buffer_stepwise`
+is the word-by-word reference of both. They reproduce two quirks of SCALE-Sim's code:
 
 - at a drain, the partly filled current line is closed; a drain that covers such a
   line in its middle counts it as a full line (``bw`` words), so "DRAM OFMAP Writes"
@@ -27,7 +30,7 @@ same holds when every word is requested once (:func:`calc_dram_reads` says when)
 Beyond that, filters, GEMM ifmaps and the ifmaps of convolutions whose windows do not
 overlap are *block streams* whose count has a closed form
 (:mod:`qatlab.hw.asic.calc_reads`); the ifmap of a convolution with overlapping
-windows is replayed (:mod:`qatlab.hw.asic.trace`). The first-prefetch cycle, which
+windows is walked fold by fold (os) or replayed (ws, is) (:mod:`qatlab.hw.asic.trace`). The first-prefetch cycle, which
 enters "Total Cycles (incl. prefetch)", depends only on ``U``.
 
 **USER-mode read buffers.** SCALE-Sim fetches the operand's prefetch matrix in lines of
@@ -157,11 +160,15 @@ def write_buffer(rows: RowCounts, size_words: int, bw: int) -> WriteBufferResult
 
 
 def ofmap_write_buffer(m: ArrayMapping, size_words: int, bw: int) -> WriteBufferResult:
-    """:func:`write_buffer` for a mapping's output stream, skipping the replay when it cannot drain early.
+    """:func:`write_buffer` for a mapping's output stream, in closed form where one exists.
 
     While the layer writes no more than half the buffer, nothing drains before the last
     cycle (a drain needs more than half occupied): everything drains at the end, one line
-    per cycle, and only the last line can be partial.
+    per cycle, and only the last line can be partial. When no row writes more words than
+    a drain moves per cycle (always in CALC mode, where the drain moves one array row
+    per cycle), :func:`write_buffer_closed` gives the drains by arithmetic. Otherwise
+    (USER mode with a bandwidth below the array's width) drains can wait for one
+    another and stall the array: the event replay.
     """
     words = m.M * m.N * (1 if m.dataflow == "os" else m.row_fold)
     if words <= size_words - (-(-size_words // 2)):
@@ -169,7 +176,21 @@ def ofmap_write_buffer(m: ArrayMapping, size_words: int, bw: int) -> WriteBuffer
         return WriteBufferResult(
             0, words, words, last, last + ceil_div(words, bw) - 1, ceil_div(ceil_div(words, bw), ceil_div(size_words // 2, bw))
         )
+    if OfmapRows(m).max_per_row() <= bw:
+        return write_buffer_closed(m, size_words, bw)
     return write_buffer(m.ofmap_rows, size_words, bw)
+
+
+def ofmap_replay_steps(m: ArrayMapping, size_words: int, bw: int) -> int:
+    """Events :func:`ofmap_write_buffer` replays for ``m`` (0 when it answers in closed form).
+
+    The event replay steps once per drain and per stall; both are at most one per half
+    buffer of words written, and one per ``bw`` words where rows outpace the drain.
+    """
+    words = m.M * m.N * (1 if m.dataflow == "os" else m.row_fold)
+    if words <= size_words - (-(-size_words // 2)) or OfmapRows(m).max_per_row() <= bw:
+        return 0
+    return 2 * words // max(1, size_words // 2) + 2
 
 
 def write_buffer_stepwise(row_counts: list[int], size_words: int, bw: int) -> WriteBufferResult:
@@ -225,6 +246,160 @@ def write_buffer_stepwise(row_counts: list[int], size_words: int, bw: int) -> Wr
         drain(cycle)
         cycle = cycles[-1] + 1
     return WriteBufferResult(stall, writes, sum(row_counts), min(cycles, default=0), max(cycles, default=0), 0)
+
+
+# ---- the ofmap write buffer in closed form ----------------------------------------------
+
+
+def _ramp_sum(y: int, width: int) -> int:
+    """``sum(min(max(t + 1, 0), width) for t < y)``: entries a skewed column ramp puts in rows ``< y``."""
+    if y <= 0:
+        return 0
+    if y <= width:
+        return y * (y + 1) // 2
+    return width * (width + 1) // 2 + (y - width) * width
+
+
+class OfmapRows:
+    """The per-row output counts of a mapping (:class:`RowCounts`), answered by arithmetic.
+
+    Every fold writes a skewed block: unskewed rows ``a..b`` of ``c`` used columns, column
+    ``j`` delayed by ``j`` rows, so the words in a fold's rows ``< y`` are a difference of
+    two ramp sums. Nothing here is stored per row or per fold: a query costs O(log) of the
+    fold length, whatever the layer's size.
+    """
+
+    def __init__(self, m: ArrayMapping) -> None:
+        self.m = m
+        self.rows_per_fold = m.rows_per_fold
+        self.num_rows = m.compute_rows
+        self.c_first, self.c_last = min(m.C, m.Sc), m.Sc - m.C * (m.col_fold - 1)
+        if m.dataflow == "os":  # r outputs per column, at the end of the fold (see RowCounts)
+            self._span = lambda r: (m.T - 1 + m.R - r, m.T - 1 + m.R - 1)
+            self.col_words = m.Sr  # words per used column in one column fold
+        else:  # T outputs per column, whatever the row fold
+            self._span = lambda r: (2 * m.R - 1, 2 * m.R - 2 + m.T)
+            self.col_words = m.T * m.row_fold
+        self.total = m.Sc * self.col_words
+
+    def max_per_row(self) -> int:
+        """The most words any row writes (the widest fold's height or width, whichever is smaller)."""
+        m = self.m
+        height = min(m.R, m.Sr) if m.dataflow == "os" else m.T
+        return min(self.c_first, height)
+
+    def _fold(self, g: int) -> tuple[int, int, int, int]:
+        """(fold index, words before it, used rows, used columns) of the fold holding word ``g``."""
+        m = self.m
+        per_col_fold = self.c_first * self.col_words
+        fc = min(g // per_col_fold, m.col_fold - 1)
+        c = self.c_first if fc < m.col_fold - 1 else self.c_last
+        base = fc * per_col_fold
+        full_r = min(m.R, m.Sr)
+        per_fold = (full_r if m.dataflow == "os" else m.T) * c
+        fr = min((g - base) // per_fold, m.row_fold - 1)
+        r = full_r if fr < m.row_fold - 1 else m.Sr - m.R * (m.row_fold - 1)
+        return fc * m.row_fold + fr, base + fr * per_fold, r, c
+
+    def _in_fold(self, y: int, r: int, c: int) -> int:
+        a, b = self._span(r)
+        return _ramp_sum(y - a, c) - _ramp_sum(y - b - 1, c)
+
+    def row_of(self, g: int) -> int:
+        """The row (cycle, without stalls) of output word number ``g``."""
+        if not 0 <= g < self.total:
+            raise ValueError(f"output word {g} is outside 0..{self.total - 1}")
+        f, base, r, c = self._fold(g)
+        within = g - base
+        lo, hi = 0, self.rows_per_fold - 1  # the last row whose earlier rows hold <= within words
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self._in_fold(mid, r, c) <= within:
+                lo = mid
+            else:
+                hi = mid - 1
+        return f * self.rows_per_fold + lo
+
+
+def _drain_step(pending: int, partials: tuple[tuple[int, int], ...], gap: int, bw: int, lines_per_drain: int):
+    """``gap`` words written after a drain (the open line starts empty), then the next drain.
+
+    ``pending``: closed lines not yet drained; ``partials``: (index among them, words) of
+    the lines a drain closed early. Returns the state after the drain, the words it
+    counts and the lines it drains.
+    """
+    q, rest = divmod(gap, bw)
+    pending += q
+    if rest:  # the drain closes the open line early
+        partials += ((pending, rest),)
+        pending += 1
+    n = min(lines_per_drain, pending)
+    last = dict(partials).get(n - 1, bw)  # only the chunk's last line is counted at its size
+    partials = tuple((i - n, s) for i, s in partials if i >= n)
+    return pending - n, partials, n * bw - (bw - last), n
+
+
+def write_buffer_closed(m: ArrayMapping, size_words: int, bw: int) -> WriteBufferResult:
+    """:func:`write_buffer` for a mapping whose rows never write more than ``bw`` words, in closed form.
+
+    Then a drain that starts at word ``g`` ends before the write that next leaves the
+    buffer more than half full: a drain of ``n`` lines counts ``d > (n - 1) * bw`` words,
+    the buffer takes ``d`` writes to fill again, and at most ``bw`` of them fit a cycle,
+    the first cycle's share included. So no drain waits for another, nothing stalls, and
+    the drains fall at word positions that depend on ``S``, ``bw`` and the words before
+    them only, not on the row profile: a drain at word ``g`` counting ``d`` words is
+    followed by the next at word ``g + d``. The state between drains (lines left over,
+    early-closed ones among them, the next gap) repeats after a drain or two, so whole
+    periods are added at once; the row profile is asked only for the cycle of the first
+    and the last drain (:class:`OfmapRows`). Cost: O(log) of the fold length.
+    """
+    if size_words < 2 or bw < 1:
+        raise ValueError(f"write buffer needs >= 2 words and bandwidth >= 1, got {size_words}, {bw}")
+    rows = OfmapRows(m)
+    if rows.max_per_row() > bw:
+        raise ValueError(f"write_buffer_closed: rows write up to {rows.max_per_row()} words, above the drain bandwidth {bw}")
+    total = rows.total
+    active = -(-size_words // 2)
+    lines_per_drain = ceil_div(size_words - active, bw)
+    pending, partials = 0, ()
+    gap = size_words - active + 1  # writes until the buffer is first more than half full
+    done = writes = drains = 0  # words written up to the last drain's trigger, words drained, drains
+    first = last_n = None
+    seen: dict = {}
+    while done + gap <= total:
+        key = (pending, partials, gap)
+        if key in seen:  # periodic from here on: add whole periods
+            done0, writes0, drains0 = seen.pop(key)
+            k = (total - done) // (done - done0)
+            done, writes, drains = done + k * (done - done0), writes + k * (writes - writes0), drains + k * (drains - drains0)
+            seen = {}
+            if done + gap > total:
+                break
+        seen[key] = (done, writes, drains)
+        done += gap
+        first = done - 1 if first is None else first
+        pending, partials, gap, last_n = _drain_step(pending, partials, gap, bw, lines_per_drain)
+        writes += gap
+        drains += 1
+    stop = -1 if last_n is None else rows.row_of(done - 1) + last_n - 1
+    start = None if first is None else rows.row_of(first)
+    # After the last row, the rest drains back to back, one line per cycle.
+    tail = partials
+    q, rest = divmod(total - done, bw)
+    left = pending + q
+    if rest:
+        tail += ((left, rest),)
+        left += 1
+    sizes = dict(tail)
+    cycle = rows.num_rows - 1
+    if left:
+        start = cycle if start is None else start
+        stop = max(stop, cycle + left - 1)
+    for lo in range(0, left, lines_per_drain):
+        hi = min(lo + lines_per_drain, left)
+        writes += (hi - lo) * bw - (bw - sizes.get(hi - 1, bw))
+        drains += 1
+    return WriteBufferResult(0, writes, total, int(start or 0), int(max(stop, 0)), drains)
 
 
 # ---- read side ---------------------------------------------------------------------

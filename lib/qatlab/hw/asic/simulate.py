@@ -23,7 +23,13 @@ from qatlab.hw.asic.calc_reads import ifmap_is_block_stream
 from qatlab.hw.asic.config import ArrayConfig, ConfigError
 from qatlab.hw.asic.dataflow import ArrayMapping, ceil_div
 from qatlab.hw.asic.energy import EnergyTable
-from qatlab.hw.limits import check_asic_mappings
+from qatlab.hw.limits import (
+    ASIC_BYTES_PER_REPLAYED_READ,
+    MAX_ASIC_VECTOR_REPLAY_REQUESTS,
+    check_asic_mappings,
+    check_asic_replay,
+    require_memory,
+)
 from qatlab.hw.workload import Layer
 
 if TYPE_CHECKING:  # the replays need numpy; they are imported only when a layer needs one
@@ -224,14 +230,16 @@ def _memory(
     addresses: Callable[[], IfmapAddresses] | None,
     replay: bool,
     ifmap_blocks: bool = True,
+    name: str = "",
 ) -> _Memory:
     """Memory figures of one mapping.
 
     Where the count is not trivially the operand's size, CALC-mode DRAM reads come from
     the block-stream closed form (:mod:`qatlab.hw.asic.calc_reads`); an ifmap that is not
-    a block stream (``ifmap_blocks`` false: overlapping convolution windows), and every
-    USER-mode operand that overflows its buffer, is replayed when ``addresses`` (which
-    makes the ifmap's address map) is given, and estimated otherwise (sparsity skipping,
+    a block stream (``ifmap_blocks`` false: overlapping convolution windows) is walked
+    fold by fold (os) or replayed, and every USER-mode operand that overflows its buffer
+    is replayed, when ``addresses`` (which makes the ifmap's address map) is given, and
+    estimated otherwise (sparsity skipping,
     our real-geometry figures). ``replay`` (``dram_model="exact"``, the reference): replay
     every operand the trivial count does not cover instead of using the closed form.
     """
@@ -239,6 +247,7 @@ def _memory(
     # SCALE-Sim drains outputs at one array row per cycle in CALC mode, at the user's
     # first Bandwidth figure in USER mode.
     ofmap_bw = cfg.cols if cfg.bandwidth_mode == "CALC" else cfg.bandwidth[0]
+    check_asic_replay(name, mem.ofmap_replay_steps(m, osz, ofmap_bw), "the replay of the ofmap write buffer's drains")
     wb = mem.ofmap_write_buffer(m, osz, ofmap_bw)
     u_filter = m.K * m.N
     passes = mem.operand_passes(m)
@@ -264,7 +273,23 @@ def _memory(
             if addresses is not None and (replay or not ifmap_blocks):
                 from qatlab.hw.asic.trace import calc_ifmap_reads_replay
 
-                dram_i, exact_i, replayed = calc_ifmap_reads_replay(m, addresses(), isz), True, True
+                # One pass is generated and sorted, every pass compared: refuse what would
+                # exhaust the memory or run for minutes, before numpy is asked for it.
+                pass_words = m.M * m.K
+                require_memory(
+                    ASIC_BYTES_PER_REPLAYED_READ * pass_words,
+                    f"layer {name!r}: the replay of its ifmap read window ({pass_words} requests a pass)",
+                    hint="shrink the layer, or enlarge the ifmap SRAM past the ifmap's size",
+                )
+                requests = pass_words * (1 if m.dataflow == "is" else m.col_fold)
+                check_asic_replay(name, requests, "the replay of its ifmap read window (requests)", MAX_ASIC_VECTOR_REPLAY_REQUESTS, 1e8)
+                if replay or m.dataflow != "os":
+                    dram_i = calc_ifmap_reads_replay(m, addresses(), isz)
+                else:  # os: whole folds by their geometry, request by request only where the window empties
+                    from qatlab.hw.asic.trace import os_ifmap_reads_by_folds
+
+                    dram_i = os_ifmap_reads_by_folds(m, addresses(), isz)
+                exact_i, replayed = True, True
             elif ifmap_blocks:
                 dram_i, exact_i = calc_reads.calc_ifmap_reads(m, u_ifmap, isz), True
     else:
@@ -290,6 +315,8 @@ def _memory(
             from qatlab.hw.asic.user_replay import user_replay
 
             # Replay every demand row through SCALE-Sim's USER-mode buffers (slow, exact).
+            steps = m.sram_ifmap_reads + m.sram_filter_reads + m.compute_rows
+            check_asic_replay(name, steps, "the USER-mode replay of SCALE-Sim's read buffers (requested words and rows)")
             r = user_replay(m, addresses(), (isz, fsz, osz), (ibw, fbw, ofmap_bw))
             return _Memory(
                 stall=int(r["stall"]),
@@ -358,9 +385,10 @@ def simulate_layer(layer: Layer, cfg: ArrayConfig, table: EnergyTable | None = N
     replay = cfg.dram_model == "exact"
     # Skipped positions break the window geometry: no replay, DRAM stays an estimate.
     replayable = addresses if k_sparse == layer.K else None
-    mm_ss = _memory(m_ss, unique(True), cfg, replayable, replay, ifmap_is_block_stream(layer))
+    blocks = ifmap_is_block_stream(layer)
+    mm_ss = _memory(m_ss, unique(True), cfg, replayable, replay, blocks, layer.name)
     # Ours never replays, so that energy and our cycles do not depend on dram_model.
-    mm = mm_ss if (m_ss is m and not mm_ss.replayed) else _memory(m, unique(False), cfg, None, False, ifmap_is_block_stream(layer))
+    mm = mm_ss if (m_ss is m and not mm_ss.replayed) else _memory(m, unique(False), cfg, None, False, blocks, layer.name)
     cycles = mm.total_cycles + 1
     num_compute = m_ss.M * m_ss.N * m_ss.K  # SCALE-Sim's "compute" count
     overall = (num_compute * 100) / (max(mm_ss.total_cycles, 1) * cfg.num_pes)

@@ -9,7 +9,9 @@ row by row, left to right) and replays the window on them.
 
 Used where no closed form exists (:mod:`qatlab.hw.asic.calc_reads` covers block
 streams: filters, GEMMs, convolutions whose windows do not overlap) and, with
-``dram_model="exact"``, as the reference for the closed form.
+``dram_model="exact"``, as the reference for the closed form. For an os convolution the
+default walks folds instead (:func:`os_ifmap_reads_by_folds`: whole folds by their
+geometry, request by request only in the folds where the window empties).
 
 The replay does not visit words one by one: one stable sort gives every request the
 position of its word's previous request, and an epoch that began at ``p`` misses exactly
@@ -240,6 +242,7 @@ def calc_ifmap_reads_replay(m: ArrayMapping, addr: IfmapAddresses, size_words: i
 def clear_replay_cache() -> None:
     """Forget the replayed counts kept for this process (benchmarks time a cold network)."""
     _ifmap_reads_replay.cache_clear()
+    _os_ifmap_reads_by_folds.cache_clear()
 
 
 # Networks repeat layer shapes (ResNet's blocks): a replayed count depends on the mapping,
@@ -258,3 +261,87 @@ def calc_filter_reads_replay(m: ArrayMapping, size_words: int) -> int:
 def calc_dram_reads_exact(m: ArrayMapping, addr: IfmapAddresses, ifmap_size_words: int, filter_size_words: int) -> tuple[int, int]:
     """(ifmap, filter) DRAM reads of SCALE-Sim's CALC mode, replayed exactly."""
     return calc_ifmap_reads_replay(m, addr, ifmap_size_words), calc_filter_reads_replay(m, filter_size_words)
+
+
+def os_ifmap_reads_by_folds(m: ArrayMapping, addr: IfmapAddresses, size_words: int) -> int:
+    """:func:`calc_ifmap_reads_replay` for an os convolution, walking folds instead of requests.
+
+    An os fold requests every tap of ``R`` consecutive output pixels, so the words a whole
+    fold requests are all channels of the input pixels its windows cover. Within an epoch
+    the words seen so far are, for each input pixel, a suffix of its channels: whole folds
+    add all of them, and an epoch that begins inside a fold has seen, of each pixel, the
+    channels from some tap onwards (the rest of the fold's anti-diagonal order). So one
+    integer per input pixel (the first channel seen) holds the epoch: a fold that does not
+    end the epoch adds the unseen channels of the pixels it covers and is done in a few
+    vectorised operations on that band of pixels. Only a fold in which the window empties
+    is replayed request by request (its requests and their previous requests within the
+    fold are made once per row fold and reused by every pass). Exact; compared with the
+    replay in the tests.
+    """
+    if m.dataflow != "os" or addr.gemm_k is not None:
+        raise ValueError("os_ifmap_reads_by_folds: needs an os mapping of a convolution")
+    return _os_ifmap_reads_by_folds(m, addr.key, size_words)
+
+
+@lru_cache(maxsize=256)
+def _os_ifmap_reads_by_folds(m: ArrayMapping, key: tuple, size_words: int) -> int:
+    a = IfmapAddresses(*key)
+    items = calc_items_per_set(size_words)
+    if items < 1:
+        raise ValueError(f"SRAM of {size_words} words is below SCALE-Sim's 100-word minimum")
+    w = CALC_ACTIVE_SETS * items
+    c = a.c
+    # Input pixel of each (output pixel, filter position); -1 outside the input.
+    p = np.arange(m.M, dtype=np.int64)
+    img, pix = np.divmod(p, a.oh * a.ow)
+    oy, ox = np.divmod(pix, a.ow)
+    kh, kw = np.divmod(np.arange(a.fh * a.fw, dtype=np.int64), a.fw)
+    y = oy[:, None] * a.sh + kh[None, :]
+    x = ox[:, None] * a.sw + kw[None, :]
+    win = np.where((y < a.h) & (x < a.w), (img[:, None] * a.h + y) * a.w + x, -1)
+    first = np.full(int(img[-1] + 1) * a.h * a.w, c, dtype=np.int64)  # first channel seen, per input pixel
+    ru = m.row_used()
+    bands: dict[int, tuple[int, int, np.ndarray]] = {}
+    folds: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    count = emptied = 0  # misses in the current epoch, epochs ended
+    for _ in range(m.col_fold):
+        for fr in range(m.row_fold):
+            p0, r = fr * m.R, int(ru[fr])
+            if fr not in bands:
+                idx = win[p0 : p0 + r].ravel()
+                idx = idx[idx >= 0]  # empty when SCALE-Sim's extra windows start past the input
+                lo, hi = (int(idx.min()), int(idx.max()) + 1) if len(idx) else (0, 0)
+                mask = np.zeros(hi - lo, dtype=bool)
+                mask[idx - lo] = True
+                bands[fr] = (lo, hi, np.flatnonzero(mask))  # integer indices: faster than the mask
+            lo, hi, covered = bands[fr]
+            band = first[lo:hi]
+            new = int(band[covered].sum())  # unseen channels are 0 .. first-1
+            if count + new < w:
+                count += new
+                band[covered] = 0
+                continue
+            if fr not in folds:  # the fold's requests in demand order
+                t, i = _diag(m.T, r)
+                tap, ch = np.divmod(t, c)
+                inpix = win[p0 + i, tap]
+                ok = inpix >= 0
+                inpix, ch = inpix[ok], ch[ok]
+                word = (inpix - lo) * c + ch  # within the fold's band: numpy sorts 16-bit keys by radix
+                folds[fr] = (inpix, ch, previous_request(word.astype(np.uint16) if (hi - lo) * c <= 1 << 16 else word))
+            inpix, ch, prev = folds[fr]
+            # The epoch under way: a request misses if its channel is unseen and it is the
+            # word's first request in this fold.
+            cum = np.cumsum((prev < 0) & (ch < first[inpix]))
+            start = int(np.searchsorted(cum, w - count)) + 1
+            emptied += 1
+            while True:  # epochs that begin inside this fold
+                miss = np.flatnonzero(prev[start:] < start)
+                if len(miss) < w:
+                    count = len(miss)
+                    break
+                emptied += 1
+                start += int(miss[w - 1]) + 1
+            first[:] = c
+            np.minimum.at(first, inpix[start:], ch[start:])
+    return emptied * w + count
