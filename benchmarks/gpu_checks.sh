@@ -2,7 +2,8 @@
 # Every check that needs a GPU, as one prepared run on a GPU machine without network:
 # the gpu-marked tests (kernels bit-exact vs their CPU twins, the IntModel on cuda equal
 # to cpu), the kernel benchmark (GEMM and convolution vs cuBLASLt / cuDNN), and the GPU
-# QAT benchmark with one training-loop trial on cuda. Logs and JSON go to $OUT.
+# QAT benchmark with one training-loop trial on cuda, and the kernels report's GPU table.
+# Logs and JSON go to $OUT.
 #
 #   make gpu-data      # here, once: copies Fashion-MNIST into .gpu-data (ignored by git)
 #   then, on the GPU machine, with .gpu-data copied beside the tree:
@@ -30,4 +31,6 @@ nvidia-smi -L | tee "$OUT/gpu.txt"
 step pytest-gpu 170 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/kernels
 step kernels 230 "$PY" benchmarks/kernels.py --json "$OUT/kernels.json"
 step qat-gpu 120 "$PY" benchmarks/qat_gpu.py --trial --json "$OUT/qat_gpu.json"
+# The kernels report's GPU table (the page a GPU run renders), without the notebook machinery.
+step kernels-page 60 "$PY" -c "from workbook.studies.kernels import gpu_table; print(gpu_table((256, 1024), 5).to_string())"
 exit $status
