@@ -115,7 +115,7 @@ OTHER = {
     "estimator": "mse", "ste": "pact", "seed": 3, "epochs": 5, "qat_epochs": 2, "batch_size": 64, "lr": 0.01,
     "qat_lr": 0.001, "limit_train": 100, "limit_test": 50, "val_fraction": 0.2, "calib_batches": 3,
     "first_last_bits": 8, "freeze_fraction": 0.5, "rounding": "fixed", "device": "cpu", "num_workers": 2,
-    "model_args": {"width": 3}, "loader_args": {"n": 1},
+    "model_args": {"width": 3}, "loader_args": {"n": 1}, "layer_bits": {"0": [4, 2]},
 }  # fmt: skip
 
 
@@ -196,3 +196,21 @@ def test_errors_survive_pickling():
     for e in (ConfigError("lr", "must be > 0, got -1.0"), FieldTypeError("w_bits", "expected an integer, got 'x'")):
         back = pickle.loads(pickle.dumps(e))
         assert type(back) is type(e) and str(back) == str(e) and back.field == e.field
+
+
+def test_layer_bits_field():
+    # Unset, it stays out of the id: every existing trial id is unchanged.
+    assert TrainConfig(layer_bits={}).trial_id == TrainConfig().trial_id
+    a = TrainConfig(layer_bits={"4": (2, 4), "0": [8, 8]})
+    assert a.layer_bits == {"0": [8, 8], "4": [2, 4]}  # canonical: sorted keys, lists
+    assert a.trial_id == TrainConfig(layer_bits={"0": [8, 8], "4": [2, 4]}).trial_id != TrainConfig().trial_id
+    assert a.fp32_key == TrainConfig().fp32_key  # the FP32 model is shared
+    assert TrainConfig.from_dict(a.to_dict()) == a
+    with pytest.raises(FieldTypeError, match="layer_bits: '0' must map to \\[w_bits, a_bits\\]"):
+        TrainConfig(layer_bits={"0": 4})
+    with pytest.raises(FieldTypeError, match="layer_bits: expected an integer"):
+        TrainConfig(layer_bits={"0": [4, "x"]})
+    with pytest.raises(FieldTypeError, match="keys must be module names"):
+        TrainConfig(layer_bits={1: [4, 4], "0": [4, 4]})
+    with pytest.raises(ConfigError, match="layer_bits '0': bits must be in 2..16, got \\[1, 4\\]"):
+        TrainConfig(layer_bits={"0": [1, 4]})

@@ -3,7 +3,7 @@
 Each field declares, beside its default (dataclass field metadata):
 
 - ``kind``: what type it holds (``int``, ``int?``, ``float``, ``str``, ``mapping``,
-  ``model``, ``dataset``) — a value of another type is a :class:`FieldTypeError`;
+  ``model``, ``dataset``, ``layer_bits``) — a value of another type is a :class:`FieldTypeError`;
 - ``check``: its range or allowed values — a value outside is a :class:`ConfigError`;
 - ``stage``: what depends on it. ``fp32``: FP32 pretraining (so ``fp32_key``);
   ``quant``: only the quantized model (an fp32 trial ignores it: ``FP32_IGNORED``);
@@ -134,6 +134,25 @@ def _as_dataset(name: str, value: Any) -> str:
     return v
 
 
+def _as_layer_bits(name: str, value: Any) -> dict[str, list[int]]:
+    """Per-layer bits: module name -> [w_bits, a_bits], canonical (sorted, lists) so a
+    spec, a config and a checkpoint hash alike."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise FieldTypeError(name, f"expected a mapping of module name -> [w_bits, a_bits], got {value!r}")
+    bad = [k for k in value if not isinstance(k, str) or not k]
+    if bad:
+        raise FieldTypeError(name, f"keys must be module names (non-empty strings), got {bad[0]!r}")
+    out: dict[str, list[int]] = {}
+    for k in sorted(value):
+        v = value[k]
+        if not isinstance(v, (list, tuple)) or len(v) != 2:
+            raise FieldTypeError(name, f"{k!r} must map to [w_bits, a_bits], got {v!r}")
+        out[k] = [int(as_int(name, b)) for b in v]  # type: ignore[arg-type]
+    return out
+
+
 _KINDS: dict[str, Callable[[str, Any], Any]] = {
     "int": as_int,
     "int?": lambda n, v: as_int(n, v, nullable=True),
@@ -142,6 +161,7 @@ _KINDS: dict[str, Callable[[str, Any], Any]] = {
     "mapping": _as_mapping,
     "model": _as_model,
     "dataset": _as_dataset,
+    "layer_bits": _as_layer_bits,
 }
 
 
@@ -167,6 +187,12 @@ def _bits(nullable: bool) -> Callable[[str, Any], None]:
             raise ConfigError(name, f"must be in {MIN_BITS}..{MAX_BITS}{' or null' if nullable else ''}, got {v}")
 
     return check
+
+
+def _layer_bits(name: str, v: dict[str, list[int]]) -> None:
+    for k, bits in v.items():
+        if not all(MIN_BITS <= b <= MAX_BITS for b in bits):
+            raise ConfigError(name, f"{k!r}: bits must be in {MIN_BITS}..{MAX_BITS}, got {bits}")
 
 
 def _positive(name: str, v: float) -> None:
@@ -235,6 +261,9 @@ class TrainConfig:
     val_fraction: float = _f(0.1, "float", "fp32", _open_fraction)
     calib_batches: int = _f(16, "int", "quant", _at_least(0))
     first_last_bits: int | None = _f(None, "int?", "quant", _bits(True))
+    # Mixed precision: module name -> [w_bits, a_bits] (a_bits: the bits of the layer's
+    # input activation), applied after w_bits/a_bits/first_last_bits (nn.prepare_qat).
+    layer_bits: dict[str, list[int]] = _f({}, "layer_bits", "quant", _layer_bits, omit_default=True)
     freeze_fraction: float = _f(0.6, "float", "quant", _closed_fraction)  # of QAT steps; then BN statistics and observers freeze
     rounding: str = _f("float", "str", "quant", _one_of(("float", "fixed")))  # IntModel requantization
     device: str = _f("auto", "str", "none", _device)  # auto | cpu | cuda | cuda:N

@@ -219,7 +219,7 @@ def quantize_model(cfg: TrainConfig, fp32: nn.Module, splits: DataSplits, device
     w_spec, a_spec = specs(cfg)
     gen = seed_everything(cfg.seed + 1)
     make_loader = _loader_for(cfg, device)
-    q = prepare_qat(fp32, w_spec, a_spec, cfg.ste, first_last_bits=cfg.first_last_bits).to(device)
+    q = prepare_qat(fp32, w_spec, a_spec, cfg.ste, first_last_bits=cfg.first_last_bits, layer_bits=cfg.layer_bits).to(device)
     calibrate(q, _input_batches(make_loader(splits.train, cfg.batch_size, gen, True), device), cfg.calib_batches)
     if cfg.method == "ptq":
         set_observe(q, False)
@@ -373,7 +373,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, TrainConfi
         model = build_for(cfg, int(ck["num_classes"]), input_shape)
         if cfg.method != "fp32":
             w_spec, a_spec = specs(cfg)
-            model = prepare_qat(model, w_spec, a_spec, cfg.ste, first_last_bits=cfg.first_last_bits)
+            model = prepare_qat(model, w_spec, a_spec, cfg.ste, first_last_bits=cfg.first_last_bits, layer_bits=cfg.layer_bits)
         model.load_state_dict(ck["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{p}: checkpoint does not match its recorded model/config: {e}") from e

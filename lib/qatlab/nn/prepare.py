@@ -24,7 +24,7 @@ they are. Anything else is an error naming the node and its type.
 from __future__ import annotations
 
 import copy
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import torch
 from torch import fx, nn
@@ -86,12 +86,16 @@ def prepare_qat(
     ste: str = "clipped",
     *,
     first_last_bits: int | None = None,
+    layer_bits: Mapping[str, tuple[int, int] | list[int]] | None = None,
 ) -> fx.GraphModule:
     """A QAT copy of ``model`` (the original is untouched).
 
     ``ste``: ``identity`` | ``clipped`` | ``lsq`` | ``pact`` (PACT learns activation
     clips; its weights use the clipped STE). ``first_last_bits`` overrides the weight
     bits of the first and last compute layers, the input quantizer and the logits.
+    ``layer_bits`` (applied last, so it wins): conv/linear module name -> ``(w_bits,
+    a_bits)``, the layer's weight bits and the bits of the quantizer that produces its
+    input (layers reading one quantizer must agree on it).
     """
     if ste not in STE_KINDS:
         raise ValueError(f"ste {ste!r} is unknown; expected one of {', '.join(STE_KINDS)}")
@@ -236,12 +240,37 @@ def prepare_qat(
         _override_bits(compute[-1][1].act_fq, first_last_bits)
 
     _link_input_quantizers(gm)
+    if layer_bits:
+        _apply_layer_bits(gm, layer_bits)
     graph.lint()
     gm.recompile()
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     gm.recompile()
     return gm
+
+
+def _apply_layer_bits(gm: fx.GraphModule, layer_bits: Mapping[str, tuple[int, int] | list[int]]) -> None:
+    """Per-layer weight and input-activation bits. An input quantizer belongs to the
+    layer upstream (and may feed several layers): conflicting requests are an error."""
+    modules = dict(gm.named_modules())
+    compute = [n for n, m in modules.items() if isinstance(m, (QuantConv2d, QuantLinear))]
+    claimed: dict[int, tuple[str, int]] = {}
+    for name, bits in layer_bits.items():
+        mod = modules.get(name)
+        if not isinstance(mod, (QuantConv2d, QuantLinear)):
+            raise UnsupportedLayerError(f"layer_bits names {name!r}, not a conv or linear layer; layers: {', '.join(compute)}")
+        w_bits, a_bits = (int(b) for b in bits)
+        fq = getattr(mod, "_input_fq", None)
+        if fq is None:
+            raise UnsupportedLayerError(f"layer_bits: the input of {name!r} has no quantizer to set to {a_bits} bits")
+        prev = claimed.setdefault(id(fq), (name, a_bits))
+        if prev[1] != a_bits:
+            raise UnsupportedLayerError(
+                f"layer_bits: {prev[0]!r} and {name!r} read one input quantizer but ask for {prev[1]} and {a_bits} bits"
+            )
+        _override_bits(mod.weight_fq, w_bits)
+        _override_bits(fq, a_bits)
 
 
 def _link_input_quantizers(gm: fx.GraphModule) -> None:

@@ -1,0 +1,368 @@
+"""Mixed precision: search speed, Hessian-sensitivity speed, and accuracy at equal energy.
+
+    python benchmarks/mixed_precision.py speed                       # ILP (50 layers) + Hessian (MobileNet)
+    python benchmarks/mixed_precision.py accuracy --model lenet --profile quick
+    python benchmarks/mixed_precision.py accuracy --model mobilenet --profile quick --json mb.json
+
+``speed``: the ILP for a 50-layer chain CNN with 3x3 (w_bits, a_bits) choices per layer
+(real per-op ASIC cost tables, synthetic sensitivities), against brute force on a
+5-layer piece of it (the baseline, timed in the same run); then the ``hessian``
+sensitivity of the MobileNet-style model (one calibration batch of 128, default
+options), against one FP32 training step on the same batch.
+
+``accuracy``: uniform QAT at W8A8/W4A4/W2A2 (first and last layers at 8 bits, MSE
+ranges, LSQ: the accuracy benchmark's recipe), then mixed QAT at the ASIC energy of
+uniform W4A4 and of uniform W2A2 (as the simulators price those trained models) and
+at 0.5 x W8A8. Prints the table and PASS/FAIL per target:
+
+* at W4A4's energy, mixed accuracy >= uniform W4A4's;
+* at W2A2's energy, mixed >= W2A2 + 0.5 points, or within 0.3 of FP32 (the lower bar);
+* no uniform point dominates a mixed one (at most its energy and strictly more accurate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from qatlab.atomic import write_json
+from qatlab.config import TrainConfig, profile
+from qatlab.hw.asic import ArrayConfig
+from qatlab.intmodel import IntModel, convert
+from qatlab.mixed import (
+    Budget,
+    Factor,
+    Problem,
+    brute_force,
+    cost_tables,
+    decision_space,
+    plan,
+    search,
+    simulate_costs,
+    solve,
+)
+from qatlab.mixed.hessian import hessian_sensitivity
+from qatlab.mixed.sensitivity import SensitivityData, SensitivityInput
+from qatlab.models import build_model
+from qatlab.nn import calibrate, prepare_qat
+from qatlab.quant import QuantSpec
+from qatlab.timing import machine, median_time
+from qatlab.train import run_trial
+
+W = QuantSpec(bits=8, symmetric=True, granularity="channel", axis=0)
+A = QuantSpec(bits=8, symmetric=False)
+
+
+# ---- speed -----------------------------------------------------------------------------
+
+
+def chain_cnn(layers: int, width: int = 16) -> nn.Sequential:
+    mods: list[nn.Module] = [nn.Conv2d(1, width, 3, padding=1), nn.ReLU()]
+    for _ in range(layers - 2):
+        mods += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU()]
+    mods += [nn.Flatten(), nn.Linear(width * 8 * 8, 10)]
+    return nn.Sequential(*mods)
+
+
+def synthetic_sensitivity(space, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    table = {}
+    for s in space.layers:
+        k = rng.uniform(0.2, 5.0)
+        table[s.name] = {(w, a): k * (4.0**-w + 0.5 * 4.0**-a) for w in space.knobs[s.w_knob].domain for a in space.knobs[s.a_knob].domain}
+    return table
+
+
+def bench_search(repeats: int) -> dict:
+    torch.manual_seed(0)
+    net = chain_cnn(50).eval()
+    q = prepare_qat(net, W, A, "lsq")
+    calibrate(q, [torch.rand(8, 1, 8, 8) for _ in range(2)])
+    im = convert(q.eval(), (1, 8, 8))
+    space = decision_space(q, (2, 4, 8))
+    t0 = time.perf_counter()
+    tables = cost_tables(im, space, ArrayConfig())
+    tables_s = time.perf_counter() - t0
+    sens = synthetic_sensitivity(space)
+    from qatlab.mixed import with_sensitivity
+
+    problem = with_sensitivity(tables, sens)
+    runs = {}
+    for frac in (0.45, 0.6, 0.8):
+        b = Budget("asic_energy", frac, relative=True)
+        runs[frac] = median_time(lambda b=b: search(tables, sens, b, problem), repeats)
+    # Baseline: brute force against the ILP on a 5-layer piece (first 5 layers' factors).
+    keep = {s.op for s in space.layers[:5]}
+    knobs = sorted({k for s in space.layers[:5] for k in (s.w_knob, s.a_knob)})
+    remap = {k: i for i, k in enumerate(knobs)}
+    facs = [Factor(f.name, tuple(remap[k] for k in f.scope), f.configs, f.sens, f.sums, f.maxes) for f in problem.factors if f.name in keep]
+    small = Problem(tuple(problem.domains[k] for k in knobs), tuple(facs))
+    full8 = small.evaluate(tuple(8 for _ in knobs))[1]["asic_energy_pj"]
+    lim = {"asic_energy_pj": 0.5 * full8}
+    t0 = time.perf_counter()
+    ref = brute_force(small, lim)
+    brute_s = time.perf_counter() - t0
+    ilp_small = median_time(lambda: solve(small, lim), repeats)
+    assert ref is not None and abs(solve(small, lim).sensitivity - ref[1]) < 1e-9
+    return {
+        "layers": len(space.layers),
+        "knobs": len(space.knobs),
+        "choices_per_layer": 9,
+        "cost_tables_s": tables_s,
+        "ilp_median_s": runs,
+        "brute_force_5_layers_s": brute_s,
+        "brute_force_5_layers_configs": int(np.prod([len(d) for d in small.domains])),
+        "ilp_5_layers_s": ilp_small,
+    }
+
+
+def bench_hessian(repeats: int) -> dict:
+    torch.manual_seed(0)
+    m = build_model("mobilenet").eval()
+    q = prepare_qat(m, W, A, "lsq")
+    space = decision_space(q, (2, 4, 8))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(128, 1, 28, 28, generator=g), torch.randint(0, 10, (128,), generator=g)
+    data = SensitivityData([(x, y)], (x[:16], y[:16]))
+    inp = SensitivityInput(m, q, space, W, A, "lsq", data, {"batches": 1, "samples": 8, "batch": 64})
+
+    def step() -> None:
+        m.train()
+        loss = nn.functional.cross_entropy(m(x), y)
+        loss.backward()
+        m.zero_grad(set_to_none=True)
+        m.eval()
+
+    step_s = median_time(step, repeats)
+    t0 = time.perf_counter()
+    hessian_sensitivity(inp)
+    hess_s = time.perf_counter() - t0
+    return {"layers": len(space.layers), "hessian_s": hess_s, "fp32_step_s": step_s, "ratio": hess_s / step_s, "samples": 8, "batch": 64}
+
+
+# ---- accuracy --------------------------------------------------------------------------
+
+LOW = {"first_last_bits": 8, "estimator": "mse", "ste": "lsq", "method": "qat"}
+
+
+def _trial(cfg: TrainConfig, out: Path, name: str, asic: ArrayConfig) -> dict:
+    t0 = time.perf_counter()
+    rec = run_trial(cfg, out / name)
+    if rec["status"] != "ok":
+        raise RuntimeError(f"trial {name} failed:\n{rec['error']}")
+    write_json(out / name / "record.json", {k: v for k, v in rec.items() if k in ("test_acc", "int_acc", "fp32_acc", "train_s")})
+    return _row(out, name, rec, asic, t0)
+
+
+def _rescore(out: Path, name: str) -> dict:
+    """The row of a trained trial from its saved files (its record, or the models re-evaluated)."""
+    from qatlab.data import load_dataset
+    from qatlab.intmodel import predict
+    from qatlab.train import accuracy, evaluate, load_checkpoint, pretrain_fp32
+
+    t0 = time.perf_counter()
+    saved = out / name / "record.json"
+    if saved.exists():
+        return _row(out, name, json.loads(saved.read_text()), ArrayConfig(), t0)
+    model, cfg, _ = load_checkpoint(out / name / "model.pt")
+    splits = load_dataset(cfg.dataset, val_fraction=cfg.val_fraction, limit_train=cfg.limit_train, limit_test=cfg.limit_test, seed=cfg.seed)
+    dev = torch.device("cpu")
+    pred, y = evaluate(model, splits.test, dev)
+    fp32, _ = pretrain_fp32(cfg, splits, dev)
+    im = IntModel.load(out / name / "intmodel.pt")
+    rec = {
+        "test_acc": accuracy(pred, y),
+        "int_acc": accuracy(predict(im, splits.test.tensors[0]), y),
+        "fp32_acc": accuracy(*evaluate(fp32, splits.test, dev)),
+    }
+    write_json(saved, rec)
+    return _row(out, name, rec, ArrayConfig(), t0)
+
+
+def _row(out: Path, name: str, rec: dict, asic: ArrayConfig, t0: float) -> dict:
+    im = IntModel.load(out / name / "intmodel.pt")
+    cost = simulate_costs(im, asic)
+    row = {
+        "name": name,
+        "test_acc": rec["test_acc"],
+        "int_acc": rec["int_acc"],
+        "fp32_acc": rec["fp32_acc"],
+        "energy_uj": cost["asic_energy_pj"] / 1e6,
+        "cycles": cost["asic_cycles"],
+        "weight_bytes": cost["weight_bytes"],
+        "layer_bits": {op.name: [op.attrs["w_bits"], op.attrs["a_bits"]] for op in im.compute_ops()},
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+    print(
+        f"  {name:24s} acc {100 * row['test_acc']:.2f}  int {100 * (row['int_acc'] or 0):.2f}  {row['energy_uj']:.3f} uJ  ({row['wall_s']} s)",
+        flush=True,
+    )
+    return row
+
+
+def _base(model: str, prof: str) -> TrainConfig:
+    return profile(prof, model=model, **LOW)
+
+
+def stage_plan(model: str, prof: str, method: str, out: Path) -> dict:
+    """Budgets from the cost tables' uniform W4A4 / W2A2 (the same bits as the uniform
+    trials, so the same simulated cost; the report checks it) and 0.5 x W8A8."""
+    from qatlab.mixed import with_sensitivity
+    from qatlab.mixed.search import to_units, uniform_cost
+
+    base = _base(model, prof)
+    t0 = time.perf_counter()
+    p = plan(base, [Budget("asic_energy", 0.5, relative=True)], method)
+    problem = with_sensitivity(p.tables, p.sensitivity)
+    e = {b: to_units(p.tables, uniform_cost(p.tables, problem, b))["asic_energy"] for b in (8, 4, 2)}
+    budgets = {"at_w4a4_energy": Budget("asic_energy", e[4]), "at_w2a2_energy": Budget("asic_energy", e[2])}
+    configs = {"at_half_w8a8": p.configs[0], **{k: search(p.tables, p.sensitivity, b, problem) for k, b in budgets.items()}}
+    doc = {
+        "plan_s": time.perf_counter() - t0,
+        "method": method,
+        "uniform_energy_uj": e,
+        "configs": {k: {"layer_bits": c.layer_bits, "predicted": c.predicted} for k, c in configs.items()},
+    }
+    write_json(out / "plan.json", doc)
+    print(f"  plan ({method}): {doc['plan_s']:.1f} s; uniform energies {e}", flush=True)
+    return doc
+
+
+def stage_trial(model: str, prof: str, name: str, out: Path) -> dict:
+    base = _base(model, prof)
+    if name.startswith("uniform_w"):
+        bits = int(name[len("uniform_w")])
+        cfg = TrainConfig.from_dict({**base.to_dict(), "w_bits": bits, "a_bits": bits})
+        pred = None
+    else:
+        chosen = json.loads((out / "plan.json").read_text())["configs"][name[len("mixed_") :]]
+        cfg = TrainConfig.from_dict({**base.to_dict(), "layer_bits": chosen["layer_bits"]})
+        pred = chosen["predicted"]["asic_energy"]
+    done = (out / name / "intmodel.pt").exists() and (out / name / "model.pt").exists()
+    row = _rescore(out, name) if done else _trial(cfg, out, name, ArrayConfig())
+    row["predicted_energy_uj"] = pred
+    write_json(out / f"{name}.json", row)
+    return row
+
+
+TRIAL_NAMES = ("uniform_w8a8", "uniform_w4a4", "uniform_w2a2", "mixed_at_w4a4_energy", "mixed_at_w2a2_energy", "mixed_at_half_w8a8")
+
+
+def report(out: Path) -> dict:
+    rows = [json.loads((out / f"{n}.json").read_text()) for n in TRIAL_NAMES if (out / f"{n}.json").exists()]
+    by = {r["name"]: r for r in rows}
+    fp32 = rows[0]["fp32_acc"] if rows else float("nan")
+    checks: dict[str, bool] = {}
+    if {"mixed_at_w4a4_energy", "uniform_w4a4"} <= set(by):
+        checks["mixed >= uniform W4A4 at its energy"] = by["mixed_at_w4a4_energy"]["test_acc"] >= by["uniform_w4a4"]["test_acc"]
+    if {"mixed_at_w2a2_energy", "uniform_w2a2"} <= set(by):
+        checks["mixed at W2A2 energy: +0.5 pt or within 0.3 of FP32"] = by["mixed_at_w2a2_energy"]["test_acc"] >= min(
+            by["uniform_w2a2"]["test_acc"] + 0.005, fp32 - 0.003
+        )
+    uni = [r for r in rows if r["name"].startswith("uniform")]
+    mixed = [r for r in rows if r["name"].startswith("mixed")]
+    if uni and mixed:
+        checks["no uniform point dominates a mixed one"] = not any(
+            u["energy_uj"] <= m["energy_uj"] and u["test_acc"] > m["test_acc"] for u, m in itertools.product(uni, mixed)
+        )
+        checks["predicted energy == simulated"] = all(m["predicted_energy_uj"] == m["energy_uj"] for m in mixed)
+    plan_doc = json.loads((out / "plan.json").read_text()) if (out / "plan.json").exists() else {}
+    for b in (4, 2):
+        u = by.get(f"uniform_w{b}a{b}")
+        if u is not None and plan_doc:
+            checks[f"tables' uniform W{b}A{b} energy == trained uniform W{b}A{b}"] = plan_doc["uniform_energy_uj"][str(b)] == u["energy_uj"]
+    print(f"{'trial':24s} {'test acc':>8s} {'int acc':>8s} {'energy uJ':>10s}  layer bits [w, a]")
+    for r in rows:
+        print(f"{r['name']:24s} {100 * r['test_acc']:8.2f} {100 * (r['int_acc'] or 0):8.2f} {r['energy_uj']:10.3f}  {r['layer_bits']}")
+    print(f"FP32 {100 * fp32:.2f}")
+    return {"fp32_acc": fp32, "rows": rows, "plan": plan_doc, "checks": checks}
+
+
+def bench_accuracy(model: str, prof: str, method: str, out: Path) -> dict:
+    stage_plan(model, prof, method, out)
+    for n in TRIAL_NAMES:
+        stage_trial(model, prof, n, out)
+    return report(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="what", required=True)
+    sp = sub.add_parser("speed")
+    sp.add_argument("--repeats", type=int, default=5)
+    sp.add_argument("--skip-hessian", action="store_true")
+    acc = sub.add_parser("accuracy")
+    acc.add_argument("--model", default="lenet", choices=("lenet", "mobilenet"))
+    acc.add_argument("--profile", default="quick", choices=("tiny", "quick", "full"))
+    acc.add_argument("--method", default="hessian", choices=("noise", "hessian", "measured"))
+    acc.add_argument("--out", type=Path, default=Path("runs/mixed-bench"))
+    acc.add_argument(
+        "--stage",
+        choices=("all", "plan", "trial", "report"),
+        default="all",
+        help="run one piece (plan, one --trial, the report), e.g. in parallel processes",
+    )
+    acc.add_argument("--trial", choices=TRIAL_NAMES)
+    for p in (sp, acc):
+        p.add_argument("--json", type=Path)
+        p.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result: dict = {"machine": machine()}
+    ok = True
+    if args.what == "speed":
+        s = bench_search(args.repeats)
+        result["search"] = s
+        worst = max(s["ilp_median_s"].values())
+        print(f"cost tables, {s['layers']} layers x 9 choices: {s['cost_tables_s']:.2f} s")
+        for frac, t in s["ilp_median_s"].items():
+            print(f"ILP search at {frac} x W8A8 energy: {t:.3f} s (median of {args.repeats})")
+        print(
+            f"baseline, 5 layers: brute force {s['brute_force_5_layers_s']:.2f} s over {s['brute_force_5_layers_configs']} configs; "
+            f"ILP {s['ilp_5_layers_s']:.4f} s ({s['brute_force_5_layers_s'] / s['ilp_5_layers_s']:.0f}x faster)"
+        )
+        print(f"{'PASS' if worst <= 2.0 else 'FAIL'}: 50-layer search <= 2 s ({worst:.3f} s)")
+        ok &= worst <= 2.0
+        if not args.skip_hessian:
+            h = bench_hessian(args.repeats)
+            result["hessian"] = h
+            print(
+                f"hessian sensitivity, MobileNet ({h['layers']} layers, batch {h['batch']}, {h['samples']} samples): {h['hessian_s']:.1f} s "
+                f"= {h['ratio']:.0f} FP32 training steps ({h['fp32_step_s']:.3f} s each)"
+            )
+            print(f"{'PASS' if h['hessian_s'] <= 120 else 'FAIL'}: Hessian sensitivity <= 2 min ({h['hessian_s']:.1f} s)")
+            ok &= h["hessian_s"] <= 120
+    else:
+        args.out.mkdir(parents=True, exist_ok=True)
+        if args.stage == "plan":
+            result["plan"] = stage_plan(args.model, args.profile, args.method, args.out)
+            r = {"checks": {}}
+        elif args.stage == "trial":
+            if args.trial is None:
+                ap.error("--stage trial needs --trial NAME")
+            result["trial"] = stage_trial(args.model, args.profile, args.trial, args.out)
+            r = {"checks": {}}
+        elif args.stage == "report":
+            r = report(args.out)
+        else:
+            r = bench_accuracy(args.model, args.profile, args.method, args.out)
+        result["accuracy"] = r
+        for name, passed in r["checks"].items():
+            print(f"{'PASS' if passed else 'FAIL'}: {name}")
+            ok &= passed
+    if args.json:
+        write_json(args.json, result)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Sensitivity methods: registry, table shape, and the cache."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from qatlab.mixed import MixedPrecisionError, SensitivityInput, layer_sensitivity, methods, register
+from qatlab.mixed.sens_cache import cache_key, cache_path
+from qatlab.mixed.space import layer_choices
+
+from .conftest import A, W, data
+
+CALLS: list[int] = []
+
+
+@register("_counting")
+def _counting(inp: SensitivityInput) -> dict:
+    CALLS.append(1)
+    return {s.name: {c: float(c[0] * c[1]) ** -1 for c in layer_choices(inp.space, s)} for s in inp.space.layers}
+
+
+def test_cache_hit(lenet_setup, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("QATLAB_CACHE", str(tmp_path))
+    m, q, space, _ = lenet_setup
+    inp = SensitivityInput(m, q, space, W, A, "lsq", data())
+    CALLS.clear()
+    first = layer_sensitivity("_counting", inp)
+    second = layer_sensitivity("_counting", inp)
+    assert CALLS == [1] and first == second
+    path = cache_path(cache_key("_counting", inp, {}))
+    assert path.parent == tmp_path / "mixed" and json.loads(path.read_text())["method"] == "_counting"
+    # other weights, other data: a miss each
+    with_other_data = SensitivityInput(m, q, space, W, A, "lsq", type(inp.data)(inp.data.calib[:1], inp.data.val))
+    layer_sensitivity("_counting", with_other_data)
+    assert len(CALLS) == 2
+    path.write_text("{not json")  # a damaged entry is recomputed
+    layer_sensitivity("_counting", inp)
+    assert len(CALLS) == 3
+
+
+@pytest.mark.parametrize("method", ["noise", "hessian"])
+def test_builtin_methods_give_full_tables(lenet_setup, method) -> None:
+    m, q, space, _ = lenet_setup
+    options = {"samples": 2} if method == "hessian" else {}
+    table = layer_sensitivity(method, SensitivityInput(m, q, space, W, A, "lsq", data(), options), use_cache=False)
+    for s in space.layers:
+        row = table[s.name]
+        assert set(row) == set(layer_choices(space, s))
+        assert all(v >= 0 for v in row.values())
+        # fewer bits never help: W2A2 is at least as bad as W8A8
+        assert row[(2, 2)] >= row[(8, 8)]
+
+
+def test_unknown_method_and_option() -> None:
+    assert {"noise", "hessian", "measured"} <= set(methods())
+    with pytest.raises(MixedPrecisionError, match="unknown sensitivity method 'magic'"):
+        layer_sensitivity("magic", None)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_measured_method(lenet_setup) -> None:
+    m, q, space, _ = lenet_setup
+    table = layer_sensitivity("measured", SensitivityInput(m, q, space, W, A, "lsq", data(), {"batches": 1}), use_cache=False)
+    for s in space.layers:
+        assert set(table[s.name]) == set(layer_choices(space, s))
+        assert table[s.name][(8, 8)] == pytest.approx(0.0, abs=5.0)  # one 8-bit layer is close to FP32 (64 samples)
