@@ -141,7 +141,15 @@ def test_each_field_moves_the_keys_its_stage_says():
         ("model_args", {"not an id": 1}, FieldTypeError, "identifiers"),
         ("lr", "fast", FieldTypeError, "lr: expected a number"),
         ("lr", float("inf"), FieldTypeError, "finite"),
-        ("num_workers", -1, ConfigError, "num_workers must be >= 0"),
+        ("num_workers", -1, ConfigError, r"num_workers must be in 0\.\.1024, got -1"),
+        # Absurd sizes are refused up front, not discovered after years of training or as
+        # an overflow deep inside torch.
+        ("epochs", 99999999999999999999999, ConfigError, r"epochs must be in 0\.\.100000"),
+        ("qat_epochs", 10**6, ConfigError, "qat_epochs must be in"),
+        ("seed", 2**64, ConfigError, "seed must be in"),
+        ("batch_size", 2**40, ConfigError, "batch_size must be in"),
+        ("limit_train", 2**40, ConfigError, "limit_train must be a positive integer up to"),
+        ("calib_batches", 2**31, ConfigError, "calib_batches must be in"),
         ("device", "cuda:x", ConfigError, "device must be"),
     ],
 )

@@ -168,17 +168,25 @@ _KINDS: dict[str, Callable[[str, Any], Any]] = {
 # ---- range checks ----------------------------------------------------------------------
 
 
-def _at_least(lo: int) -> Callable[[str, Any], None]:
+# Upper bounds: far beyond any real run, and below what would overflow a C integer
+# (torch's seed, a DataLoader's sizes) or hang a trial for years without a word.
+MAX_SEED = 2**63 - 1
+MAX_EPOCHS = 100_000
+MAX_COUNT = 2**31 - 1  # batch sizes, sample limits, calibration batches
+MAX_WORKERS = 1024
+
+
+def _in_range(lo: int, hi: int) -> Callable[[str, Any], None]:
     def check(name: str, v: Any) -> None:
-        if v is not None and v < lo:
-            raise ConfigError(name, f"must be >= {lo}, got {v}")
+        if v is not None and not lo <= v <= hi:
+            raise ConfigError(name, f"must be in {lo}..{hi}, got {v}")
 
     return check
 
 
 def _positive_or_null(name: str, v: int | None) -> None:
-    if v is not None and v < 1:
-        raise ConfigError(name, f"must be a positive integer or null, got {v}")
+    if v is not None and not 1 <= v <= MAX_COUNT:
+        raise ConfigError(name, f"must be a positive integer up to {MAX_COUNT} or null, got {v}")
 
 
 def _bits(nullable: bool) -> Callable[[str, Any], None]:
@@ -250,16 +258,16 @@ class TrainConfig:
     granularity: str = _f("channel", "str", "quant", _granularity)  # of the weights; activations are per tensor
     estimator: str = _f("minmax", "str", "quant", _one_of(ESTIMATORS))
     ste: str = _f("lsq", "str", "quant", _one_of(STE_KINDS))  # identity | clipped | lsq | pact
-    seed: int = _f(0, "int", "fp32", _at_least(0))
-    epochs: int = _f(2, "int", "fp32", _at_least(0))  # FP32 pretraining epochs
-    qat_epochs: int = _f(1, "int", "quant", _at_least(0))
-    batch_size: int = _f(128, "int", "fp32", _at_least(1))
+    seed: int = _f(0, "int", "fp32", _in_range(0, MAX_SEED))
+    epochs: int = _f(2, "int", "fp32", _in_range(0, MAX_EPOCHS))  # FP32 pretraining epochs
+    qat_epochs: int = _f(1, "int", "quant", _in_range(0, MAX_EPOCHS))
+    batch_size: int = _f(128, "int", "fp32", _in_range(1, MAX_COUNT))
     lr: float = _f(1e-3, "float", "fp32", _positive)
     qat_lr: float = _f(1e-4, "float", "quant", _positive)
     limit_train: int | None = _f(None, "int?", "fp32", _positive_or_null)
     limit_test: int | None = _f(None, "int?", "trial", _positive_or_null)
     val_fraction: float = _f(0.1, "float", "fp32", _open_fraction)
-    calib_batches: int = _f(16, "int", "quant", _at_least(0))
+    calib_batches: int = _f(16, "int", "quant", _in_range(0, MAX_COUNT))
     first_last_bits: int | None = _f(None, "int?", "quant", _bits(True))
     # Mixed precision: module name -> [w_bits, a_bits] (a_bits: the bits of the layer's
     # input activation), applied after w_bits/a_bits/first_last_bits (nn.prepare_qat).
@@ -272,7 +280,7 @@ class TrainConfig:
     # Options of the dataset: an import-path loader's keyword arguments, or an image
     # folder's size / channels / test_fraction (qatlab.datasets.imagefolder).
     loader_args: dict[str, Any] = _f({}, "mapping", "fp32", omit_default=True)
-    num_workers: int = _f(0, "int", "none", _at_least(0))  # DataLoader worker processes
+    num_workers: int = _f(0, "int", "none", _in_range(0, MAX_WORKERS))  # DataLoader worker processes
 
     def __post_init__(self) -> None:
         for f in fields(self):
