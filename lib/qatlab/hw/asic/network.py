@@ -17,7 +17,7 @@ and scales it; :func:`grouped_record_reference` simulates every group and sums t
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from qatlab.hw.asic.config import ArrayConfig
 from qatlab.hw.asic.energy import EnergyTable
@@ -103,13 +103,20 @@ def op_record(info: OpInfo, cfg: ArrayConfig, table: EnergyTable, batch: int = 1
     return vector_record(info, cfg, table, batch)
 
 
-def simulate_intmodel(model: Any, config: ArrayConfig, batch: int = 1, energy: EnergyTable | None = None) -> AsicReport:
+def simulate_intmodel(
+    model: Any,
+    config: ArrayConfig,
+    batch: int = 1,
+    energy: EnergyTable | None = None,
+    record: Callable[[OpInfo, ArrayConfig, EnergyTable, int], LayerRecord] | None = None,
+) -> AsicReport:
     """Simulate a converted integer model (``qatlab.intmodel`` IntModel) op by op.
 
     One record per op, every op in the totals: conv and linear on the array (bit
     widths and weight density included; with ``config.pack`` / ``config.sparsity`` the
     trained bit widths and N:M patterns change the counts), grouped convs one GEMM per
     group, the other ops on the vector unit, pass-through ops as empty rows.
+    ``record`` replaces :func:`op_record` for a cost model built on it (sub-8-bit packing).
     """
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
@@ -117,7 +124,7 @@ def simulate_intmodel(model: Any, config: ArrayConfig, batch: int = 1, energy: E
     if not infos:
         raise ValueError("simulate_intmodel: the model has no ops")
     table = energy or EnergyTable(config.node_nm, config.vdd)
-    records = [op_record(i, config, table, batch) for i in infos]
+    records = [(record or op_record)(i, config, table, batch) for i in infos]
     t = totals(records, config, batch)
     t["array_cycles"] = sum(r.cycles for r in records if r.unit == "array")
     t["vector_cycles"] = sum(r.cycles for r in records if r.unit == "vector")

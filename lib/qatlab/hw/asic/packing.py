@@ -30,9 +30,9 @@ from typing import Any
 
 from qatlab.hw.asic.config import ArrayConfig
 from qatlab.hw.asic.energy import EnergyTable
-from qatlab.hw.asic.network import op_record
-from qatlab.hw.asic.simulate import AsicReport, LayerRecord, totals
-from qatlab.hw.opgraph import OpInfo, op_infos
+from qatlab.hw.asic.network import op_record, simulate_intmodel
+from qatlab.hw.asic.simulate import AsicReport, LayerRecord
+from qatlab.hw.opgraph import OpInfo
 
 LANE_BITS = 8
 MAX_PACK = 4
@@ -72,13 +72,4 @@ def packed_record(info: OpInfo, cfg: ArrayConfig, table: EnergyTable, batch: int
 
 def simulate_packed(model: Any, config: ArrayConfig, batch: int = 1, energy: EnergyTable | None = None) -> AsicReport:
     """An IntModel on the array with sub-8-bit packing: one record per op, and totals."""
-    cfg = packed_config(config)
-    infos = op_infos(model)
-    if not infos:
-        raise ValueError("simulate_packed: the model has no ops")
-    table = energy or EnergyTable(cfg.node_nm, cfg.vdd)
-    records = [packed_record(i, cfg, table, batch) for i in infos]
-    t = totals(records, cfg, batch)
-    t["array_cycles"] = sum(r.cycles for r in records if r.unit == "array")
-    t["vector_cycles"] = sum(r.cycles for r in records if r.unit == "vector")
-    return AsicReport(cfg, records, t)
+    return simulate_intmodel(model, packed_config(config), batch, energy, record=packed_record)

@@ -86,6 +86,12 @@ def bram18_sdp(depth: int, width: int) -> int:
     ``MVAU.bram_estimation`` and ``StreamingFIFO.bram_estimation``."""
     if depth <= 0 or width <= 0:
         return 0
+    return _bram18_table(depth, width, (9, 18, 36))
+
+
+def _bram18_table(depth: int, width: int, divisors: tuple[int, int, int]) -> int:
+    """FINN's RAMB18 count by aspect ratio; ``divisors`` are the widths it divides by at
+    the 2K, 1K and 512-deep ratios (the MVAU's 9/18/36, the VVAU's 8/16/32)."""
     if width == 1:
         return math.ceil(depth / 16384)
     if width == 2:
@@ -93,10 +99,10 @@ def bram18_sdp(depth: int, width: int) -> int:
     if width <= 4:
         return math.ceil(depth / 4096) * math.ceil(width / 4)
     if width <= 9:
-        return math.ceil(depth / 2048) * math.ceil(width / 9)
+        return math.ceil(depth / 2048) * math.ceil(width / divisors[0])
     if width <= 18 or depth > 512:
-        return math.ceil(depth / 1024) * math.ceil(width / 18)
-    return math.ceil(depth / 512) * math.ceil(width / 36)
+        return math.ceil(depth / 1024) * math.ceil(width / divisors[1])
+    return math.ceil(depth / 512) * math.ceil(width / divisors[2])
 
 
 def uram_blocks(depth: int, width: int) -> int:
@@ -558,14 +564,4 @@ def vvau_bram18(depth: int, width: int, style: str = "auto") -> int:
     divisors (8, 16, 32) differ from the MVAU's (9, 18, 36)."""
     if style in ("distributed", "ultra") or (style == "auto" and depth <= LUTRAM_MAX_DEPTH):
         return 0
-    if width == 1:
-        return math.ceil(depth / 16384)
-    if width == 2:
-        return math.ceil(depth / 8192)
-    if width <= 4:
-        return math.ceil(depth / 4096) * math.ceil(width / 4)
-    if width <= 9:
-        return math.ceil(depth / 2048) * math.ceil(width / 8)
-    if width <= 18 or depth > 512:
-        return math.ceil(depth / 1024) * math.ceil(width / 16)
-    return math.ceil(depth / 512) * math.ceil(width / 32)
+    return _bram18_table(depth, width, (8, 16, 32))
