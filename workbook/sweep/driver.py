@@ -130,12 +130,12 @@ class _Driver:
             if pending:
                 self._loop(pending, num_gpus)
         except KeyboardInterrupt:
-            import ray
-
+            # The trials in flight are not cancelled one by one: ray.shutdown() (the caller's)
+            # ends a local cluster's workers, and a cluster drops the tasks of a driver that
+            # left. Force-cancelling them raced with their replies in flight and could abort
+            # the driver inside Ray's core worker ("Tried to complete task that was not pending").
             summary.interrupted = True
-            for ref, job in self.flight:
-                with contextlib.suppress(Exception):
-                    ray.cancel(ref, force=True)  # a source's dependents fail with it
+            for _ref, job in self.flight:
                 if job.trial_id is not None:  # a worker killed mid-trial cannot remove its own live log
                     with contextlib.suppress(OSError):
                         self._live_log(job.trial_id).unlink(missing_ok=True)
