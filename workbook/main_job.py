@@ -144,8 +144,8 @@ def _run_locked(args: argparse.Namespace, spec: Any, out: Path, store: Any, date
     from workbook.errors import one_line
     from workbook.notebooks import run_notebooks
     from workbook.report import MANIFEST, headline, refresh_index, write_json
-    from workbook.sweep import connect, run_sweep
-    from workbook.sweep.cli import disk_error, is_disk_error
+    from workbook.sweep import run_sweep
+    from workbook.sweep.cli import ray_session
     from workbook.sweep.driver import check_foreign
 
     t0 = time.perf_counter()
@@ -163,19 +163,9 @@ def _run_locked(args: argparse.Namespace, spec: Any, out: Path, store: Any, date
     phase = "sweep"
     try:
         print(f"[1/2] sweep {spec.name}: {len(spec.trials)} trials -> {sweep_dir}", file=sys.stderr, flush=True)
-        started_local, connected = connect(args.address)
-        try:
+        with ray_session(args.address, sweep_dir) as started_local:
             summary = run_sweep(spec, sweep_dir, mode="force" if args.force else "resume", max_concurrent=args.max_concurrent,
                                 cpu_fallback=started_local, lock=False)  # fmt: skip
-        except OSError as e:
-            if not is_disk_error(e):
-                raise
-            raise disk_error(e, sweep_dir) from None
-        finally:
-            if connected:
-                import ray
-
-                ray.shutdown()
         t_sweep = time.perf_counter() - t0
         manifest["sweep"] = {"ok": summary.ok, "failed": summary.failed, "ran": summary.ran, "failed_ids": summary.failed_ids}
         if summary.interrupted:  # the driver stopped its trials and kept what finished

@@ -330,12 +330,12 @@ def test_address_where_nothing_listens_fails_fast(tmp_path, capsys, monkeypatch)
 
 
 def test_ctrl_c_while_ray_starts_finalises_the_manifest(tmp_path, capsys, monkeypatch):
-    import workbook.sweep
+    import workbook.sweep.cli
 
     def interrupted(address):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(workbook.sweep, "connect", interrupted)
+    monkeypatch.setattr(workbook.sweep.cli, "connect", interrupted)  # what ray_session starts Ray with
     out = tmp_path / "run"
     assert main(["run", "--spec", "digits-smoke", "--out", str(out)]) == 130
     m = json.loads((out / "run.json").read_text())

@@ -10,7 +10,7 @@ import os
 import socket
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from workbook.argtypes import int_at_least
 from workbook.errors import CommandError
@@ -79,19 +79,30 @@ def run(args: argparse.Namespace) -> int:
         check_foreign(spec, store, replace=False)
 
     # Ctrl-C while Ray starts: connect() stops what it started; nothing was written yet.
-    started_local, connected = connect(args.address)
+    with ray_session(args.address, out) as started_local:
+        try:
+            summary = run_sweep(
+                spec,
+                out,
+                mode=mode,
+                max_concurrent=args.max_concurrent,
+                progress=not getattr(args, "no_progress", False),
+                cpu_fallback=started_local,
+                replace=bool(args.force),
+            )
+        except SweepLockedError as e:
+            raise CommandError(str(e)) from None
+    return summary.exit_code
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, out: Path) -> Iterator[bool]:
+    """Ray joined or started (:func:`connect`) for one sweep into ``out``; yields whether
+    it was started here. Ray is shut down after, if connected here, and a file the disk
+    refused becomes :func:`disk_error`'s one line."""
+    started_local, connected = connect(address)
     try:
-        summary = run_sweep(
-            spec,
-            out,
-            mode=mode,
-            max_concurrent=args.max_concurrent,
-            progress=not getattr(args, "no_progress", False),
-            cpu_fallback=started_local,
-            replace=bool(args.force),
-        )
-    except SweepLockedError as e:
-        raise CommandError(str(e)) from None
+        yield started_local
     except OSError as e:
         if not is_disk_error(e):
             raise
@@ -101,7 +112,6 @@ def run(args: argparse.Namespace) -> int:
             import ray
 
             ray.shutdown()
-    return summary.exit_code
 
 
 _DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EIO, errno.ENOTDIR, errno.EISDIR}
