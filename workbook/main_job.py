@@ -59,8 +59,11 @@ def notebook_parameters() -> dict[str, dict[str, Any]]:
     import papermill as pm
 
     from workbook.notebooks import NOTEBOOKS, notebook_dir
+    from workbook.report import MIXED_PAGE
 
-    return {n: {k: v.get("default") for k, v in pm.inspect_notebook(str(notebook_dir() / f"{n}.ipynb")).items()} for n in NOTEBOOKS}
+    # the mixed page runs only where the sweep has mixed trials (report.pages_for)
+    names = (*NOTEBOOKS, MIXED_PAGE) if (notebook_dir() / f"{MIXED_PAGE}.ipynb").is_file() else NOTEBOOKS
+    return {n: {k: v.get("default") for k, v in pm.inspect_notebook(str(notebook_dir() / f"{n}.ipynb")).items()} for n in names}
 
 
 def parse_params(pairs: list[str], nb_params: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -143,14 +146,15 @@ def _run_locked(args: argparse.Namespace, spec: Any, out: Path, store: Any, date
                 nb_defaults: dict[str, dict[str, Any]], nb_over: dict[str, Any]) -> int:  # fmt: skip
     from workbook.errors import one_line
     from workbook.notebooks import run_notebooks
-    from workbook.report import MANIFEST, headline, refresh_index, write_json
+    from workbook.report import MANIFEST, headline, pages_for, refresh_index, write_json
     from workbook.sweep import run_sweep
     from workbook.sweep.cli import ray_session
     from workbook.sweep.driver import check_foreign
+    from workbook.sweep.mixed import spec_trial_ids
 
     t0 = time.perf_counter()
     sweep_dir = store.root
-    foreign = store.foreign_ids(t.trial_id for t in spec.trials)
+    foreign = store.foreign_ids(spec_trial_ids(spec, store))
     if foreign:
         check_foreign(spec, store, replace=bool(args.force))  # refuses without --force
         dest = set_aside_run(out, store, foreign)
@@ -175,7 +179,7 @@ def _run_locked(args: argparse.Namespace, spec: Any, out: Path, store: Any, date
         print("[2/2] notebooks", file=sys.stderr, flush=True)
         params = notebook_params(spec, nb_defaults, nb_over, sweep_dir)
         with _interrupt_flag() as interrupted:
-            results = run_notebooks(out, params, no_input=args.no_input, stop=interrupted.is_set)
+            results = run_notebooks(out, params, pages_for(sweep_dir), no_input=args.no_input, stop=interrupted.is_set)
         t_nb = time.perf_counter() - t0 - t_sweep
     except BaseException as e:
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"

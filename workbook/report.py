@@ -20,6 +20,8 @@ from qatlab import atomic
 from qatlab.atomic import write_text
 
 MANIFEST = "run.json"
+# The page a run has only when its sweep has mixed-precision trials (a spec's `mixed:` block).
+MIXED_PAGE = "mixed"
 # In the <head> of every index build_index writes: an index.html without it is not ours to overwrite.
 INDEX_MARKER = '<meta name="generator" content="qatlab-index">'
 
@@ -45,6 +47,31 @@ def headline(sweep_dir: Path) -> dict[str, Any]:
     for b, d in sorted(ok[ok.method != "fp32"].groupby("w_bits"), key=lambda kv: -kv[0]):
         out[f"best_w{int(b)}_acc"] = round(100 * float(d.test_acc.max()), 2)
     return out
+
+
+def has_mixed(sweep_dir: Path) -> bool:
+    """Whether the sweep's results hold mixed-precision trials (a non-null ``mixed`` column)."""
+    p = sweep_dir / "results.parquet"
+    if not p.is_file():
+        return False
+    import pyarrow.parquet as pq
+
+    try:
+        if "mixed" not in pq.read_schema(p).names:
+            return False
+        col = pq.read_table(p, columns=["mixed"]).column("mixed")
+    except Exception:  # an unreadable table: _headline names it
+        return False
+    return col.null_count < len(col)
+
+
+def pages_for(sweep_dir: Path) -> tuple[str, ...]:
+    """The notebooks a run's report has: every run's, and the mixed page where the sweep
+    has mixed trials (and the notebooks folder has the page: ``QATLAB_NOTEBOOKS`` may name another)."""
+    from workbook.notebooks import NOTEBOOKS, notebook_dir
+
+    mixed = has_mixed(sweep_dir) and (notebook_dir() / f"{MIXED_PAGE}.ipynb").is_file()
+    return (*NOTEBOOKS, MIXED_PAGE) if mixed else NOTEBOOKS
 
 
 _BEST = re.compile(r"best_w(\d+)_acc$")
@@ -226,6 +253,17 @@ def rerender(run_dir: Path, no_input: bool = False) -> dict[str, Any]:
     sweep_dir = run_dir / "sweep"
     head = _headline(sweep_dir) if sweep_dir.exists() else None
     notebooks = {nb["name"]: nb for nb in manifest.get("notebooks", []) if isinstance(nb, dict) and "name" in nb}
+    if (
+        head is not None
+        and MIXED_PAGE not in notebooks
+        and not (run_dir / f"{MIXED_PAGE}.ipynb").exists()
+        and MIXED_PAGE in pages_for(sweep_dir)
+    ):
+        # a run whose mixed trials came after its pages (a resumed sweep): the page is made now
+        from workbook.notebooks import execute
+
+        r = execute(MIXED_PAGE, run_dir, {"run_dir": str(sweep_dir.resolve())})
+        notebooks[MIXED_PAGE] = {"name": MIXED_PAGE, "status": r.status, "error": r.error, "seconds": r.seconds}
     rendered = []
     for ipynb in sorted(run_dir.glob("*.ipynb")):
         nb = notebooks.setdefault(ipynb.stem, {"name": ipynb.stem, "status": "ok"})

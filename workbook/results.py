@@ -49,6 +49,8 @@ _COLUMN_TYPES = {
     **{c: "string" for c in ("trial_id", "model", "dataset", "method", "granularity", "estimator", "ste", "status", "error")},
     **{c: "int64" for c in ("w_bits", "a_bits", "seed", "epochs")},
     **{c: "float64" for c in ("test_acc", "fp32_acc", "train_s")},
+    # mixed precision (workbook.sweep.mixed): numbers even when every plan failed
+    **{c: "float64" for c in ("predicted_cost", "actual_cost", "mixed_budget", "mixed_sensitivity")},
 }
 RESULT_FILE = "result.json"
 LOG_FILE = "trial.log"

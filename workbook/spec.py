@@ -26,7 +26,10 @@ Optional keys beyond the example above (all in docs/cli.md): ``description``; ``
 a shorthand for ``w_bits: B, a_bits: B`` (in ``train``, ``grid`` and ``include``);
 list values inside an ``include`` entry expand like a small grid; ``save_models``
 (default true); ``resources.memory``, ``resources.custom`` (Ray custom resources),
-``resources.max_retries`` (infrastructure retries) and ``resources.timeout_s``.
+``resources.max_retries`` (infrastructure retries) and ``resources.timeout_s``;
+``mixed`` (per-layer bits under hardware budgets: :class:`MixedSpec`, one
+:class:`MixedPlan` per base config — a qat trial at W8A8 — whose trials the sweep
+adds once planned, ``workbook.sweep.mixed``).
 
 What a trial field may hold, and the trial id, are ``qatlab.config``'s: this module
 reads YAML, expands grids and includes, and says where in the file a value came from.
@@ -58,7 +61,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
 
-TOP_KEYS = ("name", "description", "dataset", "model", "train", "grid", "include", "resources", "save_models")
+TOP_KEYS = ("name", "description", "dataset", "model", "train", "grid", "include", "resources", "save_models", "mixed")
 RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory", "custom", "max_retries", "timeout_s")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # A spec is a page of YAML; the cap stops `--spec /dev/zero` from being read whole.
@@ -148,6 +151,7 @@ class Spec:
     trials: tuple[Trial, ...]
     collapsed: int  # grid points/include entries that duplicated an earlier trial
     text: str = ""  # the YAML as read, kept beside the results
+    mixed: "MixedSpec | None" = None  # the `mixed:` block: plans whose trials the sweep adds once planned
 
     @property
     def valid_trials(self) -> tuple[Trial, ...]:
@@ -597,6 +601,7 @@ def parse_spec(
         first = trials[0].error if trials else "no trials"
         raise SpecError(f"{c.source}: no valid trial: {first}")
     trials = _with_labels(trials)
+    mixed = _parse_mixed(c, top["mixed"], trials) if top.get("mixed") is not None else None
     return Spec(
         name=name,
         path=p,
@@ -609,6 +614,7 @@ def parse_spec(
         trials=tuple(trials),
         collapsed=collapsed,
         text=text,
+        mixed=mixed,
     )
 
 
@@ -656,6 +662,195 @@ def _parse_resources(c: _Checker, raw: Any) -> Resources:
     if num_cpus == 0 and num_gpus == 0 and not custom:
         raise c.err("resources", "num_cpus, num_gpus and custom are all zero: Ray would run every trial at once")
     return Resources(num_cpus=num_cpus, num_gpus=num_gpus, memory=memory, custom=custom, max_retries=max_retries, timeout_s=timeout_s)
+
+
+# ---- the mixed block ----------------------------------------------------------------
+
+MIXED_KEYS = ("metric", "budgets", "sensitivity", "candidates", "options", "fpga")
+MIXED_FPGA_KEYS = ("device", "target_fps")
+# A plan's base config and its mixed trials are W8A8 outside layer_bits: uniform W8A8 is
+# what relative budgets are fractions of, and the quantizers no layer reads (a network's
+# output) keep the bits the cost tables priced them at.
+MIXED_BASE_BITS = 8
+
+
+@dataclass(frozen=True)
+class MixedBudget:
+    value: float
+    relative: bool  # a fraction (for fpga_fps a multiple) of uniform W8A8's cost, else absolute in the metric's unit
+    name: str  # mixed-<metric>-<value>[<unit>]: the trials' name in results and reports
+
+
+@dataclass(frozen=True)
+class MixedPlan:
+    """One plan: a base config (a qat trial of the spec at W8A8, without layer_bits) and
+    the block's budgets. ``derived_from``: the spec's qat trials that differ from the
+    base only in their bits (W8A8, W4A4 and W2A2 of one grid share one plan)."""
+
+    plan_id: str
+    base: Mapping[str, Any]
+    base_id: str
+    derived_from: tuple[str, ...]
+    label: str
+
+    def placeholder_id(self, budget: MixedBudget) -> str:
+        """The trial id of ``budget``'s trial while it has no layer_bits (its plan failed,
+        or no configuration meets it): deterministic, so a rerun finds its record."""
+        import hashlib
+
+        return hashlib.sha256(f"mixed:{self.plan_id}:{budget.name}".encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class MixedSpec:
+    """The ``mixed:`` block (docs/cli.md): what to plan, and one plan per base config."""
+
+    metric: str
+    budgets: tuple[MixedBudget, ...]
+    sensitivity: str
+    candidates: tuple[int, ...]
+    options: Mapping[str, Any]
+    fpga: Mapping[str, Any] | None  # {device, target_fps}; None: no FPGA figures
+    plans: tuple[MixedPlan, ...]
+
+    def settings(self) -> dict[str, Any]:
+        """Everything a plan depends on besides its base config (JSON)."""
+        return {
+            "metric": self.metric,
+            "budgets": [{"value": b.value, "relative": b.relative, "name": b.name} for b in self.budgets],
+            "sensitivity": self.sensitivity,
+            "candidates": list(self.candidates),
+            "options": dict(self.options),
+            "fpga": dict(self.fpga) if self.fpga is not None else None,
+        }
+
+
+def mixed_plan_word(metric: str) -> str:
+    """What stands in a plan's label where its trials' label has their bits (``qat plan asic_energy lsq ...``)."""
+    return f"plan {metric}"
+
+
+def _parse_mixed(c: _Checker, raw: Any, trials: Sequence[Trial]) -> MixedSpec:
+    """The ``mixed:`` block, checked against qatlab.mixed's own registries."""
+    import hashlib
+
+    from qatlab.config import ConfigError, TrainConfig
+    from qatlab.hw.fpga import device_names, get_device
+    from qatlab.mixed import MixedPrecisionError, methods
+    from qatlab.mixed.metrics import METRICS
+    from qatlab.mixed.registry import DEFAULT_OPTIONS
+    from qatlab.mixed.space import check_candidates
+
+    m = c.mapping(raw, "mixed")
+    unknown = [k for k in m if k not in MIXED_KEYS]
+    if unknown:
+        raise c.err(f"mixed.{unknown[0]}", f"unknown key; valid keys: {', '.join(MIXED_KEYS)}")
+    metric = m.get("metric")
+    if metric is None:
+        raise c.err("mixed", f"'metric' is required: one of {', '.join(METRICS)}")
+    if not isinstance(metric, str) or metric not in METRICS:
+        raise c.err("mixed.metric", f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
+    unit = METRICS[metric].unit
+    fps = METRICS[metric].kind == "fps"
+
+    raw_budgets = m.get("budgets")
+    if not isinstance(raw_budgets, list) or not raw_budgets:
+        raise c.err("mixed.budgets" if "budgets" in m else "mixed", "'budgets' must be a non-empty list, e.g. [0.3, 0.5, 0.7]")
+    budgets: list[MixedBudget] = []
+    for i, b in enumerate(raw_budgets):
+        where = f"mixed.budgets[{i}]"
+        if isinstance(b, Mapping):
+            keys = [k for k in b if k not in ("value", "relative")]
+            if keys or len(b) != 1:
+                raise c.err(where, "a mapping budget is {value: X} (absolute, in " + unit + ") or {relative: X} (of uniform W8A8)")
+            relative = "relative" in b
+            value = _number("float", b["relative" if relative else "value"], f"{c.at(where)}: {where}")
+        else:
+            relative = True
+            value = _number("float", b, f"{c.at(where)}: {where}")
+            if not fps and value > 1.0:
+                raise c.err(
+                    where,
+                    f"a bare number is a fraction of uniform W8A8's {metric} (<= 1), got {value:g}; "
+                    f"write {{value: {value:g}}} for an absolute budget in {unit}",
+                )
+        if not value > 0:
+            raise c.err(where, f"must be > 0, got {value:g}")
+        name = f"mixed-{metric}-{value:g}" + ("" if relative else unit)
+        if any(x.name == name for x in budgets):
+            raise c.err(where, f"budget {name} is given twice")
+        budgets.append(MixedBudget(float(value), relative, name))
+
+    known = methods()
+    sensitivity = m.get("sensitivity", "hessian")
+    if not isinstance(sensitivity, str) or sensitivity not in known:
+        raise c.err("mixed.sensitivity", f"unknown sensitivity method {sensitivity!r}; expected one of {', '.join(known)}")
+    options = c.mapping(m.get("options"), "mixed.options")
+    bad = [k for k in options if k not in DEFAULT_OPTIONS[sensitivity]]
+    if bad:
+        valid = ", ".join(DEFAULT_OPTIONS[sensitivity]) or "none"
+        raise c.err(f"mixed.options.{bad[0]}", f"not an option of sensitivity {sensitivity!r}; options: {valid}")
+    try:
+        options = json.loads(json.dumps(options, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise c.err("mixed.options", f"values must be plain JSON: {e}") from None
+
+    cands_raw = m.get("candidates", [2, 4, 8])
+    if not isinstance(cands_raw, list):
+        raise c.err("mixed.candidates", f"expected a list of bit widths, got {cands_raw!r}")
+    try:
+        candidates = check_candidates(cands_raw)
+    except MixedPrecisionError as e:
+        raise c.err("mixed.candidates", str(e)) from None
+    if MIXED_BASE_BITS not in candidates and any(b.relative for b in budgets):
+        raise c.err(
+            "mixed.candidates", f"relative budgets are fractions of uniform W8A8: the candidates must include 8, got {list(candidates)}"
+        )
+
+    fpga: dict[str, Any] | None = None
+    if "fpga" in m or metric.startswith("fpga_"):
+        f = c.mapping(m.get("fpga"), "mixed.fpga")
+        bad = [k for k in f if k not in MIXED_FPGA_KEYS]
+        if bad:
+            raise c.err(f"mixed.fpga.{bad[0]}", f"unknown key; valid keys: {', '.join(MIXED_FPGA_KEYS)}")
+        device = f.get("device", "ZCU104")
+        try:
+            device = get_device(device).name if isinstance(device, str) else None
+        except ValueError:
+            device = None
+        if device is None:
+            raise c.err("mixed.fpga.device", f"unknown FPGA device {f.get('device')!r}; known devices: {', '.join(device_names())}")
+        target = f.get("target_fps")
+        if target is not None:
+            target = _number("float", target, f"{c.at('mixed.fpga.target_fps')}: mixed.fpga.target_fps")
+            if not target > 0:
+                raise c.err("mixed.fpga.target_fps", f"must be > 0 or null, got {target:g}")
+        fpga = {"device": device, "target_fps": target}
+
+    # One plan per distinct base: the spec's qat trials with their bits set to W8A8.
+    bases: dict[str, tuple[dict[str, Any], list[str], str]] = {}
+    for t in trials:
+        if not t.valid or t.config.get("method") != "qat" or t.config.get("layer_bits"):
+            continue
+        base = {**t.config, "w_bits": MIXED_BASE_BITS, "a_bits": MIXED_BASE_BITS, "layer_bits": {}}
+        try:
+            base_id = TrainConfig.from_dict(base).trial_id
+        except ConfigError as e:
+            raise c.err("mixed", f"the W8A8 base of trial {t.label!r} is impossible: {e}") from None
+        # labelled after its first trial, whose label names what varies across the spec
+        label = t.label.replace(f"W{t.config['w_bits']}A{t.config['a_bits']}", mixed_plan_word(metric), 1)
+        bases.setdefault(base_id, (base, [], label))[1].append(t.trial_id)
+    if not bases:
+        raise c.err(
+            "mixed", "plans derive from the spec's qat trials, and it has no valid qat trial without layer_bits: add one (method: qat)"
+        )
+    spec = MixedSpec(metric, tuple(budgets), sensitivity, candidates, options, fpga, ())
+    settings = json.dumps(spec.settings(), sort_keys=True)
+    plans = []
+    for base_id, (base, derived, label) in bases.items():
+        plan_id = hashlib.sha256(f"{base_id}:{settings}".encode()).hexdigest()[:16]
+        plans.append(MixedPlan(plan_id, base, base_id, tuple(derived), label))
+    return dataclasses.replace(spec, plans=tuple(plans))
 
 
 # ---- labels -------------------------------------------------------------------------

@@ -12,6 +12,8 @@ are not run again, failed and missing ones are.
 FP32 pretraining is a Ray task of its own, one per FP32 configuration (``fp32_key``):
 its result, the checkpoint's bytes, is an argument of every trial that starts from
 it, so Ray runs those trials after it, on any node, and none pretrains it again.
+A spec's ``mixed:`` block adds a plan task per base config after that task; the
+trials its configurations become are submitted when it ends.
 
 Failures: a trial that raises is recorded ``failed`` with its traceback (run_trial
 never raises); a worker process or node that dies is Ray's business — the task is
@@ -28,7 +30,8 @@ any trial of the spec failed, after all results are written, 2 for usage errors,
 The modules, one job each: ``cli`` (arguments, joining Ray), ``plan`` (what runs),
 ``worker`` and ``node`` (a trial inside its task), ``fp32`` (FP32 models shared as
 task results), ``tasks`` (the remote functions), ``cluster`` (capacity, GPUs),
-``flight`` (tasks in flight, which of them run), ``driver`` (submit, wait, record),
+``flight`` (tasks in flight, which of them run), ``mixed`` (a spec's ``mixed:``
+block: plan tasks, the trials they add, their hardware costs), ``driver`` (submit, wait, record),
 ``progress``, ``records`` and ``summary``. None imports torch or Ray at import time
 (``workbook --help``).
 """

@@ -220,7 +220,17 @@ def _dry_run(spec: "Spec", store: ResultStore, mode: str) -> int:
         state = "run " if t.trial_id in run_ids else "done" if t in done else "skip"
         bad = f"  INVALID: {t.error}" if t.error else ""
         print(f"  {state} {t.trial_id}  {t.label}  [{t.origin}]{bad}")
-    foreign = store.foreign_ids(t.trial_id for t in spec.trials)
+    from workbook.sweep.mixed import MixedRun, spec_trial_ids
+
+    if spec.mixed is not None:
+        mixed = MixedRun(spec, store, mode)
+        for item in mixed.to_run:
+            print(f"  plan {item.plan.plan_id}  {item.label}  [mixed: {len(spec.mixed.budgets)} budgets of {spec.mixed.metric}; "
+                  "its trials are added once planned]")  # fmt: skip
+        for t in mixed.known_trials():  # from plans an earlier run stored
+            state = "done" if store.status(t.trial_id) == "ok" and mode != "force" else "run "
+            print(f"  {state} {t.trial_id}  {t.label}  [{t.origin}]" + (f"  NO CONFIGURATION: {t.error}" if t.error else ""))
+    foreign = store.foreign_ids(spec_trial_ids(spec, store))
     if foreign:
         print(f"{store.root} holds results of {len(foreign)} trials not in this spec: refused without --force; "
               "with --force they are moved aside into a replaced-<date> folder there")  # fmt: skip

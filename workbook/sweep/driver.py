@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -17,7 +18,8 @@ from qatlab.atomic import write_text
 from workbook.errors import CommandError
 from workbook.results import STAGING_PREFIX, ResultStore
 from workbook.sweep import cluster
-from workbook.sweep.flight import FP32, TRIAL, Flight, Job
+from workbook.sweep import mixed as mixed_sweep
+from workbook.sweep.flight import FP32, PLAN, TRIAL, Flight, Job
 from workbook.sweep.plan import plan
 from workbook.sweep.progress import Progress
 from workbook.sweep.records import config_failure, driver_failure, iso, outcome_line
@@ -66,7 +68,7 @@ class ForeignResultsError(CommandError):
 
 def check_foreign(spec: "Spec", store: ResultStore, replace: bool, say: Any = None) -> Path | None:
     """Refuse a folder holding another spec's results, or (``replace``) move them aside; returns where to."""
-    foreign = store.foreign_ids(t.trial_id for t in spec.trials)
+    foreign = store.foreign_ids(mixed_sweep.spec_trial_ids(spec, store))
     if not foreign:
         return None
     if not replace:
@@ -101,14 +103,20 @@ class _Driver:
         self.unsaved: dict[str, str] = {}  # trial id -> why its results could not be written
         self.write_errors: list[str] = []
         self.last_wait_note = 0.0
+        self.mixed = mixed_sweep.MixedRun(spec, store, mode)
+        self.plan_jobs: dict[Any, mixed_sweep.PlanItem] = {}  # ref -> the plan it runs
+        self._pending: list[Any] = []  # the queue _loop works through (a plan that ends appends its trials)
 
     def run(self) -> SweepSummary:
         t0 = time.time()
+        # The trials of plans stored by an earlier run are the spec's from the start; a plan
+        # that runs now adds its trials when it ends (_plan_done).
+        self._add_trials(self.mixed.known_trials())
         spec, store = self.spec, self.store
         to_run, done, left = plan(spec, store, self.mode)
         summary = SweepSummary(out=store.root, total=len(spec.trials), done_before=len(done), left_out=len(left))
         num_gpus = cluster.gpu_request(spec.resources.num_gpus, self.cpu_fallback, self.out.echo)
-        if any(t.valid for t in to_run):  # before anything is written or submitted
+        if any(t.valid for t in to_run) or self.mixed.to_run:  # before anything is written or submitted
             # A Ray this command started has no autoscaler: waiting there would be forever.
             cluster.check_demand(spec.resources.demand(num_gpus), self.out.echo, autoscaler=False if self.cpu_fallback else None)
         store.root.mkdir(parents=True, exist_ok=True)
@@ -121,12 +129,14 @@ class _Driver:
         for t in spec.invalid_trials:
             if t in to_run:
                 self.out.echo(f"invalid trial {t.label} [{t.trial_id}]: {t.error} - recorded failed")
+        for item in self.mixed.to_run:
+            self.out.echo(self.mixed.announce(item))
         self.out.start(len(to_run), self.show_progress)
         try:
             for t in to_run:
                 if not t.valid:
-                    self._finish(t, config_failure(t, spec.name), log=f"not run: impossible config: {t.error}\n", artifacts={})
-            pending = [t for t in to_run if t.valid]
+                    self._finish_invalid(t)
+            pending: list[Any] = [*self.mixed.to_run, *(t for t in to_run if t.valid)]
             if pending:
                 self._loop(pending, num_gpus)
         except KeyboardInterrupt:
@@ -142,7 +152,9 @@ class _Driver:
             self.out.echo("interrupted: finished trials are saved; run the same command again to resume")
         finally:
             self.out.close()
-            self._guard("results.parquet", lambda: store.rebuild_parquet([t.trial_id for t in spec.trials]))
+            self._guard("results.parquet", lambda: store.rebuild_parquet([t.trial_id for t in self.spec.trials]))
+        spec = self.spec  # with the trials its plans added
+        summary.total = len(spec.trials)
         summary.ran = self.n_ok + self.n_failed
         summary.count(spec, store)
         summary.unsaved = dict(self.unsaved)
@@ -171,6 +183,7 @@ class _Driver:
         demand = self.spec.resources.demand(num_gpus)
         with contextlib.suppress(Exception):
             self.here = ray.get_runtime_context().get_node_id()
+        self._pending = pending
         for t in pending:
             self.key[t.trial_id] = k = fp32_key(t.config)
             self.left[k] = self.left.get(k, 0) + 1
@@ -190,6 +203,8 @@ class _Driver:
                     self.flight.fp32_done(job.key, time.time())
                 if job.kind == TRIAL:
                     self._collect(ref, job)
+                elif job.kind == PLAN:
+                    self._collect_plan(ref)
             self._check_timeouts()
             now = time.time()
             if now - last_capacity > 5:
@@ -248,6 +263,9 @@ class _Driver:
     def _submit(self, t: "Trial", k: str, opts: Mapping[str, Any], role: str) -> None:
         """``role``: source (hands on its FP32 model), dependent (takes it), alone (neither)."""
         now = time.time()
+        if isinstance(t, mixed_sweep.PlanItem):
+            self._submit_plan(t, k, opts, role, now)
+            return
         meta = {
             "sweep": self.spec.name, "label": t.label, "origin": t.origin, "num_cpus": self.spec.resources.num_cpus,
             "save_models": self.spec.save_models, "submitted_at": now,
@@ -257,6 +275,9 @@ class _Driver:
         name = f"qatlab-trial-{t.trial_id}"
         if role == "source":
             ref, self.payload[k] = remote("source").options(**opts, num_returns=2, name=name).remote(*args)
+        elif self.mixed.costed(t):  # priced on the simulators after training
+            args[2] = {**meta, **self.mixed.meta(t)}
+            ref = mixed_sweep.remote("costed").options(**opts, name=name).remote(*args)
         else:
             ref = remote("trial").options(**opts, name=name).remote(*args)
         runnable = role != "dependent" or k in self.source_ended
@@ -274,7 +295,7 @@ class _Driver:
         for ref, job in self.flight.overdue(timeout, time.time()):
             if ref not in self.flight.jobs:  # went with its source below
                 continue
-            what = "FP32 pretraining still running" if job.kind == FP32 else "still running"
+            what = {FP32: "FP32 pretraining still running", PLAN: "planning still running"}.get(job.kind, "still running")
             error = f"timed out: {what} after {timeout:g} s (resources.timeout_s); cancelled"
             doomed = [(ref, job)] + (self.flight.waiting_on(job.key) if job.source else [])
             if job.source:
@@ -283,11 +304,77 @@ class _Driver:
                 with contextlib.suppress(Exception):
                     ray.cancel(r, force=True)
                 self.flight.pop(r)
-                if j.trial_id is not None:
+                if j.kind == PLAN:
+                    item = self.plan_jobs.pop(r)
+                    self._plan_done(item, mixed_sweep.failed_plan(item.plan, error if j is job else f"not run: its FP32 source {error}"))
+                elif j.trial_id is not None:
                     self._timed_out(self.by_id[j.trial_id], error if j is job else f"not run: its FP32 source {error}", j.submitted)
 
     def _timed_out(self, t: "Trial", error: str, submitted: float | None) -> None:
+        if isinstance(t, mixed_sweep.PlanItem):
+            self._plan_done(t, mixed_sweep.failed_plan(t.plan, error))
+            return
         self._finish(t, driver_failure(t, self.spec.name, error, "timeout", attempts=None, submitted=submitted), error + "\n", {})
+
+    # ---- mixed-precision plans (workbook.sweep.mixed) ----
+
+    def _add_trials(self, trials: list["Trial"]) -> None:
+        """Trials a plan added become the spec's: counted, recorded, in results.parquet."""
+        if trials:
+            self.spec = dataclasses.replace(self.spec, trials=(*self.spec.trials, *trials))
+            self.by_id.update((t.trial_id, t) for t in trials)
+
+    def _finish_invalid(self, t: "Trial") -> None:
+        if t.origin == mixed_sweep.ORIGIN:
+            self._finish(t, self.mixed.failure(t, self.spec.name), log=f"not run: {t.error}\n", artifacts={})
+        else:
+            self._finish(t, config_failure(t, self.spec.name), log=f"not run: impossible config: {t.error}\n", artifacts={})
+
+    def _submit_plan(self, item: "mixed_sweep.PlanItem", k: str, opts: Mapping[str, Any], role: str, now: float) -> None:
+        assert self.spec.mixed is not None
+        p = item.plan
+        meta = {"num_cpus": self.spec.resources.num_cpus, "label": p.label, "base_id": p.base_id}
+        args: list[Any] = [dict(p.base), p.plan_id, self.spec.mixed.settings(), meta] + ([self.payload[k]] if role == "dependent" else [])
+        # the plan runs on CPU (qatlab.mixed.plan): a GPU share would sit idle
+        ref = mixed_sweep.remote("plan").options(**{**opts, "num_gpus": 0}, name=f"qatlab-plan-{p.plan_id}").remote(*args)
+        self.plan_jobs[ref] = item
+        self.flight.add(ref, PLAN, k, None, now, runnable=role != "dependent" or k in self.source_ended)
+
+    def _collect_plan(self, ref: Any) -> None:
+        import ray
+
+        item = self.plan_jobs.pop(ref)
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayError as e:  # a worker or node died, or it was cancelled
+            result = mixed_sweep.failed_plan(item.plan, f"{type(e).__name__}: {e}")
+        self._plan_done(item, result)
+
+    def _plan_done(self, item: "mixed_sweep.PlanItem", result: Mapping[str, Any]) -> None:
+        """Store the plan, record its budgets without a configuration, queue its trials."""
+        self._guard(f"the plan {item.plan.plan_id}", lambda: mixed_sweep.save_plan(self.store, result))
+        k = self.key[item.trial_id]
+        trials = [t for t in self.mixed.trials(item.plan, result) if t.trial_id not in self.by_id]
+        self._add_trials(trials)
+        run = [t for t in trials if self.mode == "force" or self.store.status(t.trial_id) != "ok"]
+        n_ok = sum(1 for t in trials if t.valid)
+        self.out.echo(f"plan {item.label} [{item.plan.plan_id}] {result.get('status')}: {n_ok} configurations"
+                      + (f", {len(trials) - n_ok} budgets without one" if len(trials) > n_ok else "")
+                      + (f" ({mixed_sweep.first_error(result.get('error'))})" if result.get("status") != "ok" else ""))  # fmt: skip
+        if self.out.bar is not None:
+            self.out.bar.total += len(run)
+            self.out.bar.refresh()
+        for t in run:
+            if t.valid:
+                self.key[t.trial_id] = k
+                self.left[k] += 1
+                self._pending.append(t)
+        self.left[k] -= 1  # the plan itself
+        if not self.left[k]:
+            self.payload.pop(k, None)
+        for t in run:
+            if not t.valid:
+                self._finish_invalid(t)
 
     def _collect(self, ref: Any, job: Job) -> None:
         import ray

@@ -18,11 +18,12 @@ from typing import Any, Hashable, Iterator
 
 FP32 = "fp32"
 TRIAL = "trial"
+PLAN = "plan"  # a mixed-precision plan: waits for its group's FP32 model like a trial
 
 
 @dataclasses.dataclass
 class Job:
-    kind: str  # FP32 (a task that only pretrains) or TRIAL
+    kind: str  # FP32 (a task that only pretrains), TRIAL or PLAN
     key: str  # the FP32 key of the group
     trial_id: str | None  # None for an FP32 job
     submitted: float
@@ -46,8 +47,8 @@ class Flight:
         return iter(list(self.jobs.items()))
 
     def add(self, ref: Hashable, kind: str, key: str, trial_id: str | None, now: float, runnable: bool, source: bool = False) -> Job:
-        if kind not in (FP32, TRIAL):
-            raise ValueError(f"job kind must be {FP32!r} or {TRIAL!r}, got {kind!r}")
+        if kind not in (FP32, TRIAL, PLAN):
+            raise ValueError(f"job kind must be {FP32!r}, {TRIAL!r} or {PLAN!r}, got {kind!r}")
         if (kind == TRIAL) != (trial_id is not None):
             raise ValueError(f"a {kind} job {'needs' if kind == TRIAL else 'takes no'} trial id, got {trial_id!r}")
         if ref in self.jobs:
@@ -67,7 +68,7 @@ class Flight:
     def fp32_done(self, key: str, now: float) -> None:
         """The source of ``key`` ended: the trials waiting for its FP32 model become runnable."""
         for job in self.jobs.values():
-            if job.kind == TRIAL and job.key == key and job.runnable_since is None:
+            if job.kind in (TRIAL, PLAN) and job.key == key and job.runnable_since is None:
                 job.runnable_since = now
 
     def waiting_on(self, key: str) -> list[tuple[Hashable, Job]]:

@@ -37,6 +37,13 @@ def config_failure(t: "Trial", sweep: str) -> dict[str, Any]:
     return rec
 
 
+def plan_failure(t: "Trial", sweep: str, error: str) -> dict[str, Any]:
+    """A mixed-precision budget without a configuration (its plan failed, or nothing meets it): never submitted."""
+    rec = base_record(t, sweep)
+    rec.update(error=error, failure="plan", attempts=0, finished_at=iso(time.time()))
+    return rec
+
+
 def driver_failure(t: "Trial", sweep: str, error: str, kind: str, *, attempts: int | None, submitted: float | None) -> dict[str, Any]:
     """A trial whose task returned no record: ``kind`` says why (infra, timeout, cancelled, runner, fp32, disk).
 

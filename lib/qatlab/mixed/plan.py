@@ -17,11 +17,14 @@ import torch
 from qatlab.config import TrainConfig
 from qatlab.data import load_dataset
 from qatlab.hw.asic import ArrayConfig
+from qatlab.hw.fpga import LayerFolding, analyze
+from qatlab.hw.workload import from_intmodel
 from qatlab.intmodel import IntModel, convert
 from qatlab.nn import calibrate, prepare_qat
 from qatlab.train import pretrain_fp32, resolve_device, seed_everything, specs
 
 from .costs import CostTables, FpgaTarget, cost_tables
+from .errors import InfeasibleBudgetError
 from .search import Budget, MixedConfig, search
 from .sensitivity import SensitivityData, SensitivityInput, SensitivityTable, layer_sensitivity
 from .space import DecisionSpace, decision_space
@@ -34,6 +37,8 @@ class Plan:
     sensitivity: SensitivityTable
     reference: IntModel  # the uniform model the tables were priced on
     configs: list[MixedConfig] = field(default_factory=list)
+    # strict=False: the budgets no configuration meets, with why (their configs are absent)
+    infeasible: list[tuple[Budget, InfeasibleBudgetError]] = field(default_factory=list)
 
 
 def _batches(ds: Any, n: int, batch: int, gen: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -57,8 +62,14 @@ def plan(
     calib_batches: int = 4,
     val_samples: int = 2000,
     use_cache: bool = True,
+    strict: bool = True,
 ) -> Plan:
-    """Sensitivities, cost tables and one configuration per budget for ``cfg``'s model."""
+    """Sensitivities, cost tables and one configuration per budget for ``cfg``'s model.
+
+    ``strict``: a budget nothing meets raises :class:`InfeasibleBudgetError`; without it
+    that budget goes to ``Plan.infeasible`` and the other budgets still get their
+    configuration (a sweep records the one budget failed and trains the rest).
+    """
     device = resolve_device("cpu")
     splits = load_dataset(
         cfg.dataset, val_fraction=cfg.val_fraction, limit_train=cfg.limit_train, limit_test=cfg.limit_test,
@@ -80,10 +91,31 @@ def plan(
     )
     tables = cost_tables(im, space, asic, fpga)
     p = Plan(space, tables, sens, im)
-    p.configs = [search(tables, sens, b) for b in budgets]
+    for b in budgets:
+        try:
+            p.configs.append(search(tables, sens, b))
+        except InfeasibleBudgetError as e:
+            if strict:
+                raise
+            p.infeasible.append((b, e))
     return p
 
 
 def trial_configs(cfg: TrainConfig, configs: Sequence[MixedConfig]) -> list[TrainConfig]:
     """``cfg`` once per configuration, with its ``layer_bits``."""
     return [dataclasses.replace(cfg, layer_bits=c.layer_bits) for c in configs]
+
+
+def uniform_folding(model: IntModel, fpga: FpgaTarget) -> tuple[dict[str, LayerFolding], float]:
+    """The FPGA folding (and clock) :func:`cost_tables` prices a network at: ``fpga``'s
+    own, or the one the folding search picks for the network at uniform W8A8.
+
+    For a trained network that had no plan (a uniform trial beside mixed ones), so its
+    FPGA figures are taken at the folding its mixed siblings were priced at.
+    """
+    layers = [dataclasses.replace(lay, w_bits=8, a_bits=8) for lay in from_intmodel(model)]
+    if fpga.folding is None:
+        rep = analyze(layers, fpga.device, target_fps=fpga.target_fps, schedule=False)
+    else:
+        rep = analyze(layers, fpga.device, folding=dict(fpga.folding), schedule=False)
+    return dict(rep.folding), float(rep.clock_mhz)
