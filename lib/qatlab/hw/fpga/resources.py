@@ -565,3 +565,12 @@ def vvau_bram18(depth: int, width: int, style: str = "auto") -> int:
     if style in ("distributed", "ultra") or (style == "auto" and depth <= LUTRAM_MAX_DEPTH):
         return 0
     return _bram18_table(depth, width, (8, 16, 32))
+
+
+def finn_lookup_bram18(entries: int, out_bits: int) -> int:
+    """``Lookup.bram_estimation`` (finn-plus; ``internal_embedded``, ``ram_style=block``,
+    its default): ``ceil(width/16) · ceil(entries/1024)`` RAMB18s for one table of
+    ``entries`` words as wide as the output stream (no PE: one element per cycle)."""
+    if entries < 1 or out_bits < 1:
+        raise FpgaError(f"a lookup table needs entries and output bits >= 1, got {entries} and {out_bits}")
+    return math.ceil(out_bits / 16) * math.ceil(entries / 1024)

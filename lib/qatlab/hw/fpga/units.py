@@ -14,14 +14,17 @@ depthwise conv              ConvolutionInputGenerator (depthwise) + VVAU       S
                             + Thresholding                                     VVAU ``C·k_h·k_w/(P·SIMD) · pixels``
 quantize, relu, clamp,      Thresholding (MultiThreshold in hardware)          ``pixels · C/P``
 monotone lut
-other lut                   Lookup (a ROM of the table per PE)                 ``pixels · C/P``
+other lut                   Lookup (FINN's: one table, no PE; ours: a ROM      ``pixels · C`` (FINN);
+                            of the table per PE)                               ``pixels · C/P`` (ours)
 add                         ChannelwiseOp (scale alignment) + AddStreams       ``pixels · C/P``
                             + Thresholding (requantization)
 mul                         ElementwiseMul + Thresholding                      ``pixels · C/P``
 cat                         StreamingConcat (+ Thresholding per input that     ``out elements / P``
                             needs requantization)
-maxpool, avgpool            ConvolutionInputGenerator + Pool (+ Thresholding   Pool ``C·k_h·k_w/P · out pixels``
-                            for the average's requantization)                  (adaptive: the sum of its bins / P)
+maxpool, avgpool            (FMPadding if padded +) ConvolutionInputGenerator  Pool ``C·k_h·k_w/P · out pixels``
+                            + Pool (+ Thresholding for the average's           (adaptive: the sum of its bins / P);
+                            requantization): finn-plus' InferPool, for a       FMPadding ``padded H·W·C/P``
+                            max pool whose kernel equals its stride too
 mean                        GlobalAccPool + Thresholding                       ``in elements/P + out elements/P``
 flatten, reshape, permute,  none: the stream is re-read in place               0
 slice
@@ -37,15 +40,17 @@ bits, ``dsp_estimation``: none with LUT multipliers, FINN's resType default);
 (``AddStreams.get_exp_cycles``; no resource estimate in FINN: we count a
 ``bits + 1`` wide adder per PE, one LUT per bit); ``channelwise_op.py``
 (``ChannelwiseOp.get_exp_cycles``; its multiplier ours, FINN-R's multiplier term);
-``elementwise_binary.py`` (ElementwiseMul: the same cycles; a multiplier per PE, FINN-R's
-term, plus a buffer for a broadcast operand); ``concat.py``
+``elementwise_binary.py`` (ElementwiseMul_hls: the same cycles, no estimate for two
+streamed operands; ours a multiplier per PE, FINN-R's term, plus a buffer for a
+broadcast operand); ``concat.py``
 (``StreamingConcat.get_exp_cycles``; no estimate); ``pool.py``
 (``Pool.get_exp_cycles``; no estimate: we count one accumulator or comparator per PE);
 ``globalaccpool.py`` (``GlobalAccPool.get_exp_cycles``; no estimate: an accumulator per
-PE and a partial-sum memory); ``lookup.py`` (``Lookup``: a table memory,
-``bram_estimation`` by the RAMB18 rule). The sliding window is
-``ConvolutionInputGenerator_hls`` as for the MVAU (:mod:`.cycles`, :mod:`.resources`),
-its SIMD the VVAU's or Pool's PE (FINN requires the depthwise window to match it).
+PE and a partial-sum memory); ``fmpadding.py`` (``FMPadding.get_exp_cycles``; no
+estimate); ``lookup.py`` (``Lookup``: one element per cycle, ``bram_estimation``
+``ceil(width/16)·ceil(entries/1024)``; ours a table per PE by the RAMB18 rule). The
+sliding window is FINN's RTL one by default, the HLS one under ours, as for the MVAU
+(:mod:`.cycles`, :mod:`.resources`), its SIMD the VVAU's or Pool's PE (FINN requires the depthwise window to match it).
 A stage whose input and output stream widths differ is joined by a
 DataWidthConverter that FINN sizes as a FIFO; we do not cost it (nor FIFOs between
 these units).
@@ -73,6 +78,7 @@ from .resources import (
     a2q_acc_bits,
     channelwise_op_luts,
     check_cost_model,
+    finn_lookup_bram18,
     finn_thresholding_resources,
     memory_resources,
     mvau_hls_luts,
@@ -206,6 +212,10 @@ def _elementwise(spec: UnitSpec, pe: int, simd: int) -> UnitOption:
         if spec.extra["monotone"]:
             return UnitOption(pe, 1, {"Thresholding": c}, _thr(pe, ch, i.out_bits, i.in_bits[0], cm))
         depth = spec.extra["entries"]
+        if cm == "finn":
+            # FINN's Lookup: no PE, one element per cycle, the table in BRAM (its default).
+            res = Resources(bram18=finn_lookup_bram18(depth, i.out_bits))
+            return UnitOption(1, 1, {"Lookup": pix * ch}, res, wmem_depth=depth, wmem_width=i.out_bits, ram_style="block")
         style = resolve_ram_style("auto", depth)
         rom = memory_resources(style, depth, i.out_bits)
         res = Resources(rom.lut * pe, rom.dsp * pe, rom.bram18 * pe, rom.uram * pe)
@@ -250,6 +260,11 @@ def _pool(spec: UnitSpec, pe: int, simd: int) -> UnitOption:
     cycles: dict[str, int] = {}
     res = Resources()
     g: Geometry | None = spec.extra.get("window")
+    pad = spec.extra.get("padding", (0, 0))
+    if g is not None and pad != (0, 0):
+        # FINN's InferConvInpGen puts an FMPadding_rtl before a padded window: it
+        # streams the padded image (g's input size), SIMD = the window's; no estimate.
+        cycles["FMPadding"] = g.ifm_h * g.ifm_w * (ch // pe)
     if g is not None:
         cycles["ConvolutionInputGenerator"], r = _swu(g, pe, a_bits, spec.cost_model)
         res = res + r
@@ -384,6 +399,8 @@ def unit_spec(info: OpInfo, cost_model: str = "finn") -> UnitSpec:
     spec.cost_model = cost_model
     if cost_model == "finn" and info.role == "grouped":
         spec.nodes = ("ConvolutionInputGenerator", "VVAU")  # thresholds inside the VVAU_hls
+    if cost_model == "finn" and spec.nodes == ("Lookup",):
+        spec.pe_axis = 1  # FINN's Lookup has no PE
     return spec
 
 
@@ -442,6 +459,7 @@ def _unit_spec(info: OpInfo) -> UnitSpec:
         extra: dict[str, Any] = {}
         nodes: tuple[str, ...] = ("Pool",)
         if not a.get("adaptive"):
+            extra["padding"] = _pair(a.get("padding", (0, 0)))
             extra["window"] = _window(
                 info.name,
                 info.in_shapes[0],
@@ -451,7 +469,8 @@ def _unit_spec(info: OpInfo) -> UnitSpec:
                 _pair(a.get("dilation", (1, 1))),
                 info.out_shape,
             )
-            nodes = ("ConvolutionInputGenerator", "Pool")
+            nodes = ("FMPadding",) if extra["padding"] != (0, 0) else ()
+            nodes = nodes + ("ConvolutionInputGenerator", "Pool")
         acc = None
         if k == "avgpool":
             kh, kw = info.window()

@@ -350,6 +350,162 @@ def unit_case(c: dict, v010) -> dict:
     return {"impl": "hls", **_estimates(inst, part)}
 
 
+def pool_out(size: int, k: int, s: int, p: int, ceil: bool) -> int:
+    """PyTorch's (and ONNX's) pooled size; in ceil mode the last window must start
+    inside the input or its left padding (the test uses the same rule)."""
+    n = size + 2 * p - k
+    out = (-(-n // s) if ceil else n // s) + 1
+    if ceil and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def maxpool_case(c: dict) -> dict:
+    """A 2-D max pool as FINN converts it: an ONNX MaxPool (NCHW) through finn-plus'
+    ``InferPool`` and ``InferConvInpGen``, every HW node specialized and folded to the
+    case's PE (the window's SIMD, the padding's SIMD and the Pool's PE alike, as the
+    depthwise window requires). Records FINN's node chain and each node's values."""
+    from finn.transformation.fpgadataflow.convert_to_hw.conv_inp_gen import InferConvInpGen
+    from finn.transformation.fpgadataflow.convert_to_hw.pool import InferPool
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    part = PARTS[c["device"]]
+    ch, (ih, iw), (kh, kw), (sh, sw), (ph, pw) = c["channels"], c["ifm"], c["kernel"], c["stride"], c["padding"]
+    ceil = bool(c.get("ceil_mode"))
+    oh, ow = pool_out(ih, kh, sh, ph, ceil), pool_out(iw, kw, sw, pw, ceil)
+    inp = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, ch, ih, iw])
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, ch, oh, ow])
+    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw], ceil_mode=int(ceil))
+    model = _model([node], [inp], [out], {})
+    model.set_tensor_datatype("x", int_dt(c["bits"], False))
+    model = model.transform(InferShapes()).transform(InferDataTypes())
+    model = model.transform(InferPool()).transform(InferConvInpGen())
+    nodes = []
+    for n in model.graph.node:
+        if not n.domain.startswith(DOMAIN):
+            continue  # the layout Transposes around the NHWC nodes
+        style = _specialize(model, n, part)
+        inst = getCustomOp(n)
+        inst.set_nodeattr("PE" if n.op_type.startswith("Pool") else "SIMD", c["pe"])
+        nodes.append({"op": n.op_type, "impl": style, **_estimates(inst, part)})
+    return {"nodes": nodes}
+
+
+def maxpool_grid() -> list[dict]:
+    base = dict(device="U250", bits=8, padding=(0, 0))
+    return [
+        # LeNet's 2x2/2 pools and odd images (the last row and column dropped)
+        {**base, "channels": 32, "ifm": (28, 28), "kernel": (2, 2), "stride": (2, 2), "pe": 32},
+        {**base, "channels": 64, "ifm": (14, 14), "kernel": (2, 2), "stride": (2, 2), "pe": 8},
+        {**base, "channels": 64, "ifm": (7, 7), "kernel": (2, 2), "stride": (2, 2), "pe": 4, "bits": 4},
+        {**base, "channels": 3, "ifm": (15, 9), "kernel": (2, 2), "stride": (2, 2), "pe": 1, "bits": 2},
+        {**base, "channels": 16, "ifm": (9, 9), "kernel": (3, 3), "stride": (3, 3), "pe": 16},
+        # kernel above the stride, with and without padding (ResNet's stem pool)
+        {**base, "channels": 64, "ifm": (112, 112), "kernel": (3, 3), "stride": (2, 2), "padding": (1, 1), "pe": 16},
+        {**base, "channels": 16, "ifm": (8, 8), "kernel": (3, 3), "stride": (2, 2), "pe": 2},
+        {**base, "channels": 24, "ifm": (11, 11), "kernel": (3, 3), "stride": (1, 1), "padding": (1, 1), "pe": 6, "bits": 4},
+        # 1-D (a 1-row image)
+        {**base, "channels": 32, "ifm": (1, 64), "kernel": (1, 2), "stride": (1, 2), "pe": 8},
+        {**base, "channels": 8, "ifm": (1, 33), "kernel": (1, 3), "stride": (1, 3), "pe": 8},
+        # ceil mode: InferPool ignores it, but the window takes its output size from the
+        # graph, so FINN's nodes walk the ceil-size output over the unpadded input
+        {**base, "channels": 16, "ifm": (7, 7), "kernel": (2, 2), "stride": (2, 2), "pe": 4, "ceil_mode": True},
+        {**base, "channels": 32, "ifm": (10, 10), "kernel": (3, 3), "stride": (2, 2), "pe": 32, "ceil_mode": True},
+        {**base, "channels": 8, "ifm": (1, 33), "kernel": (1, 2), "stride": (1, 2), "pe": 2, "ceil_mode": True},
+    ]
+
+
+def elementwise_mul_case(c: dict) -> dict:
+    """``ElementwiseMul`` of two streams as finn-plus' ``InferElementwiseBinaryOperation``
+    makes it (both operands ``input`` style), after ``minimize_accumulator_width`` and
+    ``SpecializeLayers``; the rhs may be a per-channel gate broadcast over the image."""
+    part = PARTS[c["device"]]
+    (h, w), ch = c["dim"], c["channels"]
+    lhs, rhs = [1, h, w, ch], [1, 1, 1, ch] if c["broadcast"] else [1, h, w, ch]
+    ldt, rdt = int_dt(c["lhs_bits"], False), int_dt(c["rhs_bits"], False)
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, lhs)
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, rhs)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, lhs)
+    node = helper.make_node(
+        "ElementwiseMul",
+        ["a", "b"],
+        ["y"],
+        domain=DOMAIN,
+        backend="fpgadataflow",
+        lhs_shape=lhs,
+        rhs_shape=rhs,
+        out_shape=lhs,
+        lhs_dtype=ldt.name,
+        rhs_dtype=rdt.name,
+        out_dtype="INT32",
+        lhs_style="input",
+        rhs_style="input",
+        PE=c["pe"],
+        name="mul",
+    )
+    model = _model([node], [a, b], [y], {})
+    model.set_tensor_datatype("a", ldt)
+    model.set_tensor_datatype("b", rdt)
+    out_dt = getCustomOp(node).minimize_accumulator_width(model)
+    style = _specialize(model, node, part)
+    inst = getCustomOp(node)
+    return {"impl": style, "out_bits": out_dt.bitwidth(), **_estimates(inst, part)}
+
+
+def elementwise_mul_grid() -> list[dict]:
+    base = dict(device="U250", broadcast=True)
+    return [
+        # squeeze-excitation gates: a per-channel stream broadcast over the image
+        {**base, "channels": 16, "dim": (16, 16), "pe": 1, "lhs_bits": 8, "rhs_bits": 8},
+        {**base, "channels": 96, "dim": (8, 8), "pe": 8, "lhs_bits": 8, "rhs_bits": 8},
+        {**base, "channels": 120, "dim": (3, 3), "pe": 120, "lhs_bits": 4, "rhs_bits": 8},
+        {**base, "device": "PYNQ-Z1", "channels": 160, "dim": (4, 4), "pe": 5, "lhs_bits": 6, "rhs_bits": 3},
+        # two full streams
+        {**base, "broadcast": False, "channels": 32, "dim": (8, 8), "pe": 4, "lhs_bits": 8, "rhs_bits": 8},
+        {**base, "broadcast": False, "channels": 10, "dim": (1, 1), "pe": 10, "lhs_bits": 2, "rhs_bits": 5},
+    ]
+
+
+def lookup_case(c: dict) -> dict:
+    """FINN's ``Lookup`` (its only table unit) holding an activation's table: one
+    embedding of one element per input code over the whole (H, W, C) stream."""
+    part = PARTS[c["device"]]
+    (h, w), ch = c["dim"], c["channels"]
+    idt = int_dt(c["in_bits"], False)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, h, w, ch])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, h, w, ch, 1])
+    node = helper.make_node(
+        "Lookup",
+        ["x", "t"],
+        ["y"],
+        domain=DOMAIN,
+        backend="fpgadataflow",
+        NumEmbeddings=1 << c["in_bits"],
+        EmbeddingDim=1,
+        EmbeddingType=int_dt(c["out_bits"], False).name,
+        InputType=idt.name,
+        InputShape=[1, h, w, ch],
+        name="lookup",
+    )
+    table = (np.arange(1 << c["in_bits"]) % (1 << c["out_bits"])).astype(np.float32).reshape(-1, 1)
+    model = _model([node], [x], [y], {"t": table})
+    model.set_tensor_datatype("x", idt)
+    style = _specialize(model, node, part)
+    inst = getCustomOp(node)
+    return {"impl": style, "default_ram_style": inst.get_nodeattr("ram_style"), **_estimates(inst, part)}
+
+
+def lookup_grid() -> list[dict]:
+    base = dict(device="U250")
+    return [
+        {**base, "channels": 16, "dim": (16, 16), "in_bits": 8, "out_bits": 8},
+        {**base, "channels": 3, "dim": (7, 5), "in_bits": 4, "out_bits": 4},
+        {**base, "channels": 64, "dim": (2, 2), "in_bits": 8, "out_bits": 2},
+        {**base, "device": "PYNQ-Z1", "channels": 8, "dim": (4, 4), "in_bits": 6, "out_bits": 8},
+    ]
+
+
 def unit_grid() -> list[dict]:
     base = dict(device="U250")
     return [
@@ -597,6 +753,9 @@ def main() -> int:
         "thresholding": [{"case": c, "finn": thresholding_case(c)} for c in thresholding_grid()],
         "vvau": [{"case": c, "finn": vvau_case(c)} for c in vvau_grid()],
         "units": [u for u in units if u["finn"]],
+        "maxpool": [{"case": c, "finn": maxpool_case(c)} for c in maxpool_grid()],
+        "elementwise_mul": [{"case": c, "finn": elementwise_mul_case(c)} for c in elementwise_mul_grid()],
+        "lookup": [{"case": c, "finn": lookup_case(c)} for c in lookup_grid()],
     }
     # qatlab.atomic is plain Python: importable from the FINN venv without installing qatlab.
     sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "lib"))
