@@ -309,9 +309,16 @@ def test_busy_cluster_says_what_queued_trials_wait_for(tmp_path, monkeypatch):
     assert "waiting: 1 trials queued for CPU 1 (free 0 of 2); 0 running" in stream.getvalue()
     d._note_waiting({"CPU": 1.0}, now + 10)  # not again within the minute
     assert stream.getvalue().count("waiting:") == 1
-    monkeypatch.setattr(ray, "available_resources", lambda: {"CPU": 2.0})
-    d._note_waiting({"CPU": 1.0}, now + 120)  # a slot is free: nothing to say
+    d._note_waiting({"CPU": 1.0}, now + 120)  # the same wait: not every minute
     assert stream.getvalue().count("waiting:") == 1
+    d._note_waiting({"CPU": 1.0}, now + 700)  # ... but as a heartbeat every ten
+    assert stream.getvalue().count("waiting:") == 2
+    d.flight.add("ref2", TRIAL, "k2", spec.trials[0].trial_id + "x", now - 45, runnable=True)
+    d._note_waiting({"CPU": 1.0}, now + 770)  # a change is said at once
+    assert "waiting: 2 trials queued" in stream.getvalue()
+    monkeypatch.setattr(ray, "available_resources", lambda: {"CPU": 2.0})
+    d._note_waiting({"CPU": 1.0}, now + 2000)  # a slot is free: nothing to say
+    assert stream.getvalue().count("waiting:") == 3
 
 
 def test_address_where_nothing_listens_fails_fast(tmp_path, capsys, monkeypatch):

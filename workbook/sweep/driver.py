@@ -103,6 +103,7 @@ class _Driver:
         self.unsaved: dict[str, str] = {}  # trial id -> why its results could not be written
         self.write_errors: list[str] = []
         self.last_wait_note = 0.0
+        self.last_wait_text = ""
         self.mixed = mixed_sweep.MixedRun(spec, store, mode)
         self.plan_jobs: dict[Any, mixed_sweep.PlanItem] = {}  # ref -> the plan it runs
         self._pending: list[Any] = []  # the queue _loop works through (a plan that ends appends its trials)
@@ -216,7 +217,9 @@ class _Driver:
                 self._note_waiting(demand, now)
 
     def _note_waiting(self, demand: Mapping[str, float], now: float) -> None:
-        """A busy cluster: every minute or so, say what queued trials wait for."""
+        """A busy cluster: say what queued trials wait for when that changes. The same
+        line again only every ten minutes: a laptop with more trials than cores is
+        always "busy", and a line a minute would bury the trials' own results."""
         counts = self.flight.counts()
         if not counts["queued"] or now - self.last_wait_note < 60:
             return
@@ -228,9 +231,12 @@ class _Driver:
         free, total = ray.available_resources(), ray.cluster_resources()
         if cluster.fits(demand, free):
             return  # a slot is free: Ray is about to start one
-        self.last_wait_note = now
-        self.out.echo(f"waiting: {counts['queued']} trials queued for {cluster.waiting_for(demand, free, total)}; "
-                      f"{counts['running']} running")  # fmt: skip
+        note = (f"waiting: {counts['queued']} trials queued for {cluster.waiting_for(demand, free, total)}; "
+                f"{counts['running']} running")  # fmt: skip
+        if note == self.last_wait_text and now - self.last_wait_note < 600:
+            return
+        self.last_wait_note, self.last_wait_text = now, note
+        self.out.echo(note)
 
     def _submit_some(self, pending: list["Trial"], opts: Mapping[str, Any]) -> None:
         """Submit in spec order while under --max-concurrent; a group's source goes first."""
