@@ -1,7 +1,7 @@
 """The same topology through SCALE-Sim 3.0.0 and through qatlab.hw.asic, in one run.
 
     python benchmarks/asic_vs_scalesim.py [--config CFG] [--topology CSV] [--cli-topology CSV]
-                                          [--scalesim-python PY] [--json FILE]
+                                          [--scalesim-python PY] [--json FILE] [--user-mode]
 
 SCALE-Sim is not a qatlab dependency. It is used when importable here, or when
 ``--scalesim-python`` names the Python of an environment that has it (it runs in a
@@ -18,6 +18,10 @@ Two comparisons:
 2. Whole processes, on ``--cli-topology``: ``workbook sim asic --format json`` against
    SCALE-Sim's command line (``python -m scalesim.scale``), start-up and file writing
    included; CPU time from the operating system's accounting of the child.
+
+``--user-mode`` times only our USER-mode read buffers on a few overflowing layers: the
+default (from miss to miss, drain to drain) against the row-by-row replay
+(``dram_model="exact"``), and checks that their figures agree.
 
 CPU time is the robust figure on a shared machine; wall time is reported beside it.
 """
@@ -152,6 +156,37 @@ def compare_processes(py: str | None, cfg: Path, topo: Path, repeats: int) -> di
     return out
 
 
+def time_user_mode(repeats: int) -> list[dict]:
+    """USER mode with 4 kB read SRAMs (overflowing): the default (miss to miss, drain to drain) against the row-by-row replay."""
+    from qatlab.hw.asic.dataflow import ArrayMapping
+    from qatlab.hw.asic.simulate import scalesim_m
+    from qatlab.hw.asic.trace import IfmapAddresses
+    from qatlab.hw.asic.user_replay import user_replay, user_replay_events
+    from qatlab.hw.workload import Layer
+
+    out = []
+    for h, df in ((20, "ws"), (40, "ws"), (40, "os"), (40, "is"), (60, "ws")):
+        layer = Layer("c", h, h, 3, 3, 64, 64)
+        m = ArrayMapping(df, 32, 32, scalesim_m(layer), layer.N, layer.K)
+        a = IfmapAddresses(h, h, 3, 3, 64, 1, 1)
+        args = (m, a, (4096, 4096, 65536), (10, 10, 10))
+        row = {"layer": f"{h}x{h}x64 3x3, {df}", "steps": m.sram_ifmap_reads + m.sram_filter_reads + m.compute_rows}
+        for name, fn in (("events", user_replay_events), ("replay", user_replay)):
+            cpus = []
+            for _ in range(repeats):
+                c0 = time.process_time()
+                row[f"{name}_result"] = fn(*args)
+                cpus.append(time.process_time() - c0)
+            row[f"{name}_cpu_s"] = statistics.median(cpus)
+        row["equal"] = row.pop("events_result") == row.pop("replay_result")
+        print(
+            f"USER mode {row['layer']}: {row['steps']} steps, events {row['events_cpu_s']:.2f} s, "
+            f"replay {row['replay_cpu_s']:.2f} s CPU, equal: {row['equal']}"
+        )
+        out.append(row)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=DATA / "configs" / "scale.cfg")
@@ -160,6 +195,7 @@ def main() -> int:
     ap.add_argument("--scalesim-python", default=os.environ.get("SCALESIM_PYTHON"), help="python with scalesim==3.0.0")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--skip-in-process", action="store_true", help="only the process comparison")
+    ap.add_argument("--user-mode", action="store_true", help="only the USER-mode read buffers: events against the replay")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     ap.add_argument(
         "--scalesim-cpu-s",
@@ -174,6 +210,11 @@ def main() -> int:
         "(tests/hw/asic/data/scalesim_reports, e.g. Resnet18__scale)",
     )
     args = ap.parse_args()
+    if args.user_mode:
+        rows = time_user_mode(args.repeats)
+        if args.json:
+            write_json(args.json, {"user_mode": rows}, indent=2)
+        return 0
     py = scalesim_python(args.scalesim_python)
     if py is None:
         print("SCALE-Sim is not installed here (and no --scalesim-python): timing ours only")

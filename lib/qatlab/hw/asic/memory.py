@@ -30,8 +30,9 @@ same holds when every word is requested once (:func:`calc_dram_reads` says when)
 Beyond that, filters, GEMM ifmaps and the ifmaps of convolutions whose windows do not
 overlap are *block streams* whose count has a closed form
 (:mod:`qatlab.hw.asic.calc_reads`); the ifmap of a convolution with overlapping
-windows is walked fold by fold (os) or replayed (ws, is) (:mod:`qatlab.hw.asic.trace`). The first-prefetch cycle, which
-enters "Total Cycles (incl. prefetch)", depends only on ``U``.
+windows is counted by arithmetic on folds and filter taps (os) or replayed (ws, is)
+(:mod:`qatlab.hw.asic.trace`). The first-prefetch cycle, which enters "Total Cycles
+(incl. prefetch)", depends only on ``U``.
 
 **USER-mode read buffers.** SCALE-Sim fetches the operand's prefetch matrix in lines of
 the bank bandwidth. When all its lines fit the active half, every request hits: no

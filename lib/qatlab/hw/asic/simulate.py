@@ -14,7 +14,7 @@ import csv
 import io
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from qatlab.hw.asic import calc_reads
@@ -26,6 +26,7 @@ from qatlab.hw.asic.energy import EnergyTable
 from qatlab.hw.limits import (
     ASIC_BYTES_PER_REPLAYED_READ,
     MAX_ASIC_VECTOR_REPLAY_REQUESTS,
+    available_memory,
     check_asic_mappings,
     check_asic_replay,
     require_memory,
@@ -231,17 +232,18 @@ def _memory(
     replay: bool,
     ifmap_blocks: bool = True,
     name: str = "",
+    available: int | None = None,
 ) -> _Memory:
     """Memory figures of one mapping.
 
     Where the count is not trivially the operand's size, CALC-mode DRAM reads come from
     the block-stream closed form (:mod:`qatlab.hw.asic.calc_reads`); an ifmap that is not
-    a block stream (``ifmap_blocks`` false: overlapping convolution windows) is walked
-    fold by fold (os) or replayed, and every USER-mode operand that overflows its buffer
-    is replayed, when ``addresses`` (which makes the ifmap's address map) is given, and
-    estimated otherwise (sparsity skipping,
-    our real-geometry figures). ``replay`` (``dram_model="exact"``, the reference): replay
+    a block stream (``ifmap_blocks`` false: overlapping convolution windows) is counted
+    by arithmetic on folds and taps (os) or replayed, and every USER-mode operand that
+    overflows its buffer is replayed, when ``addresses`` (which makes the ifmap's address
+    map) is given, and estimated otherwise (sparsity skipping, our real-geometry figures). ``replay`` (``dram_model="exact"``, the reference): replay
     every operand the trivial count does not cover instead of using the closed form.
+    ``available``: the free bytes the memory guard assumes (default: read from the system).
     """
     isz, fsz, osz = cfg.ifmap_sram_kb * 1024, cfg.filter_sram_kb * 1024, cfg.ofmap_sram_kb * 1024
     # SCALE-Sim drains outputs at one array row per cycle in CALC mode, at the user's
@@ -279,13 +281,14 @@ def _memory(
                 require_memory(
                     ASIC_BYTES_PER_REPLAYED_READ * pass_words,
                     f"layer {name!r}: the replay of its ifmap read window ({pass_words} requests a pass)",
+                    available,
                     hint="shrink the layer, or enlarge the ifmap SRAM past the ifmap's size",
                 )
                 requests = pass_words * (1 if m.dataflow == "is" else m.col_fold)
                 check_asic_replay(name, requests, "the replay of its ifmap read window (requests)", MAX_ASIC_VECTOR_REPLAY_REQUESTS, 1e8)
                 if replay or m.dataflow != "os":
                     dram_i = calc_ifmap_reads_replay(m, addresses(), isz)
-                else:  # os: whole folds by their geometry, request by request only where the window empties
+                else:  # os: by arithmetic on folds and filter taps, no request visited
                     from qatlab.hw.asic.trace import os_ifmap_reads_by_folds
 
                     dram_i = os_ifmap_reads_by_folds(m, addresses(), isz)
@@ -312,12 +315,14 @@ def _memory(
             stalls.append(st)
         read_stall = max(stalls)  # estimate (0 when both fit: then exact)
         if addresses is not None and not (exact_i and exact_f):
-            from qatlab.hw.asic.user_replay import user_replay
+            from qatlab.hw.asic.user_replay import user_replay, user_replay_events
 
-            # Replay every demand row through SCALE-Sim's USER-mode buffers (slow, exact).
+            # SCALE-Sim's USER-mode buffers over every demand row (exact): by default from
+            # miss to miss and drain to drain; with dram_model="exact" row by row, word by
+            # word (the reference).
             steps = m.sram_ifmap_reads + m.sram_filter_reads + m.compute_rows
             check_asic_replay(name, steps, "the USER-mode replay of SCALE-Sim's read buffers (requested words and rows)")
-            r = user_replay(m, addresses(), (isz, fsz, osz), (ibw, fbw, ofmap_bw))
+            r = (user_replay if replay else user_replay_events)(m, addresses(), (isz, fsz, osz), (ibw, fbw, ofmap_bw))
             return _Memory(
                 stall=int(r["stall"]),
                 total_cycles=int(r["total_cycles"]),
@@ -345,8 +350,12 @@ def _memory(
     )
 
 
-def simulate_layer(layer: Layer, cfg: ArrayConfig, table: EnergyTable | None = None) -> LayerRecord:
-    """One layer's record; see the module docstring for what is exact."""
+def simulate_layer(layer: Layer, cfg: ArrayConfig, table: EnergyTable | None = None, *, available: int | None = None) -> LayerRecord:
+    """One layer's record; see the module docstring for what is exact.
+
+    ``available``: bytes the memory guards may assume free (default: read from the
+    system for each check).
+    """
     table = table or EnergyTable(cfg.node_nm, cfg.vdd)
     k_pack = pack_factor(layer, cfg)
     k_sparse, k_eff = reduction_length(layer, cfg)
@@ -356,7 +365,9 @@ def simulate_layer(layer: Layer, cfg: ArrayConfig, table: EnergyTable | None = N
     m = ArrayMapping(cfg.dataflow, cfg.rows, cfg.cols, layer.M, layer.N, k_eff)
     m_ss = m if scalesim_m(layer) == layer.M else ArrayMapping(cfg.dataflow, cfg.rows, cfg.cols, scalesim_m(layer), layer.N, k_eff)
     check_sram_holds_fold(m_ss, cfg, layer)
-    check_asic_mappings(layer.name, (m, m_ss), dram_exact=cfg.dram_model == "exact", user_mode=cfg.bandwidth_mode == "USER")
+    check_asic_mappings(
+        layer.name, (m, m_ss), dram_exact=cfg.dram_model == "exact", user_mode=cfg.bandwidth_mode == "USER", available=available
+    )
 
     def unique(scalesim: bool) -> int:
         u = ifmap_unique_words(layer, k_pack, scalesim)
@@ -386,9 +397,9 @@ def simulate_layer(layer: Layer, cfg: ArrayConfig, table: EnergyTable | None = N
     # Skipped positions break the window geometry: no replay, DRAM stays an estimate.
     replayable = addresses if k_sparse == layer.K else None
     blocks = ifmap_is_block_stream(layer)
-    mm_ss = _memory(m_ss, unique(True), cfg, replayable, replay, blocks, layer.name)
+    mm_ss = _memory(m_ss, unique(True), cfg, replayable, replay, blocks, layer.name, available)
     # Ours never replays, so that energy and our cycles do not depend on dram_model.
-    mm = mm_ss if (m_ss is m and not mm_ss.replayed) else _memory(m, unique(False), cfg, None, False, blocks, layer.name)
+    mm = mm_ss if (m_ss is m and not mm_ss.replayed) else _memory(m, unique(False), cfg, None, False, blocks, layer.name, available)
     cycles = mm.total_cycles + 1
     num_compute = m_ss.M * m_ss.N * m_ss.K  # SCALE-Sim's "compute" count
     overall = (num_compute * 100) / (max(mm_ss.total_cycles, 1) * cfg.num_pes)
@@ -500,11 +511,26 @@ def totals(records: list[LayerRecord], cfg: ArrayConfig, batch: int = 1) -> dict
     return t
 
 
+# A layer's fields that its record depends on: all that take part in its equality but its name.
+_LAYER_SHAPE = tuple(f.name for f in fields(Layer) if f.compare and f.name != "name")
+
+
 def simulate(layers: list[Layer], config: ArrayConfig, energy: EnergyTable | None = None) -> AsicReport:
     """Simulate ``layers`` (in order) on ``config``: one record per layer plus totals."""
     if not layers:
         raise ValueError("simulate: no layers")
     table = energy or EnergyTable(config.node_nm, config.vdd)
-    records = [simulate_layer(lay, config, table) for lay in layers]
+    # The memory guards read the system's free memory once for the whole network (the
+    # figure cannot move much in the milliseconds a network takes), and a layer shape
+    # that repeats (ResNet's blocks) is simulated once: a record depends on the layer's
+    # fields, its name aside.
+    available = available_memory()
+    done: dict[tuple, LayerRecord] = {}
+    records = []
+    for lay in layers:
+        shape = tuple(getattr(lay, f) for f in _LAYER_SHAPE)
+        if shape not in done:
+            done[shape] = simulate_layer(lay, config, table, available=available)
+        records.append(replace(done[shape], layer=lay.name))
     batch = max(lay.batch for lay in layers)
     return AsicReport(config, records, totals(records, config, batch))

@@ -17,7 +17,12 @@ estimate of :func:`qatlab.hw.asic.memory.user_read_estimate`).
 Each demand row is replayed in order: the ifmap and filter requests through their read
 buffers, the row's output words through the write buffer; the row's stall is the
 largest of the three, as in SCALE-Sim. Cost: one Python step per requested word that
-misses or hits (it is the reference, not the fast path).
+misses or hits (:func:`user_replay`, the reference).
+
+:func:`user_replay_events` gives the same figures faster: whether a request hits does
+not depend on time (the window moves only at a miss), so the misses are found first by a
+vectorised search, and the rows are stepped through only at a read miss or a write-buffer
+event. Cost: vectorised work per request, a Python step per miss and per event.
 """
 
 from __future__ import annotations
@@ -207,6 +212,165 @@ def user_replay(m: ArrayMapping, addr: IfmapAddresses, size_words: tuple[int, in
         o_st = wb.row(out_counts[row], cycle)
         last_out = max(last_out, cycle + o_st)
         stall += max(i_st, f_st, o_st)
+    wb.finish(last_out)
+    return {
+        "stall": stall,
+        "total_cycles": last_out,
+        "dram_ifmap": ib.dram,
+        "dram_filter": fb.dram,
+        "dram_ofmap": wb.writes,
+        "ofmap_stop": wb.stop if wb.stop is not None else 0,
+    }
+
+
+# ---- the same figures, jumping from event to event ---------------------------------
+
+
+class _MissScan:
+    """Where SCALE-Sim's USER-mode read buffer misses, found without a Python step per request.
+
+    Whether a request hits depends only on the window's position and the lines that hold
+    its word, never on time: the window moves only on a miss. So the misses (and the
+    shifts each costs) are found first, over the whole request stream: for a window at
+    line ``s``, a word hits iff its first line at or after ``s`` (cyclically) is within
+    ``al`` lines, a search in the sorted (word, line) pairs done for a stretch of
+    requests at once; only at a miss does the scan step in Python.
+    """
+
+    def __init__(self, fetch: np.ndarray, size_words: int, bw: int) -> None:
+        valid = fetch[fetch >= 0]
+        per_set = ceil_div(size_words, 100)
+        active, prefetch = -(-size_words // 2), size_words - (-(-size_words // 2))
+        self.nl = len(valid) // per_set + 1  # SCALE-Sim always appends a last (maybe empty) set
+        self.al = min(ceil_div(active, per_set), self.nl)
+        self.pl = min(ceil_div(prefetch, per_set), self.nl - self.al)
+        keys = np.sort(valid * self.nl + np.arange(len(valid), dtype=np.int64) // per_set)
+        keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]  # np.unique hashes: slower here
+        # Where each word's (word, line) pairs begin, by word: a lookup per request, not a search.
+        self.start = np.searchsorted(keys // self.nl, np.arange(int(valid.max(initial=-1)) + 2))
+        self.keys = keys
+        self.fetch_lines = ceil_div(prefetch, bw)
+        self.dram = min(ceil_div(active, bw), ceil_div(len(fetch), bw)) * bw  # the first (active) fill
+        self.bw = bw
+
+    def misses(self, words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(request index, shifts) of every request that misses, in order; adds the fetches to ``dram``."""
+        keys, nl, al, pl = self.keys, self.nl, self.al, self.pl
+        base = words * nl
+        lo, hi = self.start[words], self.start[words + 1]  # each word's (word, line) pairs
+        first_line = keys[np.minimum(lo, len(keys) - 1)] - base + nl  # cyclic successor when none is at or after s
+        at, shifts = [], []
+        s = pos = 0
+        span = 64
+        n = len(words)
+        while pos < n:
+            end = min(n, pos + span)
+            idx = np.searchsorted(keys, base[pos:end] + s)
+            inside = idx < hi[pos:end]
+            succ = np.where(inside, keys[np.minimum(idx, len(keys) - 1)] - base[pos:end], first_line[pos:end])
+            miss = np.flatnonzero(succ - s >= al)
+            if not len(miss):
+                pos, span = end, span * 2
+                continue
+            j = pos + int(miss[0])
+            lines = (keys[lo[j] : hi[j]] - base[j]).tolist()
+            k = 0
+            while not any((ln - s) % nl < al for ln in lines):
+                s = (s + pl) % nl
+                k += 1
+            at.append(j)
+            shifts.append(k)
+            pos, span = j + 1, 64
+        self.dram += sum(shifts) * self.fetch_lines * self.bw
+        return np.asarray(at, dtype=np.int64), np.asarray(shifts, dtype=np.int64)
+
+
+def _request_rows(folds, m: ArrayMapping) -> tuple[np.ndarray, np.ndarray]:
+    """Requested words (invalid dropped) and each one's demand row, all folds in order."""
+    words, rows = [], []
+    for f, (a, r) in enumerate(folds):
+        ok = a >= 0
+        words.append(a[ok])
+        rows.append(np.asarray(r)[ok] + f * m.rows_per_fold)
+    return np.concatenate(words), np.concatenate(rows)
+
+
+def _row_shifts(scan: _MissScan, folds, m: ArrayMapping) -> dict[int, int]:
+    words, rows = _request_rows(folds, m)
+    at, shifts = scan.misses(words)
+    out: dict[int, int] = {}
+    for r, k in zip(rows[at].tolist(), shifts.tolist()):
+        out[r] = out.get(r, 0) + k
+    return out
+
+
+def _read_stall(last: int, shifts: int, fetch_lines: int, cycle: int) -> tuple[int, int]:
+    """(fetch end, SCALE-Sim's offset) after ``shifts`` window shifts in a row issued at ``cycle`` (see ReadBuffer.row)."""
+    off = 1
+    for _ in range(shifts):
+        last += fetch_lines + 1
+        late = last - (cycle + off)
+        off += late
+        if late > 0:
+            off += late
+    return last, off
+
+
+def user_replay_events(m: ArrayMapping, addr: IfmapAddresses, size_words: tuple[int, int, int], bws: tuple[int, int, int]) -> dict:
+    """:func:`user_replay`'s figures, stepping only at read misses and write-buffer events.
+
+    The read buffers' misses do not depend on time (:class:`_MissScan`); a row without a
+    miss adds no read stall, and a row that neither starts a drain nor fills the write
+    buffer adds none either, so such rows are passed in bulk (their outputs stored at
+    once, found from the rows' cumulative output counts). Cost: a vectorised search per
+    stretch of requests between misses, then a Python step per miss and per
+    write-buffer event, not per request or per row.
+    """
+    isz, fsz, osz = size_words
+    ibw, fbw, obw = bws
+    ib = _MissScan(ifmap_prefetch(m, addr), isz, ibw)
+    fb = _MissScan(filter_prefetch(m), fsz, fbw)
+    i_rows = _row_shifts(ib, ifmap_folds(m, addr), m)
+    f_rows = _row_shifts(fb, filter_folds(m), m)
+    read_rows = sorted(set(i_rows) | set(f_rows)) + [m.compute_rows]
+    rows = m.ofmap_rows
+    wb = WriteBuffer(osz, obw)
+    i_last = f_last = -1  # each read buffer's last fetch ends here (the first fill: before row 0)
+    stall = last_out = row = 0
+    for stop in read_rows:
+        while row < stop:  # rows without a read miss: only the write buffer acts
+            cycle = row + stall
+            before = rows.before(row)
+            if cycle < wb.drain_end:  # a drain in flight: rows store until one fills the buffer or the drain ends
+                need, until = max(1, wb.free), min(stop, wb.drain_end - stall)
+            else:  # rows store until one leaves the buffer more than half occupied
+                need, until = max(1, wb.free - wb.active + 1), stop
+            g = before + need - 1  # the word that acts
+            event = rows.row_of(g) if g < rows.total else m.compute_rows
+            quiet = min(event, until)
+            if quiet > row:
+                wb._store(rows.before(quiet) - before)
+                last_out = max(last_out, quiet - 1 + stall)
+                row = quiet
+                continue
+            o_st = wb.row(rows.before(row + 1) - before, cycle)
+            last_out = max(last_out, cycle + o_st)
+            stall += o_st
+            row += 1
+        if stop >= m.compute_rows:
+            break
+        cycle = row + stall
+        i_st = f_st = 0
+        if row in i_rows:
+            i_last, off = _read_stall(i_last, i_rows[row], ib.fetch_lines, cycle)
+            i_st = off - 1
+        if row in f_rows:
+            f_last, off = _read_stall(f_last, f_rows[row], fb.fetch_lines, cycle)
+            f_st = off - 1
+        o_st = wb.row(rows.before(row + 1) - rows.before(row), cycle)
+        last_out = max(last_out, cycle + o_st)
+        stall += max(i_st, f_st, o_st)
+        row += 1
     wb.finish(last_out)
     return {
         "stall": stall,
