@@ -1,5 +1,5 @@
 """Every IntModel op on the FPGA: MVAUs as before, FINN's streaming units for the rest
-(VVAU, Thresholding, Lookup, AddStreams, StreamingConcat, Pool, GlobalAccPool)."""
+(VVAU, Thresholding, Lookup, ElementwiseAdd, StreamingConcat, Pool, GlobalAccPool)."""
 
 from __future__ import annotations
 
@@ -45,13 +45,18 @@ def test_every_op_is_a_row_and_the_totals_sum_them():
     ii = max(r.ii_cycles for r in rep.layers)
     assert t["ii_cycles"] == ii and t["fps"] == pytest.approx(rep.clock_mhz * 1e6 / ii)
     assert sum(r.bottleneck for r in rep.layers) == 1
-    assert t["latency_cycles_sum"] == sum(r.cycles + r.swu_cycles + r.ds_cycles for r in rep.layers)
+    assert t["latency_cycles_sum"] == sum(r.cycles + r.swu_cycles + r.ds_cycles + r.pad_cycles for r in rep.layers)
     assert 0 < t["latency_cycles"] < t["latency_cycles_sum"]  # the graph's timing overlaps its units
     assert t["ops"] == len(m.ops) and t["macs_per_frame"] == 8 * 100 * 27 + 8 * 100 * 9 + 8 * 100 * 4 + 1080
     unit = {r.layer: r.unit for r in rep.layers}
-    assert unit["dw"] == "ConvolutionInputGenerator+VVAU"  # FINN's default: thresholds inside the VVAU
+    # FINN's default: the padding first, the thresholds inside the VVAU
+    assert unit["dw"] == "FMPadding+ConvolutionInputGenerator+VVAU"
+    rows = {r.layer: r for r in rep.layers}
+    assert rows["c1"].unit == "swu" and rows["c1"].pad_cycles == 12 * 12 * 3 // rows["c1"].swu_simd  # 10x10 padded by 1
+    assert rows["dw"].pad_cycles == 12 * 12 * 8 // rows["dw"].swu_simd and rows["gc"].pad_cycles == 0
     assert unit["act"] == "Thresholding" and unit["act2"] == "Lookup"  # monotone table vs not
-    assert unit["res"] == "ChannelwiseOp+AddStreams+Thresholding" and unit["gate"] == "ElementwiseMul+Thresholding"
+    # finn-plus' add: both inputs on one scale (U8B), so the integer codes are summed
+    assert unit["res"] == "ElementwiseAdd+Thresholding" and unit["gate"] == "ElementwiseMul+Thresholding"
     assert unit["cat"] == "StreamingConcat+Thresholding"  # one input requantized
     assert unit["mp"] == "ConvolutionInputGenerator+Pool" and unit["se"] == "GlobalAccPool+Thresholding"
     assert {unit[n] for n in ("sl", "pm", "rs", "fl")} == {"passthrough"}

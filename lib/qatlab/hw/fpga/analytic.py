@@ -62,6 +62,7 @@ class LayerReport:
     pixels: int = 0
     swu_simd: int | None = None
     ds_cycles: int = 0
+    pad_cycles: int = 0  # FINN's FMPadding in front of a padded window (0 without padding)
     ii_cycles: int = 0  # the layer's initiation interval: max of its units' cycles
     impl: str = ""  # rtl (DSP-packed RTL MVU) | hls-lut | hls-dsp
     ram_style: str = ""  # where the weights live: block | distributed | ultra
@@ -250,12 +251,14 @@ def _report(
     for index, (spec, fold) in enumerate(zip(specs, folds)):
         geom = spec.geom
         mvau_cycles, swu_cycles, ds_cycles = spec.cycles(fold)
+        pad_cycles = spec.pad_cycles(fold.swu_simd)
         cost = spec.cost(fold, dev)
         total = cost.total
         unit_cycles += (
             [(mvau_cycles, "mvau", index)]
             + ([(swu_cycles, "swu", index)] if geom.unit == "swu" else [])
             + ([(ds_cycles, "ds", index)] if geom.unit == "ds" else [])
+            + ([(pad_cycles, "pad", index)] if spec.padded else [])
         )
         rows.append(
             LayerReport(
@@ -276,7 +279,8 @@ def _report(
                 pixels=geom.pixels,
                 swu_simd=fold.swu_simd,
                 ds_cycles=ds_cycles,
-                ii_cycles=max(mvau_cycles, swu_cycles, ds_cycles),
+                pad_cycles=pad_cycles,
+                ii_cycles=max(mvau_cycles, swu_cycles, ds_cycles, pad_cycles),
                 impl=cost.impl,
                 ram_style=cost.ram_style,
                 weight_bits=geom.mh * geom.mw * spec.w_bits,
@@ -345,7 +349,7 @@ def _report(
         "latency_us": (latency / clock if latency is not None else None),
         # FINN's latency estimate (dataflow_performance "critical_path_cycles"): the sum of
         # every unit's cycles along the chain, as if no unit overlapped another.
-        "latency_cycles_sum": sum(row.cycles + row.swu_cycles + row.ds_cycles for row in rows),
+        "latency_cycles_sum": sum(row.cycles + row.swu_cycles + row.ds_cycles + row.pad_cycles for row in rows),
         "bottleneck": f"{spec_b.name}.{bottleneck_unit}",
         **resource_use(used, dev),
         "fifo_lut": sum(row.fifo_lut for row in rows),

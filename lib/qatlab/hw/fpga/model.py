@@ -44,6 +44,28 @@ class LayerSpec:
         return self.geom.name
 
     @property
+    def padding(self) -> tuple[int, int]:
+        """The conv's zero padding (rows, columns per side) when the layer came from an
+        IntModel op (``meta["padding"]``); a topology's layers carry none."""
+        ph, pw = self.layer.meta.get("padding", (0, 0))
+        return int(ph), int(pw)
+
+    @property
+    def padded(self) -> bool:
+        """Whether FINN puts an ``FMPadding`` in front of the window (``InferConvInpGen``
+        does for every padded ``Im2Col``; a 1x1 conv is never padded in the zoo)."""
+        return self.geom.unit == "swu" and self.padding != (0, 0)
+
+    def pad_cycles(self, swu_simd: int | None) -> int:
+        """FINN ``FMPadding.get_exp_cycles``: the padded image, ``H_pad·W_pad·C/SIMD``
+        (the geometry's input is already the padded one). Its SIMD is the window's: it
+        then never outpaces the window, so it costs latency, not throughput."""
+        if not self.padded:
+            return 0
+        g = self.geom
+        return g.batch * g.ifm_h * g.ifm_w * (g.channels // int(swu_simd or 1))
+
+    @property
     def rtl_window(self) -> bool:
         """Whether the sliding window is FINN's RTL one (else the HLS one)."""
         return self.cost_model == "finn"

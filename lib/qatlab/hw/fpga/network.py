@@ -34,7 +34,7 @@ from dataclasses import replace
 from typing import Any, Mapping
 
 from qatlab.hw.opgraph import op_infos
-from qatlab.hw.workload import op_layer
+from qatlab.hw.workload import Layer, op_layer
 
 from .analytic import FpgaReport, LayerReport, analyze, resource_use
 from .convert import params_from_intmodel
@@ -65,6 +65,7 @@ def _unit_row(spec: UnitSpec, opt: UnitOption) -> LayerReport:
     i = spec.info
     cyc = dict(opt.cycles)
     swu = cyc.pop("ConvolutionInputGenerator", 0)
+    pad = cyc.pop("FMPadding", 0)
     main = max(cyc.values(), default=0)
     acc = spec.acc
     r = opt.res
@@ -86,6 +87,7 @@ def _unit_row(spec: UnitSpec, opt: UnitOption) -> LayerReport:
         mw=spec.simd_axis if spec.nodes and "VVAU" in spec.nodes else 0,
         pixels=pix,
         swu_simd=opt.swu_simd,
+        pad_cycles=pad,
         ii_cycles=opt.ii,
         impl="hls" if spec.nodes else "",
         ram_style=opt.ram_style,
@@ -98,6 +100,14 @@ def _unit_row(spec: UnitSpec, opt: UnitOption) -> LayerReport:
         acc_overflow_possible=bool(acc.overflow_possible) if acc else False,
         out_bits=i.out_bits,
     )
+
+
+def _padded_layer(info: Any) -> Layer:
+    """The op's workload layer, its padding kept in ``meta``: FINN streams a padded conv's
+    input through an ``FMPadding`` first (:meth:`.model.LayerSpec.pad_cycles`)."""
+    lay = op_layer(info.op)
+    pad = _pair(info.op.attrs.get("padding", (0, 0))) if info.kind == "conv" else (0, 0)
+    return replace(lay, meta={**lay.meta, "padding": pad}) if pad != (0, 0) else lay
 
 
 def _split_folding(
@@ -159,7 +169,7 @@ def analyze_intmodel(
     base = {**FINN_RES_LIMITS, **_limits(limits)}
     if target_fps is not None and not target_fps > 0:
         raise FpgaError(f"target frame rate must be positive, got {target_fps}")
-    mvau_layers = [op_layer(i.op) for i in mv_infos]
+    mvau_layers = [_padded_layer(i) for i in mv_infos]
     by_name = dict(zip((op.name for op in model.compute_ops()), params_from_intmodel(model))) if mv_infos else {}
     params = [by_name[i.name] for i in mv_infos]
 
@@ -323,7 +333,7 @@ def _totals(
     clock_hz = clock * 1e6
     fits = all(used[k] <= dev.capacity(k) for k in RESOURCES)
     chain = t.get("latency_cycles")
-    total_sum = sum(r.cycles + r.swu_cycles + r.ds_cycles for r in rows)
+    total_sum = sum(r.cycles + r.swu_cycles + r.ds_cycles + r.pad_cycles for r in rows)
     if rep is not None and ii_row.layer in mvau_names:
         where = str(rep.totals["bottleneck"])
     else:

@@ -122,7 +122,9 @@ def _tables(spec: LayerSpec, device: Device, budget: np.ndarray, res_type: str, 
     if g.unit == "swu" and spec.rtl_window:
         options.append((g.channels, True))  # FINN's parallel window: SIMD = C, a window per cycle
     for ss, pw in options:
-        c = spec.window_cycles(ss, pw)
+        # The FMPadding of a padded conv runs at the window's SIMD; it never outpaces
+        # the window, but the slower of the two is what the budget must hold.
+        c = max(spec.window_cycles(ss, pw), spec.pad_cycles(ss))
         w = spec.window_cost(ss, pw)
         cyc.append(c)
         use.append([w.lut, w.dsp, w.bram18, w.uram])

@@ -10,14 +10,17 @@ the costs below marked "ours" are added and the window is the HLS one:
 ==========================  =================================================  ====================================
 IntModel op                 FINN nodes                                         cycles per frame (``P`` = PE)
 ==========================  =================================================  ====================================
-depthwise conv              ConvolutionInputGenerator (depthwise) + VVAU       SWU as :mod:`.cycles`;
-                            + Thresholding                                     VVAU ``C·k_h·k_w/(P·SIMD) · pixels``
+depthwise conv              (FMPadding if padded +) ConvolutionInputGenerator  SWU as :mod:`.cycles`;
+                            (depthwise) + VVAU + Thresholding                  VVAU ``C·k_h·k_w/(P·SIMD) · pixels``;
+                                                                               FMPadding ``padded H·W·C/SIMD``
 quantize, relu, clamp,      Thresholding (MultiThreshold in hardware)          ``pixels · C/P``
 monotone lut
 other lut                   Lookup (FINN's: one table, no PE; ours: a ROM      ``pixels · C`` (FINN);
                             of the table per PE)                               ``pixels · C/P`` (ours)
-add                         ChannelwiseOp (scale alignment) + AddStreams       ``pixels · C/P``
-                            + Thresholding (requantization)
+add                         FINN: (ElementwiseMul per input if the scales      ``pixels · C/P``
+                            differ +) ElementwiseAdd + Thresholding; ours
+                            (Xilinx FINN v0.10): ChannelwiseOp (scale
+                            alignment) + AddStreams + Thresholding
 mul                         ElementwiseMul + Thresholding                      ``pixels · C/P``
 cat                         StreamingConcat (+ Thresholding per input that     ``out elements / P``
                             needs requantization)
@@ -36,7 +39,9 @@ tree + acc)`` with SIMD lanes over the kernel and the A2Q accumulator bound,
 ``bram_estimation`` / ``calc_wmem``: ``k_h·k_w·C/(PE·SIMD)`` words of ``PE·SIMD·W``
 bits, ``dsp_estimation``: none with LUT multipliers, FINN's resType default);
 ``thresholding.py`` (``Thresholding.get_exp_cycles``; memories as
-:func:`.resources.thresholding_resources`); ``addstreams.py``
+:func:`.resources.thresholding_resources`); ``elementwise_binary.py`` (ElementwiseAdd:
+the folded output per cycle, no estimate for streamed operands or a scalar constant);
+``addstreams.py`` (v0.10)
 (``AddStreams.get_exp_cycles``; no resource estimate in FINN: we count a
 ``bits + 1`` wide adder per PE, one LUT per bit); ``channelwise_op.py``
 (``ChannelwiseOp.get_exp_cycles``; its multiplier ours, FINN-R's multiplier term);
@@ -76,7 +81,6 @@ from .geometry import Geometry
 from .resources import (
     Resources,
     a2q_acc_bits,
-    channelwise_op_luts,
     check_cost_model,
     finn_lookup_bram18,
     finn_thresholding_resources,
@@ -102,6 +106,34 @@ def mult_luts(a_bits: int, b_bits: int) -> int:
     ``(2·ceil((A+B)/6) - 1) · (A+B)``."""
     wa = a_bits + b_bits
     return (2 * math.ceil(wa / 6) - 1) * wa
+
+
+# A float stream's width (FLOAT32): the sum of two inputs that keep their own scales.
+FLOAT_BITS = 32
+
+
+def elementwise_add_bits(a_bits: int, a_signed: bool, b_bits: int, b_signed: bool) -> int:
+    """FINN ``ElementwiseAdd._derive_out_dtype`` (after ``minimize_accumulator_width``):
+    one bit above the wider input, two when the wider is unsigned and the narrower signed."""
+    wide, narrow = ((a_bits, a_signed), (b_bits, b_signed)) if a_bits >= b_bits else ((b_bits, b_signed), (a_bits, a_signed))
+    if (a_signed or b_signed) and not wide[1] and narrow[1]:
+        return wide[0] + 2
+    return wide[0] + 1
+
+
+def _add_dtypes(info: OpInfo) -> tuple[int, bool, int, bool]:
+    (qa, qb), (a, b) = info.in_qs, info.in_bits
+    return a, bool(qa is not None and qa.qmin < 0), b, bool(qb is not None and qb.qmin < 0)
+
+
+def shared_scale(info: OpInfo) -> bool:
+    """Whether an add's inputs share one scale: FINN's streamlining then moves the scale
+    past the add (``MoveMulPastJoinAdd``) and sums integers; otherwise each input keeps a
+    Mul by its scale, which becomes an ``ElementwiseMul`` with a float constant, and the
+    sum is a float stream. Zero points never add a node: their constant offsets move
+    past the add (``MoveLinearPastEltwiseAdd``) into the thresholds."""
+    qa, qb = info.in_qs
+    return qa is not None and qb is not None and float(qa.scale) == float(qb.scale)
 
 
 def vvau_cycles(channels: int, k_h: int, k_w: int, pixels: int, pe: int, simd: int) -> int:
@@ -220,14 +252,21 @@ def _elementwise(spec: UnitSpec, pe: int, simd: int) -> UnitOption:
         rom = memory_resources(style, depth, i.out_bits)
         res = Resources(rom.lut * pe, rom.dsp * pe, rom.bram18 * pe, rom.uram * pe)
         return UnitOption(pe, 1, {"Lookup": c}, res, wmem_depth=depth, wmem_width=i.out_bits, ram_style=style)
+    if k == "add" and cm == "finn":
+        # finn-plus: ElementwiseAdd_hls (plus an ElementwiseMul_hls per input that keeps
+        # its own scale); none of them estimates anything for streamed operands or a
+        # scalar constant, so the cost is the requantizing Thresholding's.
+        shared = spec.extra["shared_scale"]
+        thr_bits = elementwise_add_bits(*_add_dtypes(i)) if shared else FLOAT_BITS
+        # A scale's ElementwiseMul streams its own input (a broadcast one is shorter).
+        cycles = {} if shared else {f"ElementwiseMul[{j}]": stream_cycles(*stream_dims(i.in_shapes[j]), pe) for j in (0, 1)}
+        return UnitOption(pe, 1, {**cycles, "ElementwiseAdd": c, "Thresholding": c}, _thr(pe, ch, i.out_bits, thr_bits, cm))
     if k == "add":
+        # Xilinx FINN v0.10's chain: a ChannelwiseOp multiplier per input aligns the
+        # scales in 16-bit fixed point, AddStreams sums, Thresholding requantizes.
         a, b = i.in_bits
         aligned = max(a, b) + ALIGN_FRAC_BITS
-        if cm == "finn":
-            # One ChannelwiseOp (mul) per input, FINN's estimate; AddStreams has none.
-            res = Resources(lut=channelwise_op_luts(pe, ch, a) + channelwise_op_luts(pe, ch, b))
-        else:
-            res = Resources(lut=pe * (mult_luts(a, ALIGN_FRAC_BITS) + mult_luts(b, ALIGN_FRAC_BITS))) + Resources(lut=pe * (aligned + 1))
+        res = Resources(lut=pe * (mult_luts(a, ALIGN_FRAC_BITS) + mult_luts(b, ALIGN_FRAC_BITS))) + Resources(lut=pe * (aligned + 1))
         res = res + _thr(pe, ch, i.out_bits, aligned + 1, cm)
         return UnitOption(pe, 1, {"ChannelwiseOp": c, "AddStreams": c, "Thresholding": c}, res)
     if k == "mul":
@@ -301,6 +340,10 @@ def _depthwise(spec: UnitSpec, pe: int, simd: int) -> UnitOption:
     a_signed = bool(i.in_qs[0] is not None and i.in_qs[0].qmin < 0)
     # FINN's SetFolding turns the RTL window's parallel mode on once the VVAU's SIMD is above 1.
     swu_c, swu_r = _swu(g, ss, a_bits, spec.cost_model, parallel=simd > 1)
+    pad: dict[str, int] = {}
+    if spec.extra.get("padding", (0, 0)) != (0, 0):
+        # InferConvInpGen's FMPadding_rtl before the window, at the window's SIMD; no estimate.
+        pad["FMPadding"] = g.batch * g.ifm_h * g.ifm_w * (g.channels // ss)
     acc = spec.acc.used if spec.acc else a_bits + w_bits + math.ceil(math.log2(kh * kw))
     if spec.cost_model == "finn":
         # VVAU_hls with its thresholds inside (FINN's default build), as FINN estimates it.
@@ -309,7 +352,7 @@ def _depthwise(spec: UnitSpec, pe: int, simd: int) -> UnitOption:
         res = swu_r + Resources(
             lut=vvau_luts(pe, simd, w_bits, a_bits, acc, kh * kw, a_signed, i.out_bits, c_out), bram18=vvau_bram18(depth, width)
         )
-        cycles = {"ConvolutionInputGenerator": swu_c, "VVAU": vvau_cycles(c_out, kh, kw, pix, pe, simd)}
+        cycles = {**pad, "ConvolutionInputGenerator": swu_c, "VVAU": vvau_cycles(c_out, kh, kw, pix, pe, simd)}
         style = "auto"
         return UnitOption(pe, simd, cycles, res, swu_simd=ss, wmem_depth=depth, wmem_width=width, ram_style=style)
     lut_acc = min(acc, a2q_acc_bits(kh * kw, w_bits, a_bits, a_signed))
@@ -319,6 +362,7 @@ def _depthwise(spec: UnitSpec, pe: int, simd: int) -> UnitOption:
     style = resolve_ram_style("auto", depth)
     res = swu_r + compute + memory_resources(style, depth, width) + _thr(pe, c_out, i.out_bits, acc)
     cycles = {
+        **pad,
         "ConvolutionInputGenerator": swu_c,
         "VVAU": vvau_cycles(c_out, kh, kw, pix, pe, simd),
         "Thresholding": stream_cycles(pix, c_out, pe),
@@ -398,7 +442,10 @@ def unit_spec(info: OpInfo, cost_model: str = "finn") -> UnitSpec:
     spec = _unit_spec(info)
     spec.cost_model = cost_model
     if cost_model == "finn" and info.role == "grouped":
-        spec.nodes = ("ConvolutionInputGenerator", "VVAU")  # thresholds inside the VVAU_hls
+        spec.nodes = tuple(n for n in spec.nodes if n != "Thresholding")  # thresholds inside the VVAU_hls
+    if cost_model == "finn" and info.kind == "add":
+        mul = () if spec.extra["shared_scale"] else ("ElementwiseMul", "ElementwiseMul")
+        spec.nodes = mul + ("ElementwiseAdd", "Thresholding")
     if cost_model == "finn" and spec.nodes == ("Lookup",):
         spec.pe_axis = 1  # FINN's Lookup has no PE
     return spec
@@ -424,15 +471,16 @@ def _unit_spec(info: OpInfo) -> UnitSpec:
             wk = full.reshape(c_out, -1)
         q = info.in_qs[0]
         acc = accumulator_bits(g.k_h * g.k_w, int(a["w_bits"]), info.in_bits[0], weights=wk, a_signed=bool(q is not None and q.qmin < 0))
+        pad = _pair(a["padding"])
         return UnitSpec(
             info,
-            ("ConvolutionInputGenerator", "VVAU", "Thresholding"),
+            (("FMPadding",) if pad != (0, 0) else ()) + ("ConvolutionInputGenerator", "VVAU", "Thresholding"),
             c_out,
             g.k_h * g.k_w,
             acc=acc,
             weight_bits=c_out * g.k_h * g.k_w * int(a["w_bits"]),
             line_buffer_bits=(g.k_h + g.stride_h) * g.ifm_w * g.channels * info.in_bits[0],
-            extra={"kernel": (g.k_h, g.k_w), "window": g},
+            extra={"kernel": (g.k_h, g.k_w), "window": g, "padding": pad},
         )
     if k in ("quantize", "relu", "clamp"):
         return UnitSpec(info, ("Thresholding",), stream_dims(info.out_shape)[1])
@@ -448,7 +496,12 @@ def _unit_spec(info: OpInfo) -> UnitSpec:
             extra={"monotone": mono, "entries": int(q.qmax - q.qmin + 1)},
         )
     if k == "add":
-        return UnitSpec(info, ("ChannelwiseOp", "AddStreams", "Thresholding"), stream_dims(info.out_shape)[1])
+        return UnitSpec(
+            info,
+            ("ChannelwiseOp", "AddStreams", "Thresholding"),
+            stream_dims(info.out_shape)[1],
+            extra={"shared_scale": shared_scale(info)},
+        )
     if k == "mul":
         return UnitSpec(info, ("ElementwiseMul", "Thresholding"), stream_dims(info.out_shape)[1])
     if k == "cat":

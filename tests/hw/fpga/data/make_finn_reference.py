@@ -416,6 +416,281 @@ def maxpool_grid() -> list[dict]:
     ]
 
 
+def padded_conv_case(c: dict) -> dict:
+    """A padded 2-D conv (dense or depthwise) as finn-plus converts it: an ONNX Conv
+    (NCHW) through qonnx' ``LowerConvsToMatMul`` (an ``Im2Col`` with ``pad_amount``),
+    ``InferConvInpGen`` (``FMPadding`` + ``ConvolutionInputGenerator``) and
+    ``InferQuantizedMatrixVectorActivation`` or ``InferVectorVectorActivation``; every HW
+    node specialized and folded as the case says (the padding at the window's SIMD;
+    a depthwise window's SIMD is the VVAU's PE, its parallel mode on with VVAU SIMD > 1,
+    as SetFolding sets them). Records FINN's node chain and each node's values."""
+    from finn.transformation.fpgadataflow.convert_to_hw.conv_inp_gen import InferConvInpGen
+    from finn.transformation.fpgadataflow.convert_to_hw.quantized_matrix_vector_activation import (
+        InferQuantizedMatrixVectorActivation,
+    )
+    from finn.transformation.fpgadataflow.convert_to_hw.vector_vector_activation import InferVectorVectorActivation
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+    from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul
+
+    part = PARTS[c["device"]]
+    ch, co, (ih, iw), (kh, kw), (sh, sw), (ph, pw) = c["channels"], c["out_channels"], c["ifm"], c["kernel"], c["stride"], c["padding"]
+    dw = bool(c["depthwise"])
+    groups = ch if dw else 1
+    oh, ow = (ih + 2 * ph - kh) // sh + 1, (iw + 2 * pw - kw) // sw + 1
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, ch, ih, iw])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, co, oh, ow])
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw], group=groups)
+    w = weights(kh * kw * (ch // groups), co, c["w_bits"], True, c["pattern"], False).T.reshape(co, ch // groups, kh, kw)
+    model = _model([conv], [x], [y], {"w": w})
+    model.set_tensor_datatype("x", int_dt(c["a_bits"], False))
+    model.set_tensor_datatype("w", int_dt(c["w_bits"], True))
+    model = model.transform(InferShapes()).transform(InferDataTypes()).transform(LowerConvsToMatMul())
+    model = model.transform(InferConvInpGen())
+    model = model.transform(InferVectorVectorActivation() if dw else InferQuantizedMatrixVectorActivation())
+    nodes = []
+    for n in model.graph.node:
+        if not n.domain.startswith(DOMAIN):
+            continue  # the layout Transposes around the NHWC nodes
+        style = _specialize(model, n, part)
+        inst = getCustomOp(n)
+        op = n.op_type.rsplit("_", 1)[0]
+        if op in ("MVAU", "VVAU"):
+            inst.set_nodeattr("PE", c["pe"])
+            inst.set_nodeattr("SIMD", c["simd"])
+        else:
+            inst.set_nodeattr("SIMD", c["swu_simd"])
+        if op == "ConvolutionInputGenerator":
+            inst.set_nodeattr("parallel_window", int(c["parallel_window"]))
+        nodes.append({"op": n.op_type, "impl": style, **_estimates(inst, part)})
+    return {"nodes": nodes}
+
+
+def padded_conv_grid() -> list[dict]:
+    base = dict(device="U250", stride=(1, 1), depthwise=False, a_bits=8, w_bits=8, parallel_window=False, pattern=2)
+    return [
+        {
+            **base,
+            "channels": 16,
+            "out_channels": 32,
+            "ifm": (16, 16),
+            "kernel": (3, 3),
+            "padding": (1, 1),
+            "pe": 4,
+            "simd": 16,
+            "swu_simd": 16,
+        },
+        {
+            **base,
+            "channels": 16,
+            "out_channels": 16,
+            "ifm": (16, 16),
+            "kernel": (3, 3),
+            "padding": (1, 1),
+            "pe": 2,
+            "simd": 4,
+            "swu_simd": 4,
+        },
+        {
+            **base,
+            "channels": 8,
+            "out_channels": 16,
+            "ifm": (12, 12),
+            "kernel": (5, 5),
+            "padding": (2, 2),
+            "pe": 8,
+            "simd": 8,
+            "swu_simd": 8,
+        },
+        {
+            **base,
+            "channels": 32,
+            "out_channels": 64,
+            "ifm": (17, 17),
+            "kernel": (3, 3),
+            "stride": (2, 2),
+            "padding": (1, 1),
+            "pe": 16,
+            "simd": 32,
+            "swu_simd": 32,
+            "a_bits": 4,
+            "w_bits": 4,
+        },
+        {**base, "channels": 3, "out_channels": 8, "ifm": (7, 5), "kernel": (3, 3), "padding": (1, 1), "pe": 1, "simd": 3, "swu_simd": 3},
+        {
+            **base,
+            "channels": 3,
+            "out_channels": 16,
+            "ifm": (32, 32),
+            "kernel": (3, 3),
+            "padding": (1, 1),
+            "pe": 16,
+            "simd": 27,
+            "swu_simd": 3,
+            "parallel_window": True,
+        },
+        {
+            **base,
+            "channels": 8,
+            "out_channels": 8,
+            "ifm": (9, 11),
+            "kernel": (3, 3),
+            "stride": (2, 2),
+            "padding": (1, 1),
+            "pe": 2,
+            "simd": 8,
+            "swu_simd": 8,
+            "a_bits": 2,
+            "w_bits": 2,
+        },
+        # depthwise: the window's SIMD is the VVAU's PE
+        {
+            **base,
+            "depthwise": True,
+            "channels": 32,
+            "out_channels": 32,
+            "ifm": (16, 16),
+            "kernel": (3, 3),
+            "padding": (1, 1),
+            "pe": 8,
+            "simd": 1,
+            "swu_simd": 8,
+        },
+        {
+            **base,
+            "depthwise": True,
+            "channels": 16,
+            "out_channels": 16,
+            "ifm": (9, 9),
+            "kernel": (3, 3),
+            "stride": (2, 2),
+            "padding": (1, 1),
+            "pe": 16,
+            "simd": 3,
+            "swu_simd": 16,
+            "parallel_window": True,
+        },
+        {
+            **base,
+            "depthwise": True,
+            "channels": 24,
+            "out_channels": 24,
+            "ifm": (7, 7),
+            "kernel": (5, 5),
+            "padding": (2, 2),
+            "pe": 6,
+            "simd": 1,
+            "swu_simd": 6,
+            "a_bits": 4,
+            "w_bits": 4,
+        },
+    ]
+
+
+def elementwise_add_case(c: dict) -> dict:
+    """A residual add of two quantized streams as finn-plus' ``step_convert_to_hw``
+    converts the streamlined graph: ``InferThresholdingLayer`` (the requantization) and
+    ``InferElementwiseBinaryOperation``, then ``minimize_accumulator_width`` and
+    ``SpecializeLayers``, every node at the case's PE. With a shared scale (moved past
+    the add by streamlining) the add sums the integer codes; with two scales each input
+    keeps its ``Mul`` by a float constant (an ``ElementwiseMul``) and the sum is float.
+    The rhs may be a per-channel stream broadcast over the image."""
+    from finn.transformation.fpgadataflow.convert_to_hw.elementwise_binary_operation import InferElementwiseBinaryOperation
+    from finn.transformation.fpgadataflow.convert_to_hw.thresholding import InferThresholdingLayer
+    from finn.transformation.fpgadataflow.minimize_accumulator_width import MinimizeAccumulatorWidth
+    from finn.transformation.fpgadataflow.minimize_weight_bit_width import MinimizeWeightBitWidth
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    part = PARTS[c["device"]]
+    (h, w), ch = c["dim"], c["channels"]
+    lhs, rhs = [1, h, w, ch], [1, 1, 1, ch] if c["broadcast"] else [1, h, w, ch]
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, lhs)
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, rhs)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, lhs)
+    nodes, ins, inits = [], ["a", "b"], {}
+    if not c["shared_scale"]:
+        nodes = [helper.make_node("Mul", ["a", "sa"], ["ma"]), helper.make_node("Mul", ["b", "sb"], ["mb"])]
+        inits = {"sa": np.array([0.05], np.float32), "sb": np.array([0.07], np.float32)}
+        ins = ["ma", "mb"]
+    nodes.append(helper.make_node("Add", ins, ["s"]))
+    n_thr = (1 << c["out_bits"]) - 1
+    nodes.append(
+        helper.make_node(
+            "MultiThreshold", ["s", "t"], ["y"], domain="qonnx.custom_op.general", out_dtype=f"UINT{c['out_bits']}", data_layout="NHWC"
+        )
+    )
+    inits["t"] = np.tile(np.arange(n_thr, dtype=np.float32), (ch, 1))
+    model = _model(nodes, [a, b], [y], inits)
+    model.set_tensor_datatype("a", int_dt(c["lhs_bits"], c["lhs_signed"]))
+    model.set_tensor_datatype("b", int_dt(c["rhs_bits"], c["rhs_signed"]))
+    model = model.transform(InferShapes()).transform(InferDataTypes())
+    model = model.transform(InferThresholdingLayer()).transform(InferElementwiseBinaryOperation())
+    # The sum's width as FINN minimizes it; then the thresholds span that input range
+    # (RoundAndClipThresholds clips real ones to it) and the value-based
+    # minimize_weight_bit_width of the default build sizes them.
+    model = model.transform(InferShapes()).transform(InferDataTypes()).transform(MinimizeAccumulatorWidth())
+    model = model.transform(InferDataTypes())
+    thr = model.get_nodes_by_op_type("Thresholding")[0]
+    idt = model.get_tensor_datatype(thr.input[0])
+    if idt.is_integer():
+        span = np.linspace(idt.min(), idt.max(), n_thr).round().astype(np.float32)
+        model.set_initializer(thr.input[1], np.tile(span, (ch, 1)))
+        model.set_tensor_datatype(thr.input[1], idt)  # integer thresholds, as after rounding
+        getCustomOp(thr).set_nodeattr("weightDataType", idt.name)
+    model = model.transform(MinimizeWeightBitWidth())
+    out = []
+    for n in model.graph.node:
+        style = _specialize(model, n, part)
+        inst = getCustomOp(n)
+        inst.set_nodeattr("PE", c["pe"])
+        dt = model.get_tensor_datatype(n.input[0])
+        rec = {"op": n.op_type, "impl": style, "in_bits": dt.bitwidth(), "in_float": not dt.is_integer()}
+        if n.op_type.startswith("Thresholding"):
+            rec["thr_bits"] = DataType[inst.get_nodeattr("weightDataType")].bitwidth()
+        out.append({**rec, **_estimates(inst, part)})
+    return {"nodes": out}
+
+
+def elementwise_add_grid() -> list[dict]:
+    base = dict(device="U250", broadcast=False, shared_scale=True, lhs_signed=False, rhs_signed=False, out_bits=8)
+    return [
+        # a shared scale: the integer codes are summed
+        {**base, "channels": 16, "dim": (8, 8), "pe": 4, "lhs_bits": 8, "rhs_bits": 8},
+        {**base, "channels": 64, "dim": (4, 4), "pe": 64, "lhs_bits": 4, "rhs_bits": 4, "out_bits": 4},
+        {**base, "channels": 10, "dim": (3, 5), "pe": 5, "lhs_bits": 8, "rhs_bits": 3, "rhs_signed": True},
+        {
+            **base,
+            "channels": 32,
+            "dim": (2, 2),
+            "pe": 1,
+            "lhs_bits": 2,
+            "rhs_bits": 6,
+            "lhs_signed": True,
+            "rhs_signed": True,
+            "out_bits": 2,
+        },
+        {**base, "device": "PYNQ-Z1", "channels": 24, "dim": (7, 7), "pe": 8, "lhs_bits": 5, "rhs_bits": 5, "lhs_signed": True},
+        # two scales: a float ElementwiseMul per input, a float sum
+        {**base, "shared_scale": False, "channels": 16, "dim": (8, 8), "pe": 4, "lhs_bits": 8, "rhs_bits": 8},
+        {**base, "shared_scale": False, "channels": 64, "dim": (4, 4), "pe": 16, "lhs_bits": 4, "rhs_bits": 6, "out_bits": 4},
+        {
+            **base,
+            "shared_scale": False,
+            "channels": 12,
+            "dim": (5, 5),
+            "pe": 3,
+            "lhs_bits": 2,
+            "rhs_bits": 7,
+            "rhs_signed": True,
+            "out_bits": 6,
+        },
+        # a per-channel rhs broadcast over the image
+        {**base, "broadcast": True, "channels": 32, "dim": (4, 4), "pe": 8, "lhs_bits": 8, "rhs_bits": 8},
+        {**base, "broadcast": True, "shared_scale": False, "channels": 32, "dim": (4, 4), "pe": 2, "lhs_bits": 6, "rhs_bits": 8},
+    ]
+
+
 def elementwise_mul_case(c: dict) -> dict:
     """``ElementwiseMul`` of two streams as finn-plus' ``InferElementwiseBinaryOperation``
     makes it (both operands ``input`` style), after ``minimize_accumulator_width`` and
@@ -754,6 +1029,8 @@ def main() -> int:
         "vvau": [{"case": c, "finn": vvau_case(c)} for c in vvau_grid()],
         "units": [u for u in units if u["finn"]],
         "maxpool": [{"case": c, "finn": maxpool_case(c)} for c in maxpool_grid()],
+        "padded_conv": [{"case": c, "finn": padded_conv_case(c)} for c in padded_conv_grid()],
+        "elementwise_add": [{"case": c, "finn": elementwise_add_case(c)} for c in elementwise_add_grid()],
         "elementwise_mul": [{"case": c, "finn": elementwise_mul_case(c)} for c in elementwise_mul_grid()],
         "lookup": [{"case": c, "finn": lookup_case(c)} for c in lookup_grid()],
     }
