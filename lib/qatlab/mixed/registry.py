@@ -11,12 +11,19 @@ Method = Callable[[SensitivityInput], SensitivityTable]
 _METHODS: dict[str, Method] = {}
 # Method options and their defaults (they enter the cache key).
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {}
+# A method's version enters the cache key too: a change to what it computes bumps it,
+# so tables cached by the old code are never read back.
+VERSIONS: dict[str, int] = {}
 
 
-def register(name: str, **defaults: Any) -> Callable[[Method], Method]:
+def register(name: str, version: int = 1, **defaults: Any) -> Callable[[Method], Method]:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise MixedPrecisionError(f"sensitivity method {name!r}: version must be a positive integer, got {version!r}")
+
     def deco(fn: Method) -> Method:
         _METHODS[name] = fn
         DEFAULT_OPTIONS[name] = dict(defaults)
+        VERSIONS[name] = version
         return fn
 
     return deco

@@ -12,6 +12,8 @@ import torch
 
 from qatlab.atomic import write_json
 
+from .registry import VERSIONS
+
 FORMAT = "qatlab.sensitivity/1"
 
 
@@ -31,6 +33,7 @@ def cache_key(method: str, inp: Any, options: Mapping[str, Any]) -> str:
         "format": FORMAT,
         "fp32": _state_digest(inp.fp32),
         "method": method,
+        "version": VERSIONS.get(method, 1),
         "options": dict(sorted(options.items())),
         "candidates": list(space.candidates),
         "domains": [[k.name, list(k.domain)] for k in space.knobs],
