@@ -15,6 +15,7 @@ import json
 import torch
 
 from qatlab.atomic import write_json
+from qatlab.nn.fused import fake_quant_fused, fusable
 from qatlab.quant import QuantSpec, compute_qparams, fake_quantize
 from qatlab.timing import interleaved, machine
 
@@ -24,7 +25,9 @@ def fakequant(size: int = 4096, repeats: int = 15) -> list[dict[str, object]]:
 
     Three timings per case: ``native`` (torch op, qparams given), ``ours_fixed``
     (our API, same qparams given: validation + dispatch overhead) and ``ours``
-    (our API estimating the range with minmax each call, as a QAT step does).
+    (our API estimating the range with minmax each call, as a QAT step does); and
+    ``fused``, the CPU kernel QAT's quantizers run (``qatlab.nn.fused``, same qparams,
+    clipped STE) where it is available (None otherwise).
     """
     torch.manual_seed(0)
     x = torch.randn(size, size, requires_grad=True)
@@ -51,7 +54,16 @@ def fakequant(size: int = 4096, repeats: int = 15) -> list[dict[str, object]]:
                 fake_quantize(x, spec).backward(grad)
                 x.grad = None
 
-            t = interleaved({"native": native, "ours_fixed": ours_fixed, "ours": ours}, repeats=repeats)
+            def fused_step() -> None:
+                axis = None if gran == "tensor" else 0
+                fake_quant_fused(x, qp.scale, qp.zero_point.float(), qp.qmin, qp.qmax, axis).backward(grad)
+                x.grad = None
+
+            cases = {"native": native, "ours_fixed": ours_fixed, "ours": ours}
+            if fusable(x, qp.scale):
+                cases["fused"] = fused_step
+            t = interleaved(cases, repeats=repeats)
+            fused_s = t.get("fused")
             rows.append(
                 {
                     "granularity": gran,
@@ -62,6 +74,8 @@ def fakequant(size: int = 4096, repeats: int = 15) -> list[dict[str, object]]:
                     "ours_ms": round(t["ours"] * 1e3, 2),
                     "ratio_fixed": round(t["ours_fixed"] / t["native"], 3),
                     "ratio": round(t["ours"] / t["native"], 3),
+                    "fused_ms": None if fused_s is None else round(fused_s * 1e3, 2),
+                    "ratio_fused": None if fused_s is None else round(fused_s / t["native"], 3),
                 }
             )
     return rows

@@ -2,7 +2,7 @@
 
     python benchmarks/qat_step.py [--model lenet|resnet8|mobilenet] [--batch 128] [--repeats 64]
                                   [--threads N] [--recipes lsq,clipped,lsq_mse,pact_mse,clipped_mse]
-                                  [--json out.json]
+                                  [--torch-ops] [--skip-search] [--json out.json]
 
 One step = forward + cross-entropy + backward + Adam step on a fixed batch, timed
 round-robin (interleaved) after a calibration pass. Each recipe is timed in both QAT
@@ -18,12 +18,19 @@ Recipes with a search estimator (``mse``) run it on one step in ``refresh_every`
 (``qatlab.nn.fake_quant``) and track the range by min/max in between; their
 ``*_live_search`` step is the same model searching on every step (``refresh_every=1``,
 what every step cost before), and ``amortised`` = live + (search − live) / refresh_every
-is the mean step cost over a whole refresh period.
+is the mean step cost over a whole refresh period. ``--skip-search`` leaves those rows
+out (a search step of ``pact_mse`` on the MobileNet-style model takes seconds).
+
+The quantizers run on the fused CPU kernels (``qatlab.nn.fused``) where they are
+available; ``--torch-ops`` also times each recipe's live and frozen steps on the
+torch-op path (``torchops_*`` rows, the same models with the kernels switched off), so
+the two compare within one run. ``QATLAB_FUSED=0`` times only the torch-op path.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -41,6 +48,8 @@ from qatlab.config import TrainConfig
 from qatlab.models import MODELS, build_model
 from qatlab.nn import calibrate, freeze_bn, prepare_qat, set_observe
 from qatlab.nn.fake_quant import DEFAULT_REFRESH_EVERY, set_refresh_every
+from qatlab.nn.fused import enabled as fused_enabled
+from qatlab.nn.fused import fused_disabled, load_error
 from qatlab.timing import interleaved_samples, machine
 from qatlab.train import specs
 
@@ -54,7 +63,12 @@ RECIPES: dict[str, dict[str, object]] = {
 }
 
 
-def build_steps(model_name: str, batch: int, recipes: list[str], calib_batches: int = 4) -> dict[str, Callable[[], None]]:
+TORCH_OPS = "torchops_"
+
+
+def build_steps(
+    model_name: str, batch: int, recipes: list[str], calib_batches: int = 4, torch_ops: bool = False, search: bool = True
+) -> dict[str, Callable[[], None]]:
     torch.manual_seed(0)
     x = torch.randn(batch, 1, 28, 28)
     y = torch.randint(0, 10, (batch,))
@@ -63,7 +77,7 @@ def build_steps(model_name: str, batch: int, recipes: list[str], calib_batches: 
     for r in recipes:
         cfg = TrainConfig(model=model_name, method="qat", granularity="channel", **RECIPES[r])  # type: ignore[arg-type]
         w_spec, a_spec = specs(cfg)
-        phases = ["live", "frozen"] + (["live_search"] if cfg.estimator == "mse" else [])
+        phases = ["live", "frozen"] + (["live_search"] if cfg.estimator == "mse" and search else [])
         for phase in phases:
             q = prepare_qat(fp32, w_spec, a_spec, cfg.ste, first_last_bits=cfg.first_last_bits)
             calibrate(q, [x] * calib_batches)
@@ -75,6 +89,8 @@ def build_steps(model_name: str, batch: int, recipes: list[str], calib_batches: 
             if phase == "live_search":
                 set_refresh_every(q, 1)
             models[f"{r}_{phase}"] = q
+            if torch_ops and phase != "live_search":
+                models[f"{TORCH_OPS}{r}_{phase}"] = copy.deepcopy(q)
     models["torch_ao_live"] = torch_ao_qat(fp32, x)
     models["torch_ao_frozen"] = torch_ao_qat(fp32, x)
     torch_ao_freeze(models["torch_ao_frozen"])
@@ -88,6 +104,12 @@ def build_steps(model_name: str, batch: int, recipes: list[str], calib_batches: 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+
+        if name.startswith(TORCH_OPS):
+
+            def step(inner: Callable[[], None] = step) -> None:
+                with fused_disabled():
+                    inner()
 
         steps[name] = step
     return steps
@@ -125,6 +147,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, from {', '.join(RECIPES)}")
+    ap.add_argument("--torch-ops", action="store_true", help="also time each recipe on the torch-op path (torchops_* rows)")
+    ap.add_argument("--skip-search", action="store_true", help="leave out the *_live_search rows (searching on every step)")
     ap.add_argument("--json", default=None, help="also write the row (and machine) here")
     a = ap.parse_args()
     recipes = [r for r in a.recipes.split(",") if r]
@@ -133,8 +157,11 @@ def main() -> None:
         ap.error(f"--recipes: unknown {', '.join(unknown)}; expected from {', '.join(RECIPES)}")
     if a.threads:
         torch.set_num_threads(a.threads)
-    row = summarize(a.model, a.batch, interleaved_samples(build_steps(a.model, a.batch, recipes), a.repeats, warmup=3))
+    steps = build_steps(a.model, a.batch, recipes, torch_ops=a.torch_ops, search=not a.skip_search)
+    row = summarize(a.model, a.batch, interleaved_samples(steps, a.repeats, warmup=3))
+    row["fused_kernels"] = fused_enabled()
     print(json.dumps({"machine": machine()}))
+    print(f"fused kernels: {'on' if row['fused_kernels'] else 'off (' + (load_error() or 'QATLAB_FUSED=0') + ')'}")
     print(json.dumps(row))
     print(f"\n{a.model}, batch {a.batch}, {row['repeats']} interleaved steps each; FP32 {row['fp32_ms']} ms")
     print(f"{'step':22} {'median ms':>10} {'mean ms':>9} {'× FP32':>7} {'× FP32 (mean)':>14} {'× torch.ao':>11}")

@@ -17,6 +17,11 @@ fraction of the largest magnitude, moves slowly while the magnitude itself moves
 with every batch and every weight update: the steps between take one min/max pass
 and scale the fractions of the last search by it. ``refresh_every=1`` searches on
 every step (the exact, slow reference).
+
+On float32 CPU tensors the fixed (clipped-STE), LSQ and PACT quantizers run on the
+fused kernels of :mod:`qatlab.nn.fused` (one pass forward, one backward, a layer's
+clamp included); elsewhere, or with ``QATLAB_FUSED=0``, on the torch-op functions of
+:mod:`qatlab.nn.ste` and ``_PACTFast``, which the kernels equal value for value.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from qatlab.quant import QParams, QuantSpec, estimate_range, layout_for, qparams
 from qatlab.quant.estimators import row_minmax
 from qatlab.quant.granularity import Layout, from_rows
 
+from .fused import Bounds, fake_quant_fused, fusable, pact_fake_quant_fused
 from .ste import STE_KINDS, fake_quant, lsq_fake_quant, lsq_grad_factor, pact_fake_quant
 
 ROLES = ("weight", "act")
@@ -36,6 +42,8 @@ SEARCH_ESTIMATORS = frozenset({"mse", "entropy", "percentile"})
 # ~1.5 s for LeNet on one core, 13x its training step. Once per 128 steps that is
 # ~10 % of a step on average, and a few searches per epoch still follow the weights.
 DEFAULT_REFRESH_EVERY = 128
+# LSQ's learned step is used as max(|step|, SCALE_FLOOR): a step driven to <= 0 would divide by zero.
+SCALE_FLOOR = 1e-8
 
 
 class _PACTFast(torch.autograd.Function):
@@ -73,6 +81,10 @@ class _PACTFast(torch.autograd.Function):
 def pact_fake_quant_fast(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
     """:func:`pact_fake_quant`'s values and gradients, from fewer full-size passes."""
     return _PACTFast.apply(x, alpha, 2**bits - 1)
+
+
+def _clamped(x: torch.Tensor, clamp: Bounds | None) -> torch.Tensor:
+    return x if clamp is None else x.clamp(*clamp)
 
 
 def _check_refresh_every(n: int) -> int:
@@ -184,7 +196,7 @@ class FakeQuant(nn.Module):
         layout = self._layout_for_shape(x_shape)
         if self.ste == "lsq" and self.is_initialized:
             zp = torch.round(self.zero_point.detach().clamp(self.spec.qmin, self.spec.qmax)).to(torch.int32)
-            return QParams(self.scale.detach().abs().clamp(min=1e-8).float().clone(), zp, self.spec.qmin, self.spec.qmax, layout)
+            return QParams(self.scale.detach().abs().clamp(min=SCALE_FLOOR).float().clone(), zp, self.spec.qmin, self.spec.qmax, layout)
         if self.ste == "pact" and self.is_initialized:
             scale = (self.alpha.detach().reshape(1) / self.spec.qmax).clamp(min=1e-12).float()
             return QParams(scale, torch.zeros(1, dtype=torch.int32), 0, self.spec.qmax, layout)
@@ -202,39 +214,69 @@ class FakeQuant(nn.Module):
         return layout_for(torch.empty(shape, device="meta"), self.spec)
 
     # ---- forward ------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, numel: int | None = None) -> torch.Tensor:
-        """Fake-quantize ``x``. ``numel``: how many values ``x`` stands for in LSQ's
-        gradient scale, where it is a max-pooled view of a larger tensor."""
+    def forward(self, x: torch.Tensor, numel: int | None = None, clamp: Bounds | None = None) -> torch.Tensor:
+        """Fake-quantize ``x``, or ``x.clamp(*clamp)`` where a layer's clamp (ReLU6) comes
+        first: the fused kernels apply it in the same pass, gradient included. ``numel``:
+        how many values ``x`` stands for in LSQ's gradient scale, where it is a max-pooled
+        view of a larger tensor."""
         if not self.enabled and not self.observe:
-            return x
+            return _clamped(x, clamp)
         self._last_shape = tuple(x.shape)
         layout = layout_for(x, self.spec)
         learned_ready = self.ste in ("lsq", "pact") and self.is_initialized
         if self.observe and not learned_ready:
-            self._observe(x, layout)
+            self._observe(_clamped(x.detach(), clamp), layout)
         if not self.enabled:
-            return x
+            return _clamped(x, clamp)
         if self.ste in ("lsq", "pact") and not self.is_initialized:
             if self.calibrating:
                 qp = qparams_from_range(self.lo, self.hi, self.spec, layout)
-                return self._apply_fixed(x, qp, layout, "clipped")
+                return self._apply_fixed(x, qp, layout, "clipped", clamp)
             self._init_learned(layout, x)
         if self.ste == "pact":
+            if fusable(x, self.alpha):
+                return pact_fake_quant_fused(x, self.alpha, self.spec.bits, clamp)
+            x = _clamped(x, clamp)
             if x.device.type == "cpu":
                 return pact_fake_quant_fast(x, self.alpha, self.spec.bits)
             return pact_fake_quant(x, self.alpha, self.spec.bits)
         if self.ste == "lsq":
-            return self._lsq(x, layout, numel)
-        qp = qparams_from_range(self.lo, self.hi, self.spec, layout)
-        return self._apply_fixed(x, qp, layout, self.ste)
+            return self._lsq(x, layout, numel, clamp)
+        return self._apply_fixed(x, self._observed_qparams(layout), layout, self.ste, clamp)
+
+    def _observed_qparams(self, layout: Layout) -> QParams:
+        """``qparams_from_range`` of the observed range, kept while the range is unchanged:
+        with the observers off (after the freeze) it is the same on every step, and
+        its dozen small ops and two host syncs cost more than the quantizer itself."""
+        lo, hi = self.lo, self.hi
+        cached = self.__dict__.get("_qp_cache")
+        # The cache holds lo and hi themselves, so a match by identity cannot be a new
+        # tensor at a reused address; the version counters catch in-place updates and
+        # the data pointers a swapped ``.data``.
+        state = (lo._version, hi._version, lo.data_ptr(), hi.data_ptr())
+        if cached is not None:
+            c_lo, c_hi, c_state, c_layout, qp = cached
+            if c_lo is lo and c_hi is hi and c_state == state and c_layout == layout:
+                return qp
+        qp = qparams_from_range(lo, hi, self.spec, layout)
+        self.__dict__["_qp_cache"] = (lo, hi, state, layout, qp)
+        return qp
 
     def init_learned(self) -> None:
         """Initialise LSQ's scale / PACT's clip from the observed range (after calibration)."""
         if self.ste in ("lsq", "pact") and self.lo.numel():
             self._init_learned(self._layout_for_shape(None), None)
 
-    def _apply_fixed(self, x: torch.Tensor, qp: QParams, layout: Layout, ste: str) -> torch.Tensor:
+    def _apply_fixed(self, x: torch.Tensor, qp: QParams, layout: Layout, ste: str, clamp: Bounds | None = None) -> torch.Tensor:
         scale, zp = qp.scale.to(x.device), qp.zero_point.to(x.device)
+        if ste == "clipped" and fusable(x, scale):
+            zf = zp.float()
+            if layout.kind == "tensor":
+                return fake_quant_fused(x, scale, zf, qp.qmin, qp.qmax, clamp=clamp)
+            if layout.kind == "channel":
+                return fake_quant_fused(x, scale, zf, qp.qmin, qp.qmax, layout.axis, clamp=clamp)
+            return from_rows(fake_quant_fused(to_rows(x, layout), scale, zf, qp.qmin, qp.qmax, 0, clamp=clamp), x.shape, layout)
+        x = _clamped(x, clamp)
         if layout.kind == "tensor":
             return fake_quant(x, scale, zp, qp.qmin, qp.qmax, None, ste)
         if layout.kind == "channel":
@@ -242,12 +284,20 @@ class FakeQuant(nn.Module):
         rows = fake_quant(to_rows(x, layout), scale, zp, qp.qmin, qp.qmax, 0, ste)
         return from_rows(rows, x.shape, layout)
 
-    def _lsq(self, x: torch.Tensor, layout: Layout, numel: int | None = None) -> torch.Tensor:
+    def _lsq(self, x: torch.Tensor, layout: Layout, numel: int | None = None, clamp: Bounds | None = None) -> torch.Tensor:
         per = (numel or x.numel()) // max(1, self.scale.numel())
         g = lsq_grad_factor(per, self.spec.qmax)
         s, z, lo, hi = self.scale, self.zero_point, self.spec.qmin, self.spec.qmax
+        if fusable(x, s, z):
+            # The kernels apply the floor below themselves, gradient included.
+            if layout.kind == "tensor":
+                return fake_quant_fused(x, s, z, lo, hi, None, g, SCALE_FLOOR, clamp)
+            if layout.kind == "channel":
+                return fake_quant_fused(x, s, z, lo, hi, layout.axis, g, SCALE_FLOOR, clamp)
+            return from_rows(fake_quant_fused(to_rows(x, layout), s, z, lo, hi, 0, g, SCALE_FLOOR, clamp), x.shape, layout)
+        x = _clamped(x, clamp)
         # Keep the learned step positive: a step driven to <= 0 would divide by zero.
-        s = s.abs().clamp(min=1e-8)
+        s = s.abs().clamp(min=SCALE_FLOOR)
         if layout.kind == "tensor":
             return lsq_fake_quant(x, s, z, lo, hi, None, g)
         if layout.kind == "channel":

@@ -126,9 +126,8 @@ class _QuantCompute(nn.Module):
             y = maxpool(y)
         if self.relu:
             y = F.relu(y)
-        if self.clamp is not None:
-            y = y.clamp(*self.clamp)
-        return self.act_fq(y, numel)
+        # The quantizer applies the clamp: its fused kernels do it in the same pass.
+        return self.act_fq(y, numel, self.clamp)
 
 
 class QuantConv2d(_QuantCompute):

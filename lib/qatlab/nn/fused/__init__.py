@@ -1,0 +1,23 @@
+"""Fused fake-quant kernels for the CPU: each quantizer in one pass forward and one backward.
+
+The torch-op paths of :mod:`qatlab.nn.ste` and ``FakeQuant`` cost five to eight
+full-size passes per tensor and a handful of small autograd ops per quantizer; these
+kernels (C++, built on first use, see :mod:`.build`) do the same arithmetic in one
+pass each way. ``FakeQuant`` uses them on float32 CPU tensors when they are available
+and falls back to the torch ops otherwise (``QATLAB_FUSED=0`` forces the fallback).
+"""
+
+from .build import FusedBuildError, env_enabled, load_error
+from .ops import Bounds, enabled, fake_quant_fused, fusable, fused_disabled, pact_fake_quant_fused
+
+__all__ = [
+    "Bounds",
+    "FusedBuildError",
+    "enabled",
+    "env_enabled",
+    "fake_quant_fused",
+    "fusable",
+    "fused_disabled",
+    "load_error",
+    "pact_fake_quant_fused",
+]

@@ -1,0 +1,281 @@
+"""The C++ source of the fused fake-quant kernels (built by :mod:`.build`, bound by :mod:`.ops`).
+
+Kept as a string so that every install of the package carries it, whatever the
+packaging rules for data files. The kernels use no torch headers: they take raw
+float32 pointers through ctypes, which keeps the build to a second or two.
+
+Arithmetic contract (the reference's, element for element):
+
+* ``s`` is the scale as given, or ``max(|raw|, floor)`` for a learned one;
+  ``inv = 1.0f / s`` in float32; ``z = nearbyint(clamp(zp, qmin, qmax))``.
+* ``t = nearbyint(x · inv)`` (round half to even, the default rounding mode),
+  ``q = clamp(t + z, qmin, qmax)``, ``y = (q − z) · s`` (:mod:`qatlab.quant.affine`'s
+  formula and torch's fake-quant kernels', down to the sign of a zero); NaN stays NaN.
+* the in-range mask is ``qmin ≤ t + z ≤ qmax`` (false for NaN, written with ``&`` so the
+  loop vectorizes); ``dx = dy · mask`` as a float multiply, so the signs of zeros and
+  NaNs are those of the torch-op path's ``dy * mask``.
+* LSQ's gradients are sums of per-element terms, accumulated in double per chunk
+  and added in chunk order: the result does not depend on the thread count.
+
+``-ffp-contract=off`` keeps the compiler from fusing a multiply and an add into one
+rounding, which would change values the reference computes in two.
+"""
+
+from __future__ import annotations
+
+SOURCE = r"""
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+typedef int64_t i64;
+
+// Each (outer, channel) segment of `inner` contiguous values is cut into chunks of at
+// most CHUNK values; chunks are the unit of parallel work and of partial sums.
+static const i64 CHUNK = 32768;
+
+struct Grid {
+    i64 outer, channels, inner, per_seg, nchunks;
+    Grid(i64 o, i64 c, i64 n) : outer(o), channels(c), inner(n) {
+        per_seg = n > 0 ? (n + CHUNK - 1) / CHUNK : 0;
+        nchunks = o * c * per_seg;
+    }
+    inline void chunk(i64 k, i64& seg, i64& begin, i64& end) const {
+        seg = k / per_seg;
+        i64 j = k - seg * per_seg;
+        begin = seg * inner + j * CHUNK;
+        i64 stop = seg * inner + inner;
+        end = begin + CHUNK < stop ? begin + CHUNK : stop;
+    }
+    inline i64 channel_of(i64 seg) const { return seg % channels; }
+    // Threads only pay off past a few chunks' worth of values (waking them costs µs).
+    inline bool parallel() const { return nchunks > 1 && outer * channels * inner >= 2 * CHUNK; }
+};
+
+struct Params {
+    std::vector<float> s, inv, z;
+};
+
+// floor > 0: s = max(|raw|, floor) (a learned scale kept positive); floor <= 0: s = raw.
+static void make_params(Params& p, i64 channels, const float* scale, const float* zp, int zp_per_channel,
+                        float qmin, float qmax, float floor) {
+    p.s.resize(channels); p.inv.resize(channels); p.z.resize(channels);
+    for (i64 c = 0; c < channels; ++c) {
+        float s = scale[c];
+        if (floor > 0.0f) {
+            s = std::fabs(s);
+            if (s < floor) s = floor;
+        }
+        float z = zp ? zp[zp_per_channel ? c : 0] : 0.0f;
+        z = z < qmin ? qmin : (z > qmax ? qmax : z);
+        z = std::nearbyint(z);
+        p.s[c] = s;
+        p.inv[c] = 1.0f / s;
+        p.z[c] = z;
+    }
+}
+
+// A clamp applied before the quantizer (a ReLU6 or clamp fused into the layer):
+// v = clamp(x, clo, chi), NaN kept; its gradient mask is clo <= x <= chi, as torch's
+// clamp backward (where(mask, grad, 0)). No clamp: clo = -inf, chi = +inf.
+static inline float clip(float x, float clo, float chi) { return x < clo ? clo : (x > chi ? chi : x); }
+
+// keep ? v : +0.0f, as torch's where(mask, grad, 0), written as a bit mask: the ternary
+// on a stored value is left as a branch by the compiler in some loops (10x slower).
+static inline float keep_or_zero(int keep, float v) {
+    uint32_t bits;
+    std::memcpy(&bits, &v, sizeof bits);
+    bits &= (uint32_t)(-keep);
+    float out;
+    std::memcpy(&out, &bits, sizeof out);
+    return out;
+}
+
+// Partial sums are taken in float over blocks of BLOCK values (vectorizable), then
+// added in double: the rounding error stays that of a short float sum.
+static const i64 BLOCK = 256;
+
+template <bool CLIP>
+static void fq_forward_chunk(const float* x, float* y, i64 b, i64 e, float s, float inv, float z,
+                             float qmin, float qmax, float clo, float chi) {
+    #pragma omp simd
+    for (i64 i = b; i < e; ++i) {
+        float v = CLIP ? clip(x[i], clo, chi) : x[i];
+        float q = std::nearbyint(v * inv) + z;
+        q = q < qmin ? qmin : (q > qmax ? qmax : q);
+        y[i] = (q - z) * s;
+    }
+}
+
+extern "C" {
+
+int qatlab_fused_abi(void) { return 6; }
+
+void qatlab_fq_forward(const float* x, float* y, i64 outer, i64 channels, i64 inner,
+                       const float* scale, const float* zp, int zp_per_channel,
+                       float qmin, float qmax, float floor, float clo, float chi, int nthreads) {
+    Params p;
+    make_params(p, channels, scale, zp, zp_per_channel, qmin, qmax, floor);
+    Grid g(outer, channels, inner);
+    const bool clipped = !(std::isinf(clo) && clo < 0.0f && std::isinf(chi) && chi > 0.0f);
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if(nthreads > 1 && g.parallel())
+    for (i64 k = 0; k < g.nchunks; ++k) {
+        i64 seg, b, e;
+        g.chunk(k, seg, b, e);
+        i64 c = g.channel_of(seg);
+        const float s = p.s[c], inv = p.inv[c], z = p.z[c];
+        if (clipped) fq_forward_chunk<true>(x, y, b, e, s, inv, z, qmin, qmax, clo, chi);
+        else fq_forward_chunk<false>(x, y, b, e, s, inv, z, qmin, qmax, clo, chi);
+    }
+}
+
+}  // extern "C"
+
+// One chunk of the backward pass. dv = dy · mask (the quantizer's input gradient),
+// dx = dv where clo <= x <= chi, else 0. SUMS: out[0] = Σ(dy·y − dv·v) (the LSQ step's
+// term: dy·(y − v) in range, dy·y outside) and out[1] = Σ(dy − dv) (dy outside the
+// range), each one accumulator, so no two large sums cancel. CLIP: the clamp is on;
+// templates keep the common cases free of the work they do not need.
+template <bool CLIP, bool SUMS>
+static void fq_backward_chunk(const float* x, const float* dy, float* dx, i64 b, i64 e, float s, float inv, float z,
+                              float qmin, float qmax, float clo, float chi, double* out) {
+    double a_s = 0.0, a_z = 0.0;
+    for (i64 b0 = b; b0 < e; b0 += BLOCK) {
+        const i64 e0 = b0 + BLOCK < e ? b0 + BLOCK : e;
+        float f_s = 0.0f, f_z = 0.0f;
+        #pragma omp simd reduction(+ : f_s, f_z)
+        for (i64 i = b0; i < e0; ++i) {
+            float xv = x[i], gv = dy[i];
+            float v = CLIP ? clip(xv, clo, chi) : xv;
+            float t = std::nearbyint(v * inv) + z;
+            float dv = gv * (float)((t >= qmin) & (t <= qmax));
+            dx[i] = CLIP ? keep_or_zero((xv >= clo) & (xv <= chi), dv) : dv;
+            if (SUMS) {
+                float q = t < qmin ? qmin : (t > qmax ? qmax : t);
+                f_s += gv * ((q - z) * s) - dv * v;
+                f_z += gv - dv;
+            }
+        }
+        a_s += f_s;
+        a_z += f_z;
+    }
+    if (SUMS) { out[0] = a_s; out[1] = a_z; }
+}
+
+extern "C" {
+
+// With dscale / dzp, per channel: ds = g·Σ(dy·y − dv·v)/s and dz = −g·s·Σ(dy − dv),
+// then through s = max(|raw|, floor) to the raw scale.
+void qatlab_fq_backward(const float* x, const float* dy, float* dx, i64 outer, i64 channels, i64 inner,
+                        const float* scale, const float* zp, int zp_per_channel,
+                        float qmin, float qmax, float floor, float clo, float chi, double grad_factor,
+                        float* dscale, float* dzp, int nthreads) {
+    Params p;
+    make_params(p, channels, scale, zp, zp_per_channel, qmin, qmax, floor);
+    Grid g(outer, channels, inner);
+    const bool sums = dscale != nullptr || dzp != nullptr;
+    const bool clipped = !(std::isinf(clo) && clo < 0.0f && std::isinf(chi) && chi > 0.0f);
+    std::vector<double> part(sums ? g.nchunks * 2 : 0);
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if(nthreads > 1 && g.parallel())
+    for (i64 k = 0; k < g.nchunks; ++k) {
+        i64 seg, b, e;
+        g.chunk(k, seg, b, e);
+        i64 c = g.channel_of(seg);
+        const float s = p.s[c], inv = p.inv[c], z = p.z[c];
+        double* out = sums ? &part[k * 2] : nullptr;
+        if (clipped && sums) fq_backward_chunk<true, true>(x, dy, dx, b, e, s, inv, z, qmin, qmax, clo, chi, out);
+        else if (clipped) fq_backward_chunk<true, false>(x, dy, dx, b, e, s, inv, z, qmin, qmax, clo, chi, out);
+        else if (sums) fq_backward_chunk<false, true>(x, dy, dx, b, e, s, inv, z, qmin, qmax, clo, chi, out);
+        else fq_backward_chunk<false, false>(x, dy, dx, b, e, s, inv, z, qmin, qmax, clo, chi, out);
+    }
+    if (!sums) return;
+    std::vector<double> tot(channels * 2, 0.0);
+    for (i64 k = 0; k < g.nchunks; ++k) {
+        i64 seg = k / g.per_seg;
+        double* t = &tot[g.channel_of(seg) * 2];
+        t[0] += part[k * 2];
+        t[1] += part[k * 2 + 1];
+    }
+    for (i64 c = 0; c < channels; ++c) {
+        const double* t = &tot[c * 2];
+        const double s = p.s[c];
+        if (dscale) {
+            double d = grad_factor * t[0] / s;
+            if (floor > 0.0f) {
+                // d|raw|/draw = sign(raw) (0 at 0); the floor passes no gradient below it.
+                float raw = scale[c];
+                double sg = raw > 0.0f ? 1.0 : (raw < 0.0f ? -1.0 : 0.0);
+                d = std::fabs(raw) >= floor ? d * sg : 0.0;
+            }
+            dscale[c] = (float)d;
+        }
+        if (dzp) dzp[zp_per_channel ? c : 0] = (float)(-grad_factor * s * t[1]);
+    }
+}
+
+// PACT: y = min(clamp(nearbyint(v·inv), 0, ∞), top)·s with s = max(α/qmax, 1e-12),
+// top = clamp(nearbyint(α·inv), 0, qmax): quantizing clamp(v, 0, α), as the reference.
+static inline void pact_params(float alpha, float qmax, float& s, float& inv, float& top) {
+    s = alpha / qmax;
+    if (s < 1e-12f) s = 1e-12f;
+    inv = 1.0f / s;
+    top = std::nearbyint(alpha * inv);
+    top = top < 0.0f ? 0.0f : (top > qmax ? qmax : top);
+}
+
+void qatlab_pact_forward(const float* x, float* y, i64 n, const float* alpha, float qmax,
+                         float clo, float chi, int nthreads) {
+    float s, inv, top;
+    pact_params(alpha[0], qmax, s, inv, top);
+    Grid g(1, 1, n);
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if(nthreads > 1 && g.parallel())
+    for (i64 k = 0; k < g.nchunks; ++k) {
+        i64 seg, b, e;
+        g.chunk(k, seg, b, e);
+        #pragma omp simd
+        for (i64 i = b; i < e; ++i) {
+            // + 0: a rounded -0 becomes +0, as in torch's kernel (zero point 0).
+            float t = std::nearbyint(clip(x[i], clo, chi) * inv) + 0.0f;
+            t = t < 0.0f ? 0.0f : t;
+            t = t > top ? top : t;
+            y[i] = t * s;
+        }
+    }
+}
+
+// dv = dy where 0 < v < α (else 0), dx = dv where clo <= x <= chi, dα = Σ dy where v ≥ α.
+void qatlab_pact_backward(const float* x, const float* dy, float* dx, i64 n, const float* alpha_p,
+                          float clo, float chi, float* dalpha, int nthreads) {
+    const float alpha = alpha_p[0];
+    Grid g(1, 1, n);
+    std::vector<double> part(g.nchunks, 0.0);
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if(nthreads > 1 && g.parallel())
+    for (i64 k = 0; k < g.nchunks; ++k) {
+        i64 seg, b, e;
+        g.chunk(k, seg, b, e);
+        double acc = 0.0;
+        for (i64 b0 = b; b0 < e; b0 += BLOCK) {
+            const i64 e0 = b0 + BLOCK < e ? b0 + BLOCK : e;
+            float f = 0.0f;
+            #pragma omp simd reduction(+ : f)
+            for (i64 i = b0; i < e0; ++i) {
+                float xv = x[i], gv = dy[i];
+                float v = clip(xv, clo, chi);
+                int above = v >= alpha;
+                float dv = keep_or_zero(!(above | (v <= 0.0f)), gv);
+                dx[i] = keep_or_zero((xv >= clo) & (xv <= chi), dv);
+                f += keep_or_zero(above, gv);
+            }
+            acc += f;
+        }
+        part[k] = acc;
+    }
+    double tot = 0.0;
+    for (i64 k = 0; k < g.nchunks; ++k) tot += part[k];
+    dalpha[0] = (float)tot;
+}
+
+}  // extern "C"
+"""

@@ -1,0 +1,422 @@
+"""The fused fake-quant kernels (``qatlab.nn.fused``) against the reference paths.
+
+Contract checked on random inputs (shapes, tiny and huge scales, zero points in and out
+of range, 2-16 bits, per tensor and per channel on any axis, values on rounding ties,
+a clamp in front or not):
+
+* outputs: bit for bit (compared as int32 patterns, so even the sign of a zero counts)
+  with the affine reference ``fake_quantize_rows_reference`` (quantize, then dequantize)
+  and with torch's native fake-quant kernels;
+* ``dx``: bit for bit with the torch-op paths' ``dy * mask`` and clamp backward;
+* LSQ's scale and zero-point gradients and PACT's clip gradient: sums over the tensor.
+  The kernels add float32 partial sums of 256 terms in double; torch sums in float32
+  in its own order. Both are within a few float32 roundings of the exact sum relative
+  to ``Σ|terms|`` (never to the sum itself, which may cancel to near zero), so they are
+  compared with ``1e-5 · Σ|terms|`` against a float64 evaluation of the same formula
+  and ``1e-4 · Σ|terms|`` against the torch-op path's float32 autograd result.
+
+Skipped where no C++ compiler exists (or ``QATLAB_FUSED=0``); where one does, a build
+failure fails the tests instead of silently running the fallback.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qatlab.nn import FakeQuant, calibrate, fused, prepare_qat, set_observe
+from qatlab.nn.fake_quant import SCALE_FLOOR, _PACTFast
+from qatlab.nn.fused import build
+from qatlab.nn.fused.ops import fake_quant_fused, pact_fake_quant_fused
+from qatlab.nn.ste import lsq_fake_quant
+from qatlab.quant import QuantSpec
+from qatlab.quant.affine import fake_quantize_rows_reference
+
+pytestmark = pytest.mark.skipif(
+    build.find_compiler() is None or not build.env_enabled(), reason="no C++ compiler here, or QATLAB_FUSED=0: the fallback path runs"
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernels_built() -> None:
+    if not fused.enabled():
+        pytest.fail(f"a C++ compiler exists but the fused kernels did not build: {fused.load_error()}")
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.int32)
+
+
+def assert_bitwise(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert a.shape == b.shape and a.dtype == b.dtype == torch.float32
+    diff = _bits(a) != _bits(b)
+    assert not bool(diff.any()), f"{int(diff.sum())} values differ, e.g. {a[diff][:4].tolist()} vs {b[diff][:4].tolist()}"
+
+
+def _rows(t: torch.Tensor, axis: int | None) -> torch.Tensor:
+    return t.reshape(1, -1) if axis is None else t.movedim(axis, 0).reshape(t.shape[axis], -1)
+
+
+def _bshape(x: torch.Tensor, axis: int | None) -> list[int]:
+    shape = [1] * x.dim()
+    if axis is not None:
+        shape[axis] = -1
+    return shape
+
+
+def _qrange(bits: int, signed: bool) -> tuple[int, int]:
+    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+
+
+def _oracle(x, dy, raw_s, zp, qmin, qmax, axis, g, floor, clamp):  # type: ignore[no-untyped-def]
+    """The contract written out with elementary float32 ops, sums in float64."""
+    s = raw_s.abs().clamp(min=floor) if floor else raw_s
+    z = zp.clamp(qmin, qmax).round()
+    if z.numel() == 1 and s.numel() > 1:
+        z = z.expand(s.numel())
+    bs = _bshape(x, axis)
+    v = x if clamp is None else x.clamp(*clamp)
+    t = torch.round(v * (1.0 / s).reshape(bs)) + z.reshape(bs)
+    y = (t.clamp(qmin, qmax) - z.reshape(bs)) * s.reshape(bs)
+    dv = dy * ((t >= qmin) & (t <= qmax)).float()
+    if clamp is None:
+        dx = dv
+    else:
+        lo, hi = (-math.inf if clamp[0] is None else clamp[0]), (math.inf if clamp[1] is None else clamp[1])
+        dx = torch.where((x >= lo) & (x <= hi), dv, torch.zeros(()))
+    dims = [d for d in range(x.dim()) if d != axis]
+    d64 = lambda a: a.double().sum(dims) if dims else a.double()
+    terms = dy.double() * y.double() - dv.double() * v.double()
+    ds = g * d64(terms) / s.double()
+    ds_scale = g * d64(dy.double().abs() * y.double().abs() + dv.double().abs() * v.double().abs()) / s.double()
+    if floor:
+        ds = torch.where(raw_s.abs() >= floor, ds, torch.zeros((), dtype=torch.float64)) * torch.sign(raw_s).double()
+    dz = -g * s.double() * d64(dy.double() - dv.double())
+    dz_scale = g * s.double() * d64(dy.double().abs() + dv.double().abs())
+    return y, dx, ds, ds_scale, dz, dz_scale, s, z
+
+
+def _values(shape: list[int], s_bcast: torch.Tensor, z: torch.Tensor, qmin: int, qmax: int, gen: torch.Generator) -> torch.Tensor:
+    """Random values over (and past) the grid, a quarter of them exactly on ties or grid points."""
+    n = math.prod(shape)
+    codes = torch.randint(qmin - 4, qmax + 5, shape, generator=gen).float() - z
+    frac = torch.rand(shape, generator=gen)
+    kind = torch.randint(0, 4, shape, generator=gen)
+    frac = torch.where(kind == 0, torch.full(shape, 0.5), torch.where(kind == 1, torch.zeros(shape), frac))
+    x = ((codes + frac) * s_bcast).float()
+    if n:
+        x.view(-1)[0] = -0.0
+    return x
+
+
+GRANULARITY = st.sampled_from(["tensor", "channel"])
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    dims=st.lists(st.integers(1, 6), min_size=1, max_size=4),
+    granularity=GRANULARITY,
+    bits=st.integers(2, 16),
+    signed=st.booleans(),
+    log2_scale=st.floats(-24.0, 24.0),
+    learned=st.booleans(),
+    zp_learned=st.booleans(),
+    clamp=st.sampled_from([None, (0.0, 6.0), (-1.0, 1.0), (None, 0.5), (-2.0, None)]),
+    g=st.sampled_from([1.0, 0.05]),
+)
+def test_fake_quant_fused_matches_the_contract(seed, dims, granularity, bits, signed, log2_scale, learned, zp_learned, clamp, g) -> None:  # type: ignore[no-untyped-def]
+    gen = torch.Generator().manual_seed(seed)
+    qmin, qmax = _qrange(bits, signed)
+    axis = None if granularity == "tensor" else int(torch.randint(0, len(dims), (1,), generator=gen))
+    c = 1 if axis is None else dims[axis]
+    scale = (2.0**log2_scale) * (0.5 + torch.rand(c, generator=gen))
+    if learned:  # raw learned steps: negative and below-the-floor ones included
+        scale = torch.where(torch.rand(c, generator=gen) < 0.2, -scale, scale)
+        scale = torch.where(torch.rand(c, generator=gen) < 0.1, torch.full((c,), 3e-9), scale)
+    scale = scale.float()
+    if zp_learned:
+        zp = (torch.rand(c, generator=gen) * (qmax - qmin + 6) + qmin - 3).float()
+    else:
+        zp = torch.randint(qmin, qmax + 1, (c,), generator=gen).float()
+    floor = SCALE_FLOOR if learned else None
+    s_eff = scale.abs().clamp(min=SCALE_FLOOR) if learned else scale
+    z_eff = zp.clamp(qmin, qmax).round()
+    bs = _bshape(torch.empty(dims), axis)
+    x = _values(dims, s_eff.reshape(bs), z_eff.reshape(bs), qmin, qmax, gen)
+    if clamp is not None:  # values on the clamp's edges
+        for i, b in enumerate(b for b in clamp if b is not None):
+            if x.numel() > i + 1:
+                x.view(-1)[i + 1] = b
+    dy = torch.randn(dims, generator=gen)
+    if x.numel() > 2:
+        dy.view(-1)[-1] = -dy.view(-1)[-1].abs()  # a negative dy meeting mask 0 keeps its -0
+
+    xi = x.clone().requires_grad_()
+    si = scale.clone().requires_grad_()
+    zi = zp.clone().requires_grad_()
+    y = fake_quant_fused(xi, si, zi, qmin, qmax, axis, g, floor, clamp)
+    y.backward(dy)
+    y_o, dx_o, ds_o, ds_scale, dz_o, dz_scale, s_o, z_o = _oracle(x, dy, scale, zp, qmin, qmax, axis, g, floor, clamp)
+
+    # Values: the affine reference (quantize, dequantize) and torch's kernels, bit for bit.
+    v = x if clamp is None else x.clamp(*clamp)
+    ref = fake_quantize_rows_reference(_rows(v, axis), s_o, z_o.to(torch.int32), qmin, qmax)
+    assert_bitwise(_rows(y.detach(), axis), ref)
+    if axis is None:
+        native = torch.fake_quantize_per_tensor_affine(v, s_o, z_o.to(torch.int32), qmin, qmax)
+    else:
+        native = torch.fake_quantize_per_channel_affine(v, s_o, z_o.to(torch.int32), axis, qmin, qmax)
+    assert_bitwise(y.detach(), native)
+    assert_bitwise(y.detach(), y_o)
+    assert_bitwise(xi.grad, dx_o)
+    # Reductions: float64 of the same formula, within float32 rounding of the terms.
+    assert ((si.grad.double() - ds_o).abs() <= 1e-5 * ds_scale + 1e-30).all(), (si.grad, ds_o)
+    assert ((zi.grad.double() - dz_o).abs() <= 1e-5 * dz_scale + 1e-30).all(), (zi.grad, dz_o)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    dims=st.lists(st.integers(1, 7), min_size=2, max_size=4),  # the torch-op per-channel path needs 2-D
+    granularity=GRANULARITY,
+    bits=st.sampled_from([2, 4, 8]),
+    log2_scale=st.floats(-8.0, 4.0),
+    clamp=st.sampled_from([None, (0.0, 6.0)]),
+)
+def test_lsq_fused_equals_the_torch_op_path(seed, dims, granularity, bits, log2_scale, clamp) -> None:  # type: ignore[no-untyped-def]
+    """Against what FakeQuant ran before (clamp, |s| floored, ``lsq_fake_quant``)."""
+    gen = torch.Generator().manual_seed(seed)
+    qmin, qmax = _qrange(bits, True)
+    axis = None if granularity == "tensor" else int(torch.randint(0, len(dims), (1,), generator=gen))
+    c = 1 if axis is None else dims[axis]
+    scale = ((2.0**log2_scale) * (0.5 + torch.rand(c, generator=gen))).float()
+    zp = torch.zeros(c) if axis is not None else torch.randint(qmin, qmax + 1, (1,), generator=gen).float()
+    x = torch.randn(dims, generator=gen) * float(scale.max()) * 2 ** (bits - 1)
+    dy = torch.randn(dims, generator=gen)
+    g = 0.03
+    out = []
+    for use in ("fused", "ops"):
+        xi, si, zi = x.clone().requires_grad_(), scale.clone().requires_grad_(), zp.clone().requires_grad_(axis is None)
+        if use == "fused":
+            y = fake_quant_fused(xi, si, zi, qmin, qmax, axis, g, SCALE_FLOOR, clamp)
+        else:
+            xv = xi if clamp is None else xi.clamp(*clamp)
+            y = lsq_fake_quant(xv, si.abs().clamp(min=SCALE_FLOOR), zi, qmin, qmax, axis, g)
+        y.backward(dy)
+        out.append((y.detach(), xi.grad, si.grad, zi.grad))
+    (y_f, dx_f, ds_f, dz_f), (y_t, dx_t, ds_t, dz_t) = out
+    assert torch.equal(y_f, y_t)  # equal values; the old path may give -0 where the contract has +0
+    assert_bitwise(dx_f, dx_t)
+    _, _, _, ds_scale, _, dz_scale, _, _ = _oracle(x, dy, scale, zp, qmin, qmax, axis, g, SCALE_FLOOR, clamp)
+    assert ((ds_f.double() - ds_t.double()).abs() <= 1e-4 * ds_scale + 1e-30).all()
+    if axis is None:
+        assert ((dz_f.double() - dz_t.double()).abs() <= 1e-4 * dz_scale + 1e-30).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    bits=st.integers(2, 16),
+    alpha=st.one_of(st.floats(1e-3, 8.0), st.sampled_from([0.0, -0.5, 1e-14, 2.0, 1e6])),
+    clamp=st.sampled_from([None, (0.0, 6.0), (None, 1.0)]),
+)
+def test_pact_fused_matches_the_fast_path_and_the_native_kernel(seed, bits, alpha, clamp) -> None:  # type: ignore[no-untyped-def]
+    gen = torch.Generator().manual_seed(seed)
+    qmax = 2**bits - 1
+    x = torch.randn(4, 5, 6, generator=gen) * max(1.0, abs(alpha))
+    x.view(-1)[:5] = torch.tensor([alpha, 0.0, -alpha, alpha * 0.999, -0.0])
+    if alpha > 0:  # exact ties of the grid
+        x.view(-1)[5:9] = (torch.tensor([0.5, 1.5, 2.5, qmax - 0.5]) * (alpha / qmax)).float()
+    dy = torch.randn(x.shape, generator=gen)
+    out = []
+    for fn in ("fused", "fast"):
+        xi, a = x.clone().requires_grad_(), torch.nn.Parameter(torch.tensor([alpha]))
+        if fn == "fused":
+            y = pact_fake_quant_fused(xi, a, bits, clamp)
+        else:
+            y = _PACTFast.apply(xi if clamp is None else xi.clamp(*clamp), a, qmax)
+        y.backward(dy)
+        out.append((y.detach(), xi.grad, a.grad))
+    (y_f, dx_f, da_f), (y_p, dx_p, da_p) = out
+    assert torch.equal(y_f, y_p)
+    assert_bitwise(dx_f, dx_p)
+    tol = 1e-5 * float(dy.abs().sum()) + 1e-30
+    assert abs(float(da_f) - float(da_p)) <= tol
+    # The value contract: torch's per-tensor kernel on clamp(x, 0, α), zero signs included.
+    a32 = torch.tensor(alpha, dtype=torch.float32)
+    s = (a32 / qmax).clamp(min=1e-12)
+    v = x if clamp is None else x.clamp(*clamp)
+    if alpha > 0:
+        native = torch.fake_quantize_per_tensor_affine(
+            torch.minimum(v.clamp(min=0), a32), s.reshape(1), torch.zeros(1, dtype=torch.int32), 0, qmax
+        )
+        assert_bitwise(y_f, native)
+
+
+def test_large_tensors_use_threads_and_sum_in_a_fixed_order() -> None:
+    """Many chunks: the result must not depend on the thread count (chunk sums are added in order)."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 70001, generator=gen) * 4
+    dy = torch.randn(x.shape, generator=gen)
+    got = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for axis in (None, 0):
+                c = 1 if axis is None else 3
+                xi = x.clone().requires_grad_()
+                s = torch.full((c,), 0.07, requires_grad=True)
+                z = torch.full((c,), 3.0, requires_grad=True)
+                fake_quant_fused(xi, s, z, -8, 7, axis, 0.01, SCALE_FLOOR).backward(dy)
+                got.append((threads, axis, xi.grad, s.grad, z.grad))
+    finally:
+        torch.set_num_threads(before)
+    one = {a: r for t, a, *r in got if t == 1}
+    for _threads, a, *r in got:
+        for u, v in zip(r, one[a]):
+            assert_bitwise(u, v)
+    y_o, dx_o, ds_o, ds_scale, dz_o, dz_scale, *_ = _oracle(
+        x, dy, torch.full((3,), 0.07), torch.full((3,), 3.0), -8, 7, 0, 0.01, SCALE_FLOOR, None
+    )
+    assert ((one[0][1].double() - ds_o).abs() <= 1e-5 * ds_scale).all()
+    assert ((one[0][2].double() - dz_o).abs() <= 1e-5 * dz_scale).all()
+
+
+def test_only_the_gradients_asked_for_are_computed() -> None:
+    x = torch.randn(40)
+    s = torch.tensor([0.1], requires_grad=True)
+    z = torch.tensor([0.0])
+    fake_quant_fused(x, s, z, -8, 7, None, 1.0, SCALE_FLOOR).sum().backward()
+    assert s.grad is not None and z.grad is None
+
+
+def test_bad_parameters_are_named() -> None:
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="scale has 2 values"):
+        fake_quant_fused(x, torch.ones(2), torch.zeros(1), 0, 15, 1)
+    with pytest.raises(ValueError, match="zero_point has 2 values"):
+        fake_quant_fused(x, torch.ones(3), torch.zeros(2), 0, 15, 1)
+    with pytest.raises(ValueError, match="qmin 5, qmax 5"):
+        fake_quant_fused(x, torch.ones(1), torch.zeros(1), 5, 5)
+    with pytest.raises(ValueError, match="alpha must hold one value"):
+        pact_fake_quant_fused(x, torch.ones(2), 4)
+
+
+@pytest.mark.parametrize("ste", ["lsq", "clipped", "pact"])
+@pytest.mark.parametrize("phase", ["live", "frozen"])
+def test_a_qat_model_is_the_same_with_and_without_the_kernels(ste: str, phase: str) -> None:
+    """A model with a fused ReLU6, a residual add, per-channel weights: the fused and the
+    torch-op paths give equal outputs, equal input gradients and close parameter gradients."""
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1 = torch.nn.Conv2d(2, 6, 3, padding=1)
+            self.bn = torch.nn.BatchNorm2d(6)
+            self.act = torch.nn.ReLU6()
+            self.c2 = torch.nn.Conv2d(6, 6, 1)
+            self.fc = torch.nn.Linear(6 * 25, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.act(self.bn(self.c1(x)))
+            return self.fc((self.c2(h) + h).flatten(1))
+
+    w = QuantSpec(bits=4, symmetric=True, granularity="channel")
+    a = QuantSpec(bits=4, symmetric=False)
+    q = prepare_qat(Net(), w, a, ste)
+    x = torch.randn(8, 2, 5, 5) * 2
+    calibrate(q, [x, x * 0.5])
+    set_observe(q, phase == "live")
+    if phase == "frozen":
+        from qatlab.nn import freeze_bn
+
+        freeze_bn(q)
+    q.train()
+    state = {k: v.clone() for k, v in q.state_dict().items()}
+    results = []
+    for mode in ("fused", "ops"):
+        q.load_state_dict(state)
+        q.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_()
+        if mode == "fused":
+            y = q(xi)
+        else:
+            with fused.fused_disabled():
+                y = q(xi)
+        y.square().sum().backward()
+        grads = {n: p.grad.clone() for n, p in q.named_parameters() if p.grad is not None}
+        results.append((y.detach(), xi.grad, grads))
+    (y_f, dx_f, g_f), (y_t, dx_t, g_t) = results
+    assert torch.equal(y_f, y_t)
+    torch.testing.assert_close(dx_f, dx_t, rtol=1e-5, atol=1e-6)
+    assert g_f.keys() == g_t.keys()
+    for n in g_f:
+        torch.testing.assert_close(g_f[n], g_t[n], rtol=1e-3, atol=1e-4 * (1 + float(g_t[n].abs().max())), msg=n)
+
+
+def test_fakequant_keeps_the_clamp_when_disabled() -> None:
+    fq = FakeQuant(QuantSpec(bits=8, symmetric=False), "clipped", "act")
+    fq.enabled = False
+    fq.observe = False
+    x = torch.linspace(-3, 9, 13)
+    assert torch.equal(fq(x, None, (0.0, 6.0)), x.clamp(0, 6))
+
+
+def test_switched_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(build.ENV_SWITCH, "0")
+    assert build.library() is None and not fused.enabled()
+    assert not fused.fusable(torch.randn(3))
+
+
+def test_a_failed_build_warns_once_and_falls_back(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(build, "_state", {})
+    monkeypatch.setenv("QATLAB_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "/bin/false")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert build.library() is None
+        assert build.library() is None
+    assert len([w for w in seen if "fused fake-quant kernels unavailable" in str(w.message)]) == 1
+    assert "exited 1" in (build.load_error() or "")
+
+
+def test_the_build_is_cached(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("QATLAB_CACHE", str(tmp_path))
+    lib = build.load()
+    compiler = build.find_compiler()
+    assert compiler is not None and build.library_path(compiler).is_file() and lib.qatlab_fused_abi() == build.ABI
+
+    def no_build(*_a: object) -> None:
+        raise AssertionError("rebuilt although the cached library exists")
+
+    monkeypatch.setattr(build, "build", no_build)
+    assert build.load().qatlab_fused_abi() == build.ABI
+
+
+def test_observed_qparams_follow_every_change_of_the_range() -> None:
+    """The frozen quantizer keeps its qparams between calls; any change of lo/hi (a new
+    tensor, an in-place update, a swapped ``.data``) must reach the output."""
+    fq = FakeQuant(QuantSpec(bits=4, symmetric=False), "clipped", "act")
+    x = torch.linspace(-2, 3, 50)
+    fq(x)
+    fq.observe = False
+
+    def expected() -> torch.Tensor:
+        qp = fq.qparams()
+        return torch.fake_quantize_per_tensor_affine(x, qp.scale, qp.zero_point, qp.qmin, qp.qmax)
+
+    assert torch.equal(fq(x), expected())
+    fq.hi.mul_(0.5)
+    assert torch.equal(fq(x), expected())
+    fq.lo = fq.lo * 0.25
+    assert torch.equal(fq(x), expected())
+    fq.hi.data = torch.tensor([5.0])
+    assert torch.equal(fq(x), expected())
