@@ -26,6 +26,8 @@ clamp included); elsewhere, or with ``QATLAB_FUSED=0``, on the torch-op function
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -85,6 +87,16 @@ def pact_fake_quant_fast(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> tor
 
 def _clamped(x: torch.Tensor, clamp: Bounds | None) -> torch.Tensor:
     return x if clamp is None else x.clamp(*clamp)
+
+
+def _per_layout(x: torch.Tensor, layout: Layout, fq: Callable[[torch.Tensor, int | None], torch.Tensor]) -> torch.Tensor:
+    """``fq(values, axis)`` on ``x`` laid out for it: whole (axis None), along the channel
+    axis, or as one row per group/element (axis 0 of the rows, folded back)."""
+    if layout.kind == "tensor":
+        return fq(x, None)
+    if layout.kind == "channel":
+        return fq(x, layout.axis)
+    return from_rows(fq(to_rows(x, layout), 0), x.shape, layout)
 
 
 def _check_refresh_every(n: int) -> int:
@@ -271,18 +283,8 @@ class FakeQuant(nn.Module):
         scale, zp = qp.scale.to(x.device), qp.zero_point.to(x.device)
         if ste == "clipped" and fusable(x, scale):
             zf = zp.float()
-            if layout.kind == "tensor":
-                return fake_quant_fused(x, scale, zf, qp.qmin, qp.qmax, clamp=clamp)
-            if layout.kind == "channel":
-                return fake_quant_fused(x, scale, zf, qp.qmin, qp.qmax, layout.axis, clamp=clamp)
-            return from_rows(fake_quant_fused(to_rows(x, layout), scale, zf, qp.qmin, qp.qmax, 0, clamp=clamp), x.shape, layout)
-        x = _clamped(x, clamp)
-        if layout.kind == "tensor":
-            return fake_quant(x, scale, zp, qp.qmin, qp.qmax, None, ste)
-        if layout.kind == "channel":
-            return fake_quant(x, scale, zp, qp.qmin, qp.qmax, layout.axis, ste)
-        rows = fake_quant(to_rows(x, layout), scale, zp, qp.qmin, qp.qmax, 0, ste)
-        return from_rows(rows, x.shape, layout)
+            return _per_layout(x, layout, lambda v, axis: fake_quant_fused(v, scale, zf, qp.qmin, qp.qmax, axis, clamp=clamp))
+        return _per_layout(_clamped(x, clamp), layout, lambda v, axis: fake_quant(v, scale, zp, qp.qmin, qp.qmax, axis, ste))
 
     def _lsq(self, x: torch.Tensor, layout: Layout, numel: int | None = None, clamp: Bounds | None = None) -> torch.Tensor:
         per = (numel or x.numel()) // max(1, self.scale.numel())
@@ -290,19 +292,10 @@ class FakeQuant(nn.Module):
         s, z, lo, hi = self.scale, self.zero_point, self.spec.qmin, self.spec.qmax
         if fusable(x, s, z):
             # The kernels apply the floor below themselves, gradient included.
-            if layout.kind == "tensor":
-                return fake_quant_fused(x, s, z, lo, hi, None, g, SCALE_FLOOR, clamp)
-            if layout.kind == "channel":
-                return fake_quant_fused(x, s, z, lo, hi, layout.axis, g, SCALE_FLOOR, clamp)
-            return from_rows(fake_quant_fused(to_rows(x, layout), s, z, lo, hi, 0, g, SCALE_FLOOR, clamp), x.shape, layout)
-        x = _clamped(x, clamp)
+            return _per_layout(x, layout, lambda v, axis: fake_quant_fused(v, s, z, lo, hi, axis, g, SCALE_FLOOR, clamp))
         # Keep the learned step positive: a step driven to <= 0 would divide by zero.
         s = s.abs().clamp(min=SCALE_FLOOR)
-        if layout.kind == "tensor":
-            return lsq_fake_quant(x, s, z, lo, hi, None, g)
-        if layout.kind == "channel":
-            return lsq_fake_quant(x, s, z, lo, hi, layout.axis, g)
-        return from_rows(lsq_fake_quant(to_rows(x, layout), s, z, lo, hi, 0, g), x.shape, layout)
+        return _per_layout(_clamped(x, clamp), layout, lambda v, axis: lsq_fake_quant(v, s, z, lo, hi, axis, g))
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[no-untyped-def]
         # Observed and learned tensors are sized by the data they saw; a fresh module
