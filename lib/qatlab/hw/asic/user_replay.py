@@ -27,6 +27,8 @@ event. Cost: vectorised work per request, a Python step per miss and per event.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from qatlab.hw.asic.dataflow import ArrayMapping, ceil_div
@@ -184,13 +186,30 @@ class WriteBuffer:
 
 def _rows_of(folds, m: ArrayMapping) -> tuple[list[int], np.ndarray]:
     """Requested words (invalid dropped) and each demand row's slice bounds, all folds."""
+    w, r = _request_rows(folds, m)
+    return w.tolist(), np.searchsorted(r, np.arange(m.compute_rows + 1), side="left")
+
+
+def _request_rows(folds, m: ArrayMapping) -> tuple[np.ndarray, np.ndarray]:
+    """Requested words (invalid dropped) and each one's demand row, all folds in order."""
     words, rows = [], []
     for f, (a, r) in enumerate(folds):
         ok = a >= 0
         words.append(a[ok])
         rows.append(np.asarray(r)[ok] + f * m.rows_per_fold)
-    w, r = np.concatenate(words), np.concatenate(rows)
-    return w.tolist(), np.searchsorted(r, np.arange(m.compute_rows + 1), side="left")
+    return np.concatenate(words), np.concatenate(rows)
+
+
+def _record(stall: int, last_out: int, ifmap: Any, filt: Any, wb: "WriteBuffer") -> dict:
+    """The figures both replays report, from their buffers' final state."""
+    return {
+        "stall": stall,
+        "total_cycles": last_out,
+        "dram_ifmap": ifmap.dram,
+        "dram_filter": filt.dram,
+        "dram_ofmap": wb.writes,
+        "ofmap_stop": wb.stop if wb.stop is not None else 0,
+    }
 
 
 def user_replay(m: ArrayMapping, addr: IfmapAddresses, size_words: tuple[int, int, int], bws: tuple[int, int, int]) -> dict:
@@ -213,14 +232,7 @@ def user_replay(m: ArrayMapping, addr: IfmapAddresses, size_words: tuple[int, in
         last_out = max(last_out, cycle + o_st)
         stall += max(i_st, f_st, o_st)
     wb.finish(last_out)
-    return {
-        "stall": stall,
-        "total_cycles": last_out,
-        "dram_ifmap": ib.dram,
-        "dram_filter": fb.dram,
-        "dram_ofmap": wb.writes,
-        "ofmap_stop": wb.stop if wb.stop is not None else 0,
-    }
+    return _record(stall, last_out, ib, fb, wb)
 
 
 # ---- the same figures, jumping from event to event ---------------------------------
@@ -283,16 +295,6 @@ class _MissScan:
             pos, span = j + 1, 64
         self.dram += sum(shifts) * self.fetch_lines * self.bw
         return np.asarray(at, dtype=np.int64), np.asarray(shifts, dtype=np.int64)
-
-
-def _request_rows(folds, m: ArrayMapping) -> tuple[np.ndarray, np.ndarray]:
-    """Requested words (invalid dropped) and each one's demand row, all folds in order."""
-    words, rows = [], []
-    for f, (a, r) in enumerate(folds):
-        ok = a >= 0
-        words.append(a[ok])
-        rows.append(np.asarray(r)[ok] + f * m.rows_per_fold)
-    return np.concatenate(words), np.concatenate(rows)
 
 
 def _row_shifts(scan: _MissScan, folds, m: ArrayMapping) -> dict[int, int]:
@@ -372,11 +374,4 @@ def user_replay_events(m: ArrayMapping, addr: IfmapAddresses, size_words: tuple[
         stall += max(i_st, f_st, o_st)
         row += 1
     wb.finish(last_out)
-    return {
-        "stall": stall,
-        "total_cycles": last_out,
-        "dram_ifmap": ib.dram,
-        "dram_filter": fb.dram,
-        "dram_ofmap": wb.writes,
-        "ofmap_stop": wb.stop if wb.stop is not None else 0,
-    }
+    return _record(stall, last_out, ib, fb, wb)
