@@ -22,8 +22,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import os
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -281,17 +279,14 @@ def trial_costs(intmodel: bytes, costing: Mapping[str, Any]) -> dict[str, float]
     ``folding`` and ``clock_mhz`` its plan priced at; without them (a uniform trial)
     the folding is the one the plan's search picks for this network at W8A8.
     """
+    import torch
+
     from qatlab.intmodel import IntModel
     from qatlab.mixed import simulate_costs
     from qatlab.mixed.plan import uniform_folding
 
-    fd, tmp = tempfile.mkstemp(suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(intmodel)
-        im = IntModel.load(tmp)
-    finally:
-        os.unlink(tmp)
+    # The bytes the trial saved: read in memory, no file round trip.
+    im = IntModel.from_dict(torch.load(io.BytesIO(intmodel), map_location="cpu", weights_only=True), "intmodel.pt")
     fpga = costing.get("fpga")
     folding, clock = _folding_of(costing.get("folding")), costing.get("clock_mhz")
     if fpga is not None and folding is None:
