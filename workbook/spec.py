@@ -27,8 +27,8 @@ a shorthand for ``w_bits: B, a_bits: B`` (in ``train``, ``grid`` and ``include``
 list values inside an ``include`` entry expand like a small grid; ``save_models``
 (default true); ``resources.memory``, ``resources.custom`` (Ray custom resources),
 ``resources.max_retries`` (infrastructure retries) and ``resources.timeout_s``;
-``mixed`` (per-layer bits under hardware budgets: :class:`MixedSpec`, one
-:class:`MixedPlan` per base config — a qat trial at W8A8 — whose trials the sweep
+``mixed`` (per-layer bits under hardware budgets, the ASIC ones on its ``asic`` array:
+:class:`MixedSpec`, one :class:`MixedPlan` per base config — a qat trial at W8A8 — whose trials the sweep
 adds once planned, ``workbook.sweep.mixed``).
 
 What a trial field may hold, and the trial id, are ``qatlab.config``'s: this module
@@ -666,8 +666,18 @@ def _parse_resources(c: _Checker, raw: Any) -> Resources:
 
 # ---- the mixed block ----------------------------------------------------------------
 
-MIXED_KEYS = ("metric", "budgets", "sensitivity", "candidates", "options", "fpga")
+MIXED_KEYS = ("metric", "budgets", "sensitivity", "candidates", "options", "fpga", "asic")
 MIXED_FPGA_KEYS = ("device", "target_fps")
+# The ArrayConfig fields a spec's `mixed.asic` may set: everything that changes what the
+# array costs. The others are not knobs of the array a plan prices: packing is the cost
+# model's own (qatlab.hw.asic.packing fixes it), the offsets only lay out SCALE-Sim's
+# address space, and run_name, source and lines are labels.
+MIXED_ASIC_KEYS = (
+    "rows", "cols", "ifmap_sram_kb", "filter_sram_kb", "ofmap_sram_kb", "dataflow", "bandwidth_mode", "bandwidth",
+    "ifmap_bank_bandwidth", "filter_bank_bandwidth", "freq_mhz", "sparsity", "dram_model", "node_nm", "vdd", "vector_lanes",
+)  # fmt: skip
+MIXED_ASIC_FIXED = ("pack", "pack_max")
+MIXED_ASIC_IGNORED = ("ifmap_offset", "filter_offset", "ofmap_offset", "run_name", "source", "lines")
 # A plan's base config and its mixed trials are W8A8 outside layer_bits: uniform W8A8 is
 # what relative budgets are fractions of, and the quantizers no layer reads (a network's
 # output) keep the bits the cost tables priced them at.
@@ -712,10 +722,12 @@ class MixedSpec:
     options: Mapping[str, Any]
     fpga: Mapping[str, Any] | None  # {device, target_fps}; None: no FPGA figures
     plans: tuple[MixedPlan, ...]
+    # ArrayConfig fields that differ from its defaults (JSON values); None: the default array
+    asic: Mapping[str, Any] | None = None
 
     def settings(self) -> dict[str, Any]:
         """Everything a plan depends on besides its base config (JSON)."""
-        return {
+        out: dict[str, Any] = {
             "metric": self.metric,
             "budgets": [{"value": b.value, "relative": b.relative, "name": b.name} for b in self.budgets],
             "sensitivity": self.sensitivity,
@@ -723,6 +735,21 @@ class MixedSpec:
             "options": dict(self.options),
             "fpga": dict(self.fpga) if self.fpga is not None else None,
         }
+        # Only when given: the plans of a spec on the default array keep the ids (and the
+        # stored plan files) they had before arrays could be chosen.
+        if self.asic is not None:
+            out["asic"] = dict(self.asic)
+        return out
+
+
+def array_config(asic: Mapping[str, Any] | None) -> Any:
+    """The ``qatlab.hw.asic.ArrayConfig`` of a ``mixed.asic`` mapping as :attr:`MixedSpec.asic`
+    holds it (None: the default array). Raises ``qatlab.hw.asic.ConfigError``."""
+    from qatlab.hw.asic import ArrayConfig
+
+    if asic is None:
+        return None
+    return ArrayConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in asic.items()})
 
 
 def mixed_plan_word(metric: str) -> str:
@@ -826,6 +853,7 @@ def _parse_mixed(c: _Checker, raw: Any, trials: Sequence[Trial]) -> MixedSpec:
             if not target > 0:
                 raise c.err("mixed.fpga.target_fps", f"must be > 0 or null, got {target:g}")
         fpga = {"device": device, "target_fps": target}
+    asic = _parse_asic(c, m["asic"]) if m.get("asic") is not None else None
 
     # One plan per distinct base: the spec's qat trials with their bits set to W8A8.
     bases: dict[str, tuple[dict[str, Any], list[str], str]] = {}
@@ -844,13 +872,67 @@ def _parse_mixed(c: _Checker, raw: Any, trials: Sequence[Trial]) -> MixedSpec:
         raise c.err(
             "mixed", "plans derive from the spec's qat trials, and it has no valid qat trial without layer_bits: add one (method: qat)"
         )
-    spec = MixedSpec(metric, tuple(budgets), sensitivity, candidates, options, fpga, ())
+    spec = MixedSpec(metric, tuple(budgets), sensitivity, candidates, options, fpga, (), asic)
     settings = json.dumps(spec.settings(), sort_keys=True)
     plans = []
     for base_id, (base, derived, label) in bases.items():
         plan_id = hashlib.sha256(f"{base_id}:{settings}".encode()).hexdigest()[:16]
         plans.append(MixedPlan(plan_id, base, base_id, tuple(derived), label))
     return dataclasses.replace(spec, plans=tuple(plans))
+
+
+def _parse_asic(c: _Checker, raw: Any) -> dict[str, Any] | None:
+    """``mixed.asic``: ArrayConfig's fields under their own names (a SCALE-Sim file's
+    ``[qatlab]`` section spells ours the same way), checked by ArrayConfig itself.
+
+    Returns the fields that differ from ArrayConfig's defaults, as JSON values (None when
+    none do), so a plan id changes with the array and with nothing else: ``{rows: 32}``
+    and ``freq_mhz: 500`` against ``500.0`` plan once.
+    """
+    from qatlab.config import FieldTypeError, as_float, as_int
+    from qatlab.hw.asic import ArrayConfig, ConfigError
+    from qatlab.hw.limits import FLOAT_RANGES, out_of_range
+
+    a = c.mapping(raw, "mixed.asic")
+    defaults = {f.name: f.default for f in dataclasses.fields(ArrayConfig)}
+    fields: dict[str, Any] = {}
+    for k, v in a.items():
+        key = f"mixed.asic.{k}"
+        if k in MIXED_ASIC_FIXED:
+            raise c.err(key, "the mixed-precision cost model packs sub-8-bit operands itself (qatlab.hw.asic.packing): leave it out")
+        if k not in MIXED_ASIC_KEYS:
+            raise c.err(key, f"unknown key; valid keys: {', '.join(MIXED_ASIC_KEYS)}")
+        default = defaults[k]
+        try:
+            if isinstance(default, bool):
+                if not isinstance(v, bool):
+                    raise FieldTypeError(k, f"expected true or false, got {v!r}")
+            elif isinstance(default, int):
+                v = as_int(k, v)
+            elif isinstance(default, float):
+                v = as_float(k, v)
+            elif isinstance(default, str):
+                if not isinstance(v, str):
+                    raise FieldTypeError(k, f"expected a string, got {v!r}")
+            else:  # bandwidth: words per cycle, one number or SCALE-Sim's list of them
+                v = tuple(as_int(k, x) for x in _as_list(v))
+        except FieldTypeError as e:
+            raise c.err(key, e.problem) from None
+        if k in FLOAT_RANGES and (why := out_of_range(k, v)):
+            raise c.err(key, why)
+        # ArrayConfig's own checks, one field at a time (the others at their valid
+        # defaults), so that the message points at the key that is wrong.
+        try:
+            ArrayConfig(**{k: v}, source=key)
+        except ConfigError as e:
+            raise c.err(key, str(e).removeprefix(f"{key}: ")) from None
+        fields[k] = v
+    try:
+        ArrayConfig(**fields, source="mixed.asic")
+    except ConfigError as e:
+        raise c.err("mixed.asic", str(e).removeprefix("mixed.asic: ")) from None
+    changed = {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(fields.items()) if v != defaults[k]}
+    return changed or None
 
 
 # ---- labels -------------------------------------------------------------------------

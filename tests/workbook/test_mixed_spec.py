@@ -105,6 +105,184 @@ def test_budgets_read_as_the_library_reads_them(tmp_path) -> None:
     assert fps.mixed.budgets[0].relative and fps.mixed.fpga == {"device": "ZCU104", "target_fps": None}
 
 
+# ---- the array a plan prices: mixed.asic ----------------------------------------------------------
+
+ASIC_HEAD = "mixed:\n  metric: asic_energy\n  budgets: [0.5]\n  sensitivity: noise\n  asic:\n"  # its keys at line 11, column 5
+
+
+@pytest.mark.parametrize(
+    ("entry", "key", "words"),
+    [
+        ("rows: 0", "rows", "field 'rows' must be a positive integer, got 0"),
+        ("cols: 8.5", "cols", "expected an integer, got 8.5"),
+        ("filter_sram_kb: '64'", "filter_sram_kb", "expected an integer, got '64'"),
+        ("vdd: 50", "vdd", "must be between 0.1 and 10, got 50.0"),
+        ("freq_mhz: .inf", "freq_mhz", "expected a finite number"),
+        ("node_nm: small", "node_nm", "expected a number, got 'small'"),
+        ("dataflow: xs", "dataflow", "must be one of os, ws, is; got 'xs'"),
+        ("bandwidth_mode: calc", "bandwidth_mode", "must be CALC or USER, got 'calc'"),
+        ("bandwidth: [4, 0]", "bandwidth", "must be positive integers"),
+        ("sparsity: 1", "sparsity", "expected true or false, got 1"),
+        ("dram_model: 3", "dram_model", "expected a string, got 3"),
+        ("vector_lanes: -1", "vector_lanes", "must be 0 (one per array column) or a positive integer"),
+        ("colour: red", "colour", "unknown key; valid keys: rows, cols, "),
+        ("pack: 2", "pack", "packs sub-8-bit operands itself"),
+        ("ofmap_offset: 0", "ofmap_offset", "unknown key"),
+    ],
+)  # fmt: skip
+def test_asic_mistakes_name_file_line_column_and_key(tmp_path, entry, key, words) -> None:
+    msg = _error(tmp_path, ASIC_HEAD + "    ifmap_sram_kb: 32\n    " + entry + "\n")
+    assert msg.startswith(f"{tmp_path / 'spec.yaml'}:12:5: mixed.asic.{key}: "), msg
+    assert words in msg, msg
+
+
+def test_asic_must_be_a_mapping(tmp_path) -> None:
+    msg = _error(tmp_path, ASIC_HEAD.replace("asic:\n", "asic: [8, 8]\n"))
+    assert msg.startswith(f"{tmp_path / 'spec.yaml'}:10:3: mixed.asic: expected a mapping, got list"), msg
+
+
+def test_every_array_field_is_a_knob_or_left_out_for_a_reason() -> None:
+    import dataclasses
+
+    from qatlab.hw.asic import ArrayConfig
+    from workbook.spec import MIXED_ASIC_FIXED, MIXED_ASIC_IGNORED, MIXED_ASIC_KEYS
+
+    groups = (set(MIXED_ASIC_KEYS), set(MIXED_ASIC_FIXED), set(MIXED_ASIC_IGNORED))
+    assert set.union(*groups) == {f.name for f in dataclasses.fields(ArrayConfig)}
+    assert sum(map(len, groups)) == len(set.union(*groups))  # disjoint
+
+
+def _plan_ids(tmp_path: Path, asic: str) -> list[str]:
+    spec, _ = _spec(tmp_path, "mixed: {metric: asic_energy, budgets: [0.5], sensitivity: noise" + asic + "}\n")
+    return [p.plan_id for p in spec.mixed.plans]
+
+
+def test_asic_keeps_the_fields_that_differ_and_each_array_plans_apart(tmp_path) -> None:
+    from qatlab.hw.asic import ArrayConfig
+    from workbook.spec import array_config
+
+    spec, _ = _spec(tmp_path, ASIC_HEAD + "    rows: 8\n    cols: 8\n    freq_mhz: 500\n    bandwidth: 4\n    dataflow: os\n")
+    assert spec.mixed.asic == {"bandwidth": [4], "cols": 8, "freq_mhz": 500.0, "rows": 8}  # os is the default: left out
+    assert array_config(spec.mixed.asic) == ArrayConfig(rows=8, cols=8, freq_mhz=500.0, bandwidth=(4,))
+    assert spec.mixed.settings()["asic"] == spec.mixed.asic and array_config(None) is None
+
+    default = _plan_ids(tmp_path, "")
+    assert "asic" not in _spec(tmp_path, "mixed: {metric: asic_energy, budgets: [0.5], sensitivity: noise}\n")[0].mixed.settings()
+    # the default array, however it is written, is the default array: one plan
+    assert _plan_ids(tmp_path, ", asic: {}") == _plan_ids(tmp_path, ", asic: {rows: 32, vdd: 0.9}") == default
+    small = _plan_ids(tmp_path, ", asic: {rows: 8, cols: 8}")
+    assert small != default and small == _plan_ids(tmp_path, ", asic: {cols: 8, rows: 8.0e+0}".replace("8.0e+0", "8"))
+    assert _plan_ids(tmp_path, ", asic: {rows: 8, cols: 8, node_nm: 22}") not in (small, default)
+    assert _plan_ids(tmp_path, ", asic: {freq_mhz: 500}") == _plan_ids(tmp_path, ", asic: {freq_mhz: 500.0}") != default
+
+    # a plan file of another array is not this plan's
+    (p8,) = _spec(tmp_path, "mixed: {metric: asic_energy, budgets: [0.5], sensitivity: noise, asic: {rows: 8, cols: 8}}\n")[0].mixed.plans
+    (p32,) = _spec(tmp_path, "mixed: {metric: asic_energy, budgets: [0.5], sensitivity: noise}\n")[0].mixed.plans
+    store = ResultStore(tmp_path / "out")
+    ms.save_plan(store, _result(p32, {"mixed-asic_energy-0.5": {"layer_bits": LB_A, "predicted": {}, "error": None}}))
+    assert ms.load_plan(store, p32) is not None and ms.load_plan(store, p8) is None
+
+
+def test_an_fpga_metric_still_prices_its_asic_columns_on_the_array(tmp_path) -> None:
+    spec, _ = _spec(tmp_path, "mixed: {metric: fpga_lut, budgets: [0.5], sensitivity: noise, asic: {rows: 16, cols: 4}}\n")
+    assert spec.mixed.asic == {"cols": 4, "rows": 16} and spec.mixed.fpga == {"device": "ZCU104", "target_fps": None}
+    run = ms.MixedRun(spec, ResultStore(tmp_path / "out"), "resume")
+    uniform = next(t for t in spec.trials if t.config["method"] == "qat")
+    assert run.meta(uniform)["costing"] == {"asic": {"cols": 4, "rows": 16}, "fpga": {"device": "ZCU104", "target_fps": None}}
+
+
+_ASIC_VALUES = {
+    "rows": st.integers(1, 64), "cols": st.integers(1, 64), "ifmap_sram_kb": st.integers(1, 256),
+    "dataflow": st.sampled_from(["os", "ws", "is"]), "bandwidth": st.lists(st.integers(1, 32), min_size=1, max_size=3),
+    "freq_mhz": st.one_of(st.integers(1, 4000), st.floats(1.0, 4000.0)), "sparsity": st.booleans(),
+    "node_nm": st.sampled_from([7, 22.0, 45, 45.0, 90]), "vdd": st.floats(0.5, 1.5), "vector_lanes": st.integers(0, 64),
+}  # fmt: skip
+
+
+@given(st.fixed_dictionaries({}, optional=_ASIC_VALUES), st.fixed_dictionaries({}, optional=_ASIC_VALUES))
+def test_asic_round_trips_and_plan_ids_follow_the_array(a, b) -> None:
+    from qatlab.hw.asic import ArrayConfig
+    from workbook.spec import array_config, spec_from_dict
+
+    def spec(asic):
+        return spec_from_dict({"name": "m", "dataset": "digits", "grid": {"method": ["qat"]},
+                               "mixed": {"metric": "asic_cycles", "budgets": [0.5], "sensitivity": "noise", "asic": asic}})  # fmt: skip
+
+    def array(asic):  # the plain reading: ArrayConfig built from the mapping as written
+        return ArrayConfig(
+            **{k: tuple(v) if isinstance(v, list) else float(v) if k in ("freq_mhz", "node_nm") else v for k, v in asic.items()}
+        )
+
+    sa, sb = spec(a), spec(b)
+    assert (array_config(sa.mixed.asic) or ArrayConfig()) == array(a)
+    assert json.loads(json.dumps(sa.mixed.settings())) == sa.mixed.settings()
+    assert (sa.mixed.plans[0].plan_id == sb.mixed.plans[0].plan_id) == (array(a) == array(b))
+
+
+def test_trials_are_priced_on_the_blocks_array(tmp_path) -> None:
+    """The search's prediction on an 8x8 array equals what the sweep's pricing of the
+    IntModel built with the chosen bits reports, and differs from the default array's."""
+    import io
+
+    import torch
+
+    from qatlab.hw.asic import ArrayConfig
+    from qatlab.intmodel import convert
+    from qatlab.mixed import (
+        Budget,
+        SensitivityData,
+        SensitivityInput,
+        cost_tables,
+        decision_space,
+        layer_sensitivity,
+        search,
+        simulate_costs,
+    )
+    from qatlab.models import build_model
+    from qatlab.nn import calibrate, prepare_qat
+    from qatlab.quant import QuantSpec
+    from workbook.spec import array_config
+
+    spec, _ = _spec(tmp_path, ASIC_HEAD + "    rows: 8\n    cols: 8\n")
+    (p,) = spec.mixed.plans
+    torch.manual_seed(0)
+    model = build_model("lenet").eval()
+    w, a = QuantSpec(bits=8, symmetric=True, granularity="channel", axis=0), QuantSpec(bits=8, symmetric=False)
+    calib = [torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))]
+
+    def converted(layer_bits=None):
+        q = prepare_qat(model, w, a, "lsq", layer_bits=layer_bits)
+        calibrate(q, iter(calib))
+        return q, convert(q.eval(), (1, 28, 28))
+
+    q, im = converted()
+    space = decision_space(q, (4, 8))  # two widths: the noise scores are most of this test's time
+    tables = cost_tables(im, space, array_config(spec.mixed.asic))
+    g = torch.Generator().manual_seed(2)
+    data = SensitivityData([(calib[0], torch.randint(0, 10, (16,), generator=g))],
+                           (torch.rand(32, 1, 28, 28, generator=g), torch.randint(0, 10, (32,), generator=g)))  # fmt: skip
+    sens = layer_sensitivity("noise", SensitivityInput(model, q, space, w, a, "lsq", data), use_cache=False)
+    chosen = search(tables, sens, Budget("asic_energy", 0.8, relative=True))
+    assert any(bits != [8, 8] for bits in chosen.layer_bits.values())
+    entry = {"layer_bits": chosen.layer_bits, "predicted": chosen.predicted, "native": chosen.native, "sensitivity": 0.0, "error": None}
+    run = ms.MixedRun(spec, ResultStore(tmp_path / "out"), "resume")
+    (t,) = run.trials(p, _result(p, {"mixed-asic_energy-0.5": entry}))
+    costing = run.meta(t)["costing"]
+    assert costing["asic"] == {"cols": 8, "rows": 8}
+
+    _, trained = converted(chosen.layer_bits)
+    buf = io.BytesIO()
+    torch.save(trained.to_dict(), buf)
+    got = ms.trial_costs(buf.getvalue(), costing)
+    assert got["cost_asic_energy"] == chosen.predicted["asic_energy"] and got["cost_asic_cycles"] == chosen.predicted["asic_cycles"]
+    small = simulate_costs(trained, ArrayConfig(rows=8, cols=8))
+    assert got["cost_asic_energy"] == small["asic_energy_pj"] / 1e6  # the plain simulator call on the same array
+    default = ms.trial_costs(buf.getvalue(), {**costing, "asic": None})
+    assert default["cost_asic_energy"] == simulate_costs(trained)["asic_energy_pj"] / 1e6
+    assert default["cost_asic_energy"] != got["cost_asic_energy"] and default["cost_asic_cycles"] < got["cost_asic_cycles"]
+    assert default["cost_bops"] == got["cost_bops"]  # the array changes the array's figures only
+
+
 # ---- expansion -------------------------------------------------------------------------------
 
 
@@ -288,6 +466,28 @@ def test_predicted_cost_equals_the_trained_models_cost(tmp_path, monkeypatch) ->
     cfg = TrainConfig.from_dict(p.base)
     ref = plan(cfg, [Budget("fpga_lut", 1.0, relative=True)], "noise", fpga=FpgaTarget("ZCU104"))
     assert uniform_folding(ref.reference, FpgaTarget("ZCU104"))[0] == dict(ref.tables.folding)
+
+
+@pytest.mark.slow  # trains LeNet on digits and prices it: ~15 s
+def test_a_plan_on_a_small_array_predicts_what_its_trial_costs_there(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("QATLAB_CACHE", str(tmp_path / "cache"))
+    spec, _ = _spec(tmp_path, "mixed: {metric: asic_energy, budgets: [0.6], sensitivity: noise, asic: {rows: 8, cols: 8}}\n")
+    (p,) = spec.mixed.plans
+    res = ms.execute_plan(p.base, p.plan_id, spec.mixed.settings(), {"label": p.label, "num_cpus": 1})
+    assert res["status"] == "ok", res["error"]
+    assert res["asic"] == {"cols": 8, "rows": 8}  # the plan file says which array it priced
+    run = ms.MixedRun(spec, ResultStore(tmp_path / "out"), "resume")
+    (t,) = run.trials(p, res)
+    out = ms.execute_costed_trial(dict(t.config), t.trial_id, {"label": t.label, "num_cpus": 1, "save_models": True, **run.meta(t)})
+    rec = out["record"]
+    assert rec["status"] == "ok" and rec["cost_error"] is None, rec["error"]
+    predicted = res["budgets"]["mixed-asic_energy-0.6"]["predicted"]
+    for metric, v in predicted.items():
+        assert rec[f"cost_{metric}"] == v == rec[f"predicted_{metric}"], metric
+    assert rec["actual_cost"] == rec["predicted_cost"] == predicted["asic_energy"]
+    # the same trained model on the default array costs something else
+    default = ms.trial_costs(out["artifacts"]["intmodel.pt"], {"asic": None, "fpga": None})
+    assert default["cost_asic_energy"] != rec["cost_asic_energy"] and default["cost_asic_cycles"] < rec["cost_asic_cycles"]
 
 
 # ---- the sweep on Ray, resume, the report page ---------------------------------------------------

@@ -12,7 +12,8 @@ configuration (its plan failed, or no configuration meets it) is a trial recorde
 
 In a spec with a ``mixed:`` block every ptq/qat trial runs through
 :func:`execute_costed_trial`: after training, the simulators price its IntModel
-(``cost_<metric>`` columns: the uniform trials and the mixed ones on the same axes);
+(``cost_<metric>`` columns: the uniform trials and the mixed ones on the same axes,
+the ASIC ones on the block's ``asic`` array, the one its plans priced);
 a mixed trial also carries what its plan predicted (``predicted_<metric>``), which
 must equal what was measured. Nothing here imports torch or Ray at import time.
 """
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from qatlab.atomic import write_text
 from workbook.results import ResultStore, write_json_atomic
-from workbook.spec import MixedPlan, MixedSpec, Trial, mixed_plan_word
+from workbook.spec import MixedPlan, MixedSpec, Trial, array_config, mixed_plan_word
 from workbook.sweep.fp32 import install
 from workbook.sweep.node import captured, worker_info
 from workbook.sweep.records import iso, plan_failure
@@ -121,7 +122,8 @@ def _fpga_target(fpga: Mapping[str, Any] | None) -> Any:
 
 def execute_plan(base: Mapping[str, Any], plan_id: str, settings: Mapping[str, Any], meta: Mapping[str, Any],
                  fp32: Mapping[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Plan on this worker: ``qatlab.mixed.plan`` for ``base`` under ``settings``'s budgets.
+    """Plan on this worker: ``qatlab.mixed.plan`` for ``base`` under ``settings``'s budgets,
+    its ASIC figures on ``settings["asic"]``'s array (absent: the default one).
 
     Never raises: a failing plan is ``status: failed`` with its traceback, a budget no
     configuration meets is that budget's ``error`` (the library's message, naming the
@@ -134,7 +136,7 @@ def execute_plan(base: Mapping[str, Any], plan_id: str, settings: Mapping[str, A
     info = worker_info()
     log = io.StringIO()
     out: dict[str, Any] = {"format": FORMAT, "plan_id": plan_id, "base_id": meta.get("base_id"), "status": "failed", "error": None,
-                           "budgets": {}, "folding": None, "clock_mhz": None}  # fmt: skip
+                           "budgets": {}, "folding": None, "clock_mhz": None, "asic": settings.get("asic")}  # fmt: skip
     try:
         from qatlab.config import TrainConfig
         from qatlab.mixed import Budget, plan
@@ -153,8 +155,8 @@ def execute_plan(base: Mapping[str, Any], plan_id: str, settings: Mapping[str, A
                 log.write(f"warning: cannot use the FP32 model ({type(e).__name__}: {e}); pretraining here\n")
         budgets = [Budget(settings["metric"], float(b["value"]), bool(b["relative"])) for b in settings["budgets"]]
         with captured(log):
-            p = plan(cfg, budgets, settings["sensitivity"], tuple(settings["candidates"]), fpga=_fpga_target(settings.get("fpga")),
-                     options=settings.get("options") or {}, strict=False)  # fmt: skip
+            p = plan(cfg, budgets, settings["sensitivity"], tuple(settings["candidates"]), asic=array_config(settings.get("asic")),
+                     fpga=_fpga_target(settings.get("fpga")), options=settings.get("options") or {}, strict=False)  # fmt: skip
         by_budget = {b: spec["name"] for b, spec in zip(budgets, settings["budgets"])}
         for c in p.configs:
             out["budgets"][by_budget[c.budget]] = {
@@ -275,7 +277,8 @@ def costs_in_units(native: Mapping[str, float], clock_mhz: float | None) -> dict
 def trial_costs(intmodel: bytes, costing: Mapping[str, Any]) -> dict[str, float]:
     """``cost_<metric>`` of a trained IntModel (its saved bytes) from the simulators.
 
-    ``costing``: ``fpga`` ({device, target_fps} or None), and for a mixed trial the
+    ``costing``: ``asic`` (``MixedSpec.asic``: the array's non-default fields, or None
+    for the default array), ``fpga`` ({device, target_fps} or None), and for a mixed trial the
     ``folding`` and ``clock_mhz`` its plan priced at; without them (a uniform trial)
     the folding is the one the plan's search picks for this network at W8A8.
     """
@@ -291,7 +294,7 @@ def trial_costs(intmodel: bytes, costing: Mapping[str, Any]) -> dict[str, float]
     folding, clock = _folding_of(costing.get("folding")), costing.get("clock_mhz")
     if fpga is not None and folding is None:
         folding, clock = uniform_folding(im, _fpga_target(fpga))
-    native = simulate_costs(im, None, fpga["device"] if fpga is not None else None, folding)
+    native = simulate_costs(im, array_config(costing.get("asic")), fpga["device"] if fpga is not None else None, folding)
     return {f"cost_{k}": v for k, v in costs_in_units(native, clock).items()}
 
 
@@ -374,7 +377,10 @@ class MixedRun:
         """The costed trial's extra meta: how to price it, and its plan's columns."""
         assert self.mixed is not None
         info = self.info.get(t.trial_id)
-        costing: dict[str, Any] = {"fpga": dict(self.mixed.fpga) if self.mixed.fpga is not None else None}
+        costing: dict[str, Any] = {
+            "asic": dict(self.mixed.asic) if self.mixed.asic is not None else None,
+            "fpga": dict(self.mixed.fpga) if self.mixed.fpga is not None else None,
+        }
         if info is None:  # a uniform trial: which plan's frontier it belongs to, if any
             return {"costing": costing, "mixed": {"mixed_base": self.base_of[t.trial_id]} if t.trial_id in self.base_of else {}}
         costing.update(folding=info.folding, clock_mhz=info.clock_mhz)
