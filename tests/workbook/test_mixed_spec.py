@@ -678,3 +678,45 @@ def test_dominated_matches_a_plain_pairwise_check(points, higher) -> None:
 
     want = [any(beats(j, i) for j in range(len(points)) if j != i) for i in range(len(points))]
     assert mx.dominated(df).tolist() == want
+
+
+def test_a_stored_trial_is_priced_again_when_the_array_changes(tmp_path) -> None:
+    """A trial kept from an earlier run is re-priced from its saved integer model when the
+    spec now prices it on another array, and left alone when nothing changed."""
+    import io
+
+    import torch
+
+    from qatlab.intmodel import convert
+    from qatlab.models import build_model
+    from qatlab.nn import calibrate, prepare_qat
+    from qatlab.quant import QuantSpec
+
+    small, _ = _spec(tmp_path, ASIC_HEAD + "    rows: 8\n    cols: 8\n")
+    default, _ = _spec(tmp_path, ASIC_HEAD + "    rows: 32\n")
+    store = ResultStore(tmp_path / "out")
+    t = next(t for t in small.trials if t.config.get("method") == "qat")
+    torch.manual_seed(0)
+    q = prepare_qat(build_model("lenet").eval(), QuantSpec(bits=8, granularity="channel"), QuantSpec(bits=8, symmetric=False))
+    calibrate(q, iter([torch.rand(8, 1, 28, 28)]))
+    buf = io.BytesIO()
+    torch.save(convert(q.eval(), (1, 28, 28)).to_dict(), buf)
+    store.save({"trial_id": t.trial_id, "status": "ok", "test_acc": 0.5}, artifacts={"intmodel.pt": buf.getvalue()})
+
+    run = ms.MixedRun(small, store, "resume")
+    assert run.reprice([t]) == [t.trial_id]  # a record without a basis: priced now
+    rec = store.load(t.trial_id)
+    want = ms.trial_costs(buf.getvalue(), run.meta(t)["costing"])
+    assert {k: rec[k] for k in want} == want and rec["cost_error"] is None and rec["test_acc"] == 0.5
+    assert run.reprice([t]) == []  # same basis: untouched
+    assert store.load(t.trial_id) == rec
+
+    assert ms.MixedRun(default, store, "resume").reprice([t]) == [t.trial_id]
+    moved = store.load(t.trial_id)
+    assert moved["cost_asic_energy"] != rec["cost_asic_energy"] and moved["cost_bops"] == rec["cost_bops"]
+    assert moved["cost_asic_energy"] == ms.trial_costs(buf.getvalue(), {"asic": None, "fpga": None})["cost_asic_energy"]
+
+    (store.trial_dir(t.trial_id) / "intmodel.pt").unlink()  # a run that saved no models: the costs go, and say why
+    assert ms.MixedRun(small, store, "resume").reprice([t]) == [t.trial_id]
+    gone = store.load(t.trial_id)
+    assert "cost_asic_energy" not in gone and "no integer model was saved" in gone["cost_error"]

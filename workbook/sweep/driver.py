@@ -12,7 +12,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, TextIO
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, TextIO
 
 from qatlab.atomic import write_text
 from workbook.errors import CommandError
@@ -115,6 +115,7 @@ class _Driver:
         self._add_trials(self.mixed.known_trials())
         spec, store = self.spec, self.store
         to_run, done, left = plan(spec, store, self.mode)
+        self._reprice(done)
         summary = SweepSummary(out=store.root, total=len(spec.trials), done_before=len(done), left_out=len(left))
         num_gpus = cluster.gpu_request(spec.resources.num_gpus, self.cpu_fallback, self.out.echo)
         if any(t.valid for t in to_run) or self.mixed.to_run:  # before anything is written or submitted
@@ -165,6 +166,13 @@ class _Driver:
         summary.write_errors = list(self.write_errors)
         print_summary(spec, store, summary)
         return summary
+
+    def _reprice(self, done: Sequence["Trial"]) -> None:
+        """Trials kept from an earlier run, priced again where the spec now prices them otherwise."""
+        ids: list[str] = []
+        self._guard("the costs of stored trials", lambda: ids.extend(self.mixed.reprice(done)))
+        if ids:
+            self.out.echo(f"priced again on the spec's hardware (its trained models kept): {len(ids)} trials ({', '.join(ids)})")
 
     def _guard(self, what: str, write: Any) -> None:
         """A summary file the disk refuses: said and counted, never a crash that strands the rest."""
@@ -363,6 +371,7 @@ class _Driver:
         trials = [t for t in self.mixed.trials(item.plan, result) if t.trial_id not in self.by_id]
         self._add_trials(trials)
         run = [t for t in trials if self.mode == "force" or self.store.status(t.trial_id) != "ok"]
+        self._reprice([t for t in trials if t not in run])
         n_ok = sum(1 for t in trials if t.valid)
         self.out.echo(f"plan {item.label} [{item.plan.plan_id}] {result.get('status')}: {n_ok} configurations"
                       + (f", {len(trials) - n_ok} budgets without one" if len(trials) > n_ok else "")

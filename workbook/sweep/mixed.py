@@ -21,6 +21,7 @@ must equal what was measured. Nothing here imports torch or Ray at import time.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import time
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from qatlab.atomic import write_text
-from workbook.results import ResultStore, write_json_atomic
+from workbook.results import ResultStore, jsonable, write_json_atomic
 from workbook.spec import MixedPlan, MixedSpec, Trial, array_config, mixed_plan_word
 from workbook.sweep.fp32 import install
 from workbook.sweep.node import captured, worker_info
@@ -298,32 +299,70 @@ def trial_costs(intmodel: bytes, costing: Mapping[str, Any]) -> dict[str, float]
     return {f"cost_{k}": v for k, v in costs_in_units(native, clock).items()}
 
 
+def cost_basis(meta: Mapping[str, Any]) -> str:
+    """A digest of what a trial's costs were priced on (the array, the FPGA target and
+    folding, its plan's columns): a stored trial whose basis differs is priced again."""
+    # As stored: a plan read back from its JSON file gives the digest its first run gave.
+    blob = json.dumps(jsonable({"costing": meta.get("costing") or {}, "mixed": meta.get("mixed") or {}}), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _drop_costs(rec: dict[str, Any]) -> None:
+    for k in [k for k in rec if k.startswith(("cost_", "predicted_", "mixed")) or k == "actual_cost"]:
+        del rec[k]
+
+
+def price(rec: dict[str, Any], intmodel: bytes | None, meta: Mapping[str, Any]) -> None:
+    """Set an ok record's cost columns (``meta["costing"]``), its plan's columns
+    (``meta["mixed"]``) and ``cost_basis``, replacing any it had. A pricing error is
+    ``cost_error``: the trained trial stays ok."""
+    _drop_costs(rec)
+    rec.update(meta.get("mixed") or {})
+    rec["cost_error"] = None
+    rec["cost_basis"] = cost_basis(meta)
+    if rec.get("status") != "ok":
+        return
+    if intmodel is None:
+        rec["cost_error"] = f"no integer model to price: {rec.get('int_error') or 'none was saved'}"
+    else:
+        try:
+            rec.update(trial_costs(intmodel, meta.get("costing") or {}))
+        except Exception as e:
+            rec["cost_error"] = f"{type(e).__name__}: {e}"
+    metric = rec.get("mixed_metric")
+    if metric:
+        rec["actual_cost"] = rec.get(f"cost_{metric}")
+
+
 def execute_costed_trial(config: Mapping[str, Any], trial_id: str, meta: Mapping[str, Any],
                          fp32: Mapping[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
-    """``execute_trial``, then its IntModel priced (``meta["costing"]``) and, for a mixed
-    trial, its plan's columns (``meta["mixed"]``). A pricing error is ``cost_error``: the
-    trained trial stays ok."""
+    """``execute_trial``, then its IntModel priced (:func:`price`)."""
     from workbook.sweep.worker import execute_trial
 
     res = execute_trial(config, trial_id, {**meta, "save_models": True}, fp32)
-    rec = res["record"]
-    rec.update(meta.get("mixed") or {})
-    rec["cost_error"] = None
-    if rec.get("status") == "ok":
-        data = (res.get("artifacts") or {}).get("intmodel.pt")
-        if data is None:
-            rec["cost_error"] = f"no integer model to price: {rec.get('int_error') or 'none was saved'}"
-        else:
-            try:
-                rec.update(trial_costs(data, meta.get("costing") or {}))
-            except Exception as e:
-                rec["cost_error"] = f"{type(e).__name__}: {e}"
-        metric = rec.get("mixed_metric")
-        if metric:
-            rec["actual_cost"] = rec.get(f"cost_{metric}")
+    price(res["record"], (res.get("artifacts") or {}).get("intmodel.pt"), meta)
     if not meta.get("save_models", True):
         res["artifacts"] = {}
     return res
+
+
+def reprice(store: ResultStore, trial_id: str, meta: Mapping[str, Any]) -> bool:
+    """Price a stored ok trial again when the spec now prices it on another basis (an
+    edited ``asic:``/``fpga:`` block, a plan with other predictions), from the integer
+    model it saved; its training is not repeated. Returns whether its record changed.
+    Without a saved integer model its costs are cleared and ``cost_error`` says why."""
+    rec = store.load(trial_id)
+    if rec is None or rec.get("status") != "ok" or rec.get("cost_basis") == cost_basis(meta):
+        return False
+    try:
+        data: bytes | None = (store.trial_dir(trial_id) / "intmodel.pt").read_bytes()
+    except OSError:
+        data = None
+    price(rec, data, meta)
+    if data is None:
+        rec["cost_error"] = "priced on another basis before, and no integer model was saved to price again: rerun it with --force"
+    store.save(rec)
+    return True
 
 
 # ---- the driver's view --------------------------------------------------------------------------
@@ -385,6 +424,13 @@ class MixedRun:
             return {"costing": costing, "mixed": {"mixed_base": self.base_of[t.trial_id]} if t.trial_id in self.base_of else {}}
         costing.update(folding=info.folding, clock_mhz=info.clock_mhz)
         return {"costing": costing, "mixed": mixed_fields(info, self.mixed.metric)}
+
+    def reprice(self, trials: Sequence[Trial]) -> list[str]:
+        """Price again the stored ok trials whose costs stand on another basis (see
+        :func:`reprice`); the ids of those whose records changed."""
+        if self.mixed is None:
+            return []
+        return [t.trial_id for t in trials if self.costed(t) and reprice(self.store, t.trial_id, self.meta(t))]
 
     def failure(self, t: Trial, sweep: str) -> dict[str, Any]:
         """The record of a budget without a configuration."""
