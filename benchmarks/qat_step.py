@@ -2,7 +2,7 @@
 
     python benchmarks/qat_step.py [--model lenet|resnet8|mobilenet] [--batch 128] [--repeats 64]
                                   [--threads N] [--recipes lsq,clipped,lsq_mse,pact_mse,clipped_mse]
-                                  [--torch-ops] [--skip-search] [--json out.json]
+                                  [--torch-ops] [--skip-search] [--clock wall|cpu] [--json out.json]
 
 One step = forward + cross-entropy + backward + Adam step on a fixed batch, timed
 round-robin (interleaved) after a calibration pass. Each recipe is timed in both QAT
@@ -25,6 +25,10 @@ The quantizers run on the fused CPU kernels (``qatlab.nn.fused``) where they are
 available; ``--torch-ops`` also times each recipe's live and frozen steps on the
 torch-op path (``torchops_*`` rows, the same models with the kernels switched off), so
 the two compare within one run. ``QATLAB_FUSED=0`` times only the torch-op path.
+
+``--clock cpu`` times each step by the process's CPU time instead of the wall clock: on a
+shared machine the time spent waiting for a core then stays out of the figures (cache and
+memory-bandwidth contention from other jobs still count). Run with ``--threads 1``.
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -140,6 +146,27 @@ def summarize(model_name: str, batch: int, samples: dict[str, list[float]]) -> d
     return row
 
 
+def interleaved_cpu_samples(fns: dict[str, Callable[[], None]], repeats: int, warmup: int) -> dict[str, list[float]]:
+    """``interleaved_samples`` by the process's CPU time: every call's CPU seconds, round-robin."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.process_time()
+            fn()
+            samples[name].append(time.process_time() - t0)
+    return samples
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:  # not available on this platform
+        return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="lenet", choices=MODELS)
@@ -149,6 +176,13 @@ def main() -> None:
     ap.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, from {', '.join(RECIPES)}")
     ap.add_argument("--torch-ops", action="store_true", help="also time each recipe on the torch-op path (torchops_* rows)")
     ap.add_argument("--skip-search", action="store_true", help="leave out the *_live_search rows (searching on every step)")
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="time each step by the wall clock, or by the process's CPU time (on a shared machine: "
+        "waiting for a core then does not count, which keeps ratios meaningful under load)",
+    )
     ap.add_argument("--json", default=None, help="also write the row (and machine) here")
     a = ap.parse_args()
     recipes = [r for r in a.recipes.split(",") if r]
@@ -158,12 +192,18 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     steps = build_steps(a.model, a.batch, recipes, torch_ops=a.torch_ops, search=not a.skip_search)
-    row = summarize(a.model, a.batch, interleaved_samples(steps, a.repeats, warmup=3))
+    load_start = _load_average()
+    sampler = interleaved_samples if a.clock == "wall" else interleaved_cpu_samples
+    row = summarize(a.model, a.batch, sampler(steps, a.repeats, warmup=3))
+    row["clock"] = a.clock
     row["fused_kernels"] = fused_enabled()
+    # The VM is shared: the load around the timed steps says how far to trust them.
+    row["load_average_1min"] = [load_start, _load_average()]
     print(json.dumps({"machine": machine()}))
     print(f"fused kernels: {'on' if row['fused_kernels'] else 'off (' + (load_error() or 'QATLAB_FUSED=0') + ')'}")
     print(json.dumps(row))
-    print(f"\n{a.model}, batch {a.batch}, {row['repeats']} interleaved steps each; FP32 {row['fp32_ms']} ms")
+    print(f"\n{a.model}, batch {a.batch}, {row['repeats']} interleaved steps each ({a.clock} clock); FP32 {row['fp32_ms']} ms")
+    print(f"load average (1 min) before / after the timed steps: {row['load_average_1min'][0]} / {row['load_average_1min'][1]}")
     print(f"{'step':22} {'median ms':>10} {'mean ms':>9} {'× FP32':>7} {'× FP32 (mean)':>14} {'× torch.ao':>11}")
     for k in [k[: -len("_ms")] for k in row if k.endswith("_ms") and not k.endswith(("_mean_ms", "_amortised_ms"))]:
         if k == "fp32":

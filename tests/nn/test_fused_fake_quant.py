@@ -26,16 +26,31 @@ import warnings
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from qatlab.nn import FakeQuant, calibrate, fused, prepare_qat, set_observe
 from qatlab.nn.fake_quant import SCALE_FLOOR, _PACTFast
 from qatlab.nn.fused import build
-from qatlab.nn.fused.ops import fake_quant_fused, pact_fake_quant_fused
+from qatlab.nn.fused.ops import (
+    ASYMMETRIC,
+    EMA,
+    REPLACE,
+    RUNNING_MINMAX,
+    SYMMETRIC_SIGNED,
+    SYMMETRIC_UNSIGNED,
+    ObservePlan,
+    fake_quant_fused,
+    observe_fake_quant_fused,
+    pact_fake_quant_fused,
+    qparams_from_range_fused,
+)
 from qatlab.nn.ste import lsq_fake_quant
-from qatlab.quant import QuantSpec
+from qatlab.quant import QuantSpec, qparams_from_range
 from qatlab.quant.affine import fake_quantize_rows_reference
+from qatlab.quant.estimators import row_minmax
+from qatlab.quant.granularity import Layout
+from qatlab.quant.qparams import scale_divisor
 
 pytestmark = pytest.mark.skipif(
     build.find_compiler() is None or not build.env_enabled(), reason="no C++ compiler here, or QATLAB_FUSED=0: the fallback path runs"
@@ -420,3 +435,281 @@ def test_observed_qparams_follow_every_change_of_the_range() -> None:
     assert torch.equal(fq(x), expected())
     fq.hi.data = torch.tensor([5.0])
     assert torch.equal(fq(x), expected())
+
+
+# ---- observed quantizers: range, qparams and fake quantization in one kernel call ------
+
+OBS_MODES = {"replace": REPLACE, "minmax": RUNNING_MINMAX, "ema": EMA}
+
+
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal values, NaN matching NaN. A range's zero may carry either sign: torch's own
+    amin/amax pick +0 or -0 by the reduction's length and order; no qparams depend on it."""
+    return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
+def _obs_spec(bits: int, scheme: str, narrow: bool, halfrange: bool, decay: float) -> QuantSpec:
+    symmetric = scheme != "asym"
+    signed = scheme == "sym_signed" if symmetric else False
+    return QuantSpec(
+        bits=bits,
+        symmetric=symmetric,
+        signed=signed,
+        narrow_range=narrow and signed,
+        scale_rule="halfrange" if halfrange else "standard",
+        ema_decay=decay,
+    )
+
+
+def _plan(spec: QuantSpec, shape: tuple[int, ...], axis: int | None, clamp) -> ObservePlan:  # type: ignore[no-untyped-def]
+    scheme = ASYMMETRIC if not spec.symmetric else (SYMMETRIC_SIGNED if spec.is_signed else SYMMETRIC_UNSIGNED)
+    return ObservePlan(shape, axis, spec.qmin, spec.qmax, scale_divisor(spec), scheme, spec.ema_decay, clamp)
+
+
+def _observe_reference(x, axis, mode, old_lo, old_hi, frac, spec, clamp):  # type: ignore[no-untyped-def]
+    """FakeQuant's observer and qparams_from_range, op by op: the batch min/max of the
+    clamped values, a search's fractions of the largest magnitude, the running state."""
+    v = x if clamp is None else x.clamp(*clamp)
+    lo, hi = row_minmax(_rows(v, axis))
+    if frac is not None:
+        mag = torch.maximum(lo.abs(), hi.abs())
+        lo, hi = frac[0] * mag, frac[1] * mag
+    if mode == RUNNING_MINMAX:
+        lo, hi = torch.minimum(old_lo, lo), torch.maximum(old_hi, hi)
+    elif mode == EMA:
+        d = spec.ema_decay
+        lo, hi = d * old_lo + (1 - d) * lo, d * old_hi + (1 - d) * hi
+    return lo, hi
+
+
+def _magnitudes(shape: list[int], kind: str, log2_mag: int, gen: torch.Generator) -> torch.Tensor:
+    """Values of one magnitude: random, a constant tensor, all zeros, or non-negative."""
+    base = torch.randn(shape, generator=gen)
+    if kind == "constant":
+        base = torch.full(shape, float(torch.randn(1, generator=gen)))
+    elif kind == "zeros":
+        base = torch.zeros(shape)
+    elif kind == "nonneg":
+        base = base.abs()
+    return (base.double() * 2.0**log2_mag).float()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    dims=st.lists(st.integers(1, 6), min_size=1, max_size=4),
+    granularity=GRANULARITY,
+    bits=st.integers(2, 16),
+    scheme=st.sampled_from(["asym", "sym_signed", "sym_unsigned"]),
+    narrow=st.booleans(),
+    halfrange=st.booleans(),
+    mode=st.sampled_from(sorted(OBS_MODES)),
+    decay=st.sampled_from([0.9, 0.99, 0.0, 0.5]),
+    kind=st.sampled_from(["random", "random", "constant", "zeros", "nonneg"]),
+    log2_mag=st.integers(-140, 120),
+    search=st.booleans(),
+    clamp=st.sampled_from([None, (0.0, 6.0), (-1.0, 1.0), (None, 0.5)]),
+)
+def test_observed_fused_equals_observer_then_qparams_then_quantizer(  # type: ignore[no-untyped-def]
+    seed, dims, granularity, bits, scheme, narrow, halfrange, mode, decay, kind, log2_mag, search, clamp
+) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    spec = _obs_spec(bits, scheme, narrow, halfrange, decay)
+    axis = None if granularity == "tensor" else int(torch.randint(0, len(dims), (1,), generator=gen))
+    c = 1 if axis is None else dims[axis]
+    x = _magnitudes(dims, kind, log2_mag, gen)
+    m = OBS_MODES[mode]
+    old_lo = -_magnitudes([c], "nonneg", log2_mag + int(torch.randint(-2, 3, (1,), generator=gen)), gen)
+    old_hi = _magnitudes([c], "nonneg", log2_mag + int(torch.randint(-2, 3, (1,), generator=gen)), gen)
+    frac = None
+    if search:
+        frac = torch.stack([-torch.rand(c, generator=gen), torch.rand(c, generator=gen)])
+        frac[:, 0] = torch.tensor([-1.0, 1.0])  # a fraction of 1: the whole magnitude
+    dy = torch.randn(dims, generator=gen)
+
+    xi = x.clone().requires_grad_()
+    y, lo, hi, scale, zp = observe_fake_quant_fused(xi, _plan(spec, tuple(dims), axis, clamp), m, old_lo, old_hi, frac)
+    y.backward(dy)
+
+    lo_r, hi_r = _observe_reference(x, axis, m, old_lo, old_hi, frac, spec, clamp)
+    assert _same_values(lo, lo_r) and _same_values(hi, hi_r), (lo, lo_r, hi, hi_r)
+    qp = qparams_from_range(lo_r, hi_r, spec, Layout("tensor"))
+    assert_bitwise(scale, qp.scale)
+    assert torch.equal(zp, qp.zero_point) and zp.dtype == torch.int32
+    v = x if clamp is None else x.clamp(*clamp)
+    if axis is None:
+        native = torch.fake_quantize_per_tensor_affine(v, qp.scale, qp.zero_point, qp.qmin, qp.qmax)
+    else:
+        native = torch.fake_quantize_per_channel_affine(v, qp.scale, qp.zero_point, axis, qp.qmin, qp.qmax)
+    assert_bitwise(y.detach(), native)
+    # What FakeQuant ran before: the fused fixed quantizer with the observed qparams.
+    assert_bitwise(y.detach(), fake_quant_fused(x, qp.scale, qp.zero_point.float(), qp.qmin, qp.qmax, axis, clamp=clamp))
+    y_o, dx_o, *_ = _oracle(x, dy, qp.scale, qp.zero_point.float(), qp.qmin, qp.qmax, axis, 1.0, None, clamp)
+    assert_bitwise(xi.grad, dx_o)
+
+
+FLOAT32_RANGES = st.one_of(
+    st.floats(width=32, allow_nan=False, allow_infinity=False),
+    st.floats(-(2.0**-99), 2.0**-99, width=32),
+    st.sampled_from([0.0, -0.0, 1e-45, -1e-45, 2.0**-100, -(2.0**-100), 3.4028234663852886e38, -3.4028234663852886e38]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pairs=st.lists(st.tuples(FLOAT32_RANGES, FLOAT32_RANGES), min_size=1, max_size=8),
+    bits=st.integers(2, 16),
+    scheme=st.sampled_from(["asym", "sym_signed", "sym_unsigned"]),
+    narrow=st.booleans(),
+    halfrange=st.booleans(),
+)
+# lo / scale on a tie (-2.5, -0.5 with scale 1): the zero point rounds half to even.
+@example(pairs=[(-2.5, 4.5), (-0.5, 6.5), (0.0, 0.0)], bits=3, scheme="asym", narrow=False, halfrange=False)
+def test_kernel_qparams_equal_qparams_from_range_bit_for_bit(pairs, bits, scheme, narrow, halfrange) -> None:  # type: ignore[no-untyped-def]
+    """The qparams arithmetic over all of float32: huge, tiny, denormal and zero-width ranges."""
+    spec = _obs_spec(bits, scheme, narrow, halfrange, 0.9)
+    lo = torch.tensor([min(a, b) for a, b in pairs], dtype=torch.float32)
+    hi = torch.tensor([max(a, b) for a, b in pairs], dtype=torch.float32)
+    ref = qparams_from_range(lo, hi, spec, Layout("tensor"))
+    scale, zp = qparams_from_range_fused(lo, hi, _plan(spec, (len(pairs),), None, None))
+    assert_bitwise(scale, ref.scale)
+    assert torch.equal(zp, ref.zero_point)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("where", ["x", "state"])
+@pytest.mark.parametrize("estimator", ["ema", "minmax"])
+def test_a_non_finite_range_raises_and_keeps_the_state_as_the_torch_path(bad: float, where: str, estimator: str) -> None:
+    spec = QuantSpec(bits=4, symmetric=False, estimator=estimator)
+    gen = torch.Generator().manual_seed(2)
+    x0, x = torch.randn(3, 8, generator=gen), torch.randn(3, 8, generator=gen)
+    results = []
+    for mode in ("fused", "ops"):
+        fq = FakeQuant(spec, "clipped", "act")
+        fq(x0)
+        xb = x.clone()
+        if where == "x":
+            xb[1, 2] = bad
+        else:  # both ends, so that a running min/max keeps it whatever its sign
+            fq.lo, fq.hi = torch.tensor([bad]), torch.tensor([bad])
+        with pytest.raises(ValueError, match="NaN or ±Inf"):
+            if mode == "fused":
+                fq(xb)
+            else:
+                with fused.fused_disabled():
+                    fq(xb)
+        results.append((fq.lo.clone(), fq.hi.clone()))
+    (lo_f, hi_f), (lo_t, hi_t) = results
+    assert _same_values(lo_f, lo_t) and _same_values(hi_f, hi_t)
+    with pytest.raises(ValueError, match="NaN or ±Inf"):
+        qparams_from_range_fused(torch.tensor([0.0, bad]), torch.tensor([1.0, 1.0]), _plan(spec, (2,), None, None))
+
+
+def _observed_pair(spec: QuantSpec, role: str, ste: str = "clipped") -> tuple[FakeQuant, FakeQuant]:
+    return FakeQuant(spec, ste, role), FakeQuant(spec, ste, role)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    dims=st.lists(st.integers(1, 6), min_size=2, max_size=4),
+    granularity=st.sampled_from(["tensor", "channel", "group:2", "element"]),
+    bits=st.integers(2, 16),
+    symmetric=st.booleans(),
+    role=st.sampled_from(["act", "weight"]),
+    estimator=st.sampled_from(["minmax", "ema", "mse"]),
+    clamp=st.sampled_from([None, (0.0, 6.0)]),
+    log2_mag=st.integers(-60, 60),
+)
+def test_fakequant_fused_observer_equals_the_torch_op_path(  # type: ignore[no-untyped-def]
+    seed, dims, granularity, bits, symmetric, role, estimator, clamp, log2_mag
+) -> None:
+    """Several training steps of one observed quantizer, on the kernels and on the torch ops
+    (``QATLAB_FUSED=0``'s path): equal outputs, input gradients, state and qparams."""
+    gen = torch.Generator().manual_seed(seed)
+    if granularity == "group:2" and math.prod(dims) // dims[0] % 2:
+        dims = [dims[0], 2, *dims[1:]]
+    spec = QuantSpec(bits=bits, symmetric=symmetric, granularity=granularity, axis=0, estimator=estimator, mse_grid=8)
+    fq_f, fq_t = _observed_pair(spec, role)
+    fq_f.refresh_every = fq_t.refresh_every = 3
+    for step in range(5):
+        x = _magnitudes(dims, "random" if step != 2 else "constant", log2_mag + step % 2, gen)
+        dy = torch.randn(dims, generator=gen)
+        out = []
+        for fq, fused_on in ((fq_f, True), (fq_t, False)):
+            xi = x.clone().requires_grad_()
+            if fused_on:
+                y = fq(xi, None, clamp)
+            else:
+                with fused.fused_disabled():
+                    y = fq(xi, None, clamp)
+            y.backward(dy)
+            out.append((y.detach(), xi.grad))
+        (y_f, dx_f), (y_t, dx_t) = out
+        assert torch.equal(y_f, y_t)  # the torch ops may give -0 where the kernels give +0
+        assert torch.equal(dx_f, dx_t)
+        assert _same_values(fq_f.lo, fq_t.lo) and _same_values(fq_f.hi, fq_t.hi)
+        assert fq_f._since_search == fq_t._since_search
+        qp_f, qp_t = fq_f.qparams(), fq_t.qparams()
+        assert_bitwise(qp_f.scale, qp_t.scale)
+        assert torch.equal(qp_f.zero_point, qp_t.zero_point)
+
+
+@pytest.mark.parametrize("ste", ["lsq", "pact"])
+def test_learned_quantizers_calibrate_on_the_kernels_as_on_the_torch_ops(ste: str) -> None:
+    spec = QuantSpec(bits=4, symmetric=False) if ste == "lsq" else QuantSpec(bits=4, symmetric=True, signed=False)
+    gen = torch.Generator().manual_seed(5)
+    batches = [torch.randn(4, 9, generator=gen) * (1 + i) for i in range(3)]
+    fq_f, fq_t = _observed_pair(spec, "act", ste)
+    fq_f.calibrating = fq_t.calibrating = True
+    for x in batches:
+        y_f = fq_f(x)
+        with fused.fused_disabled():
+            y_t = fq_t(x)
+        assert torch.equal(y_f, y_t)
+        assert _same_values(fq_f.lo, fq_t.lo) and _same_values(fq_f.hi, fq_t.hi)
+
+
+def test_observed_fused_is_the_same_on_any_thread_count() -> None:
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 70001, generator=gen) * 3
+    x[1, 5] = 40.0
+    spec = QuantSpec(bits=5, symmetric=False, ema_decay=0.9)
+    before = torch.get_num_threads()
+    got = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for axis in (None, 0):
+                c = 1 if axis is None else 3
+                xi = x.clone().requires_grad_()
+                y, lo, hi, s, z = observe_fake_quant_fused(
+                    xi, _plan(spec, (3, 70001), axis, (-5.0, 5.0)), EMA, -torch.ones(c), torch.ones(c)
+                )
+                y.backward(torch.ones_like(y))
+                got.append((threads, axis, (y.detach(), xi.grad, lo, hi, s)))
+    finally:
+        torch.set_num_threads(before)
+    one = {a: r for t, a, r in got if t == 1}
+    for _t, a, r in got:
+        for u, v in zip(r, one[a]):
+            assert_bitwise(u, v)
+
+
+def test_observed_fused_refuses_bad_arguments() -> None:
+    spec = QuantSpec(bits=4, symmetric=False)
+    plan = _plan(spec, (4, 3), 1, None)
+    with pytest.raises(ValueError, match="does not fit the plan"):
+        observe_fake_quant_fused(torch.randn(5, 3), plan)
+    with pytest.raises(TypeError, match="float32 CPU tensor"):
+        observe_fake_quant_fused(torch.randn(4, 3, dtype=torch.float64), plan)
+    with pytest.raises(ValueError, match="need the state lo and hi"):
+        observe_fake_quant_fused(torch.randn(4, 3), plan, EMA)
+    with pytest.raises(ValueError, match="lo: expected a contiguous float32"):
+        observe_fake_quant_fused(torch.randn(4, 3), plan, EMA, torch.zeros(2), torch.zeros(3))
+    with pytest.raises(ValueError, match="mode must be"):
+        observe_fake_quant_fused(torch.randn(4, 3), plan, 7)
+    with pytest.raises(ValueError, match="qmin 3, qmax 3"):
+        ObservePlan((4,), None, 3, 3, 1.0, ASYMMETRIC)
+    with pytest.raises(ValueError, match="scheme must be"):
+        ObservePlan((4,), None, 0, 3, 1.0, 5)

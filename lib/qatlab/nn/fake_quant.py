@@ -21,7 +21,11 @@ every step (the exact, slow reference).
 On float32 CPU tensors the fixed (clipped-STE), LSQ and PACT quantizers run on the
 fused kernels of :mod:`qatlab.nn.fused` (one pass forward, one backward, a layer's
 clamp included); elsewhere, or with ``QATLAB_FUSED=0``, on the torch-op functions of
-:mod:`qatlab.nn.ste` and ``_PACTFast``, which the kernels equal value for value.
+:mod:`qatlab.nn.ste` and ``_PACTFast``, which the kernels equal value for value. An
+observing fixed quantizer with a min/max-based range (``minmax``, ``ema``, a search
+estimator between its searches) observes, derives its qparams and fake-quantizes in one
+kernel call (``_observe_fused``); the search steps and the other estimators take the
+torch-op observer (``_observe``), the reference it equals.
 """
 
 from __future__ import annotations
@@ -34,9 +38,27 @@ from torch import nn
 from qatlab.quant import QParams, QuantSpec, estimate_range, layout_for, qparams_from_range, to_rows
 from qatlab.quant.estimators import row_minmax
 from qatlab.quant.granularity import Layout, from_rows
+from qatlab.quant.qparams import scale_divisor
 
 from .fused import Bounds, fake_quant_fused, fusable, pact_fake_quant_fused
+from .fused.ops import (
+    ASYMMETRIC,
+    EMA,
+    REPLACE,
+    RUNNING_MINMAX,
+    SYMMETRIC_SIGNED,
+    SYMMETRIC_UNSIGNED,
+    FakeQuantPlan,
+    NonFiniteRangeError,
+    ObservePlan,
+    enabled,
+    fake_quant_planned,
+    observe_fake_quant_fused,
+)
 from .ste import STE_KINDS, fake_quant, lsq_fake_quant, lsq_grad_factor, pact_fake_quant
+
+# torch's global buffer-registration hooks (None if this torch has none): see FakeQuant._set_range.
+_BUFFER_HOOKS: dict | None = getattr(torch.nn.modules.module, "_global_buffer_registration_hooks", None)  # type: ignore[type-arg]
 
 ROLES = ("weight", "act")
 SEARCH_ESTIMATORS = frozenset({"mse", "entropy", "percentile"})
@@ -160,9 +182,7 @@ class FakeQuant(nn.Module):
         with torch.no_grad():
             mm_lo, mm_hi = row_minmax(rows)
             mag = torch.maximum(mm_lo.abs(), mm_hi.abs()).float()
-        n = self._refresh_every
-        due = self.calibrating or self.clip_frac.shape != (2, mag.numel()) or n == 1 or (n > 1 and self._since_search + 1 >= n)
-        if not due:
+        if not self._search_due(mag.numel()):
             self._since_search += 1
             return self.clip_frac[0] * mag, self.clip_frac[1] * mag
         lo, hi = estimate_range(rows, self.spec)
@@ -171,6 +191,11 @@ class FakeQuant(nn.Module):
         self.clip_frac = torch.stack([lo / safe, hi / safe])
         self._since_search = 0
         return lo, hi
+
+    def _search_due(self, rows: int) -> bool:
+        """Whether this observation runs the search estimator (else it tracks by min/max)."""
+        n = self._refresh_every
+        return self.calibrating or self.clip_frac.shape != (2, rows) or n == 1 or (n > 1 and self._since_search + 1 >= n)
 
     def _observe(self, x: torch.Tensor, layout: Layout) -> None:
         lo, hi = self._batch_range(to_rows(x.detach(), layout))
@@ -233,6 +258,21 @@ class FakeQuant(nn.Module):
         view of a larger tensor."""
         if not self.enabled and not self.observe:
             return _clamped(x, clamp)
+        if self.ste in ("lsq", "pact") and self.enabled and self.is_initialized:
+            # Learned and ready: no observer, and the kernels take the call as it comes.
+            if self.ste == "lsq":
+                y = self._lsq_planned(x, numel, clamp)
+            elif fusable(x, self.alpha):
+                self.__dict__["_last_shape"] = tuple(x.shape)
+                y = pact_fake_quant_fused(x, self.alpha, self.spec.bits, clamp)
+            else:
+                y = None
+            if y is not None:
+                return y
+        elif self.observe and self.enabled:
+            y = self._observe_fused(x, clamp)
+            if y is not None:
+                return y
         self._last_shape = tuple(x.shape)
         layout = layout_for(x, self.spec)
         learned_ready = self.ste in ("lsq", "pact") and self.is_initialized
@@ -255,6 +295,85 @@ class FakeQuant(nn.Module):
         if self.ste == "lsq":
             return self._lsq(x, layout, numel, clamp)
         return self._apply_fixed(x, self._observed_qparams(layout), layout, self.ste, clamp)
+
+    def _observe_fused(self, x: torch.Tensor, clamp: Bounds | None) -> torch.Tensor | None:
+        """Observe, derive the qparams and fake-quantize in one kernel call, where the
+        quantizer applies its observed range with the clipped STE (the fixed quantizers,
+        and the learned ones while calibrating) and the estimator is min/max-based (a
+        search estimator between its searches); None where the torch-op path must run.
+        The state, qparams and output equal that path's (``_observe``,
+        ``qparams_from_range``, ``_apply_fixed``) bit for bit."""
+        ste = self.ste
+        if ste != "clipped" and (ste == "identity" or not self.calibrating or self.is_initialized):
+            return None
+        if not fusable(x):
+            return None
+        plan = self._fused_plan(x, clamp)
+        if plan is None:
+            return None
+        layout, oplan, search = plan[3], plan[4], plan[5]
+        rows = oplan.channels
+        frac = None
+        if search:
+            if self._search_due(rows):
+                return None
+            frac = self.clip_frac
+            if frac.dtype != torch.float32 or frac.device.type != "cpu" or not frac.is_contiguous():
+                return None
+        lo, hi = self.lo, self.hi
+        if self.role == "weight" or lo.numel() != rows:
+            mode = REPLACE
+        else:
+            mode = RUNNING_MINMAX if self.spec.estimator == "minmax" else EMA
+            for t in (lo, hi):
+                if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
+                    return None
+        if search:
+            self._since_search += 1
+        v = x if layout.kind in ("tensor", "channel") else to_rows(x, layout)
+        self.__dict__["_last_shape"] = plan[6]
+        try:
+            y, lo, hi, _, _ = observe_fake_quant_fused(v, oplan, mode, lo, hi, frac)
+        except NonFiniteRangeError as e:
+            self.lo, self.hi = e.lo, e.hi
+            raise
+        self._set_range(lo, hi)
+        return y if v is x else from_rows(y, x.shape, layout)
+
+    def _set_range(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        # Module.__setattr__ re-registers a buffer on every assignment (~5 µs each, twice per
+        # quantizer per step); with no buffer-registration hooks installed that amounts to
+        # replacing the entry, which is done directly here.
+        if _BUFFER_HOOKS is None or _BUFFER_HOOKS:
+            self.lo, self.hi = lo, hi
+        else:
+            self._buffers["lo"], self._buffers["hi"] = lo, hi
+
+    def _fused_plan(self, x: torch.Tensor, clamp: Bounds | None) -> tuple | None:  # type: ignore[type-arg]
+        """``(shape, spec, clamp, layout, ObservePlan, search, shape tuple)`` for this input,
+        worked out once per shape, spec and clamp (the layout rules cost more than the kernel
+        on a small tensor); None for an estimator the kernels do not track."""
+        p = self.__dict__.get("_fplan")
+        spec = self.spec
+        if p is not None and p[0] == x.shape and p[1] is spec and p[2] == clamp:
+            return p
+        est = spec.estimator
+        search = est in SEARCH_ESTIMATORS
+        if not search and est not in ("minmax", "ema"):
+            return None
+        layout = layout_for(x, spec)
+        if layout.kind == "tensor":
+            shape, axis = x.shape, None
+        elif layout.kind == "channel":
+            shape, axis = x.shape, layout.axis
+        else:
+            shape, axis = (layout.num_params(x.shape), max(1, x.numel()) // max(1, layout.num_params(x.shape)), 1), 0
+        scheme = ASYMMETRIC if not spec.symmetric else (SYMMETRIC_SIGNED if spec.is_signed else SYMMETRIC_UNSIGNED)
+        decay = spec.ema_decay if est != "minmax" else 0.0
+        oplan = ObservePlan(shape, axis, spec.qmin, spec.qmax, scale_divisor(spec), scheme, decay, clamp)
+        p = (x.shape, spec, clamp, layout, oplan, search, tuple(x.shape))
+        self.__dict__["_fplan"] = p
+        return p
 
     def _observed_qparams(self, layout: Layout) -> QParams:
         """``qparams_from_range`` of the observed range, kept while the range is unchanged:
@@ -296,6 +415,38 @@ class FakeQuant(nn.Module):
         # Keep the learned step positive: a step driven to <= 0 would divide by zero.
         s = s.abs().clamp(min=SCALE_FLOOR)
         return _per_layout(_clamped(x, clamp), layout, lambda v, axis: lsq_fake_quant(v, s, z, lo, hi, axis, g))
+
+    def _lsq_planned(self, x: torch.Tensor, numel: int | None, clamp: Bounds | None) -> torch.Tensor | None:
+        """``_lsq`` on the kernels with its plan kept across calls (same shapes, spec, clamp
+        and ``numel``); None where the general path must run (not fusable, rows layouts)."""
+        s, z = self.scale, self.zero_point
+        if not (x.is_cpu and x.dtype == torch.float32 and s.is_cpu and s.dtype == torch.float32 and z.is_cpu and z.dtype == torch.float32):
+            return None
+        p = self.__dict__.get("_lplan")
+        if (
+            p is None
+            or p[0] != x.shape
+            or p[1] is not self.spec
+            or p[2] != clamp
+            or p[3] != numel
+            or p[4] != s.shape
+            or p[5] != z.shape
+            or p[6] != z.requires_grad
+        ):
+            if x.numel() == 0:
+                return None
+            layout = layout_for(x, self.spec)
+            if layout.kind not in ("tensor", "channel"):
+                return None
+            axis = None if layout.kind == "tensor" else layout.axis
+            g = lsq_grad_factor((numel or x.numel()) // max(1, s.numel()), self.spec.qmax)
+            plan = FakeQuantPlan(x.shape, axis, s.shape, z.shape, z.requires_grad, self.spec.qmin, self.spec.qmax, g, SCALE_FLOOR, clamp)
+            p = (x.shape, self.spec, clamp, numel, s.shape, z.shape, z.requires_grad, plan, tuple(x.shape))
+            self.__dict__["_lplan"] = p
+        if not enabled():
+            return None
+        self.__dict__["_last_shape"] = p[8]
+        return fake_quant_planned(x, s, z, p[7])
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[no-untyped-def]
         # Observed and learned tensors are sized by the data they saw; a fresh module

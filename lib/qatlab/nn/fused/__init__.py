@@ -3,12 +3,23 @@
 The torch-op paths of :mod:`qatlab.nn.ste` and ``FakeQuant`` cost five to eight
 full-size passes per tensor and a handful of small autograd ops per quantizer; these
 kernels (C++, built on first use, see :mod:`.build`) do the same arithmetic in one
-pass each way. ``FakeQuant`` uses them on float32 CPU tensors when they are available
+pass each way. An observed quantizer (a min/max or EMA range) also observes its range and
+derives its qparams inside the same call (:func:`observe_fake_quant_fused`). ``FakeQuant`` uses them on float32 CPU tensors when they are available
 and falls back to the torch ops otherwise (``QATLAB_FUSED=0`` forces the fallback).
 """
 
 from .build import FusedBuildError, env_enabled, load_error
-from .ops import Bounds, enabled, fake_quant_fused, fusable, fused_disabled, pact_fake_quant_fused
+from .ops import (
+    Bounds,
+    NonFiniteRangeError,
+    ObservePlan,
+    enabled,
+    fake_quant_fused,
+    fusable,
+    fused_disabled,
+    observe_fake_quant_fused,
+    pact_fake_quant_fused,
+)
 
 __all__ = [
     "Bounds",
@@ -19,5 +30,8 @@ __all__ = [
     "fusable",
     "fused_disabled",
     "load_error",
+    "NonFiniteRangeError",
+    "ObservePlan",
+    "observe_fake_quant_fused",
     "pact_fake_quant_fused",
 ]

@@ -8,6 +8,11 @@
   gradient taken through that), which spares a quantizer four small autograd ops.
 * :func:`pact_fake_quant_fused`: PACT's clip-and-quantize with the gradients of
   :func:`qatlab.nn.ste.pact_fake_quant`.
+* :func:`observe_fake_quant_fused`: an observed quantizer's whole step: the range
+  (per-row min/max, a search estimator's tracked fractions, the running min/max or EMA
+  state), ``qparams_from_range``'s scale and zero point, and the clipped-STE fake
+  quantization, in one call with no host round trip; state and qparams bit for bit
+  those of ``FakeQuant._observe`` and :func:`qatlab.quant.qparams_from_range`.
 
 Values and ``dx`` equal the torch-op paths (:mod:`qatlab.nn.ste`,
 ``FakeQuant``'s PACT path) bit for bit; the reductions are summed in double, so the
@@ -36,7 +41,11 @@ _SIGNATURES = {
     "qatlab_fq_backward": [_P, _P, _P, _I, _I, _I, _P, _P, _N, _F, _F, _F, _F, _F, _D, _P, _P, _N],
     "qatlab_pact_forward": [_P, _P, _I, _P, _F, _F, _F, _N],
     "qatlab_pact_backward": [_P, _P, _P, _I, _P, _F, _F, _P, _N],
+    "qatlab_fq_observe_forward": [_P, _P, _I, _I, _I, _F, _F, _P, _N, _P, _P, _F, _F, _P, _P, _D, _D, _D, _N, _N, _P, _P, _P, _N],
+    "qatlab_qparams_from_range": [_I, _P, _P, _D, _D, _D, _N, _N, _P, _P],
 }
+# Functions that return a status (0: done, 1: a range is NaN or infinite).
+_STATUS = frozenset({"qatlab_fq_observe_forward", "qatlab_qparams_from_range"})
 
 _local = threading.local()
 
@@ -46,7 +55,7 @@ def _kernels() -> ctypes.CDLL | None:
     if lib is not None and not getattr(lib, "_qatlab_typed", False):
         for name, args in _SIGNATURES.items():
             fn = getattr(lib, name)
-            fn.argtypes, fn.restype = args, None
+            fn.argtypes, fn.restype = args, (ctypes.c_int if name in _STATUS else None)
         lib._qatlab_typed = True
     return lib
 
@@ -102,77 +111,111 @@ def _clip_bounds(clamp: Bounds | None) -> tuple[float, float]:
     return (-math.inf if lo is None else float(lo)), (math.inf if hi is None else float(hi))
 
 
+class FakeQuantPlan:
+    """:func:`fake_quant_fused`'s arguments checked and turned into the kernels' terms,
+    once per input shape (a quantizer reuses it on every step: the checks and the layout
+    arithmetic cost more than the kernel on a small tensor)."""
+
+    __slots__ = ("outer", "channels", "inner", "zp_per_channel", "qmin", "qmax", "floor", "clo", "chi", "grad_factor", "s_shape", "z_shape")
+
+    def __init__(
+        self,
+        shape: torch.Size | tuple[int, ...],
+        axis: int | None,
+        scale_shape: torch.Size | tuple[int, ...],
+        zp_shape: torch.Size | tuple[int, ...],
+        zp_learned: bool,
+        qmin: int,
+        qmax: int,
+        grad_factor: float = 1.0,
+        scale_floor: float | None = None,
+        clamp: Bounds | None = None,
+    ) -> None:
+        shape = torch.Size(shape)
+        channels = 1 if axis is None else shape[axis]
+        n_s, n_z = math.prod(scale_shape), math.prod(zp_shape)
+        if n_s != channels:
+            raise ValueError(f"scale has {n_s} values; expected {channels} for axis {axis} of a tensor of shape {tuple(shape)}")
+        if n_z not in (1, channels) or (n_z == 1 and channels > 1 and zp_learned):
+            raise ValueError(f"zero_point has {n_z} values; expected 1 or {channels} (one per channel when learned)")
+        if not 1 <= qmax - qmin < 2**24:
+            raise ValueError(f"qmin {qmin}, qmax {qmax}: need qmin < qmax with fewer than 2**24 codes (float32 holds them exactly)")
+        self.outer, self.channels, self.inner = _grid(shape, axis)
+        self.zp_per_channel = int(n_z > 1)
+        self.qmin, self.qmax = float(qmin), float(qmax)
+        self.floor = scale_floor or 0.0
+        self.clo, self.chi = _clip_bounds(clamp)
+        self.grad_factor = float(grad_factor)
+        self.s_shape, self.z_shape = torch.Size(scale_shape), torch.Size(zp_shape)
+
+
+_lib_typed: ctypes.CDLL | None = None
+
+
+def _lib() -> ctypes.CDLL:
+    """The typed kernels, inside the autograd functions (their callers checked :func:`fusable`)."""
+    global _lib_typed
+    if _lib_typed is None:
+        _lib_typed = _kernels()
+    return _lib_typed  # type: ignore[return-value]
+
+
 class _FusedFakeQuant(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, scale, zero_point, qmin, qmax, axis, grad_factor, scale_floor, clo, chi):  # type: ignore[override]
-        lib = _kernels()
-        xc = x.detach().contiguous()
-        s = scale.detach().contiguous()
-        z = zero_point.detach().contiguous()
-        outer, channels, inner = _grid(xc.shape, axis)
+    def forward(ctx, x, scale, zero_point, p):  # type: ignore[override]
+        # Gradient mode is off in here: the tensors are read through their data pointers.
+        xc, s, z = x.contiguous(), scale.contiguous(), zero_point.contiguous()
         y = torch.empty_like(xc)
-        floor = scale_floor or 0.0
-        lib.qatlab_fq_forward(
+        _lib().qatlab_fq_forward(
             xc.data_ptr(),
             y.data_ptr(),
-            outer,
-            channels,
-            inner,
+            p.outer,
+            p.channels,
+            p.inner,
             s.data_ptr(),
             z.data_ptr(),
-            int(z.numel() > 1),
-            qmin,
-            qmax,
-            floor,
-            clo,
-            chi,
+            p.zp_per_channel,
+            p.qmin,
+            p.qmax,
+            p.floor,
+            p.clo,
+            p.chi,
             torch.get_num_threads(),
         )
-        ctx.save_for_backward(x, s, z)
-        ctx.meta = (outer, channels, inner, qmin, qmax, floor, clo, chi, grad_factor, scale.shape, zero_point.shape)
+        ctx.save_for_backward(xc, s, z)
+        ctx.plan = p
         return y
 
     @staticmethod
     def backward(ctx, dy):  # type: ignore[override]
-        lib = _kernels()
         x, s, z = ctx.saved_tensors
-        outer, channels, inner, qmin, qmax, floor, clo, chi, g, s_shape, z_shape = ctx.meta
-        xc, dyc = x.detach().contiguous(), dy.contiguous()
-        dx = torch.empty_like(xc)
-        ds = torch.empty(channels, dtype=torch.float32) if ctx.needs_input_grad[1] else None
-        dz = torch.empty(z.numel(), dtype=torch.float32) if ctx.needs_input_grad[2] else None
-        lib.qatlab_fq_backward(
-            xc.data_ptr(),
+        p = ctx.plan
+        need = ctx.needs_input_grad
+        dyc = dy.contiguous()
+        dx = torch.empty_like(x)
+        ds = torch.empty(p.s_shape, dtype=torch.float32) if need[1] else None
+        dz = torch.empty(p.z_shape, dtype=torch.float32) if need[2] else None
+        _lib().qatlab_fq_backward(
+            x.data_ptr(),
             dyc.data_ptr(),
             dx.data_ptr(),
-            outer,
-            channels,
-            inner,
+            p.outer,
+            p.channels,
+            p.inner,
             s.data_ptr(),
             z.data_ptr(),
-            int(z.numel() > 1),
-            qmin,
-            qmax,
-            floor,
-            clo,
-            chi,
-            g,
+            p.zp_per_channel,
+            p.qmin,
+            p.qmax,
+            p.floor,
+            p.clo,
+            p.chi,
+            p.grad_factor,
             _ptr(ds),
             _ptr(dz),
             torch.get_num_threads(),
         )
-        return (
-            dx if ctx.needs_input_grad[0] else None,
-            None if ds is None else ds.reshape(s_shape),
-            None if dz is None else dz.reshape(z_shape),
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
+        return (dx if need[0] else None), ds, dz, None
 
 
 def fake_quant_fused(
@@ -195,21 +238,22 @@ def fake_quant_fused(
     ``clamp``: (lo, hi), either None for an open end: quantize ``x.clamp(lo, hi)`` instead,
     the clamp's gradient included (a ReLU6 in front of the quantizer costs no extra pass).
     """
-    channels = 1 if axis is None else x.shape[axis]
-    if scale.numel() != channels:
-        raise ValueError(f"scale has {scale.numel()} values; expected {channels} for axis {axis} of a tensor of shape {tuple(x.shape)}")
-    if zero_point.numel() not in (1, channels) or (zero_point.numel() == 1 and channels > 1 and zero_point.requires_grad):
-        raise ValueError(f"zero_point has {zero_point.numel()} values; expected 1 or {channels} (one per channel when learned)")
-    if not 1 <= qmax - qmin < 2**24:
-        raise ValueError(f"qmin {qmin}, qmax {qmax}: need qmin < qmax with fewer than 2**24 codes (float32 holds them exactly)")
-    clo, chi = _clip_bounds(clamp)
-    return _FusedFakeQuant.apply(x, scale, zero_point, float(qmin), float(qmax), axis, float(grad_factor), scale_floor, clo, chi)
+    plan = FakeQuantPlan(
+        x.shape, axis, scale.shape, zero_point.shape, zero_point.requires_grad, qmin, qmax, grad_factor, scale_floor, clamp
+    )
+    return _FusedFakeQuant.apply(x, scale, zero_point, plan)
+
+
+def fake_quant_planned(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, plan: FakeQuantPlan) -> torch.Tensor:
+    """:func:`fake_quant_fused` with its arguments' plan made beforehand (for ``x.shape``,
+    ``scale.shape``, ``zero_point.shape``: the caller keeps them matched)."""
+    return _FusedFakeQuant.apply(x, scale, zero_point, plan)
 
 
 class _FusedPACT(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, alpha, qmax, clo, chi):  # type: ignore[override]
-        lib = _kernels()
+        lib = _lib()
         xc = x.detach().contiguous()
         a = alpha.detach().reshape(1).contiguous()
         y = torch.empty_like(xc)
@@ -221,7 +265,7 @@ class _FusedPACT(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):  # type: ignore[override]
-        lib = _kernels()
+        lib = _lib()
         x, a = ctx.saved_tensors
         xc, dyc = x.detach().contiguous(), dy.contiguous()
         dx = torch.empty_like(xc)
@@ -246,3 +290,180 @@ def pact_fake_quant_fused(x: torch.Tensor, alpha: torch.Tensor, bits: int, clamp
         raise ValueError(f"alpha must hold one value, got {alpha.numel()}")
     clo, chi = _clip_bounds(clamp)
     return _FusedPACT.apply(x, alpha, float(2**bits - 1), clo, chi)
+
+
+# ---- observed quantizers: range, qparams and fake quantization in one call ----------------
+
+RANGE_ERROR = "x contains NaN or ±Inf; quantization needs finite values"
+# How the batch range meets the observer's state (see FakeQuant's module doc).
+REPLACE, RUNNING_MINMAX, EMA = 0, 1, 2
+# qparams_from_range's width rule: hi − lo, max(−lo, hi), hi.
+ASYMMETRIC, SYMMETRIC_SIGNED, SYMMETRIC_UNSIGNED = 0, 1, 2
+
+
+class NonFiniteRangeError(ValueError):
+    """A range is NaN or ±Inf (``qparams_from_range``'s error). ``lo`` and ``hi`` hold the
+    observer state that the call produced, which the torch-op path also keeps."""
+
+    def __init__(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        super().__init__(RANGE_ERROR)
+        self.lo, self.hi = lo, hi
+
+
+class ObservePlan:
+    """What an observed quantizer's call needs besides the tensors, worked out once per
+    input shape: the [outer, channels, inner] view and the qparams constants."""
+
+    __slots__ = ("outer", "channels", "inner", "clo", "chi", "qmin", "qmax", "div", "scheme", "zero_code", "keep", "take")
+
+    def __init__(
+        self,
+        shape: torch.Size | tuple[int, ...],
+        axis: int | None,
+        qmin: int,
+        qmax: int,
+        div: float,
+        scheme: int,
+        decay: float = 0.0,
+        clamp: Bounds | None = None,
+    ) -> None:
+        if not 1 <= qmax - qmin < 2**24:
+            raise ValueError(f"qmin {qmin}, qmax {qmax}: need qmin < qmax with fewer than 2**24 codes (float32 holds them exactly)")
+        if scheme not in (ASYMMETRIC, SYMMETRIC_SIGNED, SYMMETRIC_UNSIGNED):
+            raise ValueError(f"scheme must be 0 (asymmetric), 1 (symmetric signed) or 2 (symmetric unsigned), got {scheme!r}")
+        if not div > 0:
+            raise ValueError(f"div (quantization steps in the range) must be > 0, got {div!r}")
+        self.outer, self.channels, self.inner = _grid(torch.Size(shape), axis)
+        self.clo, self.chi = _clip_bounds(clamp)
+        self.qmin, self.qmax, self.div, self.scheme = qmin, qmax, float(div), scheme
+        # An all-zero asymmetric row: 0.0 must map to a code inside the range.
+        self.zero_code = min(max(0, qmin), qmax)
+        # ctypes rounds these to float32, as torch rounds a Python scalar multiplying a float32 tensor.
+        self.keep, self.take = float(decay), 1.0 - float(decay)
+
+
+def _state_arg(t: torch.Tensor | None, n: int, name: str) -> int | None:
+    if t is None:
+        return None
+    if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous() or t.numel() != n:
+        raise ValueError(f"{name}: expected a contiguous float32 CPU tensor of {n} values, got {t.dtype} {tuple(t.shape)} on {t.device}")
+    return t.data_ptr()
+
+
+class _FusedObserved(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, plan, mode, old_lo, old_hi, frac, out):  # type: ignore[override]
+        lib = _lib()
+        xc = x.contiguous()  # gradient mode is off in here: no detach needed to read it
+        c = plan.channels
+        lo, hi, scale, zpf = (torch.empty(c, dtype=torch.float32) for _ in range(4))
+        zp = torch.empty(c, dtype=torch.int32)
+        y = torch.empty_like(xc)
+        bad = lib.qatlab_fq_observe_forward(
+            xc.data_ptr(),
+            y.data_ptr(),
+            plan.outer,
+            c,
+            plan.inner,
+            plan.clo,
+            plan.chi,
+            _state_arg(frac, 2 * c, "frac"),
+            mode,
+            _state_arg(old_lo, c, "lo") if mode != REPLACE else None,
+            _state_arg(old_hi, c, "hi") if mode != REPLACE else None,
+            plan.keep,
+            plan.take,
+            lo.data_ptr(),
+            hi.data_ptr(),
+            plan.qmin,
+            plan.qmax,
+            plan.div,
+            plan.scheme,
+            plan.zero_code,
+            scale.data_ptr(),
+            zp.data_ptr(),
+            zpf.data_ptr(),
+            torch.get_num_threads(),
+        )
+        if bad:
+            raise NonFiniteRangeError(lo, hi)
+        out.extend((lo, hi, scale, zp))
+        ctx.save_for_backward(xc, scale, zpf)
+        ctx.plan = plan
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):  # type: ignore[override]
+        lib = _lib()
+        x, s, z = ctx.saved_tensors
+        p = ctx.plan
+        dyc = dy.contiguous()
+        dx = torch.empty_like(x)
+        lib.qatlab_fq_backward(
+            x.data_ptr(),
+            dyc.data_ptr(),
+            dx.data_ptr(),
+            p.outer,
+            p.channels,
+            p.inner,
+            s.data_ptr(),
+            z.data_ptr(),
+            1,
+            float(p.qmin),
+            float(p.qmax),
+            0.0,
+            p.clo,
+            p.chi,
+            1.0,
+            None,
+            None,
+            torch.get_num_threads(),
+        )
+        return dx, None, None, None, None, None, None
+
+
+def observe_fake_quant_fused(
+    x: torch.Tensor,
+    plan: ObservePlan,
+    mode: int = REPLACE,
+    lo: torch.Tensor | None = None,
+    hi: torch.Tensor | None = None,
+    frac: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Observe ``x`` (float32, CPU, shaped as ``plan`` says), derive its qparams and
+    fake-quantize it with the clipped STE, in one pass to observe and one to quantize.
+
+    Per channel: the batch range is the min/max of ``clamp(x)``, or with ``frac`` ([2,
+    channels]: a search estimator's last fractions) ``frac · max(|min|, |max|)``; ``mode``
+    merges it with the state ``lo``/``hi``: REPLACE, RUNNING_MINMAX or EMA (``plan``'s
+    decay). Returns ``(y, lo, hi, scale, zero_point)``: the output (gradient to ``x``
+    only), the new state and the qparams, equal bit for bit to the observer, then
+    ``qparams_from_range``, then the fixed quantizer. A NaN or infinite range raises
+    :class:`NonFiniteRangeError` carrying the new state.
+    """
+    if x.dtype != torch.float32 or x.device.type != "cpu":
+        raise TypeError(f"x must be a float32 CPU tensor, got {x.dtype} on {x.device}")
+    if mode not in (REPLACE, RUNNING_MINMAX, EMA):
+        raise ValueError(f"mode must be REPLACE (0), RUNNING_MINMAX (1) or EMA (2), got {mode!r}")
+    if x.numel() != plan.outer * plan.channels * plan.inner:
+        raise ValueError(f"x of shape {tuple(x.shape)} does not fit the plan's {plan.outer}x{plan.channels}x{plan.inner} values")
+    if mode != REPLACE and (lo is None or hi is None):
+        raise ValueError("RUNNING_MINMAX and EMA need the state lo and hi")
+    out: list[torch.Tensor] = []
+    y = _FusedObserved.apply(x, plan, mode, lo, hi, frac, out)
+    return y, out[0], out[1], out[2], out[3]
+
+
+def qparams_from_range_fused(lo: torch.Tensor, hi: torch.Tensor, plan: ObservePlan) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernels' qparams arithmetic alone: ``(scale, zero_point)`` of per-row ranges."""
+    n = lo.numel()
+    lo_p, hi_p = _state_arg(lo, n, "lo"), _state_arg(hi, n, "hi")
+    scale, zp = torch.empty(n, dtype=torch.float32), torch.empty(n, dtype=torch.int32)
+    lib = _kernels()
+    if lib is None:
+        raise RuntimeError("the fused kernels are not in use here (switched off, or no build)")
+    if lib.qatlab_qparams_from_range(
+        n, lo_p, hi_p, plan.qmin, plan.qmax, plan.div, plan.scheme, plan.zero_code, scale.data_ptr(), zp.data_ptr()
+    ):
+        raise ValueError(RANGE_ERROR)
+    return scale, zp

@@ -16,6 +16,13 @@ Arithmetic contract (the reference's, element for element):
   NaNs are those of the torch-op path's ``dy * mask``.
 * LSQ's gradients are sums of per-element terms, accumulated in double per chunk
   and added in chunk order: the result does not depend on the thread count.
+* observed quantizers (``qatlab_fq_observe_forward``): per-row min/max of the clamped
+  values with NaN propagating (torch's amin/amax), the running state in float32
+  (``torch.minimum``/``maximum``, or ``keep·old + take·new`` with both factors rounded to
+  float32 as torch rounds a Python scalar), then ``qparams_from_range`` in double: the
+  range widened to contain 0, ``scale = float32(max(width / div, 2^-100))`` (1 for a zero
+  width), ``zp = clamp(qmin − nearbyint(lo / scale), qmin, qmax)``; a NaN or infinite
+  range returns 1 before any qparams are written.
 
 ``-ffp-contract=off`` keeps the compiler from fusing a multiply and an add into one
 rounding, which would change values the reference computes in two.
@@ -111,7 +118,7 @@ static void fq_forward_chunk(const float* x, float* y, i64 b, i64 e, float s, fl
 
 extern "C" {
 
-int qatlab_fused_abi(void) { return 6; }
+int qatlab_fused_abi(void) { return 7; }
 
 void qatlab_fq_forward(const float* x, float* y, i64 outer, i64 channels, i64 inner,
                        const float* scale, const float* zp, int zp_per_channel,
@@ -275,6 +282,133 @@ void qatlab_pact_backward(const float* x, const float* dy, float* dx, i64 n, con
     double tot = 0.0;
     for (i64 k = 0; k < g.nchunks; ++k) tot += part[k];
     dalpha[0] = (float)tot;
+}
+
+}  // extern "C"
+
+// ---- Observed quantizers: range, qparams and fake quantization in one call ----------
+//
+// The reference is FakeQuant._observe + quant.qparams_from_range + the fixed quantizer:
+// per row (channel) lo/hi = amin/amax of the (clamped) values, NaN propagating; a search
+// estimator between its searches scales the largest magnitude by the last search's
+// fractions; then the running state (replace, running min/max, or EMA in float32 with the
+// decay rounded to float32 as torch rounds a Python scalar); then the qparams in double
+// with the scale rounded to float32 and the zero point fitted to that float32 scale.
+
+template <bool CLIP>
+static void minmax_chunk(const float* x, i64 b, i64 e, float clo, float chi, float* out_lo, float* out_hi, int* out_nan) {
+    float lo = INFINITY, hi = -INFINITY;
+    int bad = 0;
+    #pragma omp simd reduction(min : lo) reduction(max : hi) reduction(| : bad)
+    for (i64 i = b; i < e; ++i) {
+        float v = CLIP ? clip(x[i], clo, chi) : x[i];
+        lo = v < lo ? v : lo;
+        hi = v > hi ? v : hi;
+        bad |= (v != v);
+    }
+    *out_lo = lo; *out_hi = hi; *out_nan = bad;
+}
+
+// torch.minimum / torch.maximum: NaN if either is NaN.
+static inline float nan_min(float a, float b) { return (a != a || b != b) ? NAN : (a < b ? a : b); }
+static inline float nan_max(float a, float b) { return (a != a || b != b) ? NAN : (a > b ? a : b); }
+
+// scheme: 0 asymmetric, 1 symmetric signed, 2 symmetric unsigned. Returns 1 when a range
+// is NaN or infinite (qparams_from_range's ValueError), before writing any qparams.
+static int qparams_rows(i64 rows, const float* lo, const float* hi, double qmin, double qmax, double div,
+                        int scheme, int zero_code, float* scale, int32_t* zp) {
+    for (i64 c = 0; c < rows; ++c)
+        if (!std::isfinite(lo[c]) || !std::isfinite(hi[c])) return 1;
+    const double scale_min = std::ldexp(1.0, -100);
+    for (i64 c = 0; c < rows; ++c) {
+        double l = (double)lo[c], h = (double)hi[c];
+        l = l > 0.0 ? 0.0 : l;
+        h = h < 0.0 ? 0.0 : h;
+        double w = scheme == 0 ? h - l : (scheme == 1 ? (-l > h ? -l : h) : h);
+        const bool ok = w > 0.0;
+        double sd = w / div;
+        sd = sd < scale_min ? scale_min : sd;
+        const float s = ok ? (float)sd : 1.0f;
+        scale[c] = s;
+        if (scheme != 0) { zp[c] = 0; continue; }
+        if (!ok) { zp[c] = zero_code; continue; }
+        double t = qmin - std::nearbyint(l / (double)s);
+        t = t < qmin ? qmin : (t > qmax ? qmax : t);
+        zp[c] = (int32_t)t;
+    }
+    return 0;
+}
+
+extern "C" {
+
+// x viewed as [outer, channels, inner]; one range per channel. frac: [2, channels] or
+// null. mode: 0 the batch range replaces the state, 1 running min/max, 2 EMA
+// (keep·old + take·batch). lo/hi receive the new state, scale/zp the qparams, zpf the
+// zero point as float (for the backward), y the fake-quantized values (of clamp(x)).
+int qatlab_fq_observe_forward(const float* x, float* y, i64 outer, i64 channels, i64 inner,
+                              float clo, float chi, const float* frac, int mode,
+                              const float* old_lo, const float* old_hi, float keep, float take,
+                              float* lo, float* hi, double qmin, double qmax, double div, int scheme,
+                              int zero_code, float* scale, int32_t* zp, float* zpf, int nthreads) {
+    Grid g(outer, channels, inner);
+    const bool clipped = !(std::isinf(clo) && clo < 0.0f && std::isinf(chi) && chi > 0.0f);
+    std::vector<float> part_lo(g.nchunks), part_hi(g.nchunks);
+    std::vector<int> part_nan(g.nchunks);
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if(nthreads > 1 && g.parallel())
+    for (i64 k = 0; k < g.nchunks; ++k) {
+        i64 seg, b, e;
+        g.chunk(k, seg, b, e);
+        if (clipped) minmax_chunk<true>(x, b, e, clo, chi, &part_lo[k], &part_hi[k], &part_nan[k]);
+        else minmax_chunk<false>(x, b, e, clo, chi, &part_lo[k], &part_hi[k], &part_nan[k]);
+    }
+    std::vector<float> blo(channels, INFINITY), bhi(channels, -INFINITY);
+    std::vector<int> bnan(channels, 0);
+    for (i64 k = 0; k < g.nchunks; ++k) {
+        const i64 c = g.channel_of(k / g.per_seg);
+        blo[c] = part_lo[k] < blo[c] ? part_lo[k] : blo[c];
+        bhi[c] = part_hi[k] > bhi[c] ? part_hi[k] : bhi[c];
+        bnan[c] |= part_nan[k];
+    }
+    for (i64 c = 0; c < channels; ++c) {
+        float l = bnan[c] ? NAN : blo[c], h = bnan[c] ? NAN : bhi[c];
+        if (frac) {
+            const float mag = nan_max(std::fabs(l), std::fabs(h));
+            l = frac[c] * mag;
+            h = frac[channels + c] * mag;
+        }
+        if (mode == 1) {
+            l = nan_min(old_lo[c], l);
+            h = nan_max(old_hi[c], h);
+        } else if (mode == 2) {
+            l = keep * old_lo[c] + take * l;
+            h = keep * old_hi[c] + take * h;
+        }
+        lo[c] = l;
+        hi[c] = h;
+    }
+    if (qparams_rows(channels, lo, hi, qmin, qmax, div, scheme, zero_code, scale, zp)) return 1;
+    std::vector<float> inv(channels);
+    for (i64 c = 0; c < channels; ++c) {
+        zpf[c] = (float)zp[c];
+        inv[c] = 1.0f / scale[c];
+    }
+    const float fqmin = (float)qmin, fqmax = (float)qmax;
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if(nthreads > 1 && g.parallel())
+    for (i64 k = 0; k < g.nchunks; ++k) {
+        i64 seg, b, e;
+        g.chunk(k, seg, b, e);
+        const i64 c = g.channel_of(seg);
+        if (clipped) fq_forward_chunk<true>(x, y, b, e, scale[c], inv[c], zpf[c], fqmin, fqmax, clo, chi);
+        else fq_forward_chunk<false>(x, y, b, e, scale[c], inv[c], zpf[c], fqmin, fqmax, clo, chi);
+    }
+    return 0;
+}
+
+// The qparams arithmetic alone, so that it can be held to qparams_from_range on ranges
+// that no tensor's min/max would produce (huge, tiny, zero-width).
+int qatlab_qparams_from_range(i64 rows, const float* lo, const float* hi, double qmin, double qmax, double div,
+                              int scheme, int zero_code, float* scale, int32_t* zp) {
+    return qparams_rows(rows, lo, hi, qmin, qmax, div, scheme, zero_code, scale, zp);
 }
 
 }  // extern "C"
