@@ -90,6 +90,8 @@ def synthetic_sensitivity(space, seed: int = 0) -> dict:
     for s in space.layers:
         k = rng.uniform(0.2, 5.0)
         table[s.name] = {(w, a): k * (4.0**-w + 0.5 * 4.0**-a) for w in space.knobs[s.w_knob].domain for a in space.knobs[s.a_knob].domain}
+    for q in space.acts:  # quantizers feeding no layer (here the logits)
+        table[q.key] = {(0, a): rng.uniform(0.2, 5.0) * 0.5 * 4.0**-a for a in space.knobs[q.knob].domain}
     return table
 
 
@@ -225,12 +227,17 @@ def _base(model: str, prof: str) -> TrainConfig:
 
 
 def pinned_uniform(space, bits: int, ends: int = 8) -> tuple[int, ...]:
-    """The knob assignment of a uniform trial: every knob at ``bits``, the first layer's
-    weights and input and the last layer's weights at ``ends`` (``first_last_bits``'s rule),
-    whether or not the space pins them."""
+    """The knob assignment of a uniform trial: every knob (weights, and every activation
+    quantizer, those feeding no layer included) at ``bits``; the first layer's weights and
+    input, the last layer's weights and its output (the logits) at ``ends``
+    (``first_last_bits``'s rule), whether or not the space pins them."""
     assign = [bits] * len(space.knobs)
     first, last = space.layers[0], space.layers[-1]
-    for k in (first.w_knob, first.a_knob, last.w_knob):
+    ends_knobs = [first.w_knob, first.a_knob, last.w_knob]
+    logits = space.knob_of_value(last.op)
+    if logits is not None:
+        ends_knobs.append(logits)
+    for k in ends_knobs:
         assign[k] = ends
     return tuple(assign)
 

@@ -222,3 +222,19 @@ def test_layer_bits_field():
         TrainConfig(layer_bits={1: [4, 4], "0": [4, 4]})
     with pytest.raises(ConfigError, match="layer_bits '0': bits must be in 2..16, got \\[1, 4\\]"):
         TrainConfig(layer_bits={"0": [1, 4]})
+
+
+def test_layer_bits_one_element_form():
+    # an activation quantizer's owner takes [a_bits]; both forms live side by side
+    a = TrainConfig(layer_bits={"add_3": (4,), "0": [8, 8], "0.act_fq": [2]})
+    assert a.layer_bits == {"0": [8, 8], "0.act_fq": [2], "add_3": [4]}
+    assert TrainConfig.from_dict(a.to_dict()) == a
+    assert a.trial_id != TrainConfig(layer_bits={"0": [8, 8], "0.act_fq": [2], "add_3": [2]}).trial_id
+    with pytest.raises(FieldTypeError, match="layer_bits: 'add_3' must map to \\[w_bits, a_bits\\] \\(a conv/linear\\) or \\[a_bits\\]"):
+        TrainConfig(layer_bits={"add_3": [4, 4, 4]})
+    with pytest.raises(FieldTypeError, match="'add_3' must map to"):
+        TrainConfig(layer_bits={"add_3": []})
+    with pytest.raises(ConfigError, match="layer_bits '0.act_fq' names a layer's output quantizer and takes \\[a_bits\\], got \\[4, 4\\]"):
+        TrainConfig(layer_bits={"0.act_fq": [4, 4]})
+    with pytest.raises(ConfigError, match="layer_bits 'add_3': bits must be in 2..16, got \\[1\\]"):
+        TrainConfig(layer_bits={"add_3": [1]})

@@ -135,20 +135,23 @@ def _as_dataset(name: str, value: Any) -> str:
 
 
 def _as_layer_bits(name: str, value: Any) -> dict[str, list[int]]:
-    """Per-layer bits: module name -> [w_bits, a_bits], canonical (sorted, lists) so a
-    spec, a config and a checkpoint hash alike."""
+    """Per-layer bits: conv/linear module name -> [w_bits, a_bits], or an activation
+    quantizer's owner -> [a_bits]; canonical (sorted, lists) so a spec, a config and a
+    checkpoint hash alike. Which form a name takes is the model's to say (prepare_qat)."""
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise FieldTypeError(name, f"expected a mapping of module name -> [w_bits, a_bits], got {value!r}")
+        raise FieldTypeError(name, f"expected a mapping of module name -> [w_bits, a_bits] or [a_bits], got {value!r}")
     bad = [k for k in value if not isinstance(k, str) or not k]
     if bad:
         raise FieldTypeError(name, f"keys must be module names (non-empty strings), got {bad[0]!r}")
     out: dict[str, list[int]] = {}
     for k in sorted(value):
         v = value[k]
-        if not isinstance(v, (list, tuple)) or len(v) != 2:
-            raise FieldTypeError(name, f"{k!r} must map to [w_bits, a_bits], got {v!r}")
+        if not isinstance(v, (list, tuple)) or len(v) not in (1, 2):
+            raise FieldTypeError(
+                name, f"{k!r} must map to [w_bits, a_bits] (a conv/linear) or [a_bits] (an activation quantizer), got {v!r}"
+            )
         out[k] = [int(as_int(name, b)) for b in v]  # type: ignore[arg-type]
     return out
 
@@ -199,6 +202,8 @@ def _bits(nullable: bool) -> Callable[[str, Any], None]:
 
 def _layer_bits(name: str, v: dict[str, list[int]]) -> None:
     for k, bits in v.items():
+        if k.endswith(".act_fq") and len(bits) != 1:
+            raise ConfigError(name, f"{k!r} names a layer's output quantizer and takes [a_bits], got {bits}")
         if not all(MIN_BITS <= b <= MAX_BITS for b in bits):
             raise ConfigError(name, f"{k!r}: bits must be in {MIN_BITS}..{MAX_BITS}, got {bits}")
 

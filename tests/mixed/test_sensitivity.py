@@ -8,7 +8,7 @@ import pytest
 
 from qatlab.mixed import MixedPrecisionError, SensitivityInput, layer_sensitivity, methods, register
 from qatlab.mixed.sens_cache import cache_key, cache_path
-from qatlab.mixed.space import layer_choices
+from qatlab.mixed.space import act_choices, layer_choices
 
 from .conftest import A, W, data
 
@@ -18,7 +18,8 @@ CALLS: list[int] = []
 @register("_counting")
 def _counting(inp: SensitivityInput) -> dict:
     CALLS.append(1)
-    return {s.name: {c: float(c[0] * c[1]) ** -1 for c in layer_choices(inp.space, s)} for s in inp.space.layers}
+    table = {s.name: {c: float(c[0] * c[1]) ** -1 for c in layer_choices(inp.space, s)} for s in inp.space.layers}
+    return table | {a.key: {c: 1.0 / c[1] for c in act_choices(inp.space, a)} for a in inp.space.acts}
 
 
 def test_cache_hit(lenet_setup, tmp_path, monkeypatch) -> None:

@@ -86,7 +86,8 @@ def test_a_new_method_version_misses_the_cache(lenet_setup, tmp_path, monkeypatc
         @register("_versioned", version=version)
         def _v(inp: SensitivityInput) -> dict:
             calls.append(version)
-            return {s.name: {(w, a): float(version) for w in (2, 4, 8) for a in (2, 4, 8)} for s in inp.space.layers}
+            table = {s.name: {(w, a): float(version) for w in (2, 4, 8) for a in (2, 4, 8)} for s in inp.space.layers}
+            return table | {q.key: {(0, a): float(version) for a in (2, 4, 8)} for q in inp.space.acts}
 
     inp = SensitivityInput(m, q, space, W, A, "lsq", data())
     method(1)

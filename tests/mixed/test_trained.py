@@ -23,7 +23,7 @@ def test_trained_mixed_intmodel_costs_what_was_predicted(tmp_path, monkeypatch) 
     assert rec["status"] == "ok", rec["error"]
     im = IntModel.load(tmp_path / "trial" / "intmodel.pt")
     got = {op.name: [op.attrs["w_bits"], op.attrs["a_bits"]] for op in im.compute_ops()}
-    assert sorted(got.values()) == sorted(chosen.layer_bits.values())
+    assert sorted(got.values()) == sorted(v for v in chosen.layer_bits.values() if len(v) == 2)  # [a_bits] entries: no compute op
     sim = simulate_costs(im, ArrayConfig(), "ZCU104", p.tables.folding)
     for k, v in sim.items():
         assert chosen.native[k] == v, k

@@ -65,3 +65,30 @@ def test_layers_sharing_an_input_must_agree() -> None:
     assert q.get_submodule("stem").act_fq.spec.bits == 4
     with pytest.raises(UnsupportedLayerError, match="'a' and 'b' read one input quantizer but ask for 4 and 2 bits"):
         prepare_qat(_Branches(), W, A, "lsq", layer_bits={"a": (4, 4), "b": (4, 2)})
+
+
+def test_one_element_entries_set_quantizers_that_feed_no_layer() -> None:
+    # the residual sum feeds no conv: only its own [a_bits] entry reaches it
+    q = prepare_qat(_Branches(), W, A, "lsq", layer_bits={"a": (4, 4), "b": (4, 4), "add_1": [2], "a.act_fq": [3]})
+    assert q.get_submodule("add_1").act_fq.spec.bits == 2
+    assert q.get_submodule("a").act_fq.spec.bits == 3  # a layer's output quantizer: <layer>.act_fq
+    assert q.get_submodule("b").act_fq.spec.bits == 8  # unnamed: the base bits
+    assert q.get_submodule("a").weight_fq.spec.bits == 4
+    # the same quantizer through its reader and on its own must agree
+    q = prepare_qat(_Branches(), W, A, "lsq", layer_bits={"a": (4, 4), "stem.act_fq": [4]})
+    assert q.get_submodule("stem").act_fq.spec.bits == 4
+    with pytest.raises(UnsupportedLayerError, match="'a' and 'stem.act_fq' set one activation quantizer to 4 and 2 bits"):
+        prepare_qat(_Branches(), W, A, "lsq", layer_bits={"a": (4, 4), "stem.act_fq": [2]})
+
+
+def test_bad_one_element_entries_are_named() -> None:
+    with pytest.raises(UnsupportedLayerError, match="'a' is a conv/linear layer and takes \\[w_bits, a_bits\\], got \\[4\\]"):
+        prepare_qat(_Branches(), W, A, "lsq", layer_bits={"a": [4]})
+    with pytest.raises(UnsupportedLayerError, match="'add_1' is an activation quantizer's owner and takes \\[a_bits\\]"):
+        prepare_qat(_Branches(), W, A, "lsq", layer_bits={"add_1": [4, 4]})
+    with pytest.raises(UnsupportedLayerError, match="'stem.act_fq' is an activation quantizer's owner and takes"):
+        prepare_qat(_Branches(), W, A, "lsq", layer_bits={"stem.act_fq": [4, 4]})
+    with pytest.raises(
+        UnsupportedLayerError, match="'relu', neither a conv/linear layer nor an activation quantizer's owner.*quantizers: "
+    ):
+        prepare_qat(_Branches(), W, A, "lsq", layer_bits={"relu": [4]})

@@ -173,13 +173,18 @@ def _layer_key(name: str) -> list[Any]:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
+def _bits_cell(bits: list[int]) -> str:
+    return f"W{bits[0]}A{bits[1]}" if len(bits) == 2 else f"A{bits[0]}"
+
+
 def bit_map(df: pd.DataFrame) -> pd.DataFrame:
-    """Layers (rows, in network order) x configurations (columns): ``W{w}A{a}`` per layer."""
+    """Layers (rows, in network order) x configurations (columns): ``W{w}A{a}`` per layer,
+    ``A{a}`` per activation quantizer that feeds no layer (its one-element entry)."""
     cols = {}
     for _, r in df.iterrows():
         bits = r.get("layer_bits")
         if isinstance(bits, dict) and bits:
-            cols[r["name"]] = {layer: f"W{w}A{a}" for layer, (w, a) in bits.items()}
+            cols[r["name"]] = {layer: _bits_cell(b) for layer, b in bits.items()}
     out = pd.DataFrame(cols)
     return out.loc[sorted(out.index, key=_layer_key)] if len(out) else out
 

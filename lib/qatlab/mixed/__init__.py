@@ -1,10 +1,11 @@
 """Hardware-aware mixed precision: per-layer bits under a hardware budget.
 
-Sensitivity per layer and ``(w_bits, a_bits)`` (``noise``, ``hessian``, ``measured``;
-cached per FP32 model), per-op cost tables from the simulators (ASIC energy/cycles
-with sub-8-bit packing, FPGA resources and per-layer cycles at a folding, weight
-bytes, BOPs), and an integer linear program (scipy's HiGHS) that picks the least
-sensitive configuration within a budget. ``docs/mixed-precision.md`` describes it.
+Sensitivity per layer and ``(w_bits, a_bits)``, and per activation quantizer that
+feeds no layer and ``a_bits`` (``noise``, ``hessian``, ``measured``; cached per FP32
+model), per-op cost tables from the simulators (ASIC energy/cycles with sub-8-bit
+packing, FPGA resources and per-layer cycles at a folding, weight bytes, BOPs), and
+an integer linear program (scipy's HiGHS) that picks the least sensitive
+configuration within a budget. ``docs/mixed-precision.md`` describes it.
 
     from qatlab.mixed import Budget, plan
     p = plan(profile("quick"), [Budget("asic_energy", 0.5, relative=True)])
@@ -20,10 +21,10 @@ from .plan import Plan, plan, trial_configs
 from .problem import Factor, Problem, brute_force
 from .search import Budget, MixedConfig, cheapest_reachable, pareto, search
 from .sensitivity import SensitivityData, SensitivityInput, SensitivityTable, layer_sensitivity, methods, register
-from .space import DecisionSpace, Knob, LayerSlot, decision_space
+from .space import ActSlot, DecisionSpace, Knob, LayerSlot, decision_space
 
 __all__ = [
-    "METRICS", "Budget", "CostTables", "DecisionSpace", "Factor", "FpgaTarget", "InfeasibleBudgetError", "Knob",
+    "METRICS", "ActSlot", "Budget", "CostTables", "DecisionSpace", "Factor", "FpgaTarget", "InfeasibleBudgetError", "Knob",
     "LayerSlot", "Metric", "MixedConfig", "MixedPrecisionError", "Plan", "Problem", "SensitivityData",
     "SensitivityInput", "SensitivityTable", "Solution", "brute_force", "cheapest", "cheapest_reachable",
     "cost_tables", "decision_space", "get_metric", "layer_sensitivity", "methods", "pareto", "pareto_problem",

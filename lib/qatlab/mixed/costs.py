@@ -200,7 +200,8 @@ def cost_tables(
 
 
 def with_sensitivity(tables: CostTables, sens: Mapping[str, Mapping[tuple[int, int], float]]) -> Problem:
-    """The search problem: the cost tables plus each layer's sensitivity per ``(w, a)``."""
+    """The search problem: the cost tables plus each layer's sensitivity per ``(w, a)``
+    and each quantizer's that feeds no layer per ``(0, a)``."""
     factors = []
     for f in tables.factors:
         layer = tables.layer_ops.get(f.name)
@@ -215,6 +216,18 @@ def with_sensitivity(tables: CostTables, sens: Mapping[str, Mapping[tuple[int, i
         except KeyError as e:
             raise MixedPrecisionError(f"sensitivity of layer {layer!r} lacks (w_bits, a_bits) = {e.args[0]}") from None
         factors.append(replace(f, sens=s))
+    # A quantizer that feeds no layer has no op of its own to carry its sensitivity:
+    # it gets a factor over its knob alone, with no cost.
+    for act in tables.space.acts:
+        row = sens.get(act.key)
+        if row is None:
+            raise MixedPrecisionError(f"no sensitivity for quantizer {act.key!r} (it feeds no layer; its entry is {{(0, a_bits): score}})")
+        dom = tables.space.knobs[act.knob].domain
+        try:
+            s = np.array([float(row[(0, a)]) for a in dom])
+        except KeyError as e:
+            raise MixedPrecisionError(f"sensitivity of quantizer {act.key!r} lacks (0, a_bits) = {e.args[0]}") from None
+        factors.append(Factor(f"{act.key}.sensitivity", (act.knob,), tuple((a,) for a in dom), s))
     return Problem(tuple(k.domain for k in tables.space.knobs), tuple(factors))
 
 

@@ -20,6 +20,11 @@ own curvature: on a trained LeNet a shared probe gave −0.7 for the first layer
 whose trace is +0.29, and on the MobileNet-style model four of 29 weight blocks (squeeze-
 excitation and a late projection) came out negative; clamped at zero, those bits looked
 free.
+
+A quantizer that feeds no layer (a residual sum, a squeeze-excitation product, a
+pooled value, the logits) scores ``Ω_v(a) = Tr(H_v)/n_v · ||Q_a(v) − v||²`` alone, ``v``
+the float value it quantizes, probed on a float twin of the QAT model (every quantizer
+off), where those values are module outputs.
 """
 
 from __future__ import annotations
@@ -34,10 +39,10 @@ from torch import nn
 
 from qatlab.quant import QuantSpec, fake_quantize
 
-from .capture import capturing
+from .capture import capturing, capturing_outputs, float_twin
 from .registry import register
 from .sens_types import SensitivityInput, SensitivityTable, act_spec_at, fp32_layer, weight_spec_at
-from .space import layer_choices
+from .space import act_choices, activation_quantizers, layer_choices
 
 
 def rademacher(like: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -134,7 +139,7 @@ def _curvature(inp: SensitivityInput, model: nn.Module, mods: dict[str, nn.Modul
     return cur
 
 
-@register("hessian", version=2, batches=1, samples=8, batch=64)
+@register("hessian", version=3, batches=1, samples=8, batch=64)
 def hessian_sensitivity(inp: SensitivityInput) -> SensitivityTable:
     model = twice_differentiable(inp.fp32)
     mods = {s.name: fp32_layer(model, s.name) for s in inp.space.layers}
@@ -162,4 +167,38 @@ def hessian_sensitivity(inp: SensitivityInput) -> SensitivityTable:
             # the error and numel_x are both summed over the batches, so their ratio is that mean.
             omega_x = {b: cur.tr_x[n] * cur.err_x[n][b] / max(cur.numel_x[n], 1) for b in cur.err_x[n]}
             table[n] = {(wb, ab): omega_w[wb] + omega_x[ab] for wb, ab in layer_choices(inp.space, slot)}
+    table.update(_act_curvature(inp, batches))
     return table
+
+
+def _act_curvature(inp: SensitivityInput, batches: list) -> SensitivityTable:
+    """``Tr(H_v)/n_v · ||Q_a(v) − v||²`` of each quantizer that feeds no layer."""
+    if not inp.space.acts:
+        return {}
+    twin = float_twin(inp.qat)
+    fqs = activation_quantizers(twin)
+    keys = [a.key for a in inp.space.acts]
+    # Its own generator: the layers' probes stay those of a space without these knobs.
+    gen = torch.Generator().manual_seed(inp.seed + 1)
+    tr = dict.fromkeys(keys, 0.0)
+    numel = dict.fromkeys(keys, 0)
+    err: dict[str, dict[int, float]] = {k: {} for k in keys}
+    for p in twin.parameters():
+        p.requires_grad_(False)  # only the activations' curvature is wanted
+    for x, y in batches:
+        x = x.detach().clone().requires_grad_(True)  # with the weights frozen, the graph hangs on the input
+        with capturing_outputs({k: fqs[k] for k in keys}, keep_graph=True) as got:
+            loss = F.cross_entropy(twin(x), y)
+        vals = [got[k][0] for k in keys]  # a quantizer called twice: its first call
+        live = [v.requires_grad for v in vals]
+        trs = block_traces(loss, [v for v, ok in zip(vals, live) if ok], int(inp.options["samples"]), gen) if any(live) else []
+        it = iter(trs)
+        for k, v, ok in zip(keys, vals, live):
+            t = next(it) if ok else 0.0  # a value the loss does not depend on through gradients
+            tr[k] += max(t, 0.0) / len(batches)
+            d = v.detach()
+            numel[k] += d.numel()
+            spec = fqs[k].spec
+            for b in inp.space.knobs[inp.space.acts[keys.index(k)].knob].domain:
+                err[k][b] = err[k].get(b, 0.0) + _sq_error(d, act_spec_at(spec, b))
+    return {a.key: {(0, b): tr[a.key] * err[a.key][b] / max(numel[a.key], 1) for _, b in act_choices(inp.space, a)} for a in inp.space.acts}

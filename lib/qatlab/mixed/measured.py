@@ -5,7 +5,8 @@ a_bits)``, the network is prepared with that layer at those bits, calibrated, an
 every quantizer but the layer's weights and its input switched off; the score is
 the FP32 validation accuracy minus that model's (in points; may be slightly
 negative). The most faithful of the three, and the slowest: one calibration and one
-evaluation per layer and choice.
+evaluation per layer and choice. A quantizer that feeds no layer scores the same way
+with only itself on, at each ``a_bits``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from qatlab.nn.fake_quant import FakeQuant
 
 from .registry import register
 from .sens_types import SensitivityInput, SensitivityTable
-from .space import layer_choices
+from .space import act_choices, activation_quantizers, layer_choices
 
 
 @torch.no_grad()
@@ -30,7 +31,7 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1
     return 100.0 * hits / len(x)
 
 
-@register("measured", batches=2)
+@register("measured", version=2, batches=2)
 def measured_sensitivity(inp: SensitivityInput) -> SensitivityTable:
     vx, vy = inp.data.val
     base = _accuracy(inp.fp32, vx, vy)
@@ -48,4 +49,15 @@ def measured_sensitivity(inp: SensitivityInput) -> SensitivityTable:
                     m.enabled = False
             row[(w, a)] = base - _accuracy(q, vx, vy)
         table[slot.name] = row
+    for act in inp.space.acts:
+        row = {}
+        for _, a in act_choices(inp.space, act):
+            q = prepare_qat(inp.fp32, inp.w_spec, inp.a_spec, inp.ste, layer_bits={act.key: (a,)})
+            calibrate(q, iter(xs))
+            keep = activation_quantizers(q)[act.key]
+            for m in q.modules():
+                if isinstance(m, FakeQuant) and m is not keep:
+                    m.enabled = False
+            row[(0, a)] = base - _accuracy(q, vx, vy)
+        table[act.key] = row
     return table

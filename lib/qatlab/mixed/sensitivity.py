@@ -2,7 +2,8 @@
 
 Methods register by name (:mod:`.registry`); each maps a :class:`SensitivityInput` to
 a :data:`SensitivityTable` ``{layer: {(w_bits, a_bits): score}}`` (lower is better,
-additive over layers: the search minimises the sum). :func:`layer_sensitivity` runs
+additive over layers: the search minimises the sum), plus one entry per activation
+quantizer that feeds no layer, under its ``layer_bits`` key: ``{(0, a_bits): score}``. :func:`layer_sensitivity` runs
 one and caches its table per FP32 model (:mod:`.sens_cache`).
 
 Built in: ``noise`` (:mod:`.noise`), ``hessian`` (:mod:`.hessian`), ``measured``
@@ -18,7 +19,7 @@ from .errors import MixedPrecisionError
 from .registry import DEFAULT_OPTIONS, get_method, names, register
 from .sens_cache import cache_key, read_table, write_table
 from .sens_types import SensitivityData, SensitivityInput, SensitivityTable
-from .space import DecisionSpace, layer_choices
+from .space import DecisionSpace, act_choices, layer_choices
 
 __all__ = ["SensitivityData", "SensitivityInput", "SensitivityTable", "check_table", "layer_sensitivity", "methods", "register"]
 
@@ -57,3 +58,11 @@ def check_table(table: SensitivityTable, space: DecisionSpace) -> None:
             v = row.get(c)
             if v is None or not math.isfinite(v):
                 raise MixedPrecisionError(f"sensitivity of {slot.name!r} at {c} is missing or not finite: {v!r}")
+    for act in space.acts:
+        row = table.get(act.key)
+        if row is None:
+            raise MixedPrecisionError(f"sensitivity table lacks quantizer {act.key!r} (it feeds no layer)")
+        for c in act_choices(space, act):
+            v = row.get(c)
+            if v is None or not math.isfinite(v):
+                raise MixedPrecisionError(f"sensitivity of quantizer {act.key!r} at {c} is missing or not finite: {v!r}")

@@ -86,7 +86,7 @@ def prepare_qat(
     ste: str = "clipped",
     *,
     first_last_bits: int | None = None,
-    layer_bits: Mapping[str, tuple[int, int] | list[int]] | None = None,
+    layer_bits: Mapping[str, tuple[int, ...] | list[int]] | None = None,
 ) -> fx.GraphModule:
     """A QAT copy of ``model`` (the original is untouched).
 
@@ -95,7 +95,9 @@ def prepare_qat(
     bits of the first and last compute layers, the input quantizer and the logits.
     ``layer_bits`` (applied last, so it wins): conv/linear module name -> ``(w_bits,
     a_bits)``, the layer's weight bits and the bits of the quantizer that produces its
-    input (layers reading one quantizer must agree on it).
+    input (layers reading one quantizer must agree on it); and the owner of an
+    activation quantizer (an add, a product, a pool, a lookup table, an input; a
+    conv/linear's output as ``<name>.act_fq``) -> ``(a_bits,)``, that quantizer's bits.
     """
     if ste not in STE_KINDS:
         raise ValueError(f"ste {ste!r} is unknown; expected one of {', '.join(STE_KINDS)}")
@@ -250,27 +252,55 @@ def prepare_qat(
     return gm
 
 
-def _apply_layer_bits(gm: fx.GraphModule, layer_bits: Mapping[str, tuple[int, int] | list[int]]) -> None:
-    """Per-layer weight and input-activation bits. An input quantizer belongs to the
-    layer upstream (and may feed several layers): conflicting requests are an error."""
+def _apply_layer_bits(gm: fx.GraphModule, layer_bits: Mapping[str, tuple[int, ...] | list[int]]) -> None:
+    """Per-layer weight and input-activation bits, and the bits of quantizers that
+    feed no layer. An input quantizer belongs to the module upstream (and may feed
+    several layers, or be named on its own too): conflicting requests are an error."""
     modules = dict(gm.named_modules())
     compute = [n for n, m in modules.items() if isinstance(m, (QuantConv2d, QuantLinear))]
+    own = _output_quantizers(modules)
     claimed: dict[int, tuple[str, int]] = {}
+
+    def claim(fq: FakeQuant, who: str, bits: int) -> None:
+        prev = claimed.setdefault(id(fq), (who, bits))
+        if prev[1] != bits:
+            how = "read one input quantizer but ask for" if prev[0] in compute and who in compute else "set one activation quantizer to"
+            raise UnsupportedLayerError(f"layer_bits: {prev[0]!r} and {who!r} {how} {prev[1]} and {bits} bits")
+
     for name, bits in layer_bits.items():
         mod = modules.get(name)
-        if not isinstance(mod, (QuantConv2d, QuantLinear)):
-            raise UnsupportedLayerError(f"layer_bits names {name!r}, not a conv or linear layer; layers: {', '.join(compute)}")
-        w_bits, a_bits = (int(b) for b in bits)
-        fq = getattr(mod, "_input_fq", None)
-        if fq is None:
-            raise UnsupportedLayerError(f"layer_bits: the input of {name!r} has no quantizer to set to {a_bits} bits")
-        prev = claimed.setdefault(id(fq), (name, a_bits))
-        if prev[1] != a_bits:
+        bits = list(bits)
+        if isinstance(mod, (QuantConv2d, QuantLinear)):
+            if len(bits) != 2:
+                raise UnsupportedLayerError(f"layer_bits: {name!r} is a conv/linear layer and takes [w_bits, a_bits], got {bits!r}")
+            w_bits, a_bits = (int(b) for b in bits)
+            fq = getattr(mod, "_input_fq", None)
+            if fq is None:
+                raise UnsupportedLayerError(f"layer_bits: the input of {name!r} has no quantizer to set to {a_bits} bits")
+            claim(fq, name, a_bits)
+            _override_bits(mod.weight_fq, w_bits)
+            _override_bits(fq, a_bits)
+        elif name in own:
+            if len(bits) != 1:
+                raise UnsupportedLayerError(f"layer_bits: {name!r} is an activation quantizer's owner and takes [a_bits], got {bits!r}")
+            claim(own[name], name, int(bits[0]))
+            _override_bits(own[name], int(bits[0]))
+        else:
             raise UnsupportedLayerError(
-                f"layer_bits: {prev[0]!r} and {name!r} read one input quantizer but ask for {prev[1]} and {a_bits} bits"
+                f"layer_bits names {name!r}, neither a conv/linear layer nor an activation quantizer's owner; "
+                f"layers: {', '.join(compute)}; quantizers: {', '.join(own)}"
             )
-        _override_bits(mod.weight_fq, w_bits)
-        _override_bits(fq, a_bits)
+
+
+def _output_quantizers(modules: Mapping[str, nn.Module]) -> dict[str, FakeQuant]:
+    """Each module's output quantizer by its ``layer_bits`` one-element key: the module's
+    name, or ``<name>.act_fq`` for a conv/linear (its name keys ``[w_bits, a_bits]``)."""
+    out: dict[str, FakeQuant] = {}
+    for name, m in modules.items():
+        fq = getattr(m, "act_fq", None)
+        if isinstance(fq, FakeQuant):
+            out[f"{name}.act_fq" if isinstance(m, (QuantConv2d, QuantLinear)) else name] = fq
+    return out
 
 
 def _link_input_quantizers(gm: fx.GraphModule) -> None:

@@ -22,6 +22,12 @@ def test_frontier_and_bit_map(tmp_path) -> None:
     mx.frontier_figure(df)
 
 
+def test_bit_map_shows_quantizers_that_feed_no_layer(tmp_path) -> None:
+    _write(tmp_path, "mixed_at_w4a4_energy", 0.88, 6.0, {"_0": [8, 8], "_4": [4, 8], "add_5": [2], "_4.act_fq": [4]})
+    bm = mx.bit_map(mx.load_rows(tmp_path))
+    assert bm["mixed_at_w4a4_energy"].to_dict() == {"_0": "W8A8", "_4": "W4A8", "_4.act_fq": "A4", "add_5": "A2"}
+
+
 def test_bad_folders_are_named(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="no trial rows"):
         mx.load_rows(tmp_path)
