@@ -25,7 +25,8 @@ clamp included); elsewhere, or with ``QATLAB_FUSED=0``, on the torch-op function
 observing fixed quantizer with a min/max-based range (``minmax``, ``ema``, a search
 estimator between its searches) observes, derives its qparams and fake-quantizes in one
 kernel call (``_observe_fused``); the search steps and the other estimators take the
-torch-op observer (``_observe``), the reference it equals.
+torch-op observer (``_observe``), the reference it equals. The ``mse`` search itself runs on
+the fused one-pass search (:func:`search_range`) on float32 CPU tensors.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from qatlab.quant import QParams, QuantSpec, estimate_range, layout_for, qparams_from_range, to_rows
-from qatlab.quant.estimators import row_minmax
+from qatlab.quant import QParams, QuantSpec, estimate_range, estimators, layout_for, qparams_from_range, to_rows
+from qatlab.quant.estimators import ESTIMATOR_FNS, row_minmax
 from qatlab.quant.granularity import Layout, from_rows
 from qatlab.quant.qparams import scale_divisor
 
@@ -53,6 +54,7 @@ from .fused.ops import (
     ObservePlan,
     enabled,
     fake_quant_planned,
+    mse_search_fused,
     observe_fake_quant_fused,
 )
 from .ste import STE_KINDS, fake_quant, lsq_fake_quant, lsq_grad_factor, pact_fake_quant
@@ -121,6 +123,23 @@ def _per_layout(x: torch.Tensor, layout: Layout, fq: Callable[[torch.Tensor, int
     return from_rows(fq(to_rows(x, layout), 0), x.shape, layout)
 
 
+def search_range(rows: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """A search estimator's per-row range of ``rows`` [P, N], as :func:`estimate_range`:
+    ``mse`` on float32 CPU rows takes the fused one-pass search (same candidates and
+    qparams, its float64 error sums added in another order), the rest the reference.
+    The kernel stands in for :func:`qatlab.quant.estimators.mse` only: an estimator
+    registered over it under the same name is honoured."""
+    if spec.estimator != "mse" or ESTIMATOR_FNS.get("mse") is not estimators.mse or not fusable(rows):
+        return estimate_range(rows, spec)
+    with torch.no_grad():
+        r = rows.detach()
+        lo0, hi0 = row_minmax(r)
+        scheme = ASYMMETRIC if not spec.symmetric else (SYMMETRIC_SIGNED if spec.is_signed else SYMMETRIC_UNSIGNED)
+        plan = ObservePlan(r.shape, 0, spec.qmin, spec.qmax, scale_divisor(spec), scheme)
+        found = mse_search_fused(r, lo0.contiguous(), hi0.contiguous(), spec.mse_grid, plan)
+    return found.lo, found.hi
+
+
 def _check_refresh_every(n: int) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"refresh_every must be an int >= 0 (0: search only while calibrating), got {n!r}")
@@ -185,7 +204,7 @@ class FakeQuant(nn.Module):
         if not self._search_due(mag.numel()):
             self._since_search += 1
             return self.clip_frac[0] * mag, self.clip_frac[1] * mag
-        lo, hi = estimate_range(rows, self.spec)
+        lo, hi = search_range(rows, self.spec)
         # An all-zero row has no magnitude to scale: its fractions are 0 and its range stays 0.
         safe = torch.where(mag > 0, mag, torch.ones_like(mag))
         self.clip_frac = torch.stack([lo / safe, hi / safe])

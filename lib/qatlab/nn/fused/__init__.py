@@ -5,7 +5,8 @@ full-size passes per tensor and a handful of small autograd ops per quantizer; t
 kernels (C++, built on first use, see :mod:`.build`) do the same arithmetic in one
 pass each way. An observed quantizer (a min/max or EMA range) also observes its range and
 derives its qparams inside the same call (:func:`observe_fake_quant_fused`). ``FakeQuant`` uses them on float32 CPU tensors when they are available
-and falls back to the torch ops otherwise (``QATLAB_FUSED=0`` forces the fallback).
+(and the ``mse`` estimator's range search, :func:`mse_search_fused`, one pass for
+all its candidates) and falls back to the torch ops otherwise (``QATLAB_FUSED=0`` forces the fallback).
 """
 
 from .build import FusedBuildError, env_enabled, load_error
@@ -17,6 +18,7 @@ from .ops import (
     fake_quant_fused,
     fusable,
     fused_disabled,
+    mse_search_fused,
     observe_fake_quant_fused,
     pact_fake_quant_fused,
 )
@@ -30,6 +32,7 @@ __all__ = [
     "fusable",
     "fused_disabled",
     "load_error",
+    "mse_search_fused",
     "NonFiniteRangeError",
     "ObservePlan",
     "observe_fake_quant_fused",

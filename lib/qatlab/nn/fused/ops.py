@@ -13,6 +13,8 @@
   state), ``qparams_from_range``'s scale and zero point, and the clipped-STE fake
   quantization, in one call with no host round trip; state and qparams bit for bit
   those of ``FakeQuant._observe`` and :func:`qatlab.quant.qparams_from_range`.
+* :func:`mse_search_fused`: the ``mse`` estimator's grid search of clip ranges, every
+  candidate evaluated in one pass over the rows.
 
 Values and ``dx`` equal the torch-op paths (:mod:`qatlab.nn.ste`,
 ``FakeQuant``'s PACT path) bit for bit; the reductions are summed in double, so the
@@ -29,7 +31,7 @@ import ctypes
 import math
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 
@@ -43,9 +45,10 @@ _SIGNATURES = {
     "qatlab_pact_backward": [_P, _P, _P, _I, _P, _F, _F, _P, _N],
     "qatlab_fq_observe_forward": [_P, _P, _I, _I, _I, _F, _F, _P, _N, _P, _P, _F, _F, _P, _P, _D, _D, _D, _N, _N, _P, _P, _P, _N],
     "qatlab_qparams_from_range": [_I, _P, _P, _D, _D, _D, _N, _N, _P, _P],
+    "qatlab_mse_search": [_P, _I, _I, _P, _P, _N, _D, _D, _D, _N, _N, _P, _P, _P, _P, _N],
 }
 # Functions that return a status (0: done, 1: a range is NaN or infinite).
-_STATUS = frozenset({"qatlab_fq_observe_forward", "qatlab_qparams_from_range"})
+_STATUS = frozenset({"qatlab_fq_observe_forward", "qatlab_qparams_from_range", "qatlab_mse_search"})
 
 _local = threading.local()
 
@@ -467,3 +470,71 @@ def qparams_from_range_fused(lo: torch.Tensor, hi: torch.Tensor, plan: ObservePl
     ):
         raise ValueError(RANGE_ERROR)
     return scale, zp
+
+
+# ---- the mse estimator's range search ------------------------------------------------------
+
+
+class MSESearch(NamedTuple):
+    """Per row: the chosen range, its squared error and (when asked) every candidate's."""
+
+    lo: torch.Tensor
+    hi: torch.Tensor
+    err: torch.Tensor
+    errs: torch.Tensor | None
+
+
+def mse_search_fused(
+    rows: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    grid: int,
+    plan: ObservePlan,
+    nthreads: int | None = None,
+    all_errors: bool = False,
+) -> MSESearch:
+    """:func:`qatlab.quant.estimators.mse`'s search in one pass over ``rows`` ([P, N],
+    float32, CPU): per row, the candidate range ``k/grid · [lo, hi]`` (k = 1..grid; ``lo``,
+    ``hi`` the row's min and max) whose fake quantization with ``plan``'s qparams
+    arithmetic has the least squared error, the first on ties. The candidates, their
+    qparams and each value's fake quantization equal the reference's bit for bit; the
+    errors are its float64 sums added in another order. ``nthreads`` (default torch's)
+    does not change the result. ``all_errors``: also return the [P, grid] error table."""
+    if rows.dim() != 2 or rows.dtype != torch.float32 or rows.device.type != "cpu":
+        raise TypeError(f"rows must be a 2-D float32 CPU tensor, got {rows.dtype} {tuple(rows.shape)} on {rows.device}")
+    p, n = rows.shape
+    if n == 0 or p == 0:
+        raise ValueError(f"rows of shape {tuple(rows.shape)}: the search needs at least one value per row")
+    if not isinstance(grid, int) or grid < 1:
+        raise ValueError(f"grid (mse_grid) must be an int >= 1, got {grid!r}")
+    lo_p, hi_p = _state_arg(lo, p, "lo"), _state_arg(hi, p, "hi")
+    lib = _kernels()
+    if lib is None:
+        raise RuntimeError("the fused kernels are not in use here (switched off, or no build)")
+    xc = rows.detach().contiguous()
+    out_lo, out_hi = torch.empty(p, dtype=torch.float32), torch.empty(p, dtype=torch.float32)
+    err = torch.empty(p, dtype=torch.float64)
+    errs = torch.empty(p, grid, dtype=torch.float64) if all_errors else None
+    threads = torch.get_num_threads() if nthreads is None else int(nthreads)
+    if threads < 1:
+        raise ValueError(f"nthreads must be >= 1, got {nthreads!r}")
+    if lib.qatlab_mse_search(
+        xc.data_ptr(),
+        p,
+        n,
+        lo_p,
+        hi_p,
+        grid,
+        plan.qmin,
+        plan.qmax,
+        plan.div,
+        plan.scheme,
+        plan.zero_code,
+        out_lo.data_ptr(),
+        out_hi.data_ptr(),
+        err.data_ptr(),
+        _ptr(errs),
+        threads,
+    ):
+        raise ValueError(RANGE_ERROR)
+    return MSESearch(out_lo, out_hi, err, errs)

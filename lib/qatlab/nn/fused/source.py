@@ -24,6 +24,12 @@ Arithmetic contract (the reference's, element for element):
   width), ``zp = clamp(qmin − nearbyint(lo / scale), qmin, qmax)``; a NaN or infinite
   range returns 1 before any qparams are written.
 
+* the MSE range search (``qatlab_mse_search``): candidate ``k`` of ``n`` is the range
+  ``(lo·f, hi·f)`` with ``f = k/n`` rounded to float32 and the product taken in float32
+  (torch's float32 tensor times a Python scalar), its qparams by ``qparams_from_range``'s
+  arithmetic above; the error term ``double(y − x)²`` is exact (a float32 difference
+  squared fits a double), so only the order of the double sums differs from torch's.
+
 ``-ffp-contract=off`` keeps the compiler from fusing a multiply and an add into one
 rounding, which would change values the reference computes in two.
 """
@@ -118,7 +124,7 @@ static void fq_forward_chunk(const float* x, float* y, i64 b, i64 e, float s, fl
 
 extern "C" {
 
-int qatlab_fused_abi(void) { return 7; }
+int qatlab_fused_abi(void) { return 8; }
 
 void qatlab_fq_forward(const float* x, float* y, i64 outer, i64 channels, i64 inner,
                        const float* scale, const float* zp, int zp_per_channel,
@@ -409,6 +415,111 @@ int qatlab_fq_observe_forward(const float* x, float* y, i64 outer, i64 channels,
 int qatlab_qparams_from_range(i64 rows, const float* lo, const float* hi, double qmin, double qmax, double div,
                               int scheme, int zero_code, float* scale, int32_t* zp) {
     return qparams_rows(rows, lo, hi, qmin, qmax, div, scheme, zero_code, scale, zp);
+}
+
+}  // extern "C"
+
+// ---- MSE range search: every candidate range in one pass over the data ----------------
+//
+// The reference (quant.estimators.mse) runs one fake-quantize pass per candidate. Here each
+// block of a row stays in L1 while all candidates sweep it; the per-(chunk, candidate) sums
+// are added in chunk order afterwards, so the result does not depend on the thread count.
+
+static const i64 MSE_BLOCK = 1024;
+static const int MSE_LANES = 16;
+
+// One value's squared error under one candidate: exact in double (a float32 difference
+// squared needs at most 48 significant bits). The clamp is written as two one-sided
+// selects (a max and a min instruction): the values are finite here (their row's range
+// is), so this equals the nested form that keeps a NaN, at fewer instructions.
+static inline double mse_term(float xv, float s, float inv, float z, float qmin, float qmax) {
+    float q = std::nearbyint(xv * inv) + z;
+    q = q < qmin ? qmin : q;
+    q = q > qmax ? qmax : q;
+    const double d = (double)((q - z) * s - xv);
+    return d * d;
+}
+
+static void mse_chunk(const float* x, i64 b, i64 e, int grid, const float* s, const float* inv, const float* z,
+                      float qmin, float qmax, double* out) {
+    for (int j = 0; j < grid; ++j) out[j] = 0.0;
+    for (i64 b0 = b; b0 < e; b0 += MSE_BLOCK) {
+        const i64 e0 = b0 + MSE_BLOCK < e ? b0 + MSE_BLOCK : e;
+        const i64 lanes_end = b0 + (e0 - b0) / MSE_LANES * MSE_LANES;
+        for (int j = 0; j < grid; ++j) {
+            const float sj = s[j], ij = inv[j], zj = z[j];
+            // MSE_LANES independent accumulators: one would chain every add on the last
+            // one's latency (the loop's bottleneck); the lanes are summed in a fixed order.
+            double lane[MSE_LANES] = {0.0};
+            for (i64 i0 = b0; i0 < lanes_end; i0 += MSE_LANES) {
+                #pragma omp simd
+                for (int l = 0; l < MSE_LANES; ++l) lane[l] += mse_term(x[i0 + l], sj, ij, zj, qmin, qmax);
+            }
+            double acc = 0.0;
+            for (int l = 0; l < MSE_LANES; ++l) acc += lane[l];
+            for (i64 i = lanes_end; i < e0; ++i) acc += mse_term(x[i], sj, ij, zj, qmin, qmax);
+            out[j] += acc;
+        }
+    }
+}
+
+extern "C" {
+
+// x: [rows, n] row-major. lo0/hi0: each row's min/max. Candidate j (0-based) of row r is the
+// range (lo0[r]·f, hi0[r]·f), f = float32((j + 1) / grid). Per row, the candidate of least
+// squared error wins, the first on ties; a row whose every error is NaN or infinite keeps
+// (lo0, hi0). err (nullable) receives the winners' errors, errs (nullable, [rows, grid])
+// every candidate's. Returns 1 (writing nothing) when a lo0/hi0 is NaN or infinite.
+int qatlab_mse_search(const float* x, i64 rows, i64 n, const float* lo0, const float* hi0, int grid,
+                      double qmin, double qmax, double div, int scheme, int zero_code,
+                      float* best_lo, float* best_hi, double* err, double* errs, int nthreads) {
+    for (i64 r = 0; r < rows; ++r)
+        if (!std::isfinite(lo0[r]) || !std::isfinite(hi0[r])) return 1;
+    const i64 cands = rows * (i64)grid;
+    std::vector<float> clo(cands), chi(cands), cs(cands), cinv(cands), cz(cands);
+    std::vector<int32_t> czp(cands);
+    for (i64 r = 0; r < rows; ++r)
+        for (int j = 0; j < grid; ++j) {
+            const float f = (float)((double)(j + 1) / (double)grid);
+            clo[r * grid + j] = lo0[r] * f;
+            chi[r * grid + j] = hi0[r] * f;
+        }
+    qparams_rows(cands, clo.data(), chi.data(), qmin, qmax, div, scheme, zero_code, cs.data(), czp.data());
+    for (i64 c = 0; c < cands; ++c) {
+        cinv[c] = 1.0f / cs[c];
+        cz[c] = (float)czp[c];
+    }
+    Grid g(rows, 1, n);
+    std::vector<double> part(g.nchunks * (i64)grid, 0.0);
+    const float fqmin = (float)qmin, fqmax = (float)qmax;
+    // Each value costs `grid` candidates' work: worth threads well below Grid::parallel's size.
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if(nthreads > 1 && g.nchunks > 1 && rows * n * grid >= 2 * CHUNK)
+    for (i64 k = 0; k < g.nchunks; ++k) {
+        i64 seg, b, e;
+        g.chunk(k, seg, b, e);
+        const i64 o = seg * grid;
+        mse_chunk(x, b, e, grid, &cs[o], &cinv[o], &cz[o], fqmin, fqmax, &part[k * grid]);
+    }
+    std::vector<double> tot(grid);
+    for (i64 r = 0; r < rows; ++r) {
+        for (int j = 0; j < grid; ++j) tot[j] = 0.0;
+        for (i64 k = r * g.per_seg; k < (r + 1) * g.per_seg; ++k)
+            for (int j = 0; j < grid; ++j) tot[j] += part[k * grid + j];
+        double best = INFINITY;
+        float bl = lo0[r], bh = hi0[r];
+        for (int j = 0; j < grid; ++j) {
+            if (tot[j] < best) {
+                best = tot[j];
+                bl = clo[r * grid + j];
+                bh = chi[r * grid + j];
+            }
+            if (errs) errs[r * grid + j] = tot[j];
+        }
+        best_lo[r] = bl;
+        best_hi[r] = bh;
+        if (err) err[r] = best;
+    }
+    return 0;
 }
 
 }  // extern "C"
