@@ -13,17 +13,21 @@ from torch import nn
 
 
 @contextmanager
-def capturing(modules: dict[str, nn.Module], keep_graph: bool = False) -> Iterator[dict[str, list[torch.Tensor]]]:
-    """While open, every call of a module appends its first input to ``out[name]``
-    (detached unless ``keep_graph``: the Hessian needs the live tensor)."""
+def capturing(modules: dict[str, nn.Module], keep_graph: bool = False, outputs: bool = False) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """While open, every call of a module appends its first input (its output, with
+    ``outputs``) to ``out[name]`` (detached unless ``keep_graph``: the Hessian needs the
+    live tensor)."""
     out: dict[str, list[torch.Tensor]] = {n: [] for n in modules}
     handles = []
     for name, mod in modules.items():
 
-        def hook(_m: nn.Module, args: tuple, name: str = name) -> None:
-            out[name].append(args[0] if keep_graph else args[0].detach())
+        def keep(t: torch.Tensor, name: str = name) -> None:
+            out[name].append(t if keep_graph else t.detach())
 
-        handles.append(mod.register_forward_pre_hook(hook))
+        if outputs:
+            handles.append(mod.register_forward_hook(lambda _m, _a, y, keep=keep: keep(y)))
+        else:
+            handles.append(mod.register_forward_pre_hook(lambda _m, args, keep=keep: keep(args[0])))
     try:
         yield out
     finally:
@@ -73,30 +77,11 @@ def _hardswish(x: torch.Tensor) -> torch.Tensor:
 _SMOOTH = {"hardsigmoid": _hardsigmoid, "hardswish": _hardswish}
 
 
-@contextmanager
-def capturing_outputs(modules: dict[str, nn.Module], keep_graph: bool = False) -> Iterator[dict[str, list[torch.Tensor]]]:
-    """While open, every call of a module appends its output to ``out[name]`` (detached
-    unless ``keep_graph``)."""
-    out: dict[str, list[torch.Tensor]] = {n: [] for n in modules}
-    handles = []
-    for name, mod in modules.items():
-
-        def hook(_m: nn.Module, _args: tuple, y: torch.Tensor, name: str = name) -> None:
-            out[name].append(y if keep_graph else y.detach())
-
-        handles.append(mod.register_forward_hook(hook))
-    try:
-        yield out
-    finally:
-        for h in handles:
-            h.remove()
-
-
 @torch.no_grad()
 def quantizer_values(twin: nn.Module, quantizers: dict[str, nn.Module], batches: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
     """What each quantizer of a :func:`float_twin` passes on over ``batches``,
     concatenated along the batch."""
-    with capturing_outputs(quantizers) as got:
+    with capturing(quantizers, outputs=True) as got:
         for x in batches:
             twin(x)
     return {n: torch.cat(v) for n, v in got.items() if v}

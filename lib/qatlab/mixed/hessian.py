@@ -39,7 +39,7 @@ from torch import nn
 
 from qatlab.quant import QuantSpec, fake_quantize
 
-from .capture import capturing, capturing_outputs, float_twin
+from .capture import capturing, float_twin
 from .registry import register
 from .sens_types import SensitivityInput, SensitivityTable, act_spec_at, fp32_layer, weight_spec_at
 from .space import act_choices, activation_quantizers, layer_choices
@@ -187,7 +187,7 @@ def _act_curvature(inp: SensitivityInput, batches: list) -> SensitivityTable:
         p.requires_grad_(False)  # only the activations' curvature is wanted
     for x, y in batches:
         x = x.detach().clone().requires_grad_(True)  # with the weights frozen, the graph hangs on the input
-        with capturing_outputs({k: fqs[k] for k in keys}, keep_graph=True) as got:
+        with capturing({k: fqs[k] for k in keys}, keep_graph=True, outputs=True) as got:
             loss = F.cross_entropy(twin(x), y)
         vals = [got[k][0] for k in keys]  # a quantizer called twice: its first call
         live = [v.requires_grad for v in vals]

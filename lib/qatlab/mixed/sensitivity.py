@@ -50,19 +50,13 @@ def layer_sensitivity(method: str, inp: SensitivityInput, use_cache: bool = True
 
 
 def check_table(table: SensitivityTable, space: DecisionSpace) -> None:
-    for slot in space.layers:
-        row = table.get(slot.name)
+    entries = [("layer", s.name, layer_choices(space, s)) for s in space.layers]
+    entries += [("quantizer", a.key, act_choices(space, a)) for a in space.acts]  # those feeding no layer
+    for what, key, choices in entries:
+        row = table.get(key)
         if row is None:
-            raise MixedPrecisionError(f"sensitivity table lacks layer {slot.name!r}")
-        for c in layer_choices(space, slot):
+            raise MixedPrecisionError(f"sensitivity table lacks {what} {key!r}")
+        for c in choices:
             v = row.get(c)
             if v is None or not math.isfinite(v):
-                raise MixedPrecisionError(f"sensitivity of {slot.name!r} at {c} is missing or not finite: {v!r}")
-    for act in space.acts:
-        row = table.get(act.key)
-        if row is None:
-            raise MixedPrecisionError(f"sensitivity table lacks quantizer {act.key!r} (it feeds no layer)")
-        for c in act_choices(space, act):
-            v = row.get(c)
-            if v is None or not math.isfinite(v):
-                raise MixedPrecisionError(f"sensitivity of quantizer {act.key!r} at {c} is missing or not finite: {v!r}")
+                raise MixedPrecisionError(f"sensitivity of {what} {key!r} at {c} is missing or not finite: {v!r}")
