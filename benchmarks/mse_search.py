@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import statistics
-import time
 from typing import Callable
 
 import torch
@@ -32,7 +31,7 @@ from qatlab.nn.fused import enabled as fused_enabled
 from qatlab.nn.fused import load_error
 from qatlab.quant import QuantSpec, layout_for, to_rows
 from qatlab.quant.estimators import mse
-from qatlab.timing import machine
+from qatlab.timing import machine, median_time
 
 Rows = list[tuple[torch.Tensor, QuantSpec]]
 
@@ -59,10 +58,7 @@ def run_all(
 
 
 def timed(fn: Callable[[], object], clock: str) -> float:
-    now = time.process_time if clock == "cpu" else time.perf_counter
-    t0 = now()
-    fn()
-    return now() - t0
+    return median_time(fn, 1, clock)
 
 
 def _load_average() -> float | None:

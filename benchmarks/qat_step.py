@@ -39,7 +39,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -146,20 +145,6 @@ def summarize(model_name: str, batch: int, samples: dict[str, list[float]]) -> d
     return row
 
 
-def interleaved_cpu_samples(fns: dict[str, Callable[[], None]], repeats: int, warmup: int) -> dict[str, list[float]]:
-    """``interleaved_samples`` by the process's CPU time: every call's CPU seconds, round-robin."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.process_time()
-            fn()
-            samples[name].append(time.process_time() - t0)
-    return samples
-
-
 def _load_average() -> float | None:
     try:
         return round(os.getloadavg()[0], 2)
@@ -193,8 +178,7 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     steps = build_steps(a.model, a.batch, recipes, torch_ops=a.torch_ops, search=not a.skip_search)
     load_start = _load_average()
-    sampler = interleaved_samples if a.clock == "wall" else interleaved_cpu_samples
-    row = summarize(a.model, a.batch, sampler(steps, a.repeats, warmup=3))
+    row = summarize(a.model, a.batch, interleaved_samples(steps, a.repeats, warmup=3, clock=a.clock))
     row["clock"] = a.clock
     row["fused_kernels"] = fused_enabled()
     # The VM is shared: the load around the timed steps says how far to trust them.

@@ -63,3 +63,13 @@ def test_machine_names_what_was_measured_on():
     m = timing.machine()
     assert set(m) == {"host", "cpu", "cores", "torch", "threads"}
     assert isinstance(m["threads"], int) and m["threads"] >= 1
+
+
+def test_the_cpu_clock_times_by_process_time(monkeypatch):
+    wall, cpu = _Clock(), _Clock()
+    monkeypatch.setattr(timing.time, "perf_counter", wall)
+    monkeypatch.setattr(timing.time, "process_time", cpu)
+    got = timing.interleaved_samples({"a": _fake(cpu, [7.0, 1.0, 4.0], [], "a")}, repeats=2, warmup=1, clock="cpu")
+    assert got == {"a": [1.0, 4.0]} and wall.now == 0.0
+    with pytest.raises(ValueError, match="clock must be one of wall, cpu"):
+        timing.interleaved_samples({"a": lambda: None}, clock="gpu")

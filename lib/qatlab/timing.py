@@ -1,4 +1,4 @@
-"""Wall-clock timing for benchmarks: medians, round-robin interleaving, machine facts.
+"""Timing for benchmarks (wall clock, or the process's CPU time): medians, round-robin interleaving, machine facts.
 
 Shared by ``workbook bench`` and the scripts in ``benchmarks/``. It lives in the
 library, below both, so that neither imports the other to time something.
@@ -16,20 +16,33 @@ import statistics
 import time
 from collections.abc import Callable, Mapping
 
+# ``cpu`` counts only this process's CPU time: on a shared machine, waiting for a core
+# then does not count against whichever candidate happened to be running.
+CLOCKS = {"wall": "perf_counter", "cpu": "process_time"}
 
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    """Median seconds of ``repeats`` back-to-back calls of ``fn``."""
+
+def _clock(name: str) -> Callable[[], float]:
+    if name not in CLOCKS:
+        raise ValueError(f"clock must be one of {', '.join(CLOCKS)}, got {name!r}")
+    return getattr(time, CLOCKS[name])  # looked up per call: tests stand a fake clock in
+
+
+def median_time(fn: Callable[[], object], repeats: int, clock: str = "wall") -> float:
+    """Median seconds of ``repeats`` back-to-back calls of ``fn`` (``clock``: wall or cpu)."""
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    now = _clock(clock)
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = now()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(now() - t0)
     return statistics.median(times)
 
 
-def interleaved_samples(fns: Mapping[str, Callable[[], object]], repeats: int = 15, warmup: int = 2) -> dict[str, list[float]]:
+def interleaved_samples(
+    fns: Mapping[str, Callable[[], object]], repeats: int = 15, warmup: int = 2, clock: str = "wall"
+) -> dict[str, list[float]]:
     """Every call's seconds for each fn, run round-robin so drift hits all of them alike."""
     if not fns:
         raise ValueError("interleaved needs at least one function to time")
@@ -37,13 +50,14 @@ def interleaved_samples(fns: Mapping[str, Callable[[], object]], repeats: int = 
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
     if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
         raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
+    _clock(clock)
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            samples[name].append(median_time(fn, 1))
+            samples[name].append(median_time(fn, 1, clock))
     return samples
 
 
