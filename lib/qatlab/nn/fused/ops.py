@@ -192,33 +192,40 @@ class _FusedFakeQuant(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):  # type: ignore[override]
         x, s, z = ctx.saved_tensors
-        p = ctx.plan
         need = ctx.needs_input_grad
-        dyc = dy.contiguous()
-        dx = torch.empty_like(x)
-        ds = torch.empty(p.s_shape, dtype=torch.float32) if need[1] else None
-        dz = torch.empty(p.z_shape, dtype=torch.float32) if need[2] else None
-        _lib().qatlab_fq_backward(
-            x.data_ptr(),
-            dyc.data_ptr(),
-            dx.data_ptr(),
-            p.outer,
-            p.channels,
-            p.inner,
-            s.data_ptr(),
-            z.data_ptr(),
-            p.zp_per_channel,
-            p.qmin,
-            p.qmax,
-            p.floor,
-            p.clo,
-            p.chi,
-            p.grad_factor,
-            _ptr(ds),
-            _ptr(dz),
-            torch.get_num_threads(),
-        )
+        dx, ds, dz = _fq_backward(ctx.plan, x, dy, s, z, need[1], need[2])
         return (dx if need[0] else None), ds, dz, None
+
+
+def _fq_backward(
+    p: FakeQuantPlan, x: torch.Tensor, dy: torch.Tensor, s: torch.Tensor, z: torch.Tensor, need_s: bool, need_z: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``dx`` (and LSQ's step / zero-point gradient sums where asked) in one kernel pass."""
+    dyc = dy.contiguous()
+    dx = torch.empty_like(x)
+    ds = torch.empty(p.s_shape, dtype=torch.float32) if need_s else None
+    dz = torch.empty(p.z_shape, dtype=torch.float32) if need_z else None
+    _lib().qatlab_fq_backward(
+        x.data_ptr(),
+        dyc.data_ptr(),
+        dx.data_ptr(),
+        p.outer,
+        p.channels,
+        p.inner,
+        s.data_ptr(),
+        z.data_ptr(),
+        p.zp_per_channel,
+        p.qmin,
+        p.qmax,
+        p.floor,
+        p.clo,
+        p.chi,
+        p.grad_factor,
+        _ptr(ds),
+        _ptr(dz),
+        torch.get_num_threads(),
+    )
+    return dx, ds, dz
 
 
 def fake_quant_fused(
@@ -317,7 +324,7 @@ class ObservePlan:
     """What an observed quantizer's call needs besides the tensors, worked out once per
     input shape: the [outer, channels, inner] view and the qparams constants."""
 
-    __slots__ = ("outer", "channels", "inner", "clo", "chi", "qmin", "qmax", "div", "scheme", "zero_code", "keep", "take")
+    __slots__ = ("outer", "channels", "inner", "clo", "chi", "qmin", "qmax", "div", "scheme", "zero_code", "keep", "take", "backward_plan")
 
     def __init__(
         self,
@@ -343,6 +350,9 @@ class ObservePlan:
         self.zero_code = min(max(0, qmin), qmax)
         # ctypes rounds these to float32, as torch rounds a Python scalar multiplying a float32 tensor.
         self.keep, self.take = float(decay), 1.0 - float(decay)
+        # The backward is the plain STE's on the qparams the forward derived (one per channel).
+        c = (self.channels,)
+        self.backward_plan = FakeQuantPlan(shape, axis, c, c, False, qmin, qmax, clamp=clamp)
 
 
 def _state_arg(t: torch.Tensor | None, n: int, name: str) -> int | None:
@@ -397,31 +407,8 @@ class _FusedObserved(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):  # type: ignore[override]
-        lib = _lib()
         x, s, z = ctx.saved_tensors
-        p = ctx.plan
-        dyc = dy.contiguous()
-        dx = torch.empty_like(x)
-        lib.qatlab_fq_backward(
-            x.data_ptr(),
-            dyc.data_ptr(),
-            dx.data_ptr(),
-            p.outer,
-            p.channels,
-            p.inner,
-            s.data_ptr(),
-            z.data_ptr(),
-            1,
-            float(p.qmin),
-            float(p.qmax),
-            0.0,
-            p.clo,
-            p.chi,
-            1.0,
-            None,
-            None,
-            torch.get_num_threads(),
-        )
+        dx, _, _ = _fq_backward(ctx.plan.backward_plan, x, dy, s, z, False, False)
         return dx, None, None, None, None, None, None
 
 
