@@ -80,25 +80,33 @@ def filter_prefetch(m: ArrayMapping) -> np.ndarray:
     return _rolled(np.vstack(blocks))
 
 
+def _geometry(buf: Any, fetch: np.ndarray, size_words: int, bw: int) -> tuple[np.ndarray, int]:
+    """Set SCALE-Sim's read-buffer geometry on ``buf`` (lines in all, active and
+    prefetch lines, the prefetch's DRAM lines, the first fill's words, the bandwidth);
+    returns the requested words and the words per line."""
+    valid = fetch[fetch >= 0]
+    per_set = ceil_div(size_words, 100)
+    active, prefetch = -(-size_words // 2), size_words - (-(-size_words // 2))
+    buf.nl = len(valid) // per_set + 1  # SCALE-Sim always appends a last (maybe empty) set
+    buf.al = min(ceil_div(active, per_set), buf.nl)
+    buf.pl = min(ceil_div(prefetch, per_set), buf.nl - buf.al)
+    buf.fetch_lines = ceil_div(prefetch, bw)
+    buf.dram = min(ceil_div(active, bw), ceil_div(len(fetch), bw)) * bw  # the first (active) fill
+    buf.bw = bw
+    return valid, per_set
+
+
 class ReadBuffer:
     """SCALE-Sim's USER-mode read buffer, one request at a time."""
 
     def __init__(self, fetch: np.ndarray, size_words: int, bw: int) -> None:
-        valid = fetch[fetch >= 0]
-        per_set = ceil_div(size_words, 100)
-        active, prefetch = -(-size_words // 2), size_words - (-(-size_words // 2))
-        self.nl = len(valid) // per_set + 1  # SCALE-Sim always appends a last (maybe empty) set
-        self.al = min(ceil_div(active, per_set), self.nl)
-        self.pl = min(ceil_div(prefetch, per_set), self.nl - self.al)
+        valid, per_set = _geometry(self, fetch, size_words, bw)
         line = np.arange(len(valid)) // per_set
         order = np.argsort(valid, kind="stable")
         words, first = np.unique(valid[order], return_index=True)
         bounds = np.append(first, len(valid)).tolist()
         lines = line[order].tolist()
         self.lines = {w: lines[bounds[j] : bounds[j + 1]] for j, w in enumerate(words.tolist())}
-        self.bw = bw
-        self.fetch_lines = ceil_div(prefetch, bw)
-        self.dram = min(ceil_div(active, bw), ceil_div(len(fetch), bw)) * bw  # the first (active) fill
         self.start = 0
         self.last = -1  # the first fill ends the cycle before row 0
 
@@ -250,20 +258,12 @@ class _MissScan:
     """
 
     def __init__(self, fetch: np.ndarray, size_words: int, bw: int) -> None:
-        valid = fetch[fetch >= 0]
-        per_set = ceil_div(size_words, 100)
-        active, prefetch = -(-size_words // 2), size_words - (-(-size_words // 2))
-        self.nl = len(valid) // per_set + 1  # SCALE-Sim always appends a last (maybe empty) set
-        self.al = min(ceil_div(active, per_set), self.nl)
-        self.pl = min(ceil_div(prefetch, per_set), self.nl - self.al)
+        valid, per_set = _geometry(self, fetch, size_words, bw)
         keys = np.sort(valid * self.nl + np.arange(len(valid), dtype=np.int64) // per_set)
         keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]  # np.unique hashes: slower here
         # Where each word's (word, line) pairs begin, by word: a lookup per request, not a search.
         self.start = np.searchsorted(keys // self.nl, np.arange(int(valid.max(initial=-1)) + 2))
         self.keys = keys
-        self.fetch_lines = ceil_div(prefetch, bw)
-        self.dram = min(ceil_div(active, bw), ceil_div(len(fetch), bw)) * bw  # the first (active) fill
-        self.bw = bw
 
     def misses(self, words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(request index, shifts) of every request that misses, in order; adds the fetches to ``dram``."""
