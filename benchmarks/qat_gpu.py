@@ -38,6 +38,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from qatlab.atomic import write_json  # noqa: E402
 from qatlab.timing import interleaved  # noqa: E402
+from qatlab.train import make_optimizer  # noqa: E402
 
 TARGET = 1.5
 
@@ -62,7 +63,7 @@ def _models(name: str, x: torch.Tensor) -> dict[str, torch.nn.Module]:
 
 def _step_fn(m: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
     m.train()
-    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-4)
+    opt = make_optimizer([p for p in m.parameters() if p.requires_grad], lr=1e-4)
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
 
     def step() -> None:

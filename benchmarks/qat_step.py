@@ -4,7 +4,8 @@
                                   [--threads N] [--recipes lsq,clipped,lsq_mse,pact_mse,clipped_mse]
                                   [--torch-ops] [--skip-search] [--clock wall|cpu] [--json out.json]
 
-One step = forward + cross-entropy + backward + Adam step on a fixed batch, timed
+One step = forward + cross-entropy + backward + Adam step (``qatlab.train.make_optimizer``,
+the training loop's own) on a fixed batch, timed
 round-robin (interleaved) after a calibration pass. Each recipe is timed in both QAT
 phases: ``live`` (observers on, BN batch statistics: the steps before the freeze) and
 ``frozen`` (after ``freeze_bn`` + observers off). The recipes are the trials'
@@ -56,7 +57,7 @@ from qatlab.nn.fake_quant import DEFAULT_REFRESH_EVERY, set_refresh_every
 from qatlab.nn.fused import enabled as fused_enabled
 from qatlab.nn.fused import fused_disabled, load_error
 from qatlab.timing import interleaved_samples, machine
-from qatlab.train import specs
+from qatlab.train import make_optimizer, specs
 
 LOW = {"w_bits": 4, "a_bits": 4, "estimator": "mse", "first_last_bits": 8}
 RECIPES: dict[str, dict[str, object]] = {
@@ -102,7 +103,7 @@ def build_steps(
     steps: dict[str, Callable[[], None]] = {}
     for name, m in models.items():
         m.train()
-        opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-4)
+        opt = make_optimizer([p for p in m.parameters() if p.requires_grad], lr=1e-4)
 
         def step(m: torch.nn.Module = m, opt: torch.optim.Optimizer = opt) -> None:
             loss = F.cross_entropy(m(x), y)

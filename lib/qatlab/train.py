@@ -76,6 +76,18 @@ def _loader_for(cfg: TrainConfig, device: torch.device) -> Callable[..., DataLoa
     return make
 
 
+def make_optimizer(params: list[nn.Parameter], lr: float) -> torch.optim.Adam:
+    """Adam as every training loop here builds it.
+
+    The fused kernel when the parameters allow it: a quantized model has ~3x the
+    parameter tensors of its FP32 original (a scale, a zero point, a clip per
+    quantizer), and the per-tensor loop of the default Adam costs more per step than
+    the quantizers' arithmetic does. Same algorithm, one kernel call.
+    """
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+    return torch.optim.Adam(params, lr=lr, fused=fused or None)
+
+
 def fit(
     model: nn.Module,
     data: DataLoader,
@@ -88,7 +100,7 @@ def fit(
     if epochs == 0:
         return 0
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = make_optimizer(params, lr)
     total = epochs * len(data)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total))
     model.train()

@@ -67,6 +67,12 @@ def _requantized_value(acc: torch.Tensor, multiplier: float | torch.Tensor, s_ou
 # the exact input codes, as the compute layers' bias sits on the accumulator grid.
 
 
+def _with_relu(clamp: tuple[float | None, float | None] | None) -> tuple[float | None, float | None]:
+    """``clamp`` after a ReLU: the lower end raised to 0."""
+    lo, hi = clamp if clamp is not None else (None, None)
+    return (0.0 if lo is None else max(0.0, lo), hi)
+
+
 class _QuantCompute(nn.Module):
     relu: bool
     clamp: tuple[float | None, float | None] | None = None
@@ -124,10 +130,10 @@ class _QuantCompute(nn.Module):
             # LSQ's gradient scale keeps counting the unpooled values, as before.
             numel = y.numel()
             y = maxpool(y)
-        if self.relu:
-            y = F.relu(y)
-        # The quantizer applies the clamp: its fused kernels do it in the same pass.
-        return self.act_fq(y, numel, self.clamp)
+        # The quantizer applies the clamp, a fused ReLU included (a clamp at 0): its
+        # fused kernels do it in the same pass as the quantization, forward and backward,
+        # so the ReLU costs no pass of its own over the activation and its gradient.
+        return self.act_fq(y, numel, _with_relu(self.clamp) if self.relu else self.clamp)
 
 
 class QuantConv2d(_QuantCompute):
