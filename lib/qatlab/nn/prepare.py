@@ -306,9 +306,9 @@ def _output_quantizers(modules: Mapping[str, nn.Module]) -> dict[str, FakeQuant]
 def _link_input_quantizers(gm: fx.GraphModule) -> None:
     """Tell each module that needs it which quantizers produced its inputs, found
     through grid-preserving ops (pooling, ReLU, reshapes, slices, standalone clamps):
-    convs and linears put their eval-mode bias on the accumulator grid ``s_x·s_w``,
-    averages and products compute on exact codes in eval mode, and standalone clamps
-    clamp at grid points, each as the integer model does."""
+    in eval mode convs, linears, adds, concatenations, averages and products compute
+    on exact codes, and standalone clamps clamp at grid points, each as the integer
+    model does."""
     modules = dict(gm.named_modules())
     for node in gm.graph.nodes:
         mod = modules.get(str(node.target)) if node.op == "call_module" else None
@@ -316,7 +316,7 @@ def _link_input_quantizers(gm: fx.GraphModule) -> None:
             fq = _producer_quantizer(node.args[0], modules)
             if fq is not None:
                 mod.set_input_quantizer(fq)
-        elif isinstance(mod, QuantMul):
+        elif isinstance(mod, (QuantMul, QuantAdd, QuantCat)):
             fqs = [_producer_quantizer(a, modules) for a in node.args]
             if all(f is not None for f in fqs):
                 mod.set_input_quantizers(fqs)  # type: ignore[arg-type]
