@@ -124,13 +124,16 @@ class _QuantCompute(nn.Module):
         self, x: torch.Tensor, w: torch.Tensor, wq: torch.Tensor, b: torch.Tensor, op: Callable[..., torch.Tensor]
     ) -> torch.Tensor | None:
         """Eval mode, scales known: the value of the integer model's output code,
-        ``round(Σ k_x·k_w + k_b) · M)`` with ``M = s_w·s_x/s_out`` as ``convert`` writes
-        it, from exact codes (float64 holds every int32 accumulator exactly); else None.
+        ``round((Σ k_x·k_w + k_b) · M)`` with ``M = s_w·s_x/s_out`` as ``convert`` writes
+        it, from exact codes; else None.
 
-        A float32 conv rounds its sums, and an output that lands within that rounding
-        of a tie between two codes goes either way: rare per layer, but the flips
-        compound through a deep network (a trained 8-bit MobileNet-style model's
-        logits differed from the integer model's on 1 % of codes, by up to 2).
+        A float32 conv of the fake-quantized values rounds its sums, and an output that
+        lands within that rounding of a tie between two codes goes either way: rare per
+        layer, but the flips compound through a deep network (a trained 8-bit
+        MobileNet-style model's logits differed from the integer model's on 1 % of
+        codes, by up to 2). On the codes themselves the sums are of integers: exact in
+        float32 while no partial sum can reach 2^24 (fan-in x largest |code| products),
+        else computed in float64 (exact for any int32 accumulator).
         """
         sc = self._integer_scales(1)
         if sc is None:
@@ -141,12 +144,21 @@ class _QuantCompute(nn.Module):
             return None  # no single accumulator grid per output channel
         s_x, s_o = sc
         s_w = qp.scale.double().reshape(-1).expand(out_ch).to(x.device)
-        k_w = torch.round(wq.double() / s_w.reshape(-1, *[1] * (w.dim() - 1)))
+        k_w = torch.round(wq.detach().double() / s_w.reshape(-1, *[1] * (w.dim() - 1)))
         k_b = torch.round(b.detach().double() / (s_x * s_w))
-        acc = op(_centred_codes(x, s_x), k_w, k_b)
+        xq = self._input_fq.qparams()
+        z_x = int(xq.zero_point.reshape(-1)[0])
+        bound = w[0].numel() * max(abs(xq.qmin - z_x), abs(xq.qmax - z_x)) * float(k_w.abs().max()) + float(k_b.abs().max())
+        if bound < 2**24:
+            # x holds fl(k·s_x) with |k| far below 2^22, so x / s_x in float32 is within
+            # far less than 0.5 of k: the rounding recovers k exactly.
+            acc = op(torch.round(x / s_x), k_w.float(), k_b.float()).double()
+        else:
+            acc = op(_centred_codes(x, s_x), k_w, k_b)
         m = s_w.float().double() * s_x / s_o  # the stored float32 w_scale, as convert reads it
-        # channels: the last axis of a linear layer's output, axis 1 of a conv's
-        return _requantized_value(acc, m if op is F.linear else m.reshape(-1, *[1] * (acc.dim() - 2)), s_o)
+        # channels: a linear's last axis, a conv's axis 1
+        m = m if op is F.linear else m.reshape(-1, *[1] * (acc.dim() - 2))
+        return acc.mul_(m).round_().mul_(s_o).float()  # _requantized_value, in place
 
     def _out(self, y: torch.Tensor) -> torch.Tensor:
         maxpool = getattr(self, "maxpool", None)
@@ -212,7 +224,7 @@ class QuantConv2d(_QuantCompute):
         f = gamma / std
         return w * f.reshape(-1, 1, 1, 1), beta + (b - bn.running_mean) * f
 
-    def _conv(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    def _conv(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
         c = self.conv
         return F.conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups)
 
