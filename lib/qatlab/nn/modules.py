@@ -149,9 +149,10 @@ class _QuantCompute(nn.Module):
         xq = self._input_fq.qparams()
         z_x = int(xq.zero_point.reshape(-1)[0])
         bound = w[0].numel() * max(abs(xq.qmin - z_x), abs(xq.qmax - z_x)) * float(k_w.abs().max()) + float(k_b.abs().max())
-        if bound < 2**24:
+        if bound < 2**24 and x.device.type == "cpu":
             # x holds fl(k·s_x) with |k| far below 2^22, so x / s_x in float32 is within
-            # far less than 0.5 of k: the rounding recovers k exactly.
+            # far less than 0.5 of k: the rounding recovers k exactly. (Not on CUDA,
+            # where cuDNN may run a float32 conv in TF32 and round the products.)
             acc = op(torch.round(x / s_x), k_w.float(), k_b.float()).double()
         else:
             acc = op(_centred_codes(x, s_x), k_w, k_b)
