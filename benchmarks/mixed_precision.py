@@ -222,9 +222,10 @@ def _row(out: Path, name: str, rec: dict, asic: ArrayConfig, t0: float) -> dict:
     return row
 
 
-def _base(model: str, prof: str, qat_epochs: int | None = None) -> TrainConfig:
-    extra = {} if qat_epochs is None else {"qat_epochs": qat_epochs}
-    return profile(prof, model=model, **LOW, **extra)
+def _base(model: str, prof: str, overrides: dict | None = None) -> TrainConfig:
+    """The profile's trial with the low-bit recipe; ``overrides``: config fields
+    (``qat_epochs``, ``seed``) set for every trial and the plan."""
+    return profile(prof, model=model, **{**LOW, **(overrides or {})})
 
 
 def pinned_uniform(space, bits: int, ends: int = 8) -> tuple[int, ...]:
@@ -243,14 +244,14 @@ def pinned_uniform(space, bits: int, ends: int = 8) -> tuple[int, ...]:
     return tuple(assign)
 
 
-def stage_plan(model: str, prof: str, method: str, out: Path, free_ends: bool = False, qat_epochs: int | None = None) -> dict:
+def stage_plan(model: str, prof: str, method: str, out: Path, free_ends: bool = False, overrides: dict | None = None) -> dict:
     """Budgets from the cost tables' uniform W4A4 / W2A2 (the same bits as the uniform
     trials, so the same simulated cost; the report checks it) and 0.5 x W8A8.
     ``free_ends``: the search may also choose the first and last layers' bits."""
     from qatlab.mixed import with_sensitivity
     from qatlab.mixed.search import to_units
 
-    base = _base(model, prof, qat_epochs)
+    base = _base(model, prof, overrides)
     t0 = time.perf_counter()
     p = plan(dataclasses.replace(base, first_last_bits=None) if free_ends else base, [], method)
     problem = with_sensitivity(p.tables, p.sensitivity)
@@ -293,8 +294,8 @@ def _same_trial(out: Path, name: str, plan_doc: dict) -> str | None:
     return next((n for n in same if (out / f"{n}.json").exists() and "same_as" not in json.loads((out / f"{n}.json").read_text())), None)
 
 
-def stage_trial(model: str, prof: str, name: str, out: Path, qat_epochs: int | None = None) -> dict:
-    base = _base(model, prof, qat_epochs)
+def stage_trial(model: str, prof: str, name: str, out: Path, overrides: dict | None = None) -> dict:
+    base = _base(model, prof, overrides)
     if name.startswith("uniform_w"):
         bits = int(name[len("uniform_w")])
         cfg = TrainConfig.from_dict({**base.to_dict(), "w_bits": bits, "a_bits": bits})
@@ -361,11 +362,11 @@ def report(out: Path) -> dict:
     return {"fp32_acc": fp32, "rows": rows, "plan": plan_doc, "checks": checks}
 
 
-def bench_accuracy(model: str, prof: str, method: str, out: Path, free_ends: bool = False, qat_epochs: int | None = None) -> dict:
-    doc = stage_plan(model, prof, method, out, free_ends, qat_epochs)
+def bench_accuracy(model: str, prof: str, method: str, out: Path, free_ends: bool = False, overrides: dict | None = None) -> dict:
+    doc = stage_plan(model, prof, method, out, free_ends, overrides)
     for n in TRIAL_NAMES:
         if "infeasible" not in doc["configs"].get(n[len("mixed_") :], {}):
-            stage_trial(model, prof, n, out, qat_epochs)
+            stage_trial(model, prof, n, out, overrides)
     return report(out)
 
 
@@ -389,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     acc.add_argument("--trial", choices=TRIAL_NAMES)
     acc.add_argument("--free-ends", action="store_true", help="the search also chooses the first and last layers' bits")
     acc.add_argument("--qat-epochs", type=int, help="QAT epochs of every trial (default: the profile's)")
+    acc.add_argument("--seed", type=int, help="every trial's seed (default 0); another seed trains and caches another FP32 model")
     for p in (sp, acc):
         p.add_argument("--json", type=Path)
         p.add_argument("--threads", type=int, default=0)
@@ -421,18 +423,19 @@ def main(argv: list[str] | None = None) -> int:
             ok &= h["hessian_s"] <= 120
     else:
         args.out.mkdir(parents=True, exist_ok=True)
+        over = {k: v for k, v in (("qat_epochs", args.qat_epochs), ("seed", args.seed)) if v is not None}
         if args.stage == "plan":
-            result["plan"] = stage_plan(args.model, args.profile, args.method, args.out, args.free_ends, args.qat_epochs)
+            result["plan"] = stage_plan(args.model, args.profile, args.method, args.out, args.free_ends, over)
             r = {"checks": {}}
         elif args.stage == "trial":
             if args.trial is None:
                 ap.error("--stage trial needs --trial NAME")
-            result["trial"] = stage_trial(args.model, args.profile, args.trial, args.out, args.qat_epochs)
+            result["trial"] = stage_trial(args.model, args.profile, args.trial, args.out, over)
             r = {"checks": {}}
         elif args.stage == "report":
             r = report(args.out)
         else:
-            r = bench_accuracy(args.model, args.profile, args.method, args.out, args.free_ends, args.qat_epochs)
+            r = bench_accuracy(args.model, args.profile, args.method, args.out, args.free_ends, over)
         result["accuracy"] = r
         for name, passed in r["checks"].items():
             print(f"{'PASS' if passed else 'FAIL'}: {name}")
