@@ -244,23 +244,33 @@ def pinned_uniform(space, bits: int, ends: int = 8) -> tuple[int, ...]:
     return tuple(assign)
 
 
-def stage_plan(model: str, prof: str, method: str, out: Path, free_ends: bool = False, overrides: dict | None = None) -> dict:
+def stage_plan(
+    model: str,
+    prof: str,
+    method: str,
+    out: Path,
+    free_ends: bool = False,
+    overrides: dict | None = None,
+    act_candidates: tuple[int, ...] | None = None,
+) -> dict:
     """Budgets from the cost tables' uniform W4A4 / W2A2 (the same bits as the uniform
     trials, so the same simulated cost; the report checks it) and 0.5 x W8A8.
-    ``free_ends``: the search may also choose the first and last layers' bits."""
+    ``free_ends``: the search may also choose the first and last layers' bits.
+    ``act_candidates``: the activation knobs' own candidates; a uniform point outside
+    them has no budget here (its energy is not in the tables)."""
     from qatlab.mixed import with_sensitivity
     from qatlab.mixed.search import to_units
 
     base = _base(model, prof, overrides)
     t0 = time.perf_counter()
-    p = plan(dataclasses.replace(base, first_last_bits=None) if free_ends else base, [], method)
+    p = plan(dataclasses.replace(base, first_last_bits=None) if free_ends else base, [], method, act_candidates=act_candidates)
     problem = with_sensitivity(p.tables, p.sensitivity)
     uniform = {b: pinned_uniform(p.space, b, base.first_last_bits or b) for b in (8, 4, 2)}
-    e = {b: to_units(p.tables, problem.evaluate(a)[1])["asic_energy"] for b, a in uniform.items()}
+    inside = {b: a for b, a in uniform.items() if all(v in k.domain for v, k in zip(a, p.space.knobs))}
+    e = {b: to_units(p.tables, problem.evaluate(a)[1])["asic_energy"] for b, a in inside.items()}
     budgets = {
         "at_half_w8a8": Budget("asic_energy", 0.5, relative=True),  # uniform W8A8: ends at 8 either way
-        "at_w4a4_energy": Budget("asic_energy", e[4]),
-        "at_w2a2_energy": Budget("asic_energy", e[2]),
+        **{f"at_w{b}a{b}_energy": Budget("asic_energy", e[b]) for b in (4, 2) if b in e},
     }
     configs: dict[str, dict] = {}
     for k, b in budgets.items():
@@ -273,6 +283,7 @@ def stage_plan(model: str, prof: str, method: str, out: Path, free_ends: bool = 
         "plan_s": time.perf_counter() - t0,
         "method": method,
         "free_ends": free_ends,
+        "act_candidates": list(act_candidates) if act_candidates is not None else None,
         "uniform_energy_uj": e,
         "uniform_layer_bits": {b: p.space.layer_bits(a) for b, a in uniform.items()},
         "sensitivity": {n: [[w, a, v] for (w, a), v in sorted(r.items())] for n, r in p.sensitivity.items()},
@@ -351,7 +362,10 @@ def report(out: Path) -> dict:
     for b in (4, 2):
         u = by.get(f"uniform_w{b}a{b}")
         if u is not None and plan_doc:
-            checks[f"tables' uniform W{b}A{b} energy == trained uniform W{b}A{b}"] = plan_doc["uniform_energy_uj"][str(b)] == u["energy_uj"]
+            if str(b) in plan_doc["uniform_energy_uj"]:  # not when the act_candidates leave it out
+                checks[f"tables' uniform W{b}A{b} energy == trained uniform W{b}A{b}"] = (
+                    plan_doc["uniform_energy_uj"][str(b)] == u["energy_uj"]
+                )
     print(f"{'trial':24s} {'test acc':>8s} {'int acc':>8s} {'energy uJ':>10s}  layer bits [w, a]")
     for r in rows:
         same = f"  (= {r['same_as']})" if "same_as" in r else ""
@@ -362,10 +376,19 @@ def report(out: Path) -> dict:
     return {"fp32_acc": fp32, "rows": rows, "plan": plan_doc, "checks": checks}
 
 
-def bench_accuracy(model: str, prof: str, method: str, out: Path, free_ends: bool = False, overrides: dict | None = None) -> dict:
-    doc = stage_plan(model, prof, method, out, free_ends, overrides)
+def bench_accuracy(
+    model: str,
+    prof: str,
+    method: str,
+    out: Path,
+    free_ends: bool = False,
+    overrides: dict | None = None,
+    act_candidates: tuple[int, ...] | None = None,
+) -> dict:
+    doc = stage_plan(model, prof, method, out, free_ends, overrides, act_candidates)
     for n in TRIAL_NAMES:
-        if "infeasible" not in doc["configs"].get(n[len("mixed_") :], {}):
+        budget = n[len("mixed_") :] if n.startswith("mixed_") else None
+        if budget is None or "layer_bits" in doc["configs"].get(budget, {}):
             stage_trial(model, prof, n, out, overrides)
     return report(out)
 
@@ -390,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     acc.add_argument("--trial", choices=TRIAL_NAMES)
     acc.add_argument("--free-ends", action="store_true", help="the search also chooses the first and last layers' bits")
     acc.add_argument("--qat-epochs", type=int, help="QAT epochs of every trial (default: the profile's)")
+    acc.add_argument(
+        "--act-candidates", type=lambda v: tuple(int(b) for b in v.split(",")), help="the activation knobs' candidates, e.g. 4,8"
+    )
     acc.add_argument("--seed", type=int, help="every trial's seed (default 0); another seed trains and caches another FP32 model")
     for p in (sp, acc):
         p.add_argument("--json", type=Path)
@@ -425,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         over = {k: v for k, v in (("qat_epochs", args.qat_epochs), ("seed", args.seed)) if v is not None}
         if args.stage == "plan":
-            result["plan"] = stage_plan(args.model, args.profile, args.method, args.out, args.free_ends, over)
+            result["plan"] = stage_plan(args.model, args.profile, args.method, args.out, args.free_ends, over, args.act_candidates)
             r = {"checks": {}}
         elif args.stage == "trial":
             if args.trial is None:
@@ -435,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "report":
             r = report(args.out)
         else:
-            r = bench_accuracy(args.model, args.profile, args.method, args.out, args.free_ends, over)
+            r = bench_accuracy(args.model, args.profile, args.method, args.out, args.free_ends, over, args.act_candidates)
         result["accuracy"] = r
         for name, passed in r["checks"].items():
             print(f"{'PASS' if passed else 'FAIL'}: {name}")

@@ -666,7 +666,7 @@ def _parse_resources(c: _Checker, raw: Any) -> Resources:
 
 # ---- the mixed block ----------------------------------------------------------------
 
-MIXED_KEYS = ("metric", "budgets", "sensitivity", "candidates", "options", "fpga", "asic")
+MIXED_KEYS = ("metric", "budgets", "sensitivity", "candidates", "act_candidates", "options", "fpga", "asic")
 MIXED_FPGA_KEYS = ("device", "target_fps")
 # The ArrayConfig fields a spec's `mixed.asic` may set: everything that changes what the
 # array costs. The others are not knobs of the array a plan prices: packing is the cost
@@ -724,6 +724,7 @@ class MixedSpec:
     plans: tuple[MixedPlan, ...]
     # ArrayConfig fields that differ from its defaults (JSON values); None: the default array
     asic: Mapping[str, Any] | None = None
+    act_candidates: tuple[int, ...] | None = None  # the activation knobs' own; None: ``candidates``
 
     def settings(self) -> dict[str, Any]:
         """Everything a plan depends on besides its base config (JSON)."""
@@ -739,6 +740,8 @@ class MixedSpec:
         # stored plan files) they had before arrays could be chosen.
         if self.asic is not None:
             out["asic"] = dict(self.asic)
+        if self.act_candidates is not None:  # likewise
+            out["act_candidates"] = list(self.act_candidates)
         return out
 
 
@@ -833,6 +836,20 @@ def _parse_mixed(c: _Checker, raw: Any, trials: Sequence[Trial]) -> MixedSpec:
         raise c.err(
             "mixed.candidates", f"relative budgets are fractions of uniform W8A8: the candidates must include 8, got {list(candidates)}"
         )
+    act_candidates: tuple[int, ...] | None = None
+    if "act_candidates" in m:
+        a_raw = m["act_candidates"]
+        if not isinstance(a_raw, list):
+            raise c.err("mixed.act_candidates", f"expected a list of bit widths, got {a_raw!r}")
+        try:
+            act_candidates = check_candidates(a_raw, "act_candidates")
+        except MixedPrecisionError as e:
+            raise c.err("mixed.act_candidates", str(e)) from None
+        if MIXED_BASE_BITS not in act_candidates and any(b.relative for b in budgets):
+            raise c.err(
+                "mixed.act_candidates",
+                f"relative budgets are fractions of uniform W8A8: the act_candidates must include 8, got {list(act_candidates)}",
+            )
 
     fpga: dict[str, Any] | None = None
     if "fpga" in m or metric.startswith("fpga_"):
@@ -872,7 +889,7 @@ def _parse_mixed(c: _Checker, raw: Any, trials: Sequence[Trial]) -> MixedSpec:
         raise c.err(
             "mixed", "plans derive from the spec's qat trials, and it has no valid qat trial without layer_bits: add one (method: qat)"
         )
-    spec = MixedSpec(metric, tuple(budgets), sensitivity, candidates, options, fpga, (), asic)
+    spec = MixedSpec(metric, tuple(budgets), sensitivity, candidates, options, fpga, (), asic, act_candidates)
     settings = json.dumps(spec.settings(), sort_keys=True)
     plans = []
     for base_id, (base, derived, label) in bases.items():

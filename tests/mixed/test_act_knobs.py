@@ -239,3 +239,15 @@ def test_float_twin_values_are_the_fp32_networks(setup) -> None:
     for _, b in act_choices(space, next(a for a in space.acts if a.key == add)):
         ref = float(((fake_quantize(v, act_spec_at(fqs[add].spec, b)) - v).double() ** 2).sum() / (v.double() ** 2).sum())
         assert table[add][(0, b)] == pytest.approx(ref, rel=1e-9)
+
+
+def test_act_candidates_give_the_activation_knobs_their_own_domain() -> None:
+    q = prepare_qat(se_model(), W, A)
+    calibrate(q, batches())
+    space = decision_space(q, (2, 4, 8), act_candidates=(8, 4))
+    assert space.act_candidates == (4, 8)
+    for k in space.knobs:
+        assert k.domain == ((2, 4, 8) if k.kind == "w" else (4, 8)), k.name
+    assert decision_space(q, (2, 4, 8), act_candidates=(2, 4, 8)).act_candidates == ()  # the same as leaving it out
+    with pytest.raises(MixedPrecisionError, match="act_candidates must be distinct bit widths"):
+        decision_space(q, (2, 4, 8), act_candidates=(1, 4))

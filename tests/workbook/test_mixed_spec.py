@@ -61,6 +61,9 @@ def _error(tmp_path: Path, mixed: str, head: str = HEAD) -> str:
          "not an option of sensitivity 'noise'"),
         ("mixed:\n  metric: bops\n  budgets: [0.5]\n  candidates: [2, 9]\n", 9, 3, "mixed.candidates", "distinct bit widths in 2..8"),
         ("mixed:\n  metric: bops\n  budgets: [0.5]\n  candidates: [2, 4]\n", 9, 3, "mixed.candidates", "must include 8"),
+        ("mixed:\n  metric: bops\n  budgets: [0.5]\n  act_candidates: [2, 9]\n", 9, 3, "mixed.act_candidates", "act_candidates must be distinct"),
+        ("mixed:\n  metric: bops\n  budgets: [0.5]\n  act_candidates: [2, 4]\n", 9, 3, "mixed.act_candidates", "act_candidates must include 8"),
+        ("mixed:\n  metric: bops\n  budgets: [0.5]\n  act_candidates: 4\n", 9, 3, "mixed.act_candidates", "expected a list"),
         ("mixed:\n  metric: fpga_lut\n  budgets: [0.5]\n  fpga: {device: Abacus}\n", 9, 10, "mixed.fpga.device",
          "unknown FPGA device 'Abacus'; known devices: "),
         ("mixed:\n  metric: fpga_lut\n  budgets: [0.5]\n  fpga: {device: ZCU104, target_fps: 0}\n", 9, 26, "mixed.fpga.target_fps", "> 0"),
@@ -70,6 +73,15 @@ def test_mistakes_name_file_line_column_and_key(tmp_path, block, line, col, key,
     msg = _error(tmp_path, block)
     assert msg.startswith(f"{tmp_path / 'spec.yaml'}:{line}:{col}: {key}: "), msg
     assert words in msg, msg
+
+
+def test_act_candidates_are_read_and_plan_apart_without_moving_other_plans(tmp_path) -> None:
+    block = "mixed:\n  metric: asic_energy\n  budgets: [0.5]\n"
+    plain, _ = _spec(tmp_path, block)
+    acts, _ = _spec(tmp_path, block + "  act_candidates: [8, 4]\n")
+    assert plain.mixed.act_candidates is None and "act_candidates" not in plain.mixed.settings()
+    assert acts.mixed.act_candidates == (4, 8) and acts.mixed.settings()["act_candidates"] == [4, 8]
+    assert {p.plan_id for p in plain.mixed.plans}.isdisjoint(p.plan_id for p in acts.mixed.plans)
 
 
 def test_unknown_metric_lists_the_registry() -> None:

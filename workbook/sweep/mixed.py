@@ -156,7 +156,9 @@ def execute_plan(base: Mapping[str, Any], plan_id: str, settings: Mapping[str, A
                 log.write(f"warning: cannot use the FP32 model ({type(e).__name__}: {e}); pretraining here\n")
         budgets = [Budget(settings["metric"], float(b["value"]), bool(b["relative"])) for b in settings["budgets"]]
         with captured(log):
+            acands = settings.get("act_candidates")
             p = plan(cfg, budgets, settings["sensitivity"], tuple(settings["candidates"]), asic=array_config(settings.get("asic")),
+                     act_candidates=tuple(acands) if acands is not None else None,
                      fpga=_fpga_target(settings.get("fpga")), options=settings.get("options") or {}, strict=False)  # fmt: skip
         by_budget = {b: spec["name"] for b, spec in zip(budgets, settings["budgets"])}
         for c in p.configs:

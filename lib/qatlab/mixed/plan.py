@@ -56,6 +56,7 @@ def plan(
     method: str = "hessian",
     candidates: Sequence[int] = (2, 4, 8),
     *,
+    act_candidates: Sequence[int] | None = None,
     asic: ArrayConfig | None = None,
     fpga: FpgaTarget | None = None,
     options: Mapping[str, Any] | None = None,
@@ -83,7 +84,7 @@ def plan(
     q = prepare_qat(fp32, w_spec, a_spec, cfg.ste, first_last_bits=cfg.first_last_bits)
     calibrate(q, iter([x for x, _ in calib]))
     im = convert(q.eval(), splits.input_shape, cfg.rounding)
-    space = decision_space(q, candidates, first_last_bits=cfg.first_last_bits)
+    space = decision_space(q, candidates, first_last_bits=cfg.first_last_bits, act_candidates=act_candidates)
     val = _batches(splits.val, 1, min(val_samples, len(splits.val)), gen)[0]
     data = SensitivityData(calib, val)
     sens = layer_sensitivity(

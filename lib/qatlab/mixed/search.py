@@ -72,7 +72,9 @@ def to_units(tables: CostTables, native: Mapping[str, float]) -> dict[str, float
 def uniform_cost(tables: CostTables, problem: Problem, bits: int = 8) -> dict[str, float]:
     """Totals (table units) of uniform ``bits`` (pinned knobs keep their pin)."""
     if any(bits not in k.domain and len(k.domain) > 1 for k in tables.space.knobs):
-        raise MixedPrecisionError(f"uniform W{bits}A{bits} is not in the search space (candidates {list(tables.space.candidates)})")
+        sp = tables.space
+        acts = f", act_candidates {list(sp.act_candidates)}" if sp.act_candidates else ""
+        raise MixedPrecisionError(f"uniform W{bits}A{bits} is not in the search space (candidates {list(sp.candidates)}{acts})")
     return problem.evaluate(tables.space.uniform(bits))[1]
 
 

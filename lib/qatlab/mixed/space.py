@@ -59,6 +59,7 @@ class DecisionSpace:
     knobs: tuple[Knob, ...]
     value_knobs: Mapping[str, int] = field(default_factory=dict)  # fx value name -> a-knob of its quantizer
     acts: tuple[ActSlot, ...] = ()
+    act_candidates: tuple[int, ...] = ()  # the activation knobs' candidates where they differ from the weights'
 
     def layer(self, name: str) -> LayerSlot:
         for s in self.layers:
@@ -126,10 +127,10 @@ def _prod(xs: object) -> int:
     return out
 
 
-def check_candidates(candidates: Sequence[int]) -> tuple[int, ...]:
+def check_candidates(candidates: Sequence[int], what: str = "candidates") -> tuple[int, ...]:
     c = tuple(candidates)
     if not c or any(isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 8 for b in c) or len(set(c)) != len(c):
-        raise MixedPrecisionError(f"candidates must be distinct bit widths in 2..8, got {list(candidates)!r}")
+        raise MixedPrecisionError(f"{what} must be distinct bit widths in 2..8, got {list(candidates)!r}")
     return tuple(sorted(c))
 
 
@@ -158,14 +159,20 @@ def decision_space(
     *,
     first_last_bits: int | None = None,
     pins: Mapping[str, Sequence[int]] | None = None,
+    act_candidates: Sequence[int] | None = None,
 ) -> DecisionSpace:
     """The knobs of a model prepared by ``prepare_qat``.
+
+    ``candidates``: the bit widths every knob may take; ``act_candidates``, if given,
+    those of the activation knobs instead (e.g. ``[4, 8]``: weights down to 2 bits,
+    activations no lower than 4; ``[8]``: weight-only mixed precision).
 
     ``first_last_bits`` pins what ``prepare_qat``'s rule pins: the first layer's weights
     and input, the last layer's weights and its output (the logits). ``pins`` fixes a
     layer to ``[w_bits, a_bits]`` or a quantizer that feeds no layer to ``[a_bits]``.
     """
     cands = check_candidates(candidates)
+    acands = cands if act_candidates is None else check_candidates(act_candidates, "act_candidates")
     modules = dict(qat_model.named_modules())
     owner: dict[int, str] = {}
     for name, m in modules.items():
@@ -205,7 +212,7 @@ def decision_space(
             a_index[id(fq)] = an
             knob_names.append(an)
             act_keys[an] = key
-    domains: dict[str, set[int]] = {n: set(cands) for n in knob_names}
+    domains: dict[str, set[int]] = {n: set(cands if n.startswith("w:") else acands) for n in knob_names}
 
     pinned: dict[str, int] = {}
 
@@ -248,7 +255,7 @@ def decision_space(
     layers = tuple(LayerSlot(name, op, index[f"w:{name}"], index[a_index[id(inp)]]) for name, op, inp in slots)
     acts = tuple(ActSlot(key, index[an]) for an, key in act_keys.items())
     value_knobs = {v: index[a_index[id(fq)]] for v, fq in quantizer_of.items() if fq is not None and id(fq) in a_index}
-    return DecisionSpace(cands, layers, knobs, value_knobs, acts)
+    return DecisionSpace(cands, layers, knobs, value_knobs, acts, () if acands == cands else acands)
 
 
 def layer_choices(space: DecisionSpace, layer: LayerSlot) -> list[tuple[int, int]]:
