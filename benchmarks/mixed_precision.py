@@ -222,10 +222,21 @@ def _row(out: Path, name: str, rec: dict, asic: ArrayConfig, t0: float) -> dict:
     return row
 
 
-def _base(model: str, prof: str, overrides: dict | None = None) -> TrainConfig:
-    """The profile's trial with the low-bit recipe; ``overrides``: config fields
-    (``qat_epochs``, ``seed``) set for every trial and the plan."""
-    return profile(prof, model=model, **{**LOW, **(overrides or {})})
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What every stage of one accuracy run shares: the model and profile, the plan's
+    sensitivity method and space, and config fields set for every trial and the plan."""
+
+    model: str
+    prof: str
+    method: str = "hessian"
+    free_ends: bool = False  # the search may also choose the first and last layers' bits
+    act_candidates: tuple[int, ...] | None = None  # the activation knobs' own candidates
+    overrides: tuple[tuple[str, object], ...] = ()  # (field, value): qat_epochs, seed
+
+    def base(self) -> TrainConfig:
+        """The profile's trial with the low-bit recipe and the overrides."""
+        return profile(self.prof, model=self.model, **{**LOW, **dict(self.overrides)})
 
 
 def pinned_uniform(space, bits: int, ends: int = 8) -> tuple[int, ...]:
@@ -244,26 +255,16 @@ def pinned_uniform(space, bits: int, ends: int = 8) -> tuple[int, ...]:
     return tuple(assign)
 
 
-def stage_plan(
-    model: str,
-    prof: str,
-    method: str,
-    out: Path,
-    free_ends: bool = False,
-    overrides: dict | None = None,
-    act_candidates: tuple[int, ...] | None = None,
-) -> dict:
+def stage_plan(run: Run, out: Path) -> dict:
     """Budgets from the cost tables' uniform W4A4 / W2A2 (the same bits as the uniform
-    trials, so the same simulated cost; the report checks it) and 0.5 x W8A8.
-    ``free_ends``: the search may also choose the first and last layers' bits.
-    ``act_candidates``: the activation knobs' own candidates; a uniform point outside
-    them has no budget here (its energy is not in the tables)."""
+    trials, so the same simulated cost; the report checks it) and 0.5 x W8A8. A uniform
+    point outside ``run.act_candidates`` has no budget (its energy is not in the tables)."""
     from qatlab.mixed import with_sensitivity
     from qatlab.mixed.search import to_units
 
-    base = _base(model, prof, overrides)
+    base = run.base()
     t0 = time.perf_counter()
-    p = plan(dataclasses.replace(base, first_last_bits=None) if free_ends else base, [], method, act_candidates=act_candidates)
+    p = plan(dataclasses.replace(base, first_last_bits=None) if run.free_ends else base, [], run.method, act_candidates=run.act_candidates)
     problem = with_sensitivity(p.tables, p.sensitivity)
     uniform = {b: pinned_uniform(p.space, b, base.first_last_bits or b) for b in (8, 4, 2)}
     inside = {b: a for b, a in uniform.items() if all(v in k.domain for v, k in zip(a, p.space.knobs))}
@@ -281,16 +282,16 @@ def stage_plan(
             configs[k] = {"infeasible": str(err), "budget": b.describe()}
     doc = {
         "plan_s": time.perf_counter() - t0,
-        "method": method,
-        "free_ends": free_ends,
-        "act_candidates": list(act_candidates) if act_candidates is not None else None,
+        "method": run.method,
+        "free_ends": run.free_ends,
+        "act_candidates": list(run.act_candidates) if run.act_candidates is not None else None,
         "uniform_energy_uj": e,
         "uniform_layer_bits": {b: p.space.layer_bits(a) for b, a in uniform.items()},
         "sensitivity": {n: [[w, a, v] for (w, a), v in sorted(r.items())] for n, r in p.sensitivity.items()},
         "configs": configs,
     }
     write_json(out / "plan.json", doc)
-    print(f"  plan ({method}{', free ends' if free_ends else ''}): {doc['plan_s']:.1f} s; uniform energies {e}", flush=True)
+    print(f"  plan ({run.method}{', free ends' if run.free_ends else ''}): {doc['plan_s']:.1f} s; uniform energies {e}", flush=True)
     for k, c in configs.items():
         print(f"    {k}: {c.get('layer_bits') or c['infeasible']}", flush=True)
     return doc
@@ -305,8 +306,8 @@ def _same_trial(out: Path, name: str, plan_doc: dict) -> str | None:
     return next((n for n in same if (out / f"{n}.json").exists() and "same_as" not in json.loads((out / f"{n}.json").read_text())), None)
 
 
-def stage_trial(model: str, prof: str, name: str, out: Path, overrides: dict | None = None) -> dict:
-    base = _base(model, prof, overrides)
+def stage_trial(run: Run, name: str, out: Path) -> dict:
+    base = run.base()
     if name.startswith("uniform_w"):
         bits = int(name[len("uniform_w")])
         cfg = TrainConfig.from_dict({**base.to_dict(), "w_bits": bits, "a_bits": bits})
@@ -376,20 +377,12 @@ def report(out: Path) -> dict:
     return {"fp32_acc": fp32, "rows": rows, "plan": plan_doc, "checks": checks}
 
 
-def bench_accuracy(
-    model: str,
-    prof: str,
-    method: str,
-    out: Path,
-    free_ends: bool = False,
-    overrides: dict | None = None,
-    act_candidates: tuple[int, ...] | None = None,
-) -> dict:
-    doc = stage_plan(model, prof, method, out, free_ends, overrides, act_candidates)
+def bench_accuracy(run: Run, out: Path) -> dict:
+    doc = stage_plan(run, out)
     for n in TRIAL_NAMES:
         budget = n[len("mixed_") :] if n.startswith("mixed_") else None
         if budget is None or "layer_bits" in doc["configs"].get(budget, {}):
-            stage_trial(model, prof, n, out, overrides)
+            stage_trial(run, n, out)
     return report(out)
 
 
@@ -449,19 +442,20 @@ def main(argv: list[str] | None = None) -> int:
             ok &= h["hessian_s"] <= 120
     else:
         args.out.mkdir(parents=True, exist_ok=True)
-        over = {k: v for k, v in (("qat_epochs", args.qat_epochs), ("seed", args.seed)) if v is not None}
+        over = tuple((k, v) for k, v in (("qat_epochs", args.qat_epochs), ("seed", args.seed)) if v is not None)
+        run = Run(args.model, args.profile, args.method, args.free_ends, args.act_candidates, over)
         if args.stage == "plan":
-            result["plan"] = stage_plan(args.model, args.profile, args.method, args.out, args.free_ends, over, args.act_candidates)
+            result["plan"] = stage_plan(run, args.out)
             r = {"checks": {}}
         elif args.stage == "trial":
             if args.trial is None:
                 ap.error("--stage trial needs --trial NAME")
-            result["trial"] = stage_trial(args.model, args.profile, args.trial, args.out, over)
+            result["trial"] = stage_trial(run, args.trial, args.out)
             r = {"checks": {}}
         elif args.stage == "report":
             r = report(args.out)
         else:
-            r = bench_accuracy(args.model, args.profile, args.method, args.out, args.free_ends, over, args.act_candidates)
+            r = bench_accuracy(run, args.out)
         result["accuracy"] = r
         for name, passed in r["checks"].items():
             print(f"{'PASS' if passed else 'FAIL'}: {name}")
