@@ -40,3 +40,13 @@ def data() -> SensitivityData:
     g = torch.Generator().manual_seed(2)
     calib = [(torch.rand(32, 1, 28, 28, generator=g), torch.randint(0, 10, (32,), generator=g)) for _ in range(2)]
     return SensitivityData(calib, (torch.rand(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g)))
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: Hessian-vector products and other work on tiny
+    tensors only pay a second thread's hand-off cost (20x slower on a busy 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

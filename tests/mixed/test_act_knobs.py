@@ -43,13 +43,7 @@ class SEBlock(nn.Module):
         return self.head(self.pool(y).flatten(1))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: a second thread only adds hand-off cost on a busy 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def se_model() -> nn.Module:

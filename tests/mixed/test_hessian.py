@@ -10,15 +10,7 @@ from hypothesis import strategies as st
 
 from qatlab.mixed.hessian import block_traces, exact_trace, rademacher, twice_differentiable
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Thousands of Hessian-vector products on tiny tensors: a second thread only adds
-    # hand-off cost (20x slower on a busy 2-core machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @settings(max_examples=20)

@@ -20,16 +20,6 @@ from .conftest import A, W, data
 MSE = A.with_(estimator="mse", mse_grid=20)  # a coarse search keeps the tests fast
 
 
-@pytest.fixture
-def one_thread():
-    # Hundreds of Hessian-vector products on 4-sample batches: a second thread only adds
-    # hand-off cost (20x slower on a busy 2-core machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_hessian_prices_every_activation_width(lenet_setup, one_thread) -> None:
     m, q, space, _ = lenet_setup
     table = layer_sensitivity("hessian", SensitivityInput(m, q, space, W, A, "lsq", data(), {"samples": 2}), use_cache=False)

@@ -151,6 +151,12 @@ class FakeQuantPlan:
         self.grad_factor = float(grad_factor)
         self.s_shape, self.z_shape = torch.Size(scale_shape), torch.Size(zp_shape)
 
+    def grid_args(self, s: torch.Tensor, z: torch.Tensor) -> tuple[object, ...]:
+        """The arguments the forward and backward kernels share: the grid, the scale and
+        zero point (contiguous float32), the code range, the scale floor and the clamp."""
+        return (self.outer, self.channels, self.inner, s.data_ptr(), z.data_ptr(), self.zp_per_channel,
+                self.qmin, self.qmax, self.floor, self.clo, self.chi)  # fmt: skip
+
 
 _lib_typed: ctypes.CDLL | None = None
 
@@ -169,22 +175,7 @@ class _FusedFakeQuant(torch.autograd.Function):
         # Gradient mode is off in here: the tensors are read through their data pointers.
         xc, s, z = x.contiguous(), scale.contiguous(), zero_point.contiguous()
         y = torch.empty_like(xc)
-        _lib().qatlab_fq_forward(
-            xc.data_ptr(),
-            y.data_ptr(),
-            p.outer,
-            p.channels,
-            p.inner,
-            s.data_ptr(),
-            z.data_ptr(),
-            p.zp_per_channel,
-            p.qmin,
-            p.qmax,
-            p.floor,
-            p.clo,
-            p.chi,
-            torch.get_num_threads(),
-        )
+        _lib().qatlab_fq_forward(xc.data_ptr(), y.data_ptr(), *p.grid_args(s, z), torch.get_num_threads())
         ctx.save_for_backward(xc, s, z)
         ctx.plan = p
         return y
@@ -206,24 +197,7 @@ def _fq_backward(
     ds = torch.empty(p.s_shape, dtype=torch.float32) if need_s else None
     dz = torch.empty(p.z_shape, dtype=torch.float32) if need_z else None
     _lib().qatlab_fq_backward(
-        x.data_ptr(),
-        dyc.data_ptr(),
-        dx.data_ptr(),
-        p.outer,
-        p.channels,
-        p.inner,
-        s.data_ptr(),
-        z.data_ptr(),
-        p.zp_per_channel,
-        p.qmin,
-        p.qmax,
-        p.floor,
-        p.clo,
-        p.chi,
-        p.grad_factor,
-        _ptr(ds),
-        _ptr(dz),
-        torch.get_num_threads(),
+        x.data_ptr(), dyc.data_ptr(), dx.data_ptr(), *p.grid_args(s, z), p.grad_factor, _ptr(ds), _ptr(dz), torch.get_num_threads()
     )
     return dx, ds, dz
 
