@@ -278,3 +278,67 @@ def test_errors_that_overflow_near_float32s_limit() -> None:
         assert_choice_optimal(rows, spec, found.lo, found.hi)
         ref_lo, ref_hi = mse(rows, spec)
         assert torch.equal(found.lo, ref_lo) and torch.equal(found.hi, ref_hi)
+
+
+# ---- pruned search: candidates bounded from a histogram pass, the survivors evaluated -------
+
+
+def _search(rows: torch.Tensor, spec: QuantSpec, min_prune: int, nthreads: int | None = None) -> fused.ops.MSESearch:
+    lo0, hi0 = row_minmax(rows)
+    return mse_search_fused(rows, lo0.contiguous(), hi0.contiguous(), spec.mse_grid, _plan(rows, spec), nthreads, min_prune=min_prune)
+
+
+def assert_same_choice(full: fused.ops.MSESearch, pruned: fused.ops.MSESearch) -> None:
+    assert torch.equal(pruned.lo, full.lo) and torch.equal(pruned.hi, full.hi), (
+        f"pruned chose {pruned.lo.tolist()}, {pruned.hi.tolist()}; full {full.lo.tolist()}, {full.hi.tolist()}"
+    )
+    # The winners' errors are the very same sums, not just close.
+    assert torch.equal(pruned.err, full.err)
+
+
+@given(cases())
+def test_pruned_search_chooses_what_the_full_search_chooses(case: tuple[torch.Tensor, QuantSpec]) -> None:
+    """Every row pruned (``min_prune=1``) against every candidate evaluated, bit for bit:
+    lattice values (exact ties, the first must win), constant rows, tiny and huge
+    magnitudes, 2..8 bits, grids of 2..100."""
+    rows, spec = case
+    full = _search(rows, spec, min_prune=0)
+    pruned = _search(rows, spec, min_prune=1)
+    assert_same_choice(full, pruned)
+    assert bool((full.evaluated == spec.mse_grid).all())
+    assert bool((pruned.evaluated >= 1).all()) and bool((pruned.evaluated <= spec.mse_grid).all())
+
+
+@pytest.mark.parametrize("kind", ["normal", "hardswish", "skewed", "lattice"])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_pruned_search_on_long_rows(kind: str, bits: int) -> None:
+    """Rows of an activation's size take the pruned path by default, choose what the full
+    search chooses, and evaluate only a few of the 100 candidates in full."""
+    g = torch.Generator().manual_seed(bits)
+    x = torch.randn(2, 60_000, generator=g)
+    if kind == "hardswish":
+        x = torch.nn.functional.hardswish(3 * x)
+    elif kind == "skewed":
+        x = torch.exp(2 * x)
+    elif kind == "lattice":
+        x = torch.randint(-20, 21, (2, 60_000), generator=g).float() / 8
+    spec = QuantSpec(bits=bits, symmetric=False, estimator="mse")
+    full = _search(x, spec, min_prune=0)
+    pruned = _search(x, spec, min_prune=fused.ops.PRUNE_MIN_VALUES)
+    assert_same_choice(full, pruned)
+    assert int(pruned.evaluated.max()) <= 40, f"{pruned.evaluated.tolist()} of 100 candidates evaluated"
+    for t in (2, 3):
+        assert_same_choice(full, _search(x, spec, min_prune=fused.ops.PRUNE_MIN_VALUES, nthreads=t))
+
+
+def test_all_errors_and_near_float_max_evaluate_every_candidate() -> None:
+    x = torch.randn(1, 20_000, generator=torch.Generator().manual_seed(1))
+    spec = QuantSpec(bits=4, estimator="mse")
+    lo0, hi0 = row_minmax(x)
+    table = mse_search_fused(x, lo0, hi0, 100, _plan(x, spec), all_errors=True, min_prune=1)
+    assert table.errs is not None and int(table.evaluated[0]) == 100
+    # Where a term's float32 subtraction may overflow, no bound holds: every candidate runs.
+    huge = (x * 3e37).clamp(-_FMAX, _FMAX)
+    assert int(_search(huge, spec, min_prune=1).evaluated[0]) == 100
+    with pytest.raises(ValueError, match="min_prune"):
+        mse_search_fused(x, lo0, hi0, 100, _plan(x, spec), min_prune=-1)

@@ -14,7 +14,8 @@
   quantization, in one call with no host round trip; state and qparams bit for bit
   those of ``FakeQuant._observe`` and :func:`qatlab.quant.qparams_from_range`.
 * :func:`mse_search_fused`: the ``mse`` estimator's grid search of clip ranges, every
-  candidate evaluated in one pass over the rows.
+  candidate evaluated in one pass over the rows (on long rows, only the candidates that
+  error bounds from a histogram pass leave in the running).
 
 Values and ``dx`` equal the torch-op paths (:mod:`qatlab.nn.ste`,
 ``FakeQuant``'s PACT path) bit for bit; the reductions are summed in double, so the
@@ -45,7 +46,7 @@ _SIGNATURES = {
     "qatlab_pact_backward": [_P, _P, _P, _I, _P, _F, _F, _P, _N],
     "qatlab_fq_observe_forward": [_P, _P, _I, _I, _I, _F, _F, _P, _N, _P, _P, _F, _F, _P, _P, _D, _D, _D, _N, _N, _P, _P, _P, _N],
     "qatlab_qparams_from_range": [_I, _P, _P, _D, _D, _D, _N, _N, _P, _P],
-    "qatlab_mse_search": [_P, _I, _I, _P, _P, _N, _D, _D, _D, _N, _N, _P, _P, _P, _P, _N],
+    "qatlab_mse_search": [_P, _I, _I, _P, _P, _N, _D, _D, _D, _N, _N, _P, _P, _P, _P, _I, _P, _N],
 }
 # Functions that return a status (0: done, 1: a range is NaN or infinite).
 _STATUS = frozenset({"qatlab_fq_observe_forward", "qatlab_qparams_from_range", "qatlab_mse_search"})
@@ -436,13 +437,21 @@ def qparams_from_range_fused(lo: torch.Tensor, hi: torch.Tensor, plan: ObservePl
 # ---- the mse estimator's range search ------------------------------------------------------
 
 
+# Rows this long first bound every candidate's error from one histogram pass and evaluate
+# only those that can win (a 4-bit activation of 10^5..10^6 values: a handful of the 100).
+# Below it the binning costs more than it saves.
+PRUNE_MIN_VALUES = 16384
+
+
 class MSESearch(NamedTuple):
-    """Per row: the chosen range, its squared error and (when asked) every candidate's."""
+    """Per row: the chosen range, its squared error, (when asked) every candidate's, and
+    how many candidates were evaluated in full."""
 
     lo: torch.Tensor
     hi: torch.Tensor
     err: torch.Tensor
     errs: torch.Tensor | None
+    evaluated: torch.Tensor
 
 
 def mse_search_fused(
@@ -453,6 +462,7 @@ def mse_search_fused(
     plan: ObservePlan,
     nthreads: int | None = None,
     all_errors: bool = False,
+    min_prune: int = PRUNE_MIN_VALUES,
 ) -> MSESearch:
     """:func:`qatlab.quant.estimators.mse`'s search in one pass over ``rows`` ([P, N],
     float32, CPU): per row, the candidate range ``k/grid · [lo, hi]`` (k = 1..grid; ``lo``,
@@ -460,7 +470,10 @@ def mse_search_fused(
     arithmetic has the least squared error, the first on ties. The candidates, their
     qparams and each value's fake quantization equal the reference's bit for bit; the
     errors are its float64 sums added in another order. ``nthreads`` (default torch's)
-    does not change the result. ``all_errors``: also return the [P, grid] error table."""
+    does not change the result. ``all_errors``: also return the [P, grid] error table
+    (every candidate evaluated). Rows of at least ``min_prune`` values (0: none) evaluate
+    only the candidates whose error bounds, from one histogram pass, leave them a chance
+    to win; the result is the full search's bit for bit (``evaluated`` says how many)."""
     if rows.dim() != 2 or rows.dtype != torch.float32 or rows.device.type != "cpu":
         raise TypeError(f"rows must be a 2-D float32 CPU tensor, got {rows.dtype} {tuple(rows.shape)} on {rows.device}")
     p, n = rows.shape
@@ -479,6 +492,9 @@ def mse_search_fused(
     threads = torch.get_num_threads() if nthreads is None else int(nthreads)
     if threads < 1:
         raise ValueError(f"nthreads must be >= 1, got {nthreads!r}")
+    if isinstance(min_prune, bool) or not isinstance(min_prune, int) or min_prune < 0:
+        raise ValueError(f"min_prune must be an int >= 0, got {min_prune!r}")
+    evaluated = torch.empty(p, dtype=torch.int32)
     if lib.qatlab_mse_search(
         xc.data_ptr(),
         p,
@@ -495,7 +511,9 @@ def mse_search_fused(
         out_hi.data_ptr(),
         err.data_ptr(),
         _ptr(errs),
+        min_prune,
+        evaluated.data_ptr(),
         threads,
     ):
         raise ValueError(RANGE_ERROR)
-    return MSESearch(out_lo, out_hi, err, errs)
+    return MSESearch(out_lo, out_hi, err, errs, evaluated)

@@ -28,7 +28,10 @@ Arithmetic contract (the reference's, element for element):
   ``(lo·f, hi·f)`` with ``f = k/n`` rounded to float32 and the product taken in float32
   (torch's float32 tensor times a Python scalar), its qparams by ``qparams_from_range``'s
   arithmetic above; the error term ``double(y − x)²`` is exact (a float32 difference
-  squared fits a double), so only the order of the double sums differs from torch's.
+  squared fits a double), so only the order of the double sums differs from torch's. A
+  long row first bounds every candidate's error from one histogram pass and evaluates
+  only those whose lower bound does not exceed the least upper bound (the bounds hold
+  for any summation order), so it chooses what the full search chooses, bit for bit.
 
 ``-ffp-contract=off`` keeps the compiler from fusing a multiply and an add into one
 rounding, which would change values the reference computes in two.
@@ -124,7 +127,7 @@ static void fq_forward_chunk(const float* x, float* y, i64 b, i64 e, float s, fl
 
 extern "C" {
 
-int qatlab_fused_abi(void) { return 8; }
+int qatlab_fused_abi(void) { return 9; }
 
 void qatlab_fq_forward(const float* x, float* y, i64 outer, i64 channels, i64 inner,
                        const float* scale, const float* zp, int zp_per_channel,
@@ -428,25 +431,32 @@ int qatlab_qparams_from_range(i64 rows, const float* lo, const float* hi, double
 static const i64 MSE_BLOCK = 1024;
 static const int MSE_LANES = 16;
 
-// One value's squared error under one candidate: exact in double (a float32 difference
-// squared needs at most 48 significant bits). The clamp is written as two one-sided
+// One value's fake quantization under one candidate. The clamp is written as two one-sided
 // selects (a max and a min instruction): the values are finite here (their row's range
 // is), so this equals the nested form that keeps a NaN, at fewer instructions.
-static inline double mse_term(float xv, float s, float inv, float z, float qmin, float qmax) {
+static inline float fq_value(float xv, float s, float inv, float z, float qmin, float qmax) {
     float q = std::nearbyint(xv * inv) + z;
     q = q < qmin ? qmin : q;
     q = q > qmax ? qmax : q;
-    const double d = (double)((q - z) * s - xv);
+    return (q - z) * s;
+}
+
+// One value's squared error under one candidate: exact in double (a float32 difference
+// squared needs at most 48 significant bits).
+static inline double mse_term(float xv, float s, float inv, float z, float qmin, float qmax) {
+    const double d = (double)(fq_value(xv, s, inv, z, qmin, qmax) - xv);
     return d * d;
 }
 
-static void mse_chunk(const float* x, i64 b, i64 e, int grid, const float* s, const float* inv, const float* z,
-                      float qmin, float qmax, double* out) {
-    for (int j = 0; j < grid; ++j) out[j] = 0.0;
+// The candidates sel[0..nsel) only (each one's sums are independent of the others').
+static void mse_chunk(const float* x, i64 b, i64 e, const int* sel, int nsel, const float* s, const float* inv,
+                      const float* z, float qmin, float qmax, double* out) {
+    for (int t = 0; t < nsel; ++t) out[sel[t]] = 0.0;
     for (i64 b0 = b; b0 < e; b0 += MSE_BLOCK) {
         const i64 e0 = b0 + MSE_BLOCK < e ? b0 + MSE_BLOCK : e;
         const i64 lanes_end = b0 + (e0 - b0) / MSE_LANES * MSE_LANES;
-        for (int j = 0; j < grid; ++j) {
+        for (int t = 0; t < nsel; ++t) {
+            const int j = sel[t];
             const float sj = s[j], ij = inv[j], zj = z[j];
             // MSE_LANES independent accumulators: one would chain every add on the last
             // one's latency (the loop's bottleneck); the lanes are summed in a fixed order.
@@ -463,16 +473,129 @@ static void mse_chunk(const float* x, i64 b, i64 e, int grid, const float* s, co
     }
 }
 
+// ---- Pruning the candidates of a long row: bounds from one histogram pass ---------------
+//
+// The row's values go into bins over [lo0, hi0]; each bin keeps its count, its
+// least and largest value, and the first two moments of (x − c) about its left edge c.
+// Fake quantization is monotone, so a candidate that maps a bin's least and largest value
+// to the same grid value y maps every value of the bin to y, and the bin's error Σ(y − x)²
+// follows from the moments, up to a rounding bound. A bin across a rounding boundary adds
+// between 0 and count·max((y_max − least)², (largest − y_min)²). The bounds also cover
+// each term's float32 subtraction and the summation order of the full search. A
+// candidate whose lower bound exceeds the least upper bound cannot be the least error;
+// the others are evaluated by the same sums as in the full search, so the chosen range,
+// its error and the first-on-ties rule are the full search's bit for bit.
+
+// Bins per row: one per PRUNE_VALUES_PER_BIN values, within [PRUNE_MIN_BINS, PRUNE_MAX_BINS]. More bins
+// give tighter bounds (fewer candidates left) and cost more per candidate to bound.
+static const i64 PRUNE_VALUES_PER_BIN = 32, PRUNE_MIN_BINS = 256, PRUNE_MAX_BINS = 4096;
+
+struct RowBins {
+    std::vector<double> c, sd, sdd, cnt;
+    std::vector<float> mn, mx;
+};
+
+// Bins of x[0..n) over [lo, hi] (lo < hi, values finite), empty bins dropped. A value outside
+// [lo, hi] joins an end bin: the bounds use each bin's actual least and largest value, so
+// any assignment of values to bins gives sound bounds.
+static void fill_bins(const float* x, i64 n, float lo, float hi, RowBins& out) {
+    i64 nbins = n / PRUNE_VALUES_PER_BIN;
+    nbins = nbins < PRUNE_MIN_BINS ? PRUNE_MIN_BINS : (nbins > PRUNE_MAX_BINS ? PRUNE_MAX_BINS : nbins);
+    const double dlo = lo, step = ((double)hi - dlo) / (double)nbins, k = (double)nbins / ((double)hi - dlo);
+    std::vector<i64> cnt(nbins, 0);
+    std::vector<double> sd(nbins, 0.0), sdd(nbins, 0.0);
+    std::vector<float> mn(nbins, INFINITY), mx(nbins, -INFINITY);
+    for (i64 i = 0; i < n; ++i) {
+        const float xv = x[i];
+        i64 b = (i64)(((double)xv - dlo) * k);
+        b = b < 0 ? 0 : (b >= nbins ? nbins - 1 : b);
+        const double d = (double)xv - (dlo + (double)b * step);
+        cnt[b] += 1;
+        sd[b] += d;
+        sdd[b] += d * d;
+        mn[b] = xv < mn[b] ? xv : mn[b];
+        mx[b] = xv > mx[b] ? xv : mx[b];
+    }
+    out = RowBins();
+    for (i64 b = 0; b < nbins; ++b) {
+        if (!cnt[b]) continue;
+        out.c.push_back(dlo + (double)b * step);
+        out.cnt.push_back((double)cnt[b]);
+        out.sd.push_back(sd[b]);
+        out.sdd.push_back(sdd[b]);
+        out.mn.push_back(mn[b]);
+        out.mx.push_back(mx[b]);
+    }
+}
+
+static inline double dmax(double a, double b) { return a > b ? a : b; }
+
+// Lower and upper bound of the exact sum of one candidate's error terms over the bins.
+static void candidate_bounds(const RowBins& h, float s, float inv, float z, float qmin, float qmax, double& lb, double& ub) {
+    const double eps = 0x1p-53;
+    double l = 0.0, u = 0.0;
+    for (size_t b = 0; b < h.c.size(); ++b) {
+        const float lo_v = h.mn[b], hi_v = h.mx[b];
+        const float ya = fq_value(lo_v, s, inv, z, qmin, qmax), yb = fq_value(hi_v, s, inv, z, qmin, qmax);
+        const double n = h.cnt[b];
+        if (ya == yb) {
+            // One grid value y for the whole bin: Σ(y − x)² = n·w² − 2w·Σd + Σd², w = y − c, d = x − c.
+            const double c = h.c[b], w = (double)ya - c;
+            const double dm = dmax(std::fabs((double)lo_v - c), std::fabs((double)hi_v - c));
+            const double e = n * w * w - 2.0 * w * h.sd[b] + h.sdd[b];
+            // Rounding of d, w, the moments' sums and this formula: under γ(n + 8) of the magnitudes.
+            const double big = std::fabs(w) + dm;
+            const double slack = 2.0 * (n + 8.0) * eps * (n * big * big + h.sdd[b]);
+            l += dmax(e - slack, 0.0);
+            u += e + slack;
+        } else {
+            const double lo_gap = (double)yb - (double)lo_v, hi_gap = (double)hi_v - (double)ya;
+            u += n * dmax(lo_gap * lo_gap, hi_gap * hi_gap);
+        }
+    }
+    // Each term is fl32(y − x)² (within 2^-22 of (y − x)²); the bins' sum adds ≤ 2^-40.
+    lb = l * (1.0 - 0x1p-21);
+    ub = u * (1.0 + 0x1p-21);
+}
+
+// The candidates of row x[0..n) that can be its least error, ascending, into sel.
+static void surviving_candidates(const float* x, i64 n, float lo0, float hi0, int grid, const float* s, const float* inv,
+                                 const float* z, float qmin, float qmax, std::vector<int>& sel) {
+    sel.clear();
+    if (!(hi0 > lo0)) {  // one value throughout: nothing to bin
+        for (int j = 0; j < grid; ++j) sel.push_back(j);
+        return;
+    }
+    RowBins h;
+    fill_bins(x, n, lo0, hi0, h);
+    std::vector<double> lb(grid), ub(grid);
+    double best_ub = INFINITY;
+    for (int j = 0; j < grid; ++j) {
+        candidate_bounds(h, s[j], inv[j], z[j], qmin, qmax, lb[j], ub[j]);
+        best_ub = ub[j] < best_ub ? ub[j] : best_ub;
+    }
+    // Any summation order of n terms stays within γ(n) of their exact sum.
+    const double g = (double)n * 0x1p-53;
+    const double gamma = g / (1.0 - g);
+    const double bar = best_ub * (1.0 + gamma);
+    for (int j = 0; j < grid; ++j)
+        if (!(lb[j] * (1.0 - gamma) > bar)) sel.push_back(j);
+}
+
 extern "C" {
 
 // x: [rows, n] row-major. lo0/hi0: each row's min/max. Candidate j (0-based) of row r is the
 // range (lo0[r]·f, hi0[r]·f), f = float32((j + 1) / grid). Per row, the candidate of least
 // squared error wins, the first on ties; a row whose every error is NaN or infinite keeps
 // (lo0, hi0). err (nullable) receives the winners' errors, errs (nullable, [rows, grid])
-// every candidate's. Returns 1 (writing nothing) when a lo0/hi0 is NaN or infinite.
+// every candidate's (and then every candidate is evaluated). Rows of at least min_prune
+// values (0: none) evaluate only the candidates that their bounds leave; evaluated
+// (nullable) receives how many per row. Returns 1 (writing nothing) when a lo0/hi0 is NaN
+// or infinite.
 int qatlab_mse_search(const float* x, i64 rows, i64 n, const float* lo0, const float* hi0, int grid,
                       double qmin, double qmax, double div, int scheme, int zero_code,
-                      float* best_lo, float* best_hi, double* err, double* errs, int nthreads) {
+                      float* best_lo, float* best_hi, double* err, double* errs, i64 min_prune,
+                      int32_t* evaluated, int nthreads) {
     for (i64 r = 0; r < rows; ++r)
         if (!std::isfinite(lo0[r]) || !std::isfinite(hi0[r])) return 1;
     const i64 cands = rows * (i64)grid;
@@ -489,35 +612,53 @@ int qatlab_mse_search(const float* x, i64 rows, i64 n, const float* lo0, const f
         cinv[c] = 1.0f / cs[c];
         cz[c] = (float)czp[c];
     }
+    const float fqmin = (float)qmin, fqmax = (float)qmax;
+    std::vector<std::vector<int>> sel(rows);
+    // Near float32's limit a term's subtraction may overflow, which no bound here covers.
+    bool finite_terms = true;
+    for (i64 r = 0; r < rows; ++r)
+        finite_terms = finite_terms && std::fabs(lo0[r]) < 0x1p126f && std::fabs(hi0[r]) < 0x1p126f;
+    const bool prune = errs == nullptr && min_prune > 0 && n >= min_prune && finite_terms;
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if(nthreads > 1 && prune && rows > 1)
+    for (i64 r = 0; r < rows; ++r) {
+        const i64 o = r * grid;
+        if (prune) {
+            surviving_candidates(x + r * n, n, lo0[r], hi0[r], grid, &cs[o], &cinv[o], &cz[o], fqmin, fqmax, sel[r]);
+        } else {
+            sel[r].resize(grid);
+            for (int j = 0; j < grid; ++j) sel[r][j] = j;
+        }
+    }
     Grid g(rows, 1, n);
     std::vector<double> part(g.nchunks * (i64)grid, 0.0);
-    const float fqmin = (float)qmin, fqmax = (float)qmax;
     // Each value costs `grid` candidates' work: worth threads well below Grid::parallel's size.
     #pragma omp parallel for schedule(static) num_threads(nthreads) if(nthreads > 1 && g.nchunks > 1 && rows * n * grid >= 2 * CHUNK)
     for (i64 k = 0; k < g.nchunks; ++k) {
         i64 seg, b, e;
         g.chunk(k, seg, b, e);
         const i64 o = seg * grid;
-        mse_chunk(x, b, e, grid, &cs[o], &cinv[o], &cz[o], fqmin, fqmax, &part[k * grid]);
+        mse_chunk(x, b, e, sel[seg].data(), (int)sel[seg].size(), &cs[o], &cinv[o], &cz[o], fqmin, fqmax, &part[k * grid]);
     }
     std::vector<double> tot(grid);
     for (i64 r = 0; r < rows; ++r) {
         for (int j = 0; j < grid; ++j) tot[j] = 0.0;
         for (i64 k = r * g.per_seg; k < (r + 1) * g.per_seg; ++k)
-            for (int j = 0; j < grid; ++j) tot[j] += part[k * grid + j];
+            for (int j : sel[r]) tot[j] += part[k * grid + j];
         double best = INFINITY;
         float bl = lo0[r], bh = hi0[r];
-        for (int j = 0; j < grid; ++j) {
+        for (int j : sel[r]) {
             if (tot[j] < best) {
                 best = tot[j];
                 bl = clo[r * grid + j];
                 bh = chi[r * grid + j];
             }
-            if (errs) errs[r * grid + j] = tot[j];
         }
+        if (errs)
+            for (int j = 0; j < grid; ++j) errs[r * grid + j] = tot[j];
         best_lo[r] = bl;
         best_hi[r] = bh;
         if (err) err[r] = best;
+        if (evaluated) evaluated[r] = (int32_t)sel[r].size();
     }
     return 0;
 }
