@@ -34,7 +34,6 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from qatlab.quant import QParams, QuantSpec, estimate_range, estimators, layout_for, qparams_from_range, to_rows
@@ -112,15 +111,6 @@ def pact_fake_quant_fast(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> tor
 
 def _clamped(x: torch.Tensor, clamp: Bounds | None) -> torch.Tensor:
     return x if clamp is None else x.clamp(*clamp)
-
-
-# The activations a quantizer can apply first (``FakeQuant.forward``'s ``pre``): the fused
-# kernels do it in their own passes; elsewhere these functions run first.
-PRE_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid}
-
-
-def _activated(x: torch.Tensor, pre: str | None) -> torch.Tensor:
-    return x if pre is None else PRE_FNS[pre](x)
 
 
 def _per_layout(x: torch.Tensor, layout: Layout, fq: Callable[[torch.Tensor, int | None], torch.Tensor]) -> torch.Tensor:
@@ -280,33 +270,28 @@ class FakeQuant(nn.Module):
         return layout_for(torch.empty(shape, device="meta"), self.spec)
 
     # ---- forward ------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, numel: int | None = None, clamp: Bounds | None = None, pre: str | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, numel: int | None = None, clamp: Bounds | None = None) -> torch.Tensor:
         """Fake-quantize ``x``, or ``x.clamp(*clamp)`` where a layer's clamp (ReLU6) comes
         first: the fused kernels apply it in the same pass, gradient included. ``numel``:
         how many values ``x`` stands for in LSQ's gradient scale, where it is a max-pooled
-        view of a larger tensor. ``pre`` (a name in ``PRE_FNS``): quantize that activation
-        of ``x`` (before the clamp); the fused kernels apply it in their passes, forward
-        and backward, with torch's values and gradients."""
-        if pre is not None and pre not in PRE_FNS:
-            raise ValueError(f"pre {pre!r} is unknown; expected None or one of {', '.join(PRE_FNS)}")
+        view of a larger tensor."""
         if not self.enabled and not self.observe:
-            return _clamped(_activated(x, pre), clamp)
+            return _clamped(x, clamp)
         if self.ste in ("lsq", "pact") and self.enabled and self.is_initialized:
             # Learned and ready: no observer, and the kernels take the call as it comes.
             if self.ste == "lsq":
-                y = self._lsq_planned(x, numel, clamp, pre)
+                y = self._lsq_planned(x, numel, clamp)
             elif fusable(x, self.alpha):
                 self.__dict__["_last_shape"] = tuple(x.shape)
-                y = pact_fake_quant_fused(_activated(x, pre), self.alpha, self.spec.bits, clamp)
+                y = pact_fake_quant_fused(x, self.alpha, self.spec.bits, clamp)
             else:
                 y = None
             if y is not None:
                 return y
         elif self.observe and self.enabled:
-            y = self._observe_fused(x, clamp, pre)
+            y = self._observe_fused(x, clamp)
             if y is not None:
                 return y
-        x = _activated(x, pre)
         self._last_shape = tuple(x.shape)
         layout = layout_for(x, self.spec)
         learned_ready = self.ste in ("lsq", "pact") and self.is_initialized
@@ -330,7 +315,7 @@ class FakeQuant(nn.Module):
             return self._lsq(x, layout, numel, clamp)
         return self._apply_fixed(x, self._observed_qparams(layout), layout, self.ste, clamp)
 
-    def _observe_fused(self, x: torch.Tensor, clamp: Bounds | None, pre: str | None = None) -> torch.Tensor | None:
+    def _observe_fused(self, x: torch.Tensor, clamp: Bounds | None) -> torch.Tensor | None:
         """Observe, derive the qparams and fake-quantize in one kernel call, where the
         quantizer applies its observed range with the clipped STE (the fixed quantizers,
         and the learned ones while calibrating) and the estimator is min/max-based (a
@@ -342,7 +327,7 @@ class FakeQuant(nn.Module):
             return None
         if not fusable(x):
             return None
-        plan = self._fused_plan(x, clamp, pre)
+        plan = self._fused_plan(x, clamp)
         if plan is None:
             return None
         layout, oplan, search = plan[3], plan[4], plan[5]
@@ -383,14 +368,13 @@ class FakeQuant(nn.Module):
         else:
             self._buffers["lo"], self._buffers["hi"] = lo, hi
 
-    def _fused_plan(self, x: torch.Tensor, clamp: Bounds | None, pre: str | None = None) -> tuple | None:  # type: ignore[type-arg]
-        """``(shape, spec, clamp, layout, ObservePlan, search, shape tuple, pre)`` for this
-        input, worked out once per shape, spec, clamp and activation (the layout rules cost
-        more than the kernel on a small tensor); None for an estimator the kernels do not
-        track."""
+    def _fused_plan(self, x: torch.Tensor, clamp: Bounds | None) -> tuple | None:  # type: ignore[type-arg]
+        """``(shape, spec, clamp, layout, ObservePlan, search, shape tuple)`` for this input,
+        worked out once per shape, spec and clamp (the layout rules cost more than the kernel
+        on a small tensor); None for an estimator the kernels do not track."""
         p = self.__dict__.get("_fplan")
         spec = self.spec
-        if p is not None and p[0] == x.shape and p[1] is spec and p[2] == clamp and p[7] == pre:
+        if p is not None and p[0] == x.shape and p[1] is spec and p[2] == clamp:
             return p
         est = spec.estimator
         search = est in SEARCH_ESTIMATORS
@@ -405,8 +389,8 @@ class FakeQuant(nn.Module):
             shape, axis = (layout.num_params(x.shape), max(1, x.numel()) // max(1, layout.num_params(x.shape)), 1), 0
         scheme = ASYMMETRIC if not spec.symmetric else (SYMMETRIC_SIGNED if spec.is_signed else SYMMETRIC_UNSIGNED)
         decay = spec.ema_decay if est != "minmax" else 0.0
-        oplan = ObservePlan(shape, axis, spec.qmin, spec.qmax, scale_divisor(spec), scheme, decay, clamp, pre)
-        p = (x.shape, spec, clamp, layout, oplan, search, tuple(x.shape), pre)
+        oplan = ObservePlan(shape, axis, spec.qmin, spec.qmax, scale_divisor(spec), scheme, decay, clamp)
+        p = (x.shape, spec, clamp, layout, oplan, search, tuple(x.shape))
         self.__dict__["_fplan"] = p
         return p
 
@@ -451,7 +435,7 @@ class FakeQuant(nn.Module):
         s = s.abs().clamp(min=SCALE_FLOOR)
         return _per_layout(_clamped(x, clamp), layout, lambda v, axis: lsq_fake_quant(v, s, z, lo, hi, axis, g))
 
-    def _lsq_planned(self, x: torch.Tensor, numel: int | None, clamp: Bounds | None, pre: str | None = None) -> torch.Tensor | None:
+    def _lsq_planned(self, x: torch.Tensor, numel: int | None, clamp: Bounds | None) -> torch.Tensor | None:
         """``_lsq`` on the kernels with its plan kept across calls (same shapes, spec, clamp
         and ``numel``); None where the general path must run (not fusable, rows layouts)."""
         s, z = self.scale, self.zero_point
@@ -467,7 +451,6 @@ class FakeQuant(nn.Module):
             or p[4] != s.shape
             or p[5] != z.shape
             or p[6] != z.requires_grad
-            or p[9] != pre
         ):
             if x.numel() == 0:
                 return None
@@ -476,10 +459,8 @@ class FakeQuant(nn.Module):
                 return None
             axis = None if layout.kind == "tensor" else layout.axis
             g = lsq_grad_factor((numel or x.numel()) // max(1, s.numel()), self.spec.qmax)
-            plan = FakeQuantPlan(
-                x.shape, axis, s.shape, z.shape, z.requires_grad, self.spec.qmin, self.spec.qmax, g, SCALE_FLOOR, clamp, pre
-            )
-            p = (x.shape, self.spec, clamp, numel, s.shape, z.shape, z.requires_grad, plan, tuple(x.shape), pre)
+            plan = FakeQuantPlan(x.shape, axis, s.shape, z.shape, z.requires_grad, self.spec.qmin, self.spec.qmax, g, SCALE_FLOOR, clamp)
+            p = (x.shape, self.spec, clamp, numel, s.shape, z.shape, z.requires_grad, plan, tuple(x.shape))
             self.__dict__["_lplan"] = p
         if not enabled():
             return None

@@ -14,7 +14,7 @@ from torch import nn
 
 from qatlab.quant import QuantSpec
 
-from .fake_quant import PRE_FNS, FakeQuant
+from .fake_quant import FakeQuant
 
 
 class QuantAct(nn.Module):
@@ -385,11 +385,6 @@ class QuantLUT(_QuantCompute):
         return LUT_FUNCTIONS[self.fn](x, **self.options)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fn in PRE_FNS and not self.options and "apply_fn" not in self.__dict__ and self.act_fq.enabled:
-            # The quantizer applies it in its own passes (the same values and gradients):
-            # no pass of its own over the activation and its gradient. Not where an
-            # instance's own apply_fn stands in (a twice-differentiable spelling).
-            return self.act_fq(x, None, self.clamp, self.fn)
         return self._out(self.apply_fn(x))
 
     def extra_repr(self) -> str:

@@ -40,11 +40,11 @@ from .build import library
 
 _P, _I, _F, _D, _N = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_double, ctypes.c_int
 _SIGNATURES = {
-    "qatlab_fq_forward": [_P, _P, _I, _I, _I, _P, _P, _N, _F, _F, _F, _F, _F, _N, _N],
-    "qatlab_fq_backward": [_P, _P, _P, _I, _I, _I, _P, _P, _N, _F, _F, _F, _F, _F, _N, _D, _P, _P, _N],
+    "qatlab_fq_forward": [_P, _P, _I, _I, _I, _P, _P, _N, _F, _F, _F, _F, _F, _N],
+    "qatlab_fq_backward": [_P, _P, _P, _I, _I, _I, _P, _P, _N, _F, _F, _F, _F, _F, _D, _P, _P, _N],
     "qatlab_pact_forward": [_P, _P, _I, _P, _F, _F, _F, _N],
     "qatlab_pact_backward": [_P, _P, _P, _I, _P, _F, _F, _P, _N],
-    "qatlab_fq_observe_forward": [_P, _P, _I, _I, _I, _F, _F, _N, _P, _N, _P, _P, _F, _F, _P, _P, _D, _D, _D, _N, _N, _P, _P, _P, _N],
+    "qatlab_fq_observe_forward": [_P, _P, _I, _I, _I, _F, _F, _P, _N, _P, _P, _F, _F, _P, _P, _D, _D, _D, _N, _N, _P, _P, _P, _N],
     "qatlab_qparams_from_range": [_I, _P, _P, _D, _D, _D, _N, _N, _P, _P],
     "qatlab_mse_search": [_P, _I, _I, _P, _P, _N, _D, _D, _D, _N, _N, _P, _P, _P, _P, _I, _P, _N],
 }
@@ -107,18 +107,6 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 Bounds = tuple[float | None, float | None]
 
-# Activations the kernels apply before quantizing, in the pass they make anyway (a
-# layer's hardswish / hardsigmoid in front of its output quantizer), by kernel code.
-PRE_CODES = {"hardswish": 1, "hardsigmoid": 2}
-
-
-def _pre_code(pre: str | None) -> int:
-    if pre is None:
-        return 0
-    if pre not in PRE_CODES:
-        raise ValueError(f"pre {pre!r} is not fused; expected None or one of {', '.join(PRE_CODES)}")
-    return PRE_CODES[pre]
-
 
 def _clip_bounds(clamp: Bounds | None) -> tuple[float, float]:
     if clamp is None:
@@ -132,21 +120,7 @@ class FakeQuantPlan:
     once per input shape (a quantizer reuses it on every step: the checks and the layout
     arithmetic cost more than the kernel on a small tensor)."""
 
-    __slots__ = (
-        "outer",
-        "channels",
-        "inner",
-        "zp_per_channel",
-        "qmin",
-        "qmax",
-        "floor",
-        "clo",
-        "chi",
-        "pre",
-        "grad_factor",
-        "s_shape",
-        "z_shape",
-    )
+    __slots__ = ("outer", "channels", "inner", "zp_per_channel", "qmin", "qmax", "floor", "clo", "chi", "grad_factor", "s_shape", "z_shape")
 
     def __init__(
         self,
@@ -160,7 +134,6 @@ class FakeQuantPlan:
         grad_factor: float = 1.0,
         scale_floor: float | None = None,
         clamp: Bounds | None = None,
-        pre: str | None = None,
     ) -> None:
         shape = torch.Size(shape)
         channels = 1 if axis is None else shape[axis]
@@ -176,16 +149,14 @@ class FakeQuantPlan:
         self.qmin, self.qmax = float(qmin), float(qmax)
         self.floor = scale_floor or 0.0
         self.clo, self.chi = _clip_bounds(clamp)
-        self.pre = _pre_code(pre)
         self.grad_factor = float(grad_factor)
         self.s_shape, self.z_shape = torch.Size(scale_shape), torch.Size(zp_shape)
 
     def grid_args(self, s: torch.Tensor, z: torch.Tensor) -> tuple[object, ...]:
         """The arguments the forward and backward kernels share: the grid, the scale and
-        zero point (contiguous float32), the code range, the scale floor, the clamp and the
-        activation applied first."""
+        zero point (contiguous float32), the code range, the scale floor and the clamp."""
         return (self.outer, self.channels, self.inner, s.data_ptr(), z.data_ptr(), self.zp_per_channel,
-                self.qmin, self.qmax, self.floor, self.clo, self.chi, self.pre)  # fmt: skip
+                self.qmin, self.qmax, self.floor, self.clo, self.chi)  # fmt: skip
 
 
 _lib_typed: ctypes.CDLL | None = None
@@ -242,7 +213,6 @@ def fake_quant_fused(
     grad_factor: float = 1.0,
     scale_floor: float | None = None,
     clamp: Bounds | None = None,
-    pre: str | None = None,
 ) -> torch.Tensor:
     """Fake-quantize ``x`` (float32, CPU) with one scale per tensor or per ``axis`` channel.
 
@@ -252,11 +222,9 @@ def fake_quant_fused(
     ``scale_floor``: ``scale`` is a raw learned parameter used as ``max(|scale|, floor)``.
     ``clamp``: (lo, hi), either None for an open end: quantize ``x.clamp(lo, hi)`` instead,
     the clamp's gradient included (a ReLU6 in front of the quantizer costs no extra pass).
-    ``pre``: ``"hardswish"`` or ``"hardsigmoid"``: quantize that activation of ``x`` (before
-    the clamp), its values and gradient those of torch's kernels, in the same passes.
     """
     plan = FakeQuantPlan(
-        x.shape, axis, scale.shape, zero_point.shape, zero_point.requires_grad, qmin, qmax, grad_factor, scale_floor, clamp, pre
+        x.shape, axis, scale.shape, zero_point.shape, zero_point.requires_grad, qmin, qmax, grad_factor, scale_floor, clamp
     )
     return _FusedFakeQuant.apply(x, scale, zero_point, plan)
 
@@ -331,22 +299,7 @@ class ObservePlan:
     """What an observed quantizer's call needs besides the tensors, worked out once per
     input shape: the [outer, channels, inner] view and the qparams constants."""
 
-    __slots__ = (
-        "outer",
-        "channels",
-        "inner",
-        "clo",
-        "chi",
-        "pre",
-        "qmin",
-        "qmax",
-        "div",
-        "scheme",
-        "zero_code",
-        "keep",
-        "take",
-        "backward_plan",
-    )
+    __slots__ = ("outer", "channels", "inner", "clo", "chi", "qmin", "qmax", "div", "scheme", "zero_code", "keep", "take", "backward_plan")
 
     def __init__(
         self,
@@ -358,7 +311,6 @@ class ObservePlan:
         scheme: int,
         decay: float = 0.0,
         clamp: Bounds | None = None,
-        pre: str | None = None,
     ) -> None:
         if not 1 <= qmax - qmin < 2**24:
             raise ValueError(f"qmin {qmin}, qmax {qmax}: need qmin < qmax with fewer than 2**24 codes (float32 holds them exactly)")
@@ -368,7 +320,6 @@ class ObservePlan:
             raise ValueError(f"div (quantization steps in the range) must be > 0, got {div!r}")
         self.outer, self.channels, self.inner = _grid(torch.Size(shape), axis)
         self.clo, self.chi = _clip_bounds(clamp)
-        self.pre = _pre_code(pre)
         self.qmin, self.qmax, self.div, self.scheme = qmin, qmax, float(div), scheme
         # An all-zero asymmetric row: 0.0 must map to a code inside the range.
         self.zero_code = min(max(0, qmin), qmax)
@@ -376,7 +327,7 @@ class ObservePlan:
         self.keep, self.take = float(decay), 1.0 - float(decay)
         # The backward is the plain STE's on the qparams the forward derived (one per channel).
         c = (self.channels,)
-        self.backward_plan = FakeQuantPlan(shape, axis, c, c, False, qmin, qmax, clamp=clamp, pre=pre)
+        self.backward_plan = FakeQuantPlan(shape, axis, c, c, False, qmin, qmax, clamp=clamp)
 
 
 def _state_arg(t: torch.Tensor | None, n: int, name: str) -> int | None:
@@ -404,7 +355,6 @@ class _FusedObserved(torch.autograd.Function):
             plan.inner,
             plan.clo,
             plan.chi,
-            plan.pre,
             _state_arg(frac, 2 * c, "frac"),
             mode,
             _state_arg(old_lo, c, "lo") if mode != REPLACE else None,
@@ -448,10 +398,10 @@ def observe_fake_quant_fused(
     """Observe ``x`` (float32, CPU, shaped as ``plan`` says), derive its qparams and
     fake-quantize it with the clipped STE, in one pass to observe and one to quantize.
 
-    Per channel: the batch range is the min/max of ``clamp(pre(x))`` (``plan``'s clamp and
-    activation, each optional), or with ``frac`` ([2, channels]: a search estimator's last
-    fractions) ``frac · max(|min|, |max|)``; ``mode`` merges it with the state
-    ``lo``/``hi``: REPLACE, RUNNING_MINMAX or EMA (``plan``'s decay). Returns ``(y, lo, hi, scale, zero_point)``: the output (gradient to ``x``
+    Per channel: the batch range is the min/max of ``clamp(x)``, or with ``frac`` ([2,
+    channels]: a search estimator's last fractions) ``frac · max(|min|, |max|)``; ``mode``
+    merges it with the state ``lo``/``hi``: REPLACE, RUNNING_MINMAX or EMA (``plan``'s
+    decay). Returns ``(y, lo, hi, scale, zero_point)``: the output (gradient to ``x``
     only), the new state and the qparams, equal bit for bit to the observer, then
     ``qparams_from_range``, then the fixed quantizer. A NaN or infinite range raises
     :class:`NonFiniteRangeError` carrying the new state.

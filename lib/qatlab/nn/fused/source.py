@@ -44,7 +44,6 @@ SOURCE = r"""
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <type_traits>
 #include <vector>
 
 typedef int64_t i64;
@@ -110,52 +109,16 @@ static inline float keep_or_zero(int keep, float v) {
     return out;
 }
 
-// An activation the quantizer applies first (a layer's hardswish or hardsigmoid fused into
-// its output quantizer's passes): PRE 0 none, 1 hardswish, 2 hardsigmoid, in the arithmetic
-// of torch's CPU kernels, NaN kept: a = x·min(max(x + 3, 0), 6) / 6 and min(max(x + 3, 0), 6) / 6.
-enum { PRE_NONE = 0, PRE_HARDSWISH = 1, PRE_HARDSIGMOID = 2 };
-
-template <int PRE>
-static inline float pre_fn(float x) {
-    if (PRE == PRE_NONE) return x;
-    float t = x + 3.0f;
-    t = t < 0.0f ? 0.0f : t;
-    t = t > 6.0f ? 6.0f : t;
-    return PRE == PRE_HARDSWISH ? x * t / 6.0f : t / 6.0f;
-}
-
-// dx from the gradient g of the activation's output, as torch's backward kernels give it:
-// hardswish 0 for x <= -3, g for x >= 3, else g·(x/3 + 1/2); hardsigmoid g/6 inside (-3, 3).
-template <int PRE>
-static inline float pre_grad(float g, float x) {
-    if (PRE == PRE_NONE) return g;
-    if (PRE == PRE_HARDSWISH) {
-        float d = g * (x / 3.0f + 0.5f);
-        d = x >= 3.0f ? g : d;
-        return keep_or_zero(!(x <= -3.0f), d);
-    }
-    return keep_or_zero((x > -3.0f) & (x < 3.0f), g * (1.0f / 6.0f));
-}
-
-// Calls f with the run-time activation code as a compile-time constant (decltype(P)::value).
-template <class F>
-static inline void with_pre(int pre, F&& f) {
-    if (pre == PRE_HARDSWISH) f(std::integral_constant<int, PRE_HARDSWISH>{});
-    else if (pre == PRE_HARDSIGMOID) f(std::integral_constant<int, PRE_HARDSIGMOID>{});
-    else f(std::integral_constant<int, PRE_NONE>{});
-}
-
 // Partial sums are taken in float over blocks of BLOCK values (vectorizable), then
 // added in double: the rounding error stays that of a short float sum.
 static const i64 BLOCK = 256;
 
-template <int PRE, bool CLIP>
+template <bool CLIP>
 static void fq_forward_chunk(const float* x, float* y, i64 b, i64 e, float s, float inv, float z,
                              float qmin, float qmax, float clo, float chi) {
     #pragma omp simd
     for (i64 i = b; i < e; ++i) {
-        const float a = pre_fn<PRE>(x[i]);
-        float v = CLIP ? clip(a, clo, chi) : a;
+        float v = CLIP ? clip(x[i], clo, chi) : x[i];
         float q = std::nearbyint(v * inv) + z;
         q = q < qmin ? qmin : (q > qmax ? qmax : q);
         y[i] = (q - z) * s;
@@ -164,11 +127,11 @@ static void fq_forward_chunk(const float* x, float* y, i64 b, i64 e, float s, fl
 
 extern "C" {
 
-int qatlab_fused_abi(void) { return 10; }
+int qatlab_fused_abi(void) { return 9; }
 
 void qatlab_fq_forward(const float* x, float* y, i64 outer, i64 channels, i64 inner,
                        const float* scale, const float* zp, int zp_per_channel,
-                       float qmin, float qmax, float floor, float clo, float chi, int pre, int nthreads) {
+                       float qmin, float qmax, float floor, float clo, float chi, int nthreads) {
     Params p;
     make_params(p, channels, scale, zp, zp_per_channel, qmin, qmax, floor);
     Grid g(outer, channels, inner);
@@ -179,22 +142,19 @@ void qatlab_fq_forward(const float* x, float* y, i64 outer, i64 channels, i64 in
         g.chunk(k, seg, b, e);
         i64 c = g.channel_of(seg);
         const float s = p.s[c], inv = p.inv[c], z = p.z[c];
-        with_pre(pre, [&](auto pre_c) {
-            constexpr int P = decltype(pre_c)::value;
-            if (clipped) fq_forward_chunk<P, true>(x, y, b, e, s, inv, z, qmin, qmax, clo, chi);
-            else fq_forward_chunk<P, false>(x, y, b, e, s, inv, z, qmin, qmax, clo, chi);
-        });
+        if (clipped) fq_forward_chunk<true>(x, y, b, e, s, inv, z, qmin, qmax, clo, chi);
+        else fq_forward_chunk<false>(x, y, b, e, s, inv, z, qmin, qmax, clo, chi);
     }
 }
 
 }  // extern "C"
 
-// One chunk of the backward pass. a = pre(x), v = clip(a); dv = dy · mask (the quantizer's
-// input gradient), da = dv where clo <= a <= chi, else 0, and dx = pre's backward of da. SUMS: out[0] = Σ(dy·y − dv·v) (the LSQ step's
+// One chunk of the backward pass. dv = dy · mask (the quantizer's input gradient),
+// dx = dv where clo <= x <= chi, else 0. SUMS: out[0] = Σ(dy·y − dv·v) (the LSQ step's
 // term: dy·(y − v) in range, dy·y outside) and out[1] = Σ(dy − dv) (dy outside the
 // range), each one accumulator, so no two large sums cancel. CLIP: the clamp is on;
 // templates keep the common cases free of the work they do not need.
-template <int PRE, bool CLIP, bool SUMS>
+template <bool CLIP, bool SUMS>
 static void fq_backward_chunk(const float* x, const float* dy, float* dx, i64 b, i64 e, float s, float inv, float z,
                               float qmin, float qmax, float clo, float chi, double* out) {
     double a_s = 0.0, a_z = 0.0;
@@ -204,11 +164,10 @@ static void fq_backward_chunk(const float* x, const float* dy, float* dx, i64 b,
         #pragma omp simd reduction(+ : f_s, f_z)
         for (i64 i = b0; i < e0; ++i) {
             float xv = x[i], gv = dy[i];
-            float a = pre_fn<PRE>(xv);
-            float v = CLIP ? clip(a, clo, chi) : a;
+            float v = CLIP ? clip(xv, clo, chi) : xv;
             float t = std::nearbyint(v * inv) + z;
             float dv = gv * (float)((t >= qmin) & (t <= qmax));
-            dx[i] = pre_grad<PRE>(CLIP ? keep_or_zero((a >= clo) & (a <= chi), dv) : dv, xv);
+            dx[i] = CLIP ? keep_or_zero((xv >= clo) & (xv <= chi), dv) : dv;
             if (SUMS) {
                 float q = t < qmin ? qmin : (t > qmax ? qmax : t);
                 f_s += gv * ((q - z) * s) - dv * v;
@@ -227,7 +186,7 @@ extern "C" {
 // then through s = max(|raw|, floor) to the raw scale.
 void qatlab_fq_backward(const float* x, const float* dy, float* dx, i64 outer, i64 channels, i64 inner,
                         const float* scale, const float* zp, int zp_per_channel,
-                        float qmin, float qmax, float floor, float clo, float chi, int pre, double grad_factor,
+                        float qmin, float qmax, float floor, float clo, float chi, double grad_factor,
                         float* dscale, float* dzp, int nthreads) {
     Params p;
     make_params(p, channels, scale, zp, zp_per_channel, qmin, qmax, floor);
@@ -242,13 +201,10 @@ void qatlab_fq_backward(const float* x, const float* dy, float* dx, i64 outer, i
         i64 c = g.channel_of(seg);
         const float s = p.s[c], inv = p.inv[c], z = p.z[c];
         double* out = sums ? &part[k * 2] : nullptr;
-        with_pre(pre, [&](auto pre_c) {
-            constexpr int P = decltype(pre_c)::value;
-            if (clipped && sums) fq_backward_chunk<P, true, true>(x, dy, dx, b, e, s, inv, z, qmin, qmax, clo, chi, out);
-            else if (clipped) fq_backward_chunk<P, true, false>(x, dy, dx, b, e, s, inv, z, qmin, qmax, clo, chi, out);
-            else if (sums) fq_backward_chunk<P, false, true>(x, dy, dx, b, e, s, inv, z, qmin, qmax, clo, chi, out);
-            else fq_backward_chunk<P, false, false>(x, dy, dx, b, e, s, inv, z, qmin, qmax, clo, chi, out);
-        });
+        if (clipped && sums) fq_backward_chunk<true, true>(x, dy, dx, b, e, s, inv, z, qmin, qmax, clo, chi, out);
+        else if (clipped) fq_backward_chunk<true, false>(x, dy, dx, b, e, s, inv, z, qmin, qmax, clo, chi, out);
+        else if (sums) fq_backward_chunk<false, true>(x, dy, dx, b, e, s, inv, z, qmin, qmax, clo, chi, out);
+        else fq_backward_chunk<false, false>(x, dy, dx, b, e, s, inv, z, qmin, qmax, clo, chi, out);
     }
     if (!sums) return;
     std::vector<double> tot(channels * 2, 0.0);
@@ -348,14 +304,13 @@ void qatlab_pact_backward(const float* x, const float* dy, float* dx, i64 n, con
 // decay rounded to float32 as torch rounds a Python scalar); then the qparams in double
 // with the scale rounded to float32 and the zero point fitted to that float32 scale.
 
-template <int PRE, bool CLIP>
+template <bool CLIP>
 static void minmax_chunk(const float* x, i64 b, i64 e, float clo, float chi, float* out_lo, float* out_hi, int* out_nan) {
     float lo = INFINITY, hi = -INFINITY;
     int bad = 0;
     #pragma omp simd reduction(min : lo) reduction(max : hi) reduction(| : bad)
     for (i64 i = b; i < e; ++i) {
-        const float a = pre_fn<PRE>(x[i]);
-        float v = CLIP ? clip(a, clo, chi) : a;
+        float v = CLIP ? clip(x[i], clo, chi) : x[i];
         lo = v < lo ? v : lo;
         hi = v > hi ? v : hi;
         bad |= (v != v);
@@ -400,7 +355,7 @@ extern "C" {
 // (keep·old + take·batch). lo/hi receive the new state, scale/zp the qparams, zpf the
 // zero point as float (for the backward), y the fake-quantized values (of clamp(x)).
 int qatlab_fq_observe_forward(const float* x, float* y, i64 outer, i64 channels, i64 inner,
-                              float clo, float chi, int pre, const float* frac, int mode,
+                              float clo, float chi, const float* frac, int mode,
                               const float* old_lo, const float* old_hi, float keep, float take,
                               float* lo, float* hi, double qmin, double qmax, double div, int scheme,
                               int zero_code, float* scale, int32_t* zp, float* zpf, int nthreads) {
@@ -412,11 +367,8 @@ int qatlab_fq_observe_forward(const float* x, float* y, i64 outer, i64 channels,
     for (i64 k = 0; k < g.nchunks; ++k) {
         i64 seg, b, e;
         g.chunk(k, seg, b, e);
-        with_pre(pre, [&](auto pre_c) {
-            constexpr int P = decltype(pre_c)::value;
-            if (clipped) minmax_chunk<P, true>(x, b, e, clo, chi, &part_lo[k], &part_hi[k], &part_nan[k]);
-            else minmax_chunk<P, false>(x, b, e, clo, chi, &part_lo[k], &part_hi[k], &part_nan[k]);
-        });
+        if (clipped) minmax_chunk<true>(x, b, e, clo, chi, &part_lo[k], &part_hi[k], &part_nan[k]);
+        else minmax_chunk<false>(x, b, e, clo, chi, &part_lo[k], &part_hi[k], &part_nan[k]);
     }
     std::vector<float> blo(channels, INFINITY), bhi(channels, -INFINITY);
     std::vector<int> bnan(channels, 0);
@@ -455,11 +407,8 @@ int qatlab_fq_observe_forward(const float* x, float* y, i64 outer, i64 channels,
         i64 seg, b, e;
         g.chunk(k, seg, b, e);
         const i64 c = g.channel_of(seg);
-        with_pre(pre, [&](auto pre_c) {
-            constexpr int P = decltype(pre_c)::value;
-            if (clipped) fq_forward_chunk<P, true>(x, y, b, e, scale[c], inv[c], zpf[c], fqmin, fqmax, clo, chi);
-            else fq_forward_chunk<P, false>(x, y, b, e, scale[c], inv[c], zpf[c], fqmin, fqmax, clo, chi);
-        });
+        if (clipped) fq_forward_chunk<true>(x, y, b, e, scale[c], inv[c], zpf[c], fqmin, fqmax, clo, chi);
+        else fq_forward_chunk<false>(x, y, b, e, scale[c], inv[c], zpf[c], fqmin, fqmax, clo, chi);
     }
     return 0;
 }
