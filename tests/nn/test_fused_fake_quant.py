@@ -713,3 +713,73 @@ def test_observed_fused_refuses_bad_arguments() -> None:
         ObservePlan((4,), None, 3, 3, 1.0, ASYMMETRIC)
     with pytest.raises(ValueError, match="scheme must be"):
         ObservePlan((4,), None, 0, 3, 1.0, 5)
+
+
+# ---- a weight in BatchNorm's folded frame: fq(W·f)/f in the quantizer's own call ----------
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    dims=st.lists(st.integers(1, 5), min_size=2, max_size=4),
+    granularity=st.sampled_from(["tensor", "channel", "group:2"]),
+    ste=st.sampled_from(["clipped", "lsq"]),
+    bits=st.integers(2, 8),
+    estimator=st.sampled_from(["minmax", "mse"]),
+    log2_f=st.integers(-8, 8),
+)
+def test_folded_weight_equals_the_product_the_quantizer_and_the_quotient(seed, dims, granularity, ste, bits, estimator, log2_f) -> None:  # type: ignore[no-untyped-def]
+    """``fq(W, fold=f)`` against ``fq(W * f) / f`` on the torch ops, over a few steps (a
+    search step among them): equal values and ``dW``; the fold factors' gradient and
+    LSQ's within float32 rounding of the sums."""
+    gen = torch.Generator().manual_seed(seed)
+    if granularity == "group:2" and math.prod(dims) // dims[0] % 2:
+        dims = [dims[0], 2, *dims[1:]]
+    spec = QuantSpec(bits=bits, symmetric=True, granularity=granularity, axis=0, estimator=estimator, mse_grid=8)
+    fast, slow = FakeQuant(spec, ste, "weight"), FakeQuant(spec, ste, "weight")
+    w0 = torch.randn(dims, generator=gen)
+    for q in (fast, slow):
+        q.calibrating = True
+        q(w0)
+        q.calibrating = False
+        q.refresh_every = 2
+        q.init_learned()
+    f0 = (torch.rand(dims[0], generator=gen) + 0.25) * 2.0**log2_f
+    shape = [-1] + [1] * (len(dims) - 1)
+    for step in range(3):
+        w = w0 + 0.1 * step
+        dy = torch.randn(dims, generator=gen)
+        out = []
+        for q, kernels in ((fast, True), (slow, False)):
+            wi, fi = w.clone().requires_grad_(), f0.clone().requires_grad_()
+            if kernels:
+                y = q(wi, None, None, fi)
+            else:
+                with fused.fused_disabled():
+                    y = q(wi * fi.reshape(shape)) / fi.reshape(shape)
+            y.backward(dy)
+            out.append((y.detach(), wi.grad, fi.grad, [p.grad for p in q.parameters()]))
+        (y_f, dw_f, df_f, p_f), (y_t, dw_t, df_t, p_t) = out
+        assert torch.equal(y_f, y_t)
+        assert torch.equal(dw_f, dw_t)
+        scale = float((dy.abs() * (w.abs() + y_t.abs() / f0.reshape(shape).abs())).sum()) * float(f0.abs().max() + 1)
+        assert float((df_f - df_t).abs().max()) <= 1e-5 * scale + 1e-30
+        for a, b in zip(p_f, p_t):
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * (1 + float(b.abs().max())))
+        assert torch.equal(fast.lo, slow.lo) and torch.equal(fast.hi, slow.hi)
+
+
+def test_folded_weight_takes_the_kernels_once() -> None:
+    """The fused call stands for the product, the quantizer and the quotient: one autograd
+    node between the weight and the output, and the factors' gradient through it."""
+    spec = QuantSpec(bits=4, symmetric=True, granularity="channel", estimator="minmax")
+    q = FakeQuant(spec, "clipped", "weight")
+    w = torch.randn(6, 3, 3, 3, requires_grad=True)
+    f = torch.rand(6, requires_grad=True)
+    y = q(w, None, None, f)
+    assert type(y.grad_fn).__name__ == "_FusedObservedBackward"
+    y.sum().backward()
+    assert f.grad is not None and w.grad is not None
+    with pytest.raises(RuntimeError):
+        q(w, None, None, torch.rand(5))  # one factor per output channel

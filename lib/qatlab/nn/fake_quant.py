@@ -270,11 +270,22 @@ class FakeQuant(nn.Module):
         return layout_for(torch.empty(shape, device="meta"), self.spec)
 
     # ---- forward ------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, numel: int | None = None, clamp: Bounds | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, numel: int | None = None, clamp: Bounds | None = None, fold: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Fake-quantize ``x``, or ``x.clamp(*clamp)`` where a layer's clamp (ReLU6) comes
         first: the fused kernels apply it in the same pass, gradient included. ``numel``:
         how many values ``x`` stands for in LSQ's gradient scale, where it is a max-pooled
-        view of a larger tensor."""
+        view of a larger tensor. ``fold`` (one factor per slice of axis 0): quantize
+        ``x · f`` and return it divided by ``f`` again, a weight in BatchNorm's folded frame
+        (``QuantConv2d`` while BN statistics are live); the fused kernels take the product
+        and the quotient into their passes, gradients to ``x`` and ``f`` included."""
+        if fold is not None:
+            y = self._folded_fused(x, numel, clamp, fold)
+            if y is not None:
+                return y
+            f = fold.reshape(-1, *[1] * (x.dim() - 1))
+            return self.forward(x * f, numel, clamp) / f
         if not self.enabled and not self.observe:
             return _clamped(x, clamp)
         if self.ste in ("lsq", "pact") and self.enabled and self.is_initialized:
@@ -315,7 +326,18 @@ class FakeQuant(nn.Module):
             return self._lsq(x, layout, numel, clamp)
         return self._apply_fixed(x, self._observed_qparams(layout), layout, self.ste, clamp)
 
-    def _observe_fused(self, x: torch.Tensor, clamp: Bounds | None) -> torch.Tensor | None:
+    def _folded_fused(self, x: torch.Tensor, numel: int | None, clamp: Bounds | None, fold: torch.Tensor) -> torch.Tensor | None:
+        """``forward(x · f) / f`` on the kernels where they take it (LSQ ready, or observing
+        with the clipped STE, the layout per tensor or per channel); else None."""
+        if x.dim() == 0 or fold.numel() != x.shape[0] or not fusable(x, fold) or not self.enabled:
+            return None
+        if self.ste == "lsq" and self.is_initialized:
+            return self._lsq_planned(x, numel, clamp, fold)
+        if self.observe and not (self.ste == "pact" and self.is_initialized):
+            return self._observe_fused(x, clamp, fold)
+        return None
+
+    def _observe_fused(self, x: torch.Tensor, clamp: Bounds | None, fold: torch.Tensor | None = None) -> torch.Tensor | None:
         """Observe, derive the qparams and fake-quantize in one kernel call, where the
         quantizer applies its observed range with the clipped STE (the fixed quantizers,
         and the learned ones while calibrating) and the estimator is min/max-based (a
@@ -331,6 +353,8 @@ class FakeQuant(nn.Module):
         if plan is None:
             return None
         layout, oplan, search = plan[3], plan[4], plan[5]
+        if fold is not None and layout.kind not in ("tensor", "channel"):
+            return None  # rows of groups/elements reorder the values the factors follow
         rows = oplan.channels
         frac = None
         if search:
@@ -352,7 +376,7 @@ class FakeQuant(nn.Module):
         v = x if layout.kind in ("tensor", "channel") else to_rows(x, layout)
         self.__dict__["_last_shape"] = plan[6]
         try:
-            y, lo, hi, _, _ = observe_fake_quant_fused(v, oplan, mode, lo, hi, frac)
+            y, lo, hi, _, _ = observe_fake_quant_fused(v, oplan, mode, lo, hi, frac, fold)
         except NonFiniteRangeError as e:
             self.lo, self.hi = e.lo, e.hi
             raise
@@ -435,7 +459,9 @@ class FakeQuant(nn.Module):
         s = s.abs().clamp(min=SCALE_FLOOR)
         return _per_layout(_clamped(x, clamp), layout, lambda v, axis: lsq_fake_quant(v, s, z, lo, hi, axis, g))
 
-    def _lsq_planned(self, x: torch.Tensor, numel: int | None, clamp: Bounds | None) -> torch.Tensor | None:
+    def _lsq_planned(
+        self, x: torch.Tensor, numel: int | None, clamp: Bounds | None, fold: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
         """``_lsq`` on the kernels with its plan kept across calls (same shapes, spec, clamp
         and ``numel``); None where the general path must run (not fusable, rows layouts)."""
         s, z = self.scale, self.zero_point
@@ -465,7 +491,7 @@ class FakeQuant(nn.Module):
         if not enabled():
             return None
         self.__dict__["_last_shape"] = p[8]
-        return fake_quant_planned(x, s, z, p[7])
+        return fake_quant_planned(x, s, z, p[7], fold)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[no-untyped-def]
         # Observed and learned tensors are sized by the data they saw; a fresh module

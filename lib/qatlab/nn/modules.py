@@ -243,8 +243,9 @@ class QuantConv2d(_QuantCompute):
         f = gamma / std
         # conv(x, fq(W·f)) / f, with the division moved onto the weights (the conv is
         # linear in them): the same function, without full-size passes over the
-        # activation and its gradient to undo the scale.
-        y = self._conv(x, self.weight_fq(self.conv.weight * f.reshape(-1, 1, 1, 1)) / f.reshape(-1, 1, 1, 1), None)
+        # activation and its gradient to undo the scale. The quantizer takes the product
+        # and the quotient into its own call (``fold``): four small autograd ops fewer.
+        y = self._conv(x, self.weight_fq(self.conv.weight, None, None, f), None)
         if self.conv.bias is not None:
             y = y + self.conv.bias.reshape(1, -1, 1, 1)
         return self._out(bn(y))

@@ -40,11 +40,11 @@ from .build import library
 
 _P, _I, _F, _D, _N = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_double, ctypes.c_int
 _SIGNATURES = {
-    "qatlab_fq_forward": [_P, _P, _I, _I, _I, _P, _P, _N, _F, _F, _F, _F, _F, _N],
-    "qatlab_fq_backward": [_P, _P, _P, _I, _I, _I, _P, _P, _N, _F, _F, _F, _F, _F, _D, _P, _P, _N],
+    "qatlab_fq_forward": [_P, _P, _I, _I, _I, _P, _P, _N, _F, _F, _F, _F, _F, _P, _N],
+    "qatlab_fq_backward": [_P, _P, _P, _I, _I, _I, _P, _P, _N, _F, _F, _F, _F, _F, _P, _D, _P, _P, _P, _N],
     "qatlab_pact_forward": [_P, _P, _I, _P, _F, _F, _F, _N],
     "qatlab_pact_backward": [_P, _P, _P, _I, _P, _F, _F, _P, _N],
-    "qatlab_fq_observe_forward": [_P, _P, _I, _I, _I, _F, _F, _P, _N, _P, _P, _F, _F, _P, _P, _D, _D, _D, _N, _N, _P, _P, _P, _N],
+    "qatlab_fq_observe_forward": [_P, _P, _I, _I, _I, _F, _F, _P, _P, _N, _P, _P, _F, _F, _P, _P, _D, _D, _D, _N, _N, _P, _P, _P, _N],
     "qatlab_qparams_from_range": [_I, _P, _P, _D, _D, _D, _N, _N, _P, _P],
     "qatlab_mse_search": [_P, _I, _I, _P, _P, _N, _D, _D, _D, _N, _N, _P, _P, _P, _P, _I, _P, _N],
 }
@@ -170,37 +170,61 @@ def _lib() -> ctypes.CDLL:
     return _lib_typed  # type: ignore[return-value]
 
 
+def _fold_values(fold: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+    """A fold factor per slice of axis 0 ([x.shape[0]]) spread over ``x``'s values."""
+    if fold is None:
+        return None
+    if fold.numel() != x.shape[0] or fold.dtype != torch.float32 or fold.device.type != "cpu":
+        raise ValueError(f"fold must be float32 on the CPU with one value per slice of axis 0 ({x.shape[0]}), got {tuple(fold.shape)}")
+    return fold.detach().reshape(-1, *[1] * (x.dim() - 1)).expand(x.shape).contiguous()
+
+
 class _FusedFakeQuant(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, scale, zero_point, p):  # type: ignore[override]
+    def forward(ctx, x, scale, zero_point, p, fold):  # type: ignore[override]
         # Gradient mode is off in here: the tensors are read through their data pointers.
         xc, s, z = x.contiguous(), scale.contiguous(), zero_point.contiguous()
+        fe = _fold_values(fold, xc)
         y = torch.empty_like(xc)
-        _lib().qatlab_fq_forward(xc.data_ptr(), y.data_ptr(), *p.grid_args(s, z), torch.get_num_threads())
-        ctx.save_for_backward(xc, s, z)
+        _lib().qatlab_fq_forward(xc.data_ptr(), y.data_ptr(), *p.grid_args(s, z), _ptr(fe), torch.get_num_threads())
+        ctx.save_for_backward(xc, s, z, fe)
         ctx.plan = p
+        ctx.fold_shape = None if fold is None else fold.shape
         return y
 
     @staticmethod
     def backward(ctx, dy):  # type: ignore[override]
-        x, s, z = ctx.saved_tensors
+        x, s, z, fe = ctx.saved_tensors
         need = ctx.needs_input_grad
-        dx, ds, dz = _fq_backward(ctx.plan, x, dy, s, z, need[1], need[2])
-        return (dx if need[0] else None), ds, dz, None
+        dx, ds, dz, dfold = _fq_backward(ctx.plan, x, dy, s, z, need[1], need[2], fe, need[4])
+        return (dx if need[0] else None), ds, dz, None, (None if dfold is None else dfold.reshape(ctx.fold_shape))
 
 
 def _fq_backward(
-    p: FakeQuantPlan, x: torch.Tensor, dy: torch.Tensor, s: torch.Tensor, z: torch.Tensor, need_s: bool, need_z: bool
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """``dx`` (and LSQ's step / zero-point gradient sums where asked) in one kernel pass."""
+    p: FakeQuantPlan,
+    x: torch.Tensor,
+    dy: torch.Tensor,
+    s: torch.Tensor,
+    z: torch.Tensor,
+    need_s: bool,
+    need_z: bool,
+    fold: torch.Tensor | None = None,
+    need_fold: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """``dx`` (and LSQ's step / zero-point gradient sums where asked) in one kernel pass;
+    with ``fold`` (spread over ``x``), also the fold factors' gradient where asked."""
     dyc = dy.contiguous()
     dx = torch.empty_like(x)
     ds = torch.empty(p.s_shape, dtype=torch.float32) if need_s else None
     dz = torch.empty(p.z_shape, dtype=torch.float32) if need_z else None
+    dfe = torch.empty_like(x) if fold is not None and need_fold else None
     _lib().qatlab_fq_backward(
-        x.data_ptr(), dyc.data_ptr(), dx.data_ptr(), *p.grid_args(s, z), p.grad_factor, _ptr(ds), _ptr(dz), torch.get_num_threads()
-    )
-    return dx, ds, dz
+        x.data_ptr(), dyc.data_ptr(), dx.data_ptr(), *p.grid_args(s, z), _ptr(fold), p.grad_factor, _ptr(ds), _ptr(dz), _ptr(dfe),
+        torch.get_num_threads(),
+    )  # fmt: skip
+    # Each slice's fold gradient: its values' terms, summed by torch (float32).
+    dfold = None if dfe is None else dfe.reshape(x.shape[0], -1).sum(1)
+    return dx, ds, dz, dfold
 
 
 def fake_quant_fused(
@@ -226,13 +250,17 @@ def fake_quant_fused(
     plan = FakeQuantPlan(
         x.shape, axis, scale.shape, zero_point.shape, zero_point.requires_grad, qmin, qmax, grad_factor, scale_floor, clamp
     )
-    return _FusedFakeQuant.apply(x, scale, zero_point, plan)
+    return _FusedFakeQuant.apply(x, scale, zero_point, plan, None)
 
 
-def fake_quant_planned(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, plan: FakeQuantPlan) -> torch.Tensor:
+def fake_quant_planned(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, plan: FakeQuantPlan, fold: torch.Tensor | None = None
+) -> torch.Tensor:
     """:func:`fake_quant_fused` with its arguments' plan made beforehand (for ``x.shape``,
-    ``scale.shape``, ``zero_point.shape``: the caller keeps them matched)."""
-    return _FusedFakeQuant.apply(x, scale, zero_point, plan)
+    ``scale.shape``, ``zero_point.shape``: the caller keeps them matched). ``fold`` ([x.shape[0]]):
+    quantize ``x · f`` per slice of axis 0 and return the result divided by ``f`` (a weight
+    in BN's folded frame), gradient to ``f`` included, in the same passes."""
+    return _FusedFakeQuant.apply(x, scale, zero_point, plan, fold)
 
 
 class _FusedPACT(torch.autograd.Function):
@@ -340,9 +368,10 @@ def _state_arg(t: torch.Tensor | None, n: int, name: str) -> int | None:
 
 class _FusedObserved(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, plan, mode, old_lo, old_hi, frac, out):  # type: ignore[override]
+    def forward(ctx, x, plan, mode, old_lo, old_hi, frac, out, fold):  # type: ignore[override]
         lib = _lib()
         xc = x.contiguous()  # gradient mode is off in here: no detach needed to read it
+        fe = _fold_values(fold, xc)
         c = plan.channels
         lo, hi, scale, zpf = (torch.empty(c, dtype=torch.float32) for _ in range(4))
         zp = torch.empty(c, dtype=torch.int32)
@@ -355,6 +384,7 @@ class _FusedObserved(torch.autograd.Function):
             plan.inner,
             plan.clo,
             plan.chi,
+            _ptr(fe),
             _state_arg(frac, 2 * c, "frac"),
             mode,
             _state_arg(old_lo, c, "lo") if mode != REPLACE else None,
@@ -376,15 +406,16 @@ class _FusedObserved(torch.autograd.Function):
         if bad:
             raise NonFiniteRangeError(lo, hi)
         out.extend((lo, hi, scale, zp))
-        ctx.save_for_backward(xc, scale, zpf)
+        ctx.save_for_backward(xc, scale, zpf, fe)
         ctx.plan = plan
+        ctx.fold_shape = None if fold is None else fold.shape
         return y
 
     @staticmethod
     def backward(ctx, dy):  # type: ignore[override]
-        x, s, z = ctx.saved_tensors
-        dx, _, _ = _fq_backward(ctx.plan.backward_plan, x, dy, s, z, False, False)
-        return dx, None, None, None, None, None, None
+        x, s, z, fe = ctx.saved_tensors
+        dx, _, _, dfold = _fq_backward(ctx.plan.backward_plan, x, dy, s, z, False, False, fe, ctx.needs_input_grad[7])
+        return dx, None, None, None, None, None, None, (None if dfold is None else dfold.reshape(ctx.fold_shape))
 
 
 def observe_fake_quant_fused(
@@ -394,9 +425,12 @@ def observe_fake_quant_fused(
     lo: torch.Tensor | None = None,
     hi: torch.Tensor | None = None,
     frac: torch.Tensor | None = None,
+    fold: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Observe ``x`` (float32, CPU, shaped as ``plan`` says), derive its qparams and
     fake-quantize it with the clipped STE, in one pass to observe and one to quantize.
+    ``fold`` ([x.shape[0]]): all of it on ``x · f`` per slice of axis 0, the output divided
+    by ``f`` again, as :func:`fake_quant_planned`'s.
 
     Per channel: the batch range is the min/max of ``clamp(x)``, or with ``frac`` ([2,
     channels]: a search estimator's last fractions) ``frac · max(|min|, |max|)``; ``mode``
@@ -415,7 +449,7 @@ def observe_fake_quant_fused(
     if mode != REPLACE and (lo is None or hi is None):
         raise ValueError("RUNNING_MINMAX and EMA need the state lo and hi")
     out: list[torch.Tensor] = []
-    y = _FusedObserved.apply(x, plan, mode, lo, hi, frac, out)
+    y = _FusedObserved.apply(x, plan, mode, lo, hi, frac, out, fold)
     return y, out[0], out[1], out[2], out[3]
 
 

@@ -125,13 +125,27 @@ static void fq_forward_chunk(const float* x, float* y, i64 b, i64 e, float s, fl
     }
 }
 
+// A weight quantized in a BN-folded frame (QAT with live BN statistics): u = x·f with f the
+// value's fold factor, y = fq(u) / f, each step rounded in float32 as the torch ops
+// ``(x * f)``, the quantizer, ``/ f`` round it.
+static void fq_forward_fold_chunk(const float* x, const float* fold, float* y, i64 b, i64 e, float s, float inv, float z,
+                                  float qmin, float qmax, float clo, float chi) {
+    #pragma omp simd
+    for (i64 i = b; i < e; ++i) {
+        float v = clip(x[i] * fold[i], clo, chi);
+        float q = std::nearbyint(v * inv) + z;
+        q = q < qmin ? qmin : (q > qmax ? qmax : q);
+        y[i] = ((q - z) * s) / fold[i];
+    }
+}
+
 extern "C" {
 
-int qatlab_fused_abi(void) { return 9; }
+int qatlab_fused_abi(void) { return 10; }
 
 void qatlab_fq_forward(const float* x, float* y, i64 outer, i64 channels, i64 inner,
                        const float* scale, const float* zp, int zp_per_channel,
-                       float qmin, float qmax, float floor, float clo, float chi, int nthreads) {
+                       float qmin, float qmax, float floor, float clo, float chi, const float* fold, int nthreads) {
     Params p;
     make_params(p, channels, scale, zp, zp_per_channel, qmin, qmax, floor);
     Grid g(outer, channels, inner);
@@ -142,7 +156,8 @@ void qatlab_fq_forward(const float* x, float* y, i64 outer, i64 channels, i64 in
         g.chunk(k, seg, b, e);
         i64 c = g.channel_of(seg);
         const float s = p.s[c], inv = p.inv[c], z = p.z[c];
-        if (clipped) fq_forward_chunk<true>(x, y, b, e, s, inv, z, qmin, qmax, clo, chi);
+        if (fold) fq_forward_fold_chunk(x, fold, y, b, e, s, inv, z, qmin, qmax, clo, chi);
+        else if (clipped) fq_forward_chunk<true>(x, y, b, e, s, inv, z, qmin, qmax, clo, chi);
         else fq_forward_chunk<false>(x, y, b, e, s, inv, z, qmin, qmax, clo, chi);
     }
 }
@@ -180,14 +195,39 @@ static void fq_backward_chunk(const float* x, const float* dy, float* dx, i64 b,
     if (SUMS) { out[0] = a_s; out[1] = a_z; }
 }
 
+// The backward of fq_forward_fold_chunk, as autograd takes the torch ops back: dq = dy / f,
+// du = dq · mask (and the clamp's), dx = du · f, and per value the fold factor's gradient
+// du·x − dy·((y_q / f) / f) (the product's and the quotient's terms; y_q = fq(u)). The
+// LSQ sums are those of the quantizer at u with gradient dq.
+static void fq_backward_fold_chunk(const float* x, const float* fold, const float* dy, float* dx, float* dfold, i64 b, i64 e,
+                                   float s, float inv, float z, float qmin, float qmax, bool clipped, float clo, float chi,
+                                   double* out) {
+    double a_s = 0.0, a_z = 0.0;
+    for (i64 i = b; i < e; ++i) {
+        const float xv = x[i], f = fold[i], g0 = dy[i];
+        const float u = xv * f, gv = g0 / f;
+        const float v = clip(u, clo, chi);
+        const float t = std::nearbyint(v * inv) + z;
+        const float dv = gv * (float)((t >= qmin) & (t <= qmax));
+        const float du = clipped ? keep_or_zero((u >= clo) & (u <= chi), dv) : dv;
+        const float q = t < qmin ? qmin : (t > qmax ? qmax : t);
+        const float yq = (q - z) * s;
+        dx[i] = du * f;
+        if (dfold) dfold[i] = du * xv + (-g0 * ((yq / f) / f));
+        a_s += (double)(gv * yq - dv * v);
+        a_z += (double)(gv - dv);
+    }
+    if (out) { out[0] = a_s; out[1] = a_z; }
+}
+
 extern "C" {
 
 // With dscale / dzp, per channel: ds = g·Σ(dy·y − dv·v)/s and dz = −g·s·Σ(dy − dv),
 // then through s = max(|raw|, floor) to the raw scale.
 void qatlab_fq_backward(const float* x, const float* dy, float* dx, i64 outer, i64 channels, i64 inner,
                         const float* scale, const float* zp, int zp_per_channel,
-                        float qmin, float qmax, float floor, float clo, float chi, double grad_factor,
-                        float* dscale, float* dzp, int nthreads) {
+                        float qmin, float qmax, float floor, float clo, float chi, const float* fold, double grad_factor,
+                        float* dscale, float* dzp, float* dfold, int nthreads) {
     Params p;
     make_params(p, channels, scale, zp, zp_per_channel, qmin, qmax, floor);
     Grid g(outer, channels, inner);
@@ -201,7 +241,8 @@ void qatlab_fq_backward(const float* x, const float* dy, float* dx, i64 outer, i
         i64 c = g.channel_of(seg);
         const float s = p.s[c], inv = p.inv[c], z = p.z[c];
         double* out = sums ? &part[k * 2] : nullptr;
-        if (clipped && sums) fq_backward_chunk<true, true>(x, dy, dx, b, e, s, inv, z, qmin, qmax, clo, chi, out);
+        if (fold) fq_backward_fold_chunk(x, fold, dy, dx, dfold, b, e, s, inv, z, qmin, qmax, clipped, clo, chi, out);
+        else if (clipped && sums) fq_backward_chunk<true, true>(x, dy, dx, b, e, s, inv, z, qmin, qmax, clo, chi, out);
         else if (clipped) fq_backward_chunk<true, false>(x, dy, dx, b, e, s, inv, z, qmin, qmax, clo, chi, out);
         else if (sums) fq_backward_chunk<false, true>(x, dy, dx, b, e, s, inv, z, qmin, qmax, clo, chi, out);
         else fq_backward_chunk<false, false>(x, dy, dx, b, e, s, inv, z, qmin, qmax, clo, chi, out);
@@ -318,6 +359,20 @@ static void minmax_chunk(const float* x, i64 b, i64 e, float clo, float chi, flo
     *out_lo = lo; *out_hi = hi; *out_nan = bad;
 }
 
+// minmax_chunk of the folded values x·f (see fq_forward_fold_chunk).
+static void minmax_fold_chunk(const float* x, const float* fold, i64 b, i64 e, float clo, float chi, float* out_lo, float* out_hi,
+                              int* out_nan) {
+    float lo = INFINITY, hi = -INFINITY;
+    int bad = 0;
+    for (i64 i = b; i < e; ++i) {
+        const float v = clip(x[i] * fold[i], clo, chi);
+        lo = v < lo ? v : lo;
+        hi = v > hi ? v : hi;
+        bad |= (v != v);
+    }
+    *out_lo = lo; *out_hi = hi; *out_nan = bad;
+}
+
 // torch.minimum / torch.maximum: NaN if either is NaN.
 static inline float nan_min(float a, float b) { return (a != a || b != b) ? NAN : (a < b ? a : b); }
 static inline float nan_max(float a, float b) { return (a != a || b != b) ? NAN : (a > b ? a : b); }
@@ -355,7 +410,7 @@ extern "C" {
 // (keep·old + take·batch). lo/hi receive the new state, scale/zp the qparams, zpf the
 // zero point as float (for the backward), y the fake-quantized values (of clamp(x)).
 int qatlab_fq_observe_forward(const float* x, float* y, i64 outer, i64 channels, i64 inner,
-                              float clo, float chi, const float* frac, int mode,
+                              float clo, float chi, const float* fold, const float* frac, int mode,
                               const float* old_lo, const float* old_hi, float keep, float take,
                               float* lo, float* hi, double qmin, double qmax, double div, int scheme,
                               int zero_code, float* scale, int32_t* zp, float* zpf, int nthreads) {
@@ -367,7 +422,8 @@ int qatlab_fq_observe_forward(const float* x, float* y, i64 outer, i64 channels,
     for (i64 k = 0; k < g.nchunks; ++k) {
         i64 seg, b, e;
         g.chunk(k, seg, b, e);
-        if (clipped) minmax_chunk<true>(x, b, e, clo, chi, &part_lo[k], &part_hi[k], &part_nan[k]);
+        if (fold) minmax_fold_chunk(x, fold, b, e, clo, chi, &part_lo[k], &part_hi[k], &part_nan[k]);
+        else if (clipped) minmax_chunk<true>(x, b, e, clo, chi, &part_lo[k], &part_hi[k], &part_nan[k]);
         else minmax_chunk<false>(x, b, e, clo, chi, &part_lo[k], &part_hi[k], &part_nan[k]);
     }
     std::vector<float> blo(channels, INFINITY), bhi(channels, -INFINITY);
@@ -407,7 +463,8 @@ int qatlab_fq_observe_forward(const float* x, float* y, i64 outer, i64 channels,
         i64 seg, b, e;
         g.chunk(k, seg, b, e);
         const i64 c = g.channel_of(seg);
-        if (clipped) fq_forward_chunk<true>(x, y, b, e, scale[c], inv[c], zpf[c], fqmin, fqmax, clo, chi);
+        if (fold) fq_forward_fold_chunk(x, fold, y, b, e, scale[c], inv[c], zpf[c], fqmin, fqmax, clo, chi);
+        else if (clipped) fq_forward_chunk<true>(x, y, b, e, scale[c], inv[c], zpf[c], fqmin, fqmax, clo, chi);
         else fq_forward_chunk<false>(x, y, b, e, scale[c], inv[c], zpf[c], fqmin, fqmax, clo, chi);
     }
     return 0;
