@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +25,7 @@ from qatlab.nn.fused import enabled as fused_enabled
 from qatlab.nn.fused import load_error
 from qatlab.nn.fused.ops import ASYMMETRIC, PRUNE_MIN_VALUES, ObservePlan, mse_search_fused
 from qatlab.quant.estimators import row_minmax
-from qatlab.timing import machine
+from qatlab.timing import interleaved_samples, machine
 
 
 def cases(gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -36,15 +35,6 @@ def cases(gen: torch.Generator) -> dict[str, torch.Tensor]:
         "normal 128x40x7x7": torch.randn(1, 128 * 40 * 49, generator=gen),
         "weight 192x48 per channel": torch.randn(192, 48, generator=gen),
     }
-
-
-def best_of(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,10 +57,15 @@ def main(argv: list[str] | None = None) -> int:
             for label, min_prune in (("pruned", PRUNE_MIN_VALUES), ("full", 0)):
                 runs[label] = mse_search_fused(x, lo, hi, a.grid, plan, min_prune=min_prune)
             same = all(torch.equal(getattr(runs["pruned"], f), getattr(runs["full"], f)) for f in ("lo", "hi", "err"))
-            t_pruned = t_full = float("inf")
-            for _ in range(a.repeats):  # interleaved, best of each
-                t_pruned = min(t_pruned, best_of(lambda: mse_search_fused(x, lo, hi, a.grid, plan, min_prune=PRUNE_MIN_VALUES), 1))
-                t_full = min(t_full, best_of(lambda: mse_search_fused(x, lo, hi, a.grid, plan, min_prune=0), 1))
+            samples = interleaved_samples(
+                {
+                    "pruned": lambda: mse_search_fused(x, lo, hi, a.grid, plan, min_prune=PRUNE_MIN_VALUES),
+                    "full": lambda: mse_search_fused(x, lo, hi, a.grid, plan, min_prune=0),
+                },
+                repeats=a.repeats,
+                warmup=1,
+            )
+            t_pruned, t_full = min(samples["pruned"]), min(samples["full"])
             rows.append(
                 {
                     "case": name,
