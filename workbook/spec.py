@@ -760,16 +760,32 @@ def mixed_plan_word(metric: str) -> str:
     return f"plan {metric}"
 
 
+def _parse_bit_widths(c: _Checker, raw: Any, key: str, relative: bool) -> tuple[int, ...]:
+    """``mixed.<key>``: distinct bit widths in 2..8, with 8 among them when a budget is
+    a fraction of uniform W8A8."""
+    from qatlab.mixed import MixedPrecisionError
+    from qatlab.mixed.space import check_candidates
+
+    if not isinstance(raw, list):
+        raise c.err(f"mixed.{key}", f"expected a list of bit widths, got {raw!r}")
+    try:
+        bits = check_candidates(raw, key)
+    except MixedPrecisionError as e:
+        raise c.err(f"mixed.{key}", str(e)) from None
+    if MIXED_BASE_BITS not in bits and relative:
+        raise c.err(f"mixed.{key}", f"relative budgets are fractions of uniform W8A8: the {key} must include 8, got {list(bits)}")
+    return bits
+
+
 def _parse_mixed(c: _Checker, raw: Any, trials: Sequence[Trial]) -> MixedSpec:
     """The ``mixed:`` block, checked against qatlab.mixed's own registries."""
     import hashlib
 
     from qatlab.config import ConfigError, TrainConfig
     from qatlab.hw.fpga import device_names, get_device
-    from qatlab.mixed import MixedPrecisionError, methods
+    from qatlab.mixed import methods
     from qatlab.mixed.metrics import METRICS
     from qatlab.mixed.registry import DEFAULT_OPTIONS
-    from qatlab.mixed.space import check_candidates
 
     m = c.mapping(raw, "mixed")
     unknown = [k for k in m if k not in MIXED_KEYS]
@@ -825,31 +841,9 @@ def _parse_mixed(c: _Checker, raw: Any, trials: Sequence[Trial]) -> MixedSpec:
     except (TypeError, ValueError) as e:
         raise c.err("mixed.options", f"values must be plain JSON: {e}") from None
 
-    cands_raw = m.get("candidates", [2, 4, 8])
-    if not isinstance(cands_raw, list):
-        raise c.err("mixed.candidates", f"expected a list of bit widths, got {cands_raw!r}")
-    try:
-        candidates = check_candidates(cands_raw)
-    except MixedPrecisionError as e:
-        raise c.err("mixed.candidates", str(e)) from None
-    if MIXED_BASE_BITS not in candidates and any(b.relative for b in budgets):
-        raise c.err(
-            "mixed.candidates", f"relative budgets are fractions of uniform W8A8: the candidates must include 8, got {list(candidates)}"
-        )
-    act_candidates: tuple[int, ...] | None = None
-    if "act_candidates" in m:
-        a_raw = m["act_candidates"]
-        if not isinstance(a_raw, list):
-            raise c.err("mixed.act_candidates", f"expected a list of bit widths, got {a_raw!r}")
-        try:
-            act_candidates = check_candidates(a_raw, "act_candidates")
-        except MixedPrecisionError as e:
-            raise c.err("mixed.act_candidates", str(e)) from None
-        if MIXED_BASE_BITS not in act_candidates and any(b.relative for b in budgets):
-            raise c.err(
-                "mixed.act_candidates",
-                f"relative budgets are fractions of uniform W8A8: the act_candidates must include 8, got {list(act_candidates)}",
-            )
+    relative = any(b.relative for b in budgets)
+    candidates = _parse_bit_widths(c, m.get("candidates", [2, 4, 8]), "candidates", relative)
+    act_candidates = _parse_bit_widths(c, m["act_candidates"], "act_candidates", relative) if "act_candidates" in m else None
 
     fpga: dict[str, Any] | None = None
     if "fpga" in m or metric.startswith("fpga_"):
