@@ -113,29 +113,19 @@ static inline float keep_or_zero(int keep, float v) {
 // added in double: the rounding error stays that of a short float sum.
 static const i64 BLOCK = 256;
 
-template <bool CLIP>
-static void fq_forward_chunk(const float* x, float* y, i64 b, i64 e, float s, float inv, float z,
-                             float qmin, float qmax, float clo, float chi) {
-    #pragma omp simd
-    for (i64 i = b; i < e; ++i) {
-        float v = CLIP ? clip(x[i], clo, chi) : x[i];
-        float q = std::nearbyint(v * inv) + z;
-        q = q < qmin ? qmin : (q > qmax ? qmax : q);
-        y[i] = (q - z) * s;
-    }
-}
-
-// A weight quantized in a BN-folded frame (QAT with live BN statistics): u = x·f with f the
-// value's fold factor, y = fq(u) / f, each step rounded in float32 as the torch ops
+// FOLD: a weight quantized in a BN-folded frame (QAT with live BN statistics): u = x·f with
+// f the value's fold factor, y = fq(u) / f, each step rounded in float32 as the torch ops
 // ``(x * f)``, the quantizer, ``/ f`` round it.
-static void fq_forward_fold_chunk(const float* x, const float* fold, float* y, i64 b, i64 e, float s, float inv, float z,
-                                  float qmin, float qmax, float clo, float chi) {
+template <bool CLIP, bool FOLD = false>
+static void fq_forward_chunk(const float* x, float* y, i64 b, i64 e, float s, float inv, float z,
+                             float qmin, float qmax, float clo, float chi, const float* fold = nullptr) {
     #pragma omp simd
     for (i64 i = b; i < e; ++i) {
-        float v = clip(x[i] * fold[i], clo, chi);
+        const float u = FOLD ? x[i] * fold[i] : x[i];
+        float v = CLIP ? clip(u, clo, chi) : u;
         float q = std::nearbyint(v * inv) + z;
         q = q < qmin ? qmin : (q > qmax ? qmax : q);
-        y[i] = ((q - z) * s) / fold[i];
+        y[i] = FOLD ? ((q - z) * s) / fold[i] : (q - z) * s;
     }
 }
 
@@ -156,7 +146,7 @@ void qatlab_fq_forward(const float* x, float* y, i64 outer, i64 channels, i64 in
         g.chunk(k, seg, b, e);
         i64 c = g.channel_of(seg);
         const float s = p.s[c], inv = p.inv[c], z = p.z[c];
-        if (fold) fq_forward_fold_chunk(x, fold, y, b, e, s, inv, z, qmin, qmax, clo, chi);
+        if (fold) fq_forward_chunk<true, true>(x, y, b, e, s, inv, z, qmin, qmax, clo, chi, fold);
         else if (clipped) fq_forward_chunk<true>(x, y, b, e, s, inv, z, qmin, qmax, clo, chi);
         else fq_forward_chunk<false>(x, y, b, e, s, inv, z, qmin, qmax, clo, chi);
     }
@@ -195,7 +185,7 @@ static void fq_backward_chunk(const float* x, const float* dy, float* dx, i64 b,
     if (SUMS) { out[0] = a_s; out[1] = a_z; }
 }
 
-// The backward of fq_forward_fold_chunk, as autograd takes the torch ops back: dq = dy / f,
+// The backward of fq_forward_chunk<.., FOLD>, as autograd takes the torch ops back: dq = dy / f,
 // du = dq · mask (and the clamp's), dx = du · f, and per value the fold factor's gradient
 // du·x − dy·((y_q / f) / f) (the product's and the quotient's terms; y_q = fq(u)). The
 // LSQ sums are those of the quantizer at u with gradient dq.
@@ -345,27 +335,16 @@ void qatlab_pact_backward(const float* x, const float* dy, float* dx, i64 n, con
 // decay rounded to float32 as torch rounds a Python scalar); then the qparams in double
 // with the scale rounded to float32 and the zero point fitted to that float32 scale.
 
-template <bool CLIP>
-static void minmax_chunk(const float* x, i64 b, i64 e, float clo, float chi, float* out_lo, float* out_hi, int* out_nan) {
+// FOLD: of the folded values x·f (see fq_forward_chunk).
+template <bool CLIP, bool FOLD = false>
+static void minmax_chunk(const float* x, i64 b, i64 e, float clo, float chi, float* out_lo, float* out_hi, int* out_nan,
+                         const float* fold = nullptr) {
     float lo = INFINITY, hi = -INFINITY;
     int bad = 0;
     #pragma omp simd reduction(min : lo) reduction(max : hi) reduction(| : bad)
     for (i64 i = b; i < e; ++i) {
-        float v = CLIP ? clip(x[i], clo, chi) : x[i];
-        lo = v < lo ? v : lo;
-        hi = v > hi ? v : hi;
-        bad |= (v != v);
-    }
-    *out_lo = lo; *out_hi = hi; *out_nan = bad;
-}
-
-// minmax_chunk of the folded values x·f (see fq_forward_fold_chunk).
-static void minmax_fold_chunk(const float* x, const float* fold, i64 b, i64 e, float clo, float chi, float* out_lo, float* out_hi,
-                              int* out_nan) {
-    float lo = INFINITY, hi = -INFINITY;
-    int bad = 0;
-    for (i64 i = b; i < e; ++i) {
-        const float v = clip(x[i] * fold[i], clo, chi);
+        const float u = FOLD ? x[i] * fold[i] : x[i];
+        float v = CLIP ? clip(u, clo, chi) : u;
         lo = v < lo ? v : lo;
         hi = v > hi ? v : hi;
         bad |= (v != v);
@@ -422,7 +401,7 @@ int qatlab_fq_observe_forward(const float* x, float* y, i64 outer, i64 channels,
     for (i64 k = 0; k < g.nchunks; ++k) {
         i64 seg, b, e;
         g.chunk(k, seg, b, e);
-        if (fold) minmax_fold_chunk(x, fold, b, e, clo, chi, &part_lo[k], &part_hi[k], &part_nan[k]);
+        if (fold) minmax_chunk<true, true>(x, b, e, clo, chi, &part_lo[k], &part_hi[k], &part_nan[k], fold);
         else if (clipped) minmax_chunk<true>(x, b, e, clo, chi, &part_lo[k], &part_hi[k], &part_nan[k]);
         else minmax_chunk<false>(x, b, e, clo, chi, &part_lo[k], &part_hi[k], &part_nan[k]);
     }
@@ -463,7 +442,7 @@ int qatlab_fq_observe_forward(const float* x, float* y, i64 outer, i64 channels,
         i64 seg, b, e;
         g.chunk(k, seg, b, e);
         const i64 c = g.channel_of(seg);
-        if (fold) fq_forward_fold_chunk(x, fold, y, b, e, scale[c], inv[c], zpf[c], fqmin, fqmax, clo, chi);
+        if (fold) fq_forward_chunk<true, true>(x, y, b, e, scale[c], inv[c], zpf[c], fqmin, fqmax, clo, chi, fold);
         else if (clipped) fq_forward_chunk<true>(x, y, b, e, scale[c], inv[c], zpf[c], fqmin, fqmax, clo, chi);
         else fq_forward_chunk<false>(x, y, b, e, scale[c], inv[c], zpf[c], fqmin, fqmax, clo, chi);
     }
