@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     acc = sub.add_parser("accuracy")
     acc.add_argument("--model", default="lenet", choices=("lenet", "mobilenet"))
     acc.add_argument("--profile", default="quick", choices=("tiny", "quick", "full"))
-    acc.add_argument("--method", default="hessian", choices=("noise", "hessian", "measured"))
+    acc.add_argument("--method", default="hessian", choices=("noise", "hessian", "measured", "measured_loss"))
     acc.add_argument("--out", type=Path, default=Path("runs/mixed-bench"))
     acc.add_argument(
         "--stage",

@@ -6,7 +6,7 @@ additive over layers: the search minimises the sum), plus one entry per activati
 quantizer that feeds no layer, under its ``layer_bits`` key: ``{(0, a_bits): score}``. :func:`layer_sensitivity` runs
 one and caches its table per FP32 model (:mod:`.sens_cache`).
 
-Built in: ``noise`` (:mod:`.noise`), ``hessian`` (:mod:`.hessian`), ``measured``
+Built in: ``noise`` (:mod:`.noise`), ``hessian`` (:mod:`.hessian`), ``measured`` and ``measured_loss``
 (:mod:`.measured`).
 """
 
