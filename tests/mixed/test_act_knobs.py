@@ -124,7 +124,7 @@ def test_mixed_activation_bits_are_priced_exactly(setup) -> None:
         assert simulate_costs(trained)["asic_energy_pj"] == problem.evaluate(assign)[1]["asic_energy_pj"]
 
 
-@pytest.mark.parametrize("method", ["noise", "hessian", "measured"])
+@pytest.mark.parametrize("method", ["noise", "hessian", "measured", "measured_loss"])
 def test_every_method_scores_the_new_knobs(setup, method) -> None:
     q, space, _ = setup
     opts = {"samples": 2} if method == "hessian" else {}
@@ -133,7 +133,7 @@ def test_every_method_scores_the_new_knobs(setup, method) -> None:
     for a in space.acts:
         row = table[a.key]
         assert set(row) == set(act_choices(space, a))
-        if len(row) > 1 and method != "measured":
+        if len(row) > 1 and not method.startswith("measured"):
             assert row[(0, 2)] >= row[(0, 8)] >= 0.0  # fewer bits, more noise
     lut = next(a.key for a in space.acts if a.key.startswith("gate"))
     if method == "noise":
