@@ -83,9 +83,15 @@ def execute(name: str, out_dir: str | os.PathLike[str], parameters: dict[str, An
         while not done.wait(0.2):
             pass
     except KeyboardInterrupt:
-        _kill_kernel(km)
-        # The worker ends with its kernel: its temp file is removed and the working directory restored.
-        done.wait(60)
+        # The worker ends with its kernel: its temp file is removed and the working directory
+        # restored. A Ctrl-C as the notebook starts finds no kernel process yet, and one killed
+        # only now would leave the worker to start it and run the notebook: so the kernel is
+        # killed again until the worker has ended (a kernel dying while it starts ends it).
+        deadline = time.monotonic() + 60
+        while True:
+            _kill_kernel(km)
+            if done.wait(0.2) or time.monotonic() > deadline:
+                break
         raise
     if outcome.get("interrupted"):
         raise KeyboardInterrupt

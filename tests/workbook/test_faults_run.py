@@ -596,8 +596,15 @@ def test_ctrl_c_in_run_during_sweep_and_notebooks_then_the_rerun_resumes(tmp_pat
 def _ctrl_c_scenario(tmp: Path, env: dict[str, str]) -> None:
     env["QATLAB_NOTEBOOKS"] = str(_sleepy_notebooks(tmp / "nbs"))
     env["QATLAB_TEST_GO"] = str(tmp / "go")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))  # for tests.usercode
     out = tmp / "reports" / "run1"
-    spec = spec_file(tmp, [0, 1, 2, 3], "sig")
+    # Trials after the first wait for sweep_go: run 1's Ctrl-C lands mid-sweep however
+    # fast the trials are (four 0.3 s trials can all end before the signal arrives).
+    gate = {"gate": str(tmp / "sweep_go"), "trials": str(out / "sweep" / "trials")}
+    spec = tmp / "sig.yaml"
+    spec.write_text(f"name: sig\ndataset: tests.usercode.loaders:load_gated\n"
+                    f"train: {json.dumps({**TINY_TRAIN, 'loader_args': gate})}\ngrid: {{method: [ptq], seed: [0, 1, 2, 3]}}\n"
+                    "resources: {num_cpus: 1}\nsave_models: false\n")  # fmt: skip
     cmd = [sys.executable, "-m", "workbook.cli", "run", "--spec", str(spec), "--out", str(out), "--max-concurrent", "1"]
 
     def start(n: int) -> tuple[subprocess.Popen, Path]:
@@ -620,6 +627,7 @@ def _ctrl_c_scenario(tmp: Path, env: dict[str, str]) -> None:
     assert 1 <= len(done) < 4
 
     # 2: the rerun resumes the sweep, then is interrupted inside the first notebook
+    (tmp / "sweep_go").write_text("")
     proc, log = start(2)
     nb_started = lambda: "[2/2] notebooks" in log.read_text()
     assert _wait_for(nb_started, proc, 300), log.read_text()[-3000:]
@@ -700,3 +708,50 @@ def test_disk_full_in_a_real_sweep_then_the_rerun_completes(ray_small, tmp_path,
     assert main(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 0
     df = pd.read_parquet(out / "results.parquet")
     assert (df.status == "ok").all() and len(list(out.glob("trials/*/intmodel.pt"))) == 2
+
+
+def test_ctrl_c_before_the_kernel_has_a_process_still_stops_it(tmp_path, monkeypatch):
+    """Ctrl-C while the notebook's worker is still getting ready (no kernel process to
+    kill yet): the kernel it starts afterwards is killed too, and the interrupt goes
+    up at once rather than after the worker's 60 s grace."""
+    import threading
+
+    from workbook import notebooks
+
+    started: list[subprocess.Popen] = []
+
+    class Provisioner:
+        pgid = None
+
+    def fake_papermill(src, dst, parameters, timeout_s, km, outcome, done):
+        try:
+            time.sleep(1.0)  # reading and parameterizing: no kernel yet
+            p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+            started.append(p)
+            km.provisioner.pgid = p.pid  # the kernel launched: what papermill waits on
+            p.wait()  # a killed kernel ends the run of the notebook
+            outcome["status"] = "failed"
+        finally:
+            done.set()
+
+    class FakeKM:
+        kernel_name = "python3"
+
+        def __init__(self, **_):
+            self.provisioner = Provisioner()
+
+    monkeypatch.setattr(notebooks, "_papermill", fake_papermill)
+    monkeypatch.setattr("jupyter_client.manager.AsyncKernelManager", FakeKM)
+    monkeypatch.setattr(notebooks, "kernel_name", lambda: "python3")
+    nbs = _sleepy_notebooks(tmp_path / "nbs")
+    monkeypatch.setenv("QATLAB_NOTEBOOKS", str(nbs))
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+    t0 = time.time()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            notebooks.execute(notebooks.NOTEBOOKS[0], tmp_path / "out", {})
+        assert time.time() - t0 < 20
+        assert started and started[0].wait(timeout=10) is not None  # the kernel was killed, not left running
+    finally:
+        for p in started:
+            p.kill()
