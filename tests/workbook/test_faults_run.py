@@ -534,6 +534,13 @@ def _wait_for(pred, proc: subprocess.Popen, timeout_s: float) -> bool:
     return False
 
 
+def _sigint_default() -> None:
+    """In the child before exec: Ctrl-C back to its default, which Python then turns into
+    KeyboardInterrupt. A shell that starts the suite in the background hands it SIGINT
+    ignored, and that disposition would pass on to the run under test."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(proc: subprocess.Popen, log: Path) -> int:
     os.kill(proc.pid, signal.SIGINT)
     try:
@@ -610,7 +617,10 @@ def _ctrl_c_scenario(tmp: Path, env: dict[str, str]) -> None:
     def start(n: int) -> tuple[subprocess.Popen, Path]:
         log = tmp / f"run{n}.log"
         with open(log, "w") as f:
-            return subprocess.Popen(cmd, env=env, cwd=tmp, stdout=f, stderr=subprocess.STDOUT, start_new_session=True), log
+            proc = subprocess.Popen(
+                cmd, env=env, cwd=tmp, stdout=f, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_sigint_default
+            )
+            return proc, log
 
     # 1: interrupted mid-sweep, once the first trial is recorded
     proc, log = start(1)
@@ -745,6 +755,8 @@ def test_ctrl_c_before_the_kernel_has_a_process_still_stops_it(tmp_path, monkeyp
     monkeypatch.setattr(notebooks, "kernel_name", lambda: "python3")
     nbs = _sleepy_notebooks(tmp_path / "nbs")
     monkeypatch.setenv("QATLAB_NOTEBOOKS", str(nbs))
+    # Python's own Ctrl-C handler, even where the suite was started with SIGINT ignored.
+    old_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
     t0 = time.time()
     try:
@@ -753,5 +765,6 @@ def test_ctrl_c_before_the_kernel_has_a_process_still_stops_it(tmp_path, monkeyp
         assert time.time() - t0 < 20
         assert started and started[0].wait(timeout=10) is not None  # the kernel was killed, not left running
     finally:
+        signal.signal(signal.SIGINT, old_handler)
         for p in started:
             p.kill()
