@@ -43,15 +43,21 @@ from qatlab.quant.qparams import scale_divisor
 
 from .fused import Bounds, fake_quant_fused, fusable, pact_fake_quant_fused
 from .fused.ops import (
+    AFFINE,
     ASYMMETRIC,
     EMA,
+    PACT,
     REPLACE,
     RUNNING_MINMAX,
     SYMMETRIC_SIGNED,
     SYMMETRIC_UNSIGNED,
+    BNQuantPlan,
     FakeQuantPlan,
     NonFiniteRangeError,
     ObservePlan,
+    batch_norm_fake_quant_fused,
+    bn_fusable,
+    bn_momentum,
     enabled,
     fake_quant_planned,
     mse_search_fused,
@@ -344,6 +350,31 @@ class FakeQuant(nn.Module):
         search estimator between its searches); None where the torch-op path must run.
         The state, qparams and output equal that path's (``_observe``,
         ``qparams_from_range``, ``_apply_fixed``) bit for bit."""
+        args = self._observe_args(x, clamp)
+        if args is None:
+            return None
+        plan, mode, lo, hi, frac = args
+        layout, oplan = plan[3], plan[4]
+        if fold is not None and layout.kind not in ("tensor", "channel"):
+            return None  # rows of groups/elements reorder the values the factors follow
+        if frac is not None:
+            self._since_search += 1
+        v = x if layout.kind in ("tensor", "channel") else to_rows(x, layout)
+        self.__dict__["_last_shape"] = plan[6]
+        try:
+            y, lo, hi, _, _ = observe_fake_quant_fused(v, oplan, mode, lo, hi, frac, fold)
+        except NonFiniteRangeError as e:
+            self.lo, self.hi = e.lo, e.hi
+            raise
+        self._set_range(lo, hi)
+        return y if v is x else from_rows(y, x.shape, layout)
+
+    def _observe_args(self, x: torch.Tensor, clamp: Bounds | None) -> tuple | None:  # type: ignore[type-arg]
+        """``(plan, mode, lo, hi, frac)`` for an observing kernel call on ``x``: the
+        quantizer applies its observed range with the clipped STE (the fixed quantizers, and
+        the learned ones while calibrating), the estimator is min/max-based (a search
+        estimator between its searches: ``frac`` its fractions) and the state is float32 on
+        the CPU; else None, and the torch-op path runs."""
         ste = self.ste
         if ste != "clipped" and (ste == "identity" or not self.calibrating or self.is_initialized):
             return None
@@ -352,12 +383,9 @@ class FakeQuant(nn.Module):
         plan = self._fused_plan(x, clamp)
         if plan is None:
             return None
-        layout, oplan, search = plan[3], plan[4], plan[5]
-        if fold is not None and layout.kind not in ("tensor", "channel"):
-            return None  # rows of groups/elements reorder the values the factors follow
-        rows = oplan.channels
+        rows = plan[4].channels
         frac = None
-        if search:
+        if plan[5]:
             if self._search_due(rows):
                 return None
             frac = self.clip_frac
@@ -371,17 +399,94 @@ class FakeQuant(nn.Module):
             for t in (lo, hi):
                 if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
                     return None
-        if search:
-            self._since_search += 1
-        v = x if layout.kind in ("tensor", "channel") else to_rows(x, layout)
-        self.__dict__["_last_shape"] = plan[6]
-        try:
-            y, lo, hi, _, _ = observe_fake_quant_fused(v, oplan, mode, lo, hi, frac, fold)
-        except NonFiniteRangeError as e:
-            self.lo, self.hi = e.lo, e.hi
-            raise
-        self._set_range(lo, hi)
-        return y if v is x else from_rows(y, x.shape, layout)
+        return plan, mode, lo, hi, frac
+
+    def after_batch_norm(self, x: torch.Tensor, bn: nn.Module, clamp: Bounds | None = None) -> torch.Tensor | None:
+        """``self(bn(x), None, clamp)`` for a BatchNorm in training (batch statistics), on
+        the kernels of :func:`qatlab.nn.fused.ops.batch_norm_fake_quant_fused`: the BN
+        output is never written, and an observed range comes from the statistics pass.
+        The BN's running statistics and batch count move as its own forward moves them.
+        None, with nothing changed, where the two must run apart (the quantizer not a
+        clipped, ready LSQ or ready PACT one; a layout other than per tensor or per
+        channel of axis 1; hooks on ``bn``; a NaN or infinite statistic or range)."""
+        if not self.enabled or not bn_fusable(x, bn):
+            return None
+        ste, observe, fplan = self.ste, None, None
+        q1: torch.Tensor | None = None
+        q2: torch.Tensor | None = None
+        if ste in ("lsq", "pact") and self.is_initialized:
+            q1, q2 = (self.scale, self.zero_point) if ste == "lsq" else (self.alpha, None)
+            if not fusable(x, q1, *(() if q2 is None else (q2,))):
+                return None
+        elif ste == "clipped" and self.observe:
+            args = self._observe_args(x, clamp)
+            if args is None:
+                return None
+            fplan, mode, lo, hi, frac = args
+            observe = (mode, lo, hi, frac)
+        elif ste != "clipped" or self.lo.numel() == 0:
+            return None
+        p = self._bn_plan(x, clamp, q1, q2, fplan)
+        if p is None:
+            return None
+        plan, layout = p
+        if ste == "clipped" and observe is None:  # a range kept fixed (observers off)
+            qp = self._observed_qparams(layout)
+            q1, q2 = qp.scale, qp.zero_point.float()
+            if not fusable(x, q1) or q1.numel() != plan.rows:
+                return None
+        momentum, tracked = bn_momentum(bn)
+        out = batch_norm_fake_quant_fused(
+            x, bn.weight, bn.bias, bn.running_mean, bn.running_var, momentum, bn.eps, plan,
+            q1 if q1 is not None else x, q2, observe,
+        )  # fmt: skip
+        if out is None:
+            return None
+        if tracked is not None:
+            tracked.add_(1)
+        if observe is not None:
+            if observe[3] is not None:
+                self._since_search += 1
+            self._set_range(out.lo, out.hi)  # type: ignore[arg-type]
+        self.__dict__["_last_shape"] = tuple(x.shape)
+        return out.y
+
+    def _bn_plan(
+        self,
+        x: torch.Tensor,
+        clamp: Bounds | None,
+        q1: torch.Tensor | None,
+        q2: torch.Tensor | None,
+        fplan: tuple | None = None,  # type: ignore[type-arg]
+    ) -> tuple[BNQuantPlan, Layout] | None:
+        """The quantizer's :class:`BNQuantPlan` for this input and its layout, kept while
+        the shape, spec, clamp, kind and the learned parameters' shapes stay; None for a
+        layout the kernels do not take (rows other than the tensor or axis 1's channels)."""
+        kind = self.ste if q1 is not None else ("observed" if fplan is not None else "fixed")
+        key = (x.shape, self.spec, clamp, kind, None if q1 is None else q1.shape, None if q2 is None else (q2.shape, q2.requires_grad))
+        p = self.__dict__.get("_bnplan")
+        if p is not None and p[0] == key and (fplan is None or p[3] is fplan[4]):
+            return p[1], p[2]
+        spec = self.spec
+        layout = fplan[3] if fplan is not None else layout_for(x, spec)
+        if layout.kind not in ("tensor", "channel") or (layout.kind == "channel" and layout.axis != 1):
+            return None
+        rows_pc = layout.kind == "channel"
+        n_rows = x.shape[1] if rows_pc else 1
+        if kind == "observed":
+            plan = BNQuantPlan(x.shape, AFFINE, rows_pc, spec.qmin, spec.qmax, clamp=clamp, observe=fplan[4])  # type: ignore[index]
+        elif kind == "fixed":
+            plan = BNQuantPlan(x.shape, AFFINE, rows_pc, spec.qmin, spec.qmax, rows_pc, clamp=clamp)
+        elif kind == "pact":
+            plan = BNQuantPlan(x.shape, PACT, False, 0, spec.qmax, clamp=clamp)
+        else:
+            assert q1 is not None and q2 is not None
+            if q1.numel() != n_rows or q2.numel() not in (1, n_rows) or (q2.numel() == 1 and n_rows > 1 and q2.requires_grad):
+                return None
+            g = lsq_grad_factor(x.numel() // max(1, q1.numel()), spec.qmax)
+            plan = BNQuantPlan(x.shape, AFFINE, rows_pc, spec.qmin, spec.qmax, q2.numel() > 1, SCALE_FLOOR, clamp, g)
+        self.__dict__["_bnplan"] = (key, plan, layout, None if fplan is None else fplan[4])
+        return plan, layout
 
     def _set_range(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
         # Module.__setattr__ re-registers a buffer on every assignment (~5 µs each, twice per

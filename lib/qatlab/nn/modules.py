@@ -173,10 +173,13 @@ class _QuantCompute(nn.Module):
             # LSQ's gradient scale keeps counting the unpooled values, as before.
             numel = y.numel()
             y = maxpool(y)
+        return self.act_fq(y, numel, self._act_clamp())
+
+    def _act_clamp(self) -> tuple[float | None, float | None] | None:
         # The quantizer applies the clamp, a fused ReLU included (a clamp at 0): its
         # fused kernels do it in the same pass as the quantization, forward and backward,
         # so the ReLU costs no pass of its own over the activation and its gradient.
-        return self.act_fq(y, numel, _with_relu(self.clamp) if self.relu else self.clamp)
+        return _with_relu(self.clamp) if self.relu else self.clamp
 
 
 class QuantConv2d(_QuantCompute):
@@ -248,6 +251,12 @@ class QuantConv2d(_QuantCompute):
         y = self._conv(x, self.weight_fq(self.conv.weight, None, None, f), None)
         if self.conv.bias is not None:
             y = y + self.conv.bias.reshape(1, -1, 1, 1)
+        if self.maxpool is None:
+            # BN and the quantizer in one kernel call where they take it: the BN output is
+            # never written, and an observed range comes from the statistics pass.
+            out = self.act_fq.after_batch_norm(y, bn, self._act_clamp())
+            if out is not None:
+                return out
         return self._out(bn(y))
 
 

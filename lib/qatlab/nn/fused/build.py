@@ -32,7 +32,7 @@ from .source import SOURCE
 
 ENV_SWITCH = "QATLAB_FUSED"
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fPIC", "-shared", "-std=c++17")
-ABI = 10
+ABI = 11
 BUILD_TIMEOUT_S = 120
 
 _lock = threading.Lock()

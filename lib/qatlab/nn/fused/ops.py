@@ -47,9 +47,14 @@ _SIGNATURES = {
     "qatlab_fq_observe_forward": [_P, _P, _I, _I, _I, _F, _F, _P, _P, _N, _P, _P, _F, _F, _P, _P, _D, _D, _D, _N, _N, _P, _P, _P, _N],
     "qatlab_qparams_from_range": [_I, _P, _P, _D, _D, _D, _N, _N, _P, _P],
     "qatlab_mse_search": [_P, _I, _I, _P, _P, _N, _D, _D, _D, _N, _N, _P, _P, _P, _P, _I, _P, _N],
+    "qatlab_bn_stats": [_P, _I, _I, _I, _P, _P, _D, _P, _P, _P, _P, _P, _P, _P, _N],
+    "qatlab_bn_observe": [_I, _P, _P, _P, _P, _N, _F, _F, _P, _N, _P, _P, _F, _F, _P, _P, _D, _D, _D, _N, _N, _P, _P, _P],
+    "qatlab_bn_update_running": [_I, _I, _P, _P, _D, _P, _P],
+    "qatlab_bn_fq_forward": [_P, _P, _I, _I, _I, _P, _P, _N, _N, _P, _P, _N, _F, _F, _F, _F, _F, _N],
+    "qatlab_bn_fq_backward": [_P, _P, _P, _I, _I, _I, _P, _P, _P, _P, _P, _N, _N, _P, _P, _N, _F, _F, _F, _F, _F, _D, _P, _P, _P, _P, _N],
 }
-# Functions that return a status (0: done, 1: a range is NaN or infinite).
-_STATUS = frozenset({"qatlab_fq_observe_forward", "qatlab_qparams_from_range", "qatlab_mse_search"})
+# Functions that return a status (0: done, 1: a range or a statistic is NaN or infinite).
+_STATUS = frozenset({"qatlab_fq_observe_forward", "qatlab_qparams_from_range", "qatlab_mse_search", "qatlab_bn_stats", "qatlab_bn_observe"})
 
 _local = threading.local()
 
@@ -551,3 +556,214 @@ def mse_search_fused(
     ):
         raise ValueError(RANGE_ERROR)
     return MSESearch(out_lo, out_hi, err, errs, evaluated)
+
+
+# ---- BatchNorm on batch statistics, fused with the quantizer after it ----------------------
+
+# The quantizer after the BatchNorm: an affine grid (an observed quantizer's qparams, or
+# LSQ's learned step and zero point), or PACT's learned clip.
+AFFINE, PACT = 0, 1
+
+
+class BNQuantPlan:
+    """A BatchNorm-then-quantizer call's constants, worked out once per input shape: the
+    [N, C, H·W] view, the quantizer kind, its rows (the tensor, or one per channel) and
+    code range, LSQ's gradient factor and the clamp; ``observe`` for an observed quantizer."""
+
+    __slots__ = ("n", "c", "hw", "kind", "rows_pc", "zp_pc", "qmin", "qmax", "floor", "clo", "chi", "grad_factor", "observe")
+
+    def __init__(
+        self,
+        shape: torch.Size | tuple[int, ...],
+        kind: int,
+        rows_pc: bool,
+        qmin: int,
+        qmax: int,
+        zp_pc: bool = False,
+        scale_floor: float | None = None,
+        clamp: Bounds | None = None,
+        grad_factor: float = 1.0,
+        observe: ObservePlan | None = None,
+    ) -> None:
+        if len(shape) < 2:
+            raise ValueError(f"BatchNorm input must have a channel axis (N, C, ...), got shape {tuple(shape)}")
+        if kind not in (AFFINE, PACT):
+            raise ValueError(f"kind must be AFFINE (0) or PACT (1), got {kind!r}")
+        if not 1 <= qmax - qmin < 2**24:
+            raise ValueError(f"qmin {qmin}, qmax {qmax}: need qmin < qmax with fewer than 2**24 codes (float32 holds them exactly)")
+        self.n, self.c = int(shape[0]), int(shape[1])
+        self.hw = math.prod(shape[2:])
+        if self.n * self.hw < 2:
+            raise ValueError(f"BatchNorm on batch statistics needs more than one value per channel, got shape {tuple(shape)}")
+        self.kind, self.rows_pc, self.zp_pc = kind, int(rows_pc), int(zp_pc)
+        self.qmin, self.qmax = float(qmin), float(qmax)
+        self.floor = scale_floor or 0.0
+        self.clo, self.chi = _clip_bounds(clamp)
+        self.grad_factor = float(grad_factor)
+        if observe is not None and (kind != AFFINE or observe.channels != (self.c if rows_pc else 1)):
+            raise ValueError("an observed quantizer is affine, with one range per row of the plan")
+        self.observe = observe
+        if observe is not None:
+            self.zp_pc = self.rows_pc  # an observed quantizer has one zero point per row
+
+    @property
+    def rows(self) -> int:
+        return self.c if self.rows_pc else 1
+
+
+class BNQuantOut(NamedTuple):
+    """The output, and what the call found: per channel the batch mean and 1/std and the
+    BN output's affine form ``z = x·a + b`` (float32, as the kernels compute it); for an
+    observed quantizer the new range state and its qparams (else None)."""
+
+    y: torch.Tensor
+    mean: torch.Tensor
+    invstd: torch.Tensor
+    a: torch.Tensor
+    b: torch.Tensor
+    lo: torch.Tensor | None
+    hi: torch.Tensor | None
+    scale: torch.Tensor | None
+    zero_point: torch.Tensor | None
+
+
+class _FusedBNQuant(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, gamma, beta, q1, q2, plan, stats):  # type: ignore[override]
+        mean, invstd, a, b = stats
+        y = torch.empty_like(x)
+        _lib().qatlab_bn_fq_forward(
+            x.data_ptr(), y.data_ptr(), plan.n, plan.c, plan.hw, a.data_ptr(), b.data_ptr(), plan.kind, plan.rows_pc,
+            q1.data_ptr(), _ptr(q2), plan.zp_pc, plan.qmin, plan.qmax, plan.floor, plan.clo, plan.chi, torch.get_num_threads(),
+        )  # fmt: skip
+        ctx.save_for_backward(x, gamma, q1, q2, mean, invstd, a, b)
+        ctx.plan = plan
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):  # type: ignore[override]
+        x, gamma, q1, q2, mean, invstd, a, b = ctx.saved_tensors
+        p = ctx.plan
+        need = ctx.needs_input_grad
+        dyc = dy.contiguous()
+        dx = torch.empty_like(x) if need[0] else None
+        dgamma = torch.empty(p.c, dtype=torch.float32) if need[1] else None
+        dbeta = torch.empty(p.c, dtype=torch.float32) if need[2] else None
+        d1 = torch.empty(q1.shape, dtype=torch.float32) if need[3] else None
+        d2 = torch.empty(q2.shape, dtype=torch.float32) if need[4] else None
+        _lib().qatlab_bn_fq_backward(
+            x.data_ptr(), dyc.data_ptr(), _ptr(dx), p.n, p.c, p.hw, mean.data_ptr(), invstd.data_ptr(), _ptr(gamma),
+            a.data_ptr(), b.data_ptr(), p.kind, p.rows_pc, q1.data_ptr(), _ptr(q2), p.zp_pc, p.qmin, p.qmax, p.floor,
+            p.clo, p.chi, p.grad_factor, _ptr(dgamma), _ptr(dbeta), _ptr(d1), _ptr(d2), torch.get_num_threads(),
+        )  # fmt: skip
+        return dx, dgamma, dbeta, d1, d2, None, None
+
+
+def bn_fusable(x: torch.Tensor, bn: torch.nn.Module) -> bool:
+    """Whether :func:`batch_norm_fake_quant_fused` can stand in for ``bn(x)``: a 4-D float32
+    CPU input, ``bn`` a BatchNorm2d in training (batch statistics) with float32 CPU
+    parameters and state, more than one value per channel, and no hooks on ``bn`` (which
+    the fused call would skip)."""
+    if not (isinstance(bn, torch.nn.BatchNorm2d) and bn.training and x.dim() == 4 and fusable(x)):
+        return False
+    if x.shape[1] != bn.num_features or x.shape[0] * x.shape[2] * x.shape[3] < 2:
+        return False
+    g = torch.nn.modules.module
+    if bn._forward_hooks or bn._forward_pre_hooks or g._global_forward_hooks or g._global_forward_pre_hooks:
+        return False
+    for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
+        if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous()):
+            return False
+    return True
+
+
+def bn_momentum(bn: torch.nn.Module) -> tuple[float, torch.Tensor | None]:
+    """The factor by which a training step moves ``bn``'s running statistics, and its batch
+    counter (None if it keeps none), as ``_BatchNorm.forward`` works them out; the caller
+    adds the batch to the counter once the step has run."""
+    tracked = bn.num_batches_tracked if bn.track_running_stats else None
+    if bn.momentum is not None:
+        return float(bn.momentum), tracked
+    return (0.0 if tracked is None else 1.0 / float(int(tracked) + 1)), tracked
+
+
+def _bn_arg(t: torch.Tensor | None, n: int, name: str) -> torch.Tensor | None:
+    if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu" or t.numel() != n or not t.is_contiguous()):
+        raise ValueError(f"{name}: expected a contiguous float32 CPU tensor of {n} values, got {t.dtype} {tuple(t.shape)} on {t.device}")
+    return t
+
+
+def batch_norm_fake_quant_fused(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    momentum: float,
+    eps: float,
+    plan: BNQuantPlan,
+    q1: torch.Tensor,
+    q2: torch.Tensor | None = None,
+    observe: tuple[int, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None] | None = None,
+) -> BNQuantOut | None:
+    """``fq(clip(batch_norm(x)))``, BatchNorm on the batch's statistics (training), in one
+    pass over ``x`` for the statistics and one to normalize and quantize; the backward in
+    two passes. The quantizer: ``plan.kind`` AFFINE with ``q1``/``q2`` its scale and zero
+    point (LSQ's learned ones, used as ``max(|s|, plan.floor)`` and rounded, with their
+    gradients), or with ``observe = (mode, lo, hi, frac)`` an observed quantizer whose
+    range comes from the statistics (as :func:`observe_fake_quant_fused` on the BN output);
+    PACT with ``q1`` its clip α. ``running_mean``/``running_var`` (None: not tracked) move
+    by ``momentum``, as torch's ``batch_norm`` moves them.
+
+    Returns None, having changed nothing, where a statistic or the observed range is NaN or
+    infinite: the caller then runs BatchNorm and the quantizer apart, which raise or carry
+    on as they do. Gradients flow to ``x``, ``weight``, ``bias`` and the learned ``q1``/``q2``.
+    """
+    if x.dtype != torch.float32 or x.device.type != "cpu":
+        raise TypeError(f"x must be a float32 CPU tensor, got {x.dtype} on {x.device}")
+    if tuple(x.shape[:2]) != (plan.n, plan.c) or x.numel() != plan.n * plan.c * plan.hw:
+        raise ValueError(f"x of shape {tuple(x.shape)} does not fit the plan's {plan.n}x{plan.c}x{plan.hw} values")
+    c = plan.c
+    for t, name in ((weight, "weight"), (bias, "bias"), (running_mean, "running_mean"), (running_var, "running_var")):
+        _bn_arg(t, c, name)
+    if (observe is None) != (plan.observe is None):
+        raise ValueError("observe (mode, lo, hi, frac) goes with a plan made with an ObservePlan, and only with one")
+    lib = _lib()
+    xc = x.contiguous()
+    mean, var = torch.empty(c, dtype=torch.float64), torch.empty(c, dtype=torch.float64)
+    invstd, a, b, xmin, xmax = (torch.empty(c, dtype=torch.float32) for _ in range(5))
+    w = None if weight is None else weight.detach()
+    bb = None if bias is None else bias.detach()
+    if lib.qatlab_bn_stats(
+        xc.data_ptr(), plan.n, c, plan.hw, _ptr(w), _ptr(bb), float(eps), mean.data_ptr(), var.data_ptr(),
+        invstd.data_ptr(), a.data_ptr(), b.data_ptr(), xmin.data_ptr(), xmax.data_ptr(), torch.get_num_threads(),
+    ):  # fmt: skip
+        return None
+    lo = hi = scale = zp = None
+    if observe is not None:
+        op = plan.observe
+        mode, old_lo, old_hi, frac = observe
+        rows = plan.rows
+        lo, hi, scale, zpf = (torch.empty(rows, dtype=torch.float32) for _ in range(4))
+        zp = torch.empty(rows, dtype=torch.int32)
+        if lib.qatlab_bn_observe(
+            c, a.data_ptr(), b.data_ptr(), xmin.data_ptr(), xmax.data_ptr(), plan.rows_pc, plan.clo, plan.chi,
+            _state_arg(frac, 2 * rows, "frac"), mode,
+            _state_arg(old_lo, rows, "lo") if mode != REPLACE else None,
+            _state_arg(old_hi, rows, "hi") if mode != REPLACE else None,
+            op.keep, op.take, lo.data_ptr(), hi.data_ptr(), op.qmin, op.qmax, op.div, op.scheme, op.zero_code,
+            scale.data_ptr(), zp.data_ptr(), zpf.data_ptr(),
+        ):  # fmt: skip
+            return None
+        q1, q2 = scale, zpf
+    elif (
+        q1.dtype != torch.float32 or q1.device.type != "cpu" or (q2 is not None and (q2.dtype != torch.float32 or q2.device.type != "cpu"))
+    ):
+        raise ValueError("the quantizer's parameters must be float32 CPU tensors")
+    if running_mean is not None or running_var is not None:
+        lib.qatlab_bn_update_running(
+            c, plan.n * plan.hw, mean.data_ptr(), var.data_ptr(), float(momentum), _ptr(running_mean), _ptr(running_var)
+        )
+    stats = (mean.float(), invstd, a, b)
+    y = _FusedBNQuant.apply(xc, weight, bias, q1.contiguous(), None if q2 is None else q2.contiguous(), plan, stats)
+    return BNQuantOut(y, stats[0], invstd, a, b, lo, hi, scale, zp)

@@ -131,7 +131,7 @@ static void fq_forward_chunk(const float* x, float* y, i64 b, i64 e, float s, fl
 
 extern "C" {
 
-int qatlab_fused_abi(void) { return 10; }
+int qatlab_fused_abi(void) { return 11; }
 
 void qatlab_fq_forward(const float* x, float* y, i64 outer, i64 channels, i64 inner,
                        const float* scale, const float* zp, int zp_per_channel,
@@ -210,6 +210,27 @@ static void fq_backward_fold_chunk(const float* x, const float* fold, const floa
     if (out) { out[0] = a_s; out[1] = a_z; }
 }
 
+// LSQ's step and zero-point gradients of each row from its sums tot[2r] = Σ(dy·y − dv·v) and
+// tot[2r + 1] = Σ(dy − dv): ds = g·Σ/s and dz = −g·s·Σ, then through s = max(|raw|, floor).
+static void lsq_grads(i64 rows, const double* tot, const Params& p, const float* scale, float floor, double grad_factor,
+                      int zp_per_channel, float* dscale, float* dzp) {
+    for (i64 c = 0; c < rows; ++c) {
+        const double* t = &tot[c * 2];
+        const double s = p.s[c];
+        if (dscale) {
+            double d = grad_factor * t[0] / s;
+            if (floor > 0.0f) {
+                // d|raw|/draw = sign(raw) (0 at 0); the floor passes no gradient below it.
+                float raw = scale[c];
+                double sg = raw > 0.0f ? 1.0 : (raw < 0.0f ? -1.0 : 0.0);
+                d = std::fabs(raw) >= floor ? d * sg : 0.0;
+            }
+            dscale[c] = (float)d;
+        }
+        if (dzp) dzp[zp_per_channel ? c : 0] = (float)(-grad_factor * s * t[1]);
+    }
+}
+
 extern "C" {
 
 // With dscale / dzp, per channel: ds = g·Σ(dy·y − dv·v)/s and dz = −g·s·Σ(dy − dv),
@@ -245,21 +266,7 @@ void qatlab_fq_backward(const float* x, const float* dy, float* dx, i64 outer, i
         t[0] += part[k * 2];
         t[1] += part[k * 2 + 1];
     }
-    for (i64 c = 0; c < channels; ++c) {
-        const double* t = &tot[c * 2];
-        const double s = p.s[c];
-        if (dscale) {
-            double d = grad_factor * t[0] / s;
-            if (floor > 0.0f) {
-                // d|raw|/draw = sign(raw) (0 at 0); the floor passes no gradient below it.
-                float raw = scale[c];
-                double sg = raw > 0.0f ? 1.0 : (raw < 0.0f ? -1.0 : 0.0);
-                d = std::fabs(raw) >= floor ? d * sg : 0.0;
-            }
-            dscale[c] = (float)d;
-        }
-        if (dzp) dzp[zp_per_channel ? c : 0] = (float)(-grad_factor * s * t[1]);
-    }
+    lsq_grads(channels, tot.data(), p, scale, floor, grad_factor, zp_per_channel, dscale, dzp);
 }
 
 // PACT: y = min(clamp(nearbyint(v·inv), 0, ∞), top)·s with s = max(α/qmax, 1e-12),
@@ -382,6 +389,31 @@ static int qparams_rows(i64 rows, const float* lo, const float* hi, double qmin,
     return 0;
 }
 
+// The batch range per row (NaN where bnan) met with the state, then the qparams: see
+// qatlab_fq_observe_forward. Returns 1 (no qparams written) for a NaN or infinite range.
+static int observe_rows(i64 rows, const float* blo, const float* bhi, const int* bnan, const float* frac, int mode,
+                        const float* old_lo, const float* old_hi, float keep, float take, float* lo, float* hi,
+                        double qmin, double qmax, double div, int scheme, int zero_code, float* scale, int32_t* zp) {
+    for (i64 c = 0; c < rows; ++c) {
+        float l = bnan[c] ? NAN : blo[c], h = bnan[c] ? NAN : bhi[c];
+        if (frac) {
+            const float mag = nan_max(std::fabs(l), std::fabs(h));
+            l = frac[c] * mag;
+            h = frac[rows + c] * mag;
+        }
+        if (mode == 1) {
+            l = nan_min(old_lo[c], l);
+            h = nan_max(old_hi[c], h);
+        } else if (mode == 2) {
+            l = keep * old_lo[c] + take * l;
+            h = keep * old_hi[c] + take * h;
+        }
+        lo[c] = l;
+        hi[c] = h;
+    }
+    return qparams_rows(rows, lo, hi, qmin, qmax, div, scheme, zero_code, scale, zp);
+}
+
 extern "C" {
 
 // x viewed as [outer, channels, inner]; one range per channel. frac: [2, channels] or
@@ -413,24 +445,8 @@ int qatlab_fq_observe_forward(const float* x, float* y, i64 outer, i64 channels,
         bhi[c] = part_hi[k] > bhi[c] ? part_hi[k] : bhi[c];
         bnan[c] |= part_nan[k];
     }
-    for (i64 c = 0; c < channels; ++c) {
-        float l = bnan[c] ? NAN : blo[c], h = bnan[c] ? NAN : bhi[c];
-        if (frac) {
-            const float mag = nan_max(std::fabs(l), std::fabs(h));
-            l = frac[c] * mag;
-            h = frac[channels + c] * mag;
-        }
-        if (mode == 1) {
-            l = nan_min(old_lo[c], l);
-            h = nan_max(old_hi[c], h);
-        } else if (mode == 2) {
-            l = keep * old_lo[c] + take * l;
-            h = keep * old_hi[c] + take * h;
-        }
-        lo[c] = l;
-        hi[c] = h;
-    }
-    if (qparams_rows(channels, lo, hi, qmin, qmax, div, scheme, zero_code, scale, zp)) return 1;
+    if (observe_rows(channels, blo.data(), bhi.data(), bnan.data(), frac, mode, old_lo, old_hi, keep, take, lo, hi,
+                     qmin, qmax, div, scheme, zero_code, scale, zp)) return 1;
     std::vector<float> inv(channels);
     for (i64 c = 0; c < channels; ++c) {
         zpf[c] = (float)zp[c];
@@ -697,6 +713,291 @@ int qatlab_mse_search(const float* x, i64 rows, i64 n, const float* lo0, const f
         if (evaluated) evaluated[r] = (int32_t)sel[r].size();
     }
     return 0;
+}
+
+}  // extern "C"
+// ---- BatchNorm on batch statistics, fused with the quantizer that follows -------------
+//
+// x: [N, C, HW] (a conv's output), normalized per channel over M = N·HW values.
+// Statistics: sums of d = x − K (K the channel's first value, so that the squares do not
+// cancel when |mean| >> std) in float over blocks of at most BLOCK values, then in double:
+// mean = K + Σd/M, var = Σd²/M − (Σd/M)² (biased; the running variance takes var·M/(M−1)),
+// invstd = 1/sqrt(var + eps); and x's least and largest value. The BN output is
+// z = x·a + b with a = γ·invstd and b = β − mean·a rounded to float32, computed in float32
+// with the product and the sum rounded apart. Rounding is monotone, so a channel's least
+// and largest z are the images of its least and largest x (swapped where a < 0): an
+// observer's range comes out of the statistics pass, and z is never stored. The quantizer
+// sees clip(z, clo, chi).
+//
+// Quantizer kinds: 0 affine (per row: the scale, zero point and [qmin, qmax]: an observed
+// quantizer's qparams or LSQ's learned step and zero point, with its gradients); 1 PACT
+// (α in scale[0]; forward the affine grid with z = 0, qmin = 0, qmax = top; PACT's
+// gradients). A row is the whole tensor (rows_pc = 0) or one channel (rows_pc = 1).
+
+struct RowGrid {
+    std::vector<float> s, inv, z, qlo, qhi;
+};
+
+static void make_rows(RowGrid& r, int kind, i64 rows, const float* scale, const float* zp, int zp_pc,
+                      float qmin, float qmax, float floor) {
+    if (kind == 1) {
+        float s, inv, top;
+        pact_params(scale[0], qmax, s, inv, top);
+        r.s.assign(1, s); r.inv.assign(1, inv); r.z.assign(1, 0.0f); r.qlo.assign(1, 0.0f); r.qhi.assign(1, top);
+        return;
+    }
+    Params p;
+    make_params(p, rows, scale, zp, zp_pc, qmin, qmax, floor);
+    r.s = p.s; r.inv = p.inv; r.z = p.z;
+    r.qlo.assign(rows, qmin); r.qhi.assign(rows, qmax);
+}
+
+extern "C" {
+
+// Per channel: mean and biased variance (double), invstd, a, b (float32), x's min and max.
+// Returns 1, writing nothing, when a statistic or a or b is NaN or infinite.
+int qatlab_bn_stats(const float* x, i64 N, i64 C, i64 HW, const float* gamma, const float* beta, double eps,
+                    double* mean, double* var, float* invstd, float* a, float* b, float* xmin, float* xmax, int nthreads) {
+    const i64 M = N * HW;
+    std::vector<double> m(C), v(C);
+    std::vector<float> is(C), fa(C), fb(C), mn(C), mx(C);
+    std::vector<int> bad(C, 0);
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if(nthreads > 1 && C > 1 && N * C * HW >= 2 * CHUNK)
+    for (i64 c = 0; c < C; ++c) {
+        const float K = x[c * HW];
+        double s1 = 0.0, s2 = 0.0;
+        float lo = INFINITY, hi = -INFINITY;
+        for (i64 n = 0; n < N; ++n) {
+            const float* p = x + (n * C + c) * HW;
+            for (i64 b0 = 0; b0 < HW; b0 += BLOCK) {
+                const i64 e0 = b0 + BLOCK < HW ? b0 + BLOCK : HW;
+                float f1 = 0.0f, f2 = 0.0f;
+                #pragma omp simd reduction(+ : f1, f2) reduction(min : lo) reduction(max : hi)
+                for (i64 i = b0; i < e0; ++i) {
+                    const float xv = p[i], d = xv - K;
+                    f1 += d;
+                    f2 += d * d;
+                    lo = xv < lo ? xv : lo;
+                    hi = xv > hi ? xv : hi;
+                }
+                s1 += f1;
+                s2 += f2;
+            }
+        }
+        const double mu = s1 / (double)M;
+        double var_c = s2 / (double)M - mu * mu;
+        var_c = var_c > 0.0 ? var_c : 0.0;
+        const double inv_std = 1.0 / std::sqrt(var_c + eps);
+        const double mean_c = (double)K + mu;
+        const float g = gamma ? gamma[c] : 1.0f, be = beta ? beta[c] : 0.0f;
+        const float ac = (float)((double)g * inv_std);
+        const float bc = (float)((double)be - mean_c * (double)ac);
+        m[c] = mean_c; v[c] = var_c; is[c] = (float)inv_std; fa[c] = ac; fb[c] = bc; mn[c] = lo; mx[c] = hi;
+        bad[c] = !(std::isfinite(s1) && std::isfinite(s2) && std::isfinite(inv_std) && std::isfinite(ac) && std::isfinite(bc));
+    }
+    for (i64 c = 0; c < C; ++c)
+        if (bad[c]) return 1;
+    for (i64 c = 0; c < C; ++c) {
+        mean[c] = m[c]; var[c] = v[c]; invstd[c] = is[c]; a[c] = fa[c]; b[c] = fb[c]; xmin[c] = mn[c]; xmax[c] = mx[c];
+    }
+    return 0;
+}
+
+// An observed quantizer's range of clip(z) per row, from the statistics (no pass over the
+// data), met with its state and turned into qparams as qatlab_fq_observe_forward does.
+// Returns 1 (no qparams written) for a NaN or infinite range.
+int qatlab_bn_observe(i64 C, const float* a, const float* b, const float* xmin, const float* xmax, int rows_pc,
+                      float clo, float chi, const float* frac, int mode, const float* old_lo, const float* old_hi,
+                      float keep, float take, float* lo, float* hi, double qmin, double qmax, double div, int scheme,
+                      int zero_code, float* scale, int32_t* zp, float* zpf) {
+    const i64 rows = rows_pc ? C : 1;
+    std::vector<float> blo(rows, INFINITY), bhi(rows, -INFINITY);
+    std::vector<int> bnan(rows, 0);
+    for (i64 c = 0; c < C; ++c) {
+        float zl = xmin[c] * a[c] + b[c], zh = xmax[c] * a[c] + b[c];
+        if (a[c] < 0.0f) { const float t = zl; zl = zh; zh = t; }
+        zl = clip(zl, clo, chi);
+        zh = clip(zh, clo, chi);
+        const i64 r = rows_pc ? c : 0;
+        blo[r] = zl < blo[r] ? zl : blo[r];
+        bhi[r] = zh > bhi[r] ? zh : bhi[r];
+        bnan[r] |= (zl != zl) | (zh != zh);
+    }
+    if (observe_rows(rows, blo.data(), bhi.data(), bnan.data(), frac, mode, old_lo, old_hi, keep, take, lo, hi,
+                     qmin, qmax, div, scheme, zero_code, scale, zp)) return 1;
+    for (i64 r = 0; r < rows; ++r) zpf[r] = (float)zp[r];
+    return 0;
+}
+
+// The running statistics, as torch's batch norm updates them (in double, stored as float32).
+void qatlab_bn_update_running(i64 C, i64 M, const double* mean, const double* var, double momentum,
+                              float* running_mean, float* running_var) {
+    for (i64 c = 0; c < C; ++c) {
+        if (running_mean) running_mean[c] = (float)(momentum * mean[c] + (1.0 - momentum) * (double)running_mean[c]);
+        if (running_var) {
+            const double unbiased = M > 1 ? var[c] * (double)M / (double)(M - 1) : var[c];
+            running_var[c] = (float)(momentum * unbiased + (1.0 - momentum) * (double)running_var[c]);
+        }
+    }
+}
+
+// y = fq(clip(x·a + b)): the BN output quantized, one pass over x.
+void qatlab_bn_fq_forward(const float* x, float* y, i64 N, i64 C, i64 HW, const float* a, const float* b,
+                          int kind, int rows_pc, const float* scale, const float* zp, int zp_pc,
+                          float qmin, float qmax, float floor, float clo, float chi, int nthreads) {
+    RowGrid r;
+    make_rows(r, kind, rows_pc ? C : 1, scale, zp, zp_pc, qmin, qmax, floor);
+    const bool clipped = !(std::isinf(clo) && clo < 0.0f && std::isinf(chi) && chi > 0.0f);
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if(nthreads > 1 && N * C > 1 && N * C * HW >= 2 * CHUNK)
+    for (i64 k = 0; k < N * C; ++k) {
+        const i64 c = k % C, row = rows_pc ? c : 0;
+        const float ac = a[c], bc = b[c], s = r.s[row], inv = r.inv[row], z = r.z[row], ql = r.qlo[row], qh = r.qhi[row];
+        const float* xp = x + k * HW;
+        float* yp = y + k * HW;
+        if (clipped) {
+            #pragma omp simd
+            for (i64 i = 0; i < HW; ++i) {
+                const float v = clip(xp[i] * ac + bc, clo, chi);
+                float q = std::nearbyint(v * inv) + z;
+                q = q < ql ? ql : (q > qh ? qh : q);
+                yp[i] = (q - z) * s;
+            }
+        } else {
+            #pragma omp simd
+            for (i64 i = 0; i < HW; ++i) {
+                const float v = xp[i] * ac + bc;
+                float q = std::nearbyint(v * inv) + z;
+                q = q < ql ? ql : (q > qh ? qh : q);
+                yp[i] = (q - z) * s;
+            }
+        }
+    }
+}
+
+}  // extern "C"
+
+// One value's quantizer gradient at z (the BN output): dz, and the terms of the quantizer's
+// parameter sums (affine with SUMS: LSQ's two; PACT: dα's).
+struct QGrad { float dz, t0, t1; };
+
+template <int KIND, bool CLIP, bool SUMS>
+static inline QGrad bn_quant_grad(float zv, float gv, float s, float inv, float z, float qmin, float qmax,
+                                  float alpha, float clo, float chi) {
+    QGrad r;
+    const float v = CLIP ? clip(zv, clo, chi) : zv;
+    float dv;
+    if (KIND == 0) {
+        const float t = std::nearbyint(v * inv) + z;
+        dv = gv * (float)((t >= qmin) & (t <= qmax));
+        if (SUMS) {
+            const float q = t < qmin ? qmin : (t > qmax ? qmax : t);
+            r.t0 = gv * ((q - z) * s) - dv * v;
+            r.t1 = gv - dv;
+        } else {
+            r.t0 = 0.0f;
+            r.t1 = 0.0f;
+        }
+    } else {
+        const int above = v >= alpha;
+        dv = keep_or_zero(!(above | (v <= 0.0f)), gv);
+        r.t0 = keep_or_zero(above, gv);
+        r.t1 = 0.0f;
+    }
+    r.dz = CLIP ? keep_or_zero((zv >= clo) & (zv <= chi), dv) : dv;
+    return r;
+}
+
+// One channel's backward: a pass for the sums (Σdz, Σdz·x̂ and the quantizer's), then
+// dx = γ·invstd·(dz − mean(dz) − x̂·mean(dz·x̂)) with dz recomputed (cheaper than storing it).
+template <int KIND, bool CLIP, bool SUMS>
+static void bn_backward_channel(const float* x, const float* dy, float* dx, i64 N, i64 C, i64 HW, i64 c,
+                                float mean, float invstd, float gam, float ac, float bc, float s, float inv, float z,
+                                float qmin, float qmax, float alpha, float clo, float chi, double* out) {
+    double a_b = 0.0, a_g = 0.0, a_0 = 0.0, a_1 = 0.0;
+    for (i64 n = 0; n < N; ++n) {
+        const i64 o = (n * C + c) * HW;
+        for (i64 b0 = 0; b0 < HW; b0 += BLOCK) {
+            const i64 e0 = b0 + BLOCK < HW ? b0 + BLOCK : HW;
+            float f_b = 0.0f, f_g = 0.0f, f_0 = 0.0f, f_1 = 0.0f;
+            #pragma omp simd reduction(+ : f_b, f_g, f_0, f_1)
+            for (i64 i = o + b0; i < o + e0; ++i) {
+                const float xv = x[i];
+                const QGrad q = bn_quant_grad<KIND, CLIP, SUMS>(xv * ac + bc, dy[i], s, inv, z, qmin, qmax, alpha, clo, chi);
+                f_b += q.dz;
+                f_g += q.dz * ((xv - mean) * invstd);
+                f_0 += q.t0;
+                f_1 += q.t1;
+            }
+            a_b += f_b; a_g += f_g; a_0 += f_0; a_1 += f_1;
+        }
+    }
+    out[0] = a_b; out[1] = a_g; out[2] = a_0; out[3] = a_1;
+    if (!dx) return;
+    const double M = (double)(N * HW);
+    const float k = gam * invstd, k1 = (float)(a_b / M), k2 = (float)(a_g / M);
+    for (i64 n = 0; n < N; ++n) {
+        const i64 o = (n * C + c) * HW;
+        #pragma omp simd
+        for (i64 i = o; i < o + HW; ++i) {
+            const float xv = x[i];
+            const QGrad q = bn_quant_grad<KIND, CLIP, false>(xv * ac + bc, dy[i], s, inv, z, qmin, qmax, alpha, clo, chi);
+            dx[i] = k * (q.dz - k1 - ((xv - mean) * invstd) * k2);
+        }
+    }
+}
+
+extern "C" {
+
+// The backward of BN (batch statistics) then the quantizer. dx (nullable), dgamma and dbeta
+// (nullable: Σdz·x̂ and Σdz), the quantizer's: affine with dscale/dzp, LSQ's step and zero
+// point; PACT, dα into dscale[0].
+void qatlab_bn_fq_backward(const float* x, const float* dy, float* dx, i64 N, i64 C, i64 HW,
+                           const float* mean, const float* invstd, const float* gamma, const float* a, const float* b,
+                           int kind, int rows_pc, const float* scale, const float* zp, int zp_pc,
+                           float qmin, float qmax, float floor, float clo, float chi, double grad_factor,
+                           float* dgamma, float* dbeta, float* dscale, float* dzp, int nthreads) {
+    const i64 rows = rows_pc ? C : 1;
+    RowGrid r;
+    make_rows(r, kind, rows, scale, zp, zp_pc, qmin, qmax, floor);
+    const float alpha = kind == 1 ? scale[0] : 0.0f;
+    const bool clipped = !(std::isinf(clo) && clo < 0.0f && std::isinf(chi) && chi > 0.0f);
+    const bool sums = kind == 0 && (dscale != nullptr || dzp != nullptr);
+    std::vector<double> part(C * 4, 0.0);
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if(nthreads > 1 && C > 1 && N * C * HW >= 2 * CHUNK)
+    for (i64 c = 0; c < C; ++c) {
+        const i64 row = rows_pc ? c : 0;
+        const float gam = gamma ? gamma[c] : 1.0f;
+        const float s = r.s[row], inv = r.inv[row], z = r.z[row], ql = r.qlo[row], qh = r.qhi[row];
+        double* out = &part[c * 4];
+#define QATLAB_BN_BWD(K, CL, SU) bn_backward_channel<K, CL, SU>(x, dy, dx, N, C, HW, c, mean[c], invstd[c], gam, a[c], b[c], \
+                                                               s, inv, z, ql, qh, alpha, clo, chi, out)
+        if (kind == 1) { if (clipped) QATLAB_BN_BWD(1, true, false); else QATLAB_BN_BWD(1, false, false); }
+        else if (sums) { if (clipped) QATLAB_BN_BWD(0, true, true); else QATLAB_BN_BWD(0, false, true); }
+        else { if (clipped) QATLAB_BN_BWD(0, true, false); else QATLAB_BN_BWD(0, false, false); }
+#undef QATLAB_BN_BWD
+    }
+    for (i64 c = 0; c < C; ++c) {
+        if (dbeta) dbeta[c] = (float)part[c * 4];
+        if (dgamma) dgamma[c] = (float)part[c * 4 + 1];
+    }
+    if (kind == 1) {
+        if (dscale) {
+            double t = 0.0;
+            for (i64 c = 0; c < C; ++c) t += part[c * 4 + 2];
+            dscale[0] = (float)t;
+        }
+        return;
+    }
+    if (!sums) return;
+    std::vector<double> tot(rows * 2, 0.0);
+    for (i64 c = 0; c < C; ++c) {
+        const i64 row = rows_pc ? c : 0;
+        tot[row * 2] += part[c * 4 + 2];
+        tot[row * 2 + 1] += part[c * 4 + 3];
+    }
+    Params p;
+    p.s = r.s;
+    lsq_grads(rows, tot.data(), p, scale, floor, grad_factor, zp_pc, dscale, dzp);
 }
 
 }  // extern "C"
