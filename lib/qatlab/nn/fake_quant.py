@@ -26,7 +26,9 @@ observing fixed quantizer with a min/max-based range (``minmax``, ``ema``, a sea
 estimator between its searches) observes, derives its qparams and fake-quantizes in one
 kernel call (``_observe_fused``); the search steps and the other estimators take the
 torch-op observer (``_observe``), the reference it equals. The ``mse`` search itself runs on
-the fused one-pass search (:func:`search_range`) on float32 CPU tensors.
+the fused one-pass search (:func:`search_range`) on float32 CPU tensors. A quantizer right
+after a BatchNorm in training (``QuantConv2d`` with live statistics) can take the
+BatchNorm into its own call (``after_batch_norm``).
 """
 
 from __future__ import annotations

@@ -33,6 +33,14 @@ Arithmetic contract (the reference's, element for element):
   only those whose lower bound does not exceed the least upper bound (the bounds hold
   for any summation order), so it chooses what the full search chooses, bit for bit.
 
+* BatchNorm on batch statistics fused with the quantizer after it (``qatlab_bn_*``):
+  statistics per channel from shifted sums (float blocks, double totals); the BN output
+  ``z = x·a + b`` in float32 with ``a = γ·invstd``, ``b = β − mean·a`` rounded to float32;
+  an observed quantizer's range from each channel's least and largest ``x`` mapped
+  through ``z`` (monotone rounding makes them the least and largest ``z``); the output
+  ``fq(clip(z))`` as above; a NaN or infinite statistic or range returns 1 before any
+  state is written.
+
 ``-ffp-contract=off`` keeps the compiler from fusing a multiply and an add into one
 rounding, which would change values the reference computes in two.
 """
