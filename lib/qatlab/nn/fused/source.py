@@ -915,42 +915,41 @@ static inline QGrad bn_quant_grad(float zv, float gv, float s, float inv, float 
     return r;
 }
 
-// One channel's backward: a pass for the sums (Σdz, Σdz·x̂ and the quantizer's), then
-// dx = γ·invstd·(dz − mean(dz) − x̂·mean(dz·x̂)) with dz recomputed (cheaper than storing it).
+// One segment's sums for the backward (Σdz, Σdz·x̂ and the quantizer's), in float over
+// blocks of BLOCK values, added in double.
 template <int KIND, bool CLIP, bool SUMS>
-static void bn_backward_channel(const float* x, const float* dy, float* dx, i64 N, i64 C, i64 HW, i64 c,
-                                float mean, float invstd, float gam, float ac, float bc, float s, float inv, float z,
-                                float qmin, float qmax, float alpha, float clo, float chi, double* out) {
+static void bn_backward_sums(const float* x, const float* dy, i64 HW, float mean, float invstd, float ac, float bc,
+                             float s, float inv, float z, float qmin, float qmax, float alpha, float clo, float chi,
+                             double* out) {
     double a_b = 0.0, a_g = 0.0, a_0 = 0.0, a_1 = 0.0;
-    for (i64 n = 0; n < N; ++n) {
-        const i64 o = (n * C + c) * HW;
-        for (i64 b0 = 0; b0 < HW; b0 += BLOCK) {
-            const i64 e0 = b0 + BLOCK < HW ? b0 + BLOCK : HW;
-            float f_b = 0.0f, f_g = 0.0f, f_0 = 0.0f, f_1 = 0.0f;
-            #pragma omp simd reduction(+ : f_b, f_g, f_0, f_1)
-            for (i64 i = o + b0; i < o + e0; ++i) {
-                const float xv = x[i];
-                const QGrad q = bn_quant_grad<KIND, CLIP, SUMS>(xv * ac + bc, dy[i], s, inv, z, qmin, qmax, alpha, clo, chi);
-                f_b += q.dz;
-                f_g += q.dz * ((xv - mean) * invstd);
-                f_0 += q.t0;
-                f_1 += q.t1;
-            }
-            a_b += f_b; a_g += f_g; a_0 += f_0; a_1 += f_1;
+    for (i64 b0 = 0; b0 < HW; b0 += BLOCK) {
+        const i64 e0 = b0 + BLOCK < HW ? b0 + BLOCK : HW;
+        float f_b = 0.0f, f_g = 0.0f, f_0 = 0.0f, f_1 = 0.0f;
+        #pragma omp simd reduction(+ : f_b, f_g, f_0, f_1)
+        for (i64 i = b0; i < e0; ++i) {
+            const float xv = x[i];
+            const QGrad q = bn_quant_grad<KIND, CLIP, SUMS>(xv * ac + bc, dy[i], s, inv, z, qmin, qmax, alpha, clo, chi);
+            f_b += q.dz;
+            f_g += q.dz * ((xv - mean) * invstd);
+            f_0 += q.t0;
+            f_1 += q.t1;
         }
+        a_b += f_b; a_g += f_g; a_0 += f_0; a_1 += f_1;
     }
     out[0] = a_b; out[1] = a_g; out[2] = a_0; out[3] = a_1;
-    if (!dx) return;
-    const double M = (double)(N * HW);
-    const float k = gam * invstd, k1 = (float)(a_b / M), k2 = (float)(a_g / M);
-    for (i64 n = 0; n < N; ++n) {
-        const i64 o = (n * C + c) * HW;
-        #pragma omp simd
-        for (i64 i = o; i < o + HW; ++i) {
-            const float xv = x[i];
-            const QGrad q = bn_quant_grad<KIND, CLIP, false>(xv * ac + bc, dy[i], s, inv, z, qmin, qmax, alpha, clo, chi);
-            dx[i] = k * (q.dz - k1 - ((xv - mean) * invstd) * k2);
-        }
+}
+
+// One segment's input gradient, dz recomputed (cheaper than storing it):
+// dx = γ·invstd·(dz − mean(dz) − x̂·mean(dz·x̂)), written k·dz + c0 + c1·(x − mean).
+template <int KIND, bool CLIP>
+static void bn_backward_dx(const float* x, const float* dy, float* dx, i64 len, float mean, float ac, float bc, float k,
+                           float c0, float c1, float s, float inv, float z, float qmin, float qmax, float alpha,
+                           float clo, float chi) {
+    #pragma omp simd
+    for (i64 i = 0; i < len; ++i) {
+        const float xv = x[i];
+        const QGrad q = bn_quant_grad<KIND, CLIP, false>(xv * ac + bc, dy[i], s, inv, z, qmin, qmax, alpha, clo, chi);
+        dx[i] = (k * q.dz + c0) + c1 * (xv - mean);
     }
 }
 
@@ -970,19 +969,46 @@ void qatlab_bn_fq_backward(const float* x, const float* dy, float* dx, i64 N, i6
     const float alpha = kind == 1 ? scale[0] : 0.0f;
     const bool clipped = !(std::isinf(clo) && clo < 0.0f && std::isinf(chi) && chi > 0.0f);
     const bool sums = kind == 0 && (dscale != nullptr || dzp != nullptr);
-    std::vector<double> part(C * 4, 0.0);
-    #pragma omp parallel for schedule(static) num_threads(nthreads) if(nthreads > 1 && C > 1 && N * C * HW >= 2 * CHUNK)
-    for (i64 c = 0; c < C; ++c) {
-        const i64 row = rows_pc ? c : 0;
-        const float gam = gamma ? gamma[c] : 1.0f;
+    // Each segment's sums (in memory order), then each channel's in segment order: the
+    // same totals for any thread count.
+    const bool par = nthreads > 1 && N * C > 1 && N * C * HW >= 2 * CHUNK;
+    std::vector<double> seg_part(N * C * 4);
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if(par)
+    for (i64 seg = 0; seg < N * C; ++seg) {
+        const i64 c = seg % C, row = rows_pc ? c : 0, o = seg * HW;
         const float s = r.s[row], inv = r.inv[row], z = r.z[row], ql = r.qlo[row], qh = r.qhi[row];
-        double* out = &part[c * 4];
-#define QATLAB_BN_BWD(K, CL, SU) bn_backward_channel<K, CL, SU>(x, dy, dx, N, C, HW, c, mean[c], invstd[c], gam, a[c], b[c], \
-                                                               s, inv, z, ql, qh, alpha, clo, chi, out)
-        if (kind == 1) { if (clipped) QATLAB_BN_BWD(1, true, false); else QATLAB_BN_BWD(1, false, false); }
-        else if (sums) { if (clipped) QATLAB_BN_BWD(0, true, true); else QATLAB_BN_BWD(0, false, true); }
-        else { if (clipped) QATLAB_BN_BWD(0, true, false); else QATLAB_BN_BWD(0, false, false); }
-#undef QATLAB_BN_BWD
+        double* out = &seg_part[seg * 4];
+#define QATLAB_BN_SUMS(K, CL, SU) bn_backward_sums<K, CL, SU>(x + o, dy + o, HW, mean[c], invstd[c], a[c], b[c], \
+                                                              s, inv, z, ql, qh, alpha, clo, chi, out)
+        if (kind == 1) { if (clipped) QATLAB_BN_SUMS(1, true, false); else QATLAB_BN_SUMS(1, false, false); }
+        else if (sums) { if (clipped) QATLAB_BN_SUMS(0, true, true); else QATLAB_BN_SUMS(0, false, true); }
+        else { if (clipped) QATLAB_BN_SUMS(0, true, false); else QATLAB_BN_SUMS(0, false, false); }
+#undef QATLAB_BN_SUMS
+    }
+    std::vector<double> part(C * 4, 0.0);
+    for (i64 seg = 0; seg < N * C; ++seg)
+        for (int j = 0; j < 4; ++j) part[(seg % C) * 4 + j] += seg_part[seg * 4 + j];
+    if (dx) {
+        // Per channel: k = γ·invstd, c0 = −k·mean(dz), c1 = −k·invstd·mean(dz·x̂); then the
+        // segments in memory order.
+        const double M = (double)(N * HW);
+        std::vector<float> k(C), c0(C), c1(C);
+        for (i64 c = 0; c < C; ++c) {
+            const double kc = (double)(gamma ? gamma[c] : 1.0f) * (double)invstd[c];
+            k[c] = (float)kc;
+            c0[c] = (float)(-kc * (part[c * 4] / M));
+            c1[c] = (float)(-kc * (part[c * 4 + 1] / M) * (double)invstd[c]);
+        }
+        #pragma omp parallel for schedule(static) num_threads(nthreads) if(par)
+        for (i64 seg = 0; seg < N * C; ++seg) {
+            const i64 c = seg % C, row = rows_pc ? c : 0, o = seg * HW;
+            const float s = r.s[row], inv = r.inv[row], z = r.z[row], ql = r.qlo[row], qh = r.qhi[row];
+#define QATLAB_BN_DX(K, CL) bn_backward_dx<K, CL>(x + o, dy + o, dx + o, HW, mean[c], a[c], b[c], k[c], c0[c], c1[c], \
+                                                  s, inv, z, ql, qh, alpha, clo, chi)
+            if (kind == 1) { if (clipped) QATLAB_BN_DX(1, true); else QATLAB_BN_DX(1, false); }
+            else { if (clipped) QATLAB_BN_DX(0, true); else QATLAB_BN_DX(0, false); }
+#undef QATLAB_BN_DX
+        }
     }
     for (i64 c = 0; c < C; ++c) {
         if (dbeta) dbeta[c] = (float)part[c * 4];
