@@ -383,3 +383,29 @@ def test_the_fused_path_runs_in_a_live_bn_layer_and_not_after_the_freeze(monkeyp
     freeze_bn(q)
     q(x)
     assert calls == [True, True, True, True]
+
+
+def test_threads_change_nothing() -> None:
+    """A tensor large enough for the kernels' threads: the same bits on 1 and 2 threads
+    (statistics per channel, backward sums per segment added in a fixed order)."""
+    gen = torch.Generator().manual_seed(5)
+    shape = (16, 24, 14, 14)
+    x, gamma, beta = _inputs(gen, shape, 1.0, 0)
+    dy = torch.randn(shape, generator=gen)
+    results = []
+    prev = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            s = torch.tensor([0.05], requires_grad=True)
+            zp = torch.tensor([7.3], requires_grad=True)
+            g, b, xk = gamma.clone().requires_grad_(), beta.clone().requires_grad_(), x.clone().requires_grad_()
+            plan = BNQuantPlan(shape, AFFINE, False, 0, 15, False, SCALE_FLOOR, (0.0, 6.0), 0.01)
+            out = batch_norm_fake_quant_fused(xk, g, b, None, None, 0.1, 1e-5, plan, s, zp)
+            assert out is not None
+            out.y.backward(dy)
+            results.append([out.y.detach(), xk.grad, g.grad, b.grad, s.grad, zp.grad])
+    finally:
+        torch.set_num_threads(prev)
+    for one, two in zip(*results):
+        assert torch.equal(one, two)
