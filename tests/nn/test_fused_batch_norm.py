@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 
 from qatlab.nn import FakeQuant, calibrate, freeze_bn, fused, prepare_qat, set_observe
 from qatlab.nn.fake_quant import SCALE_FLOOR
-from qatlab.nn.fused import build
 from qatlab.nn.fused.ops import (
     AFFINE,
     EMA,
@@ -37,26 +36,9 @@ from qatlab.nn.ste import fake_quant, lsq_fake_quant, lsq_grad_factor, pact_fake
 from qatlab.quant import QuantSpec, qparams_from_range
 from qatlab.quant.granularity import Layout
 from qatlab.quant.qparams import scale_divisor
+from tests.nn.conftest import NEEDS_KERNELS, assert_bitwise, observe_reference
 
-pytestmark = pytest.mark.skipif(
-    build.find_compiler() is None or not build.env_enabled(), reason="no C++ compiler here, or QATLAB_FUSED=0: the fallback path runs"
-)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def kernels_built() -> None:
-    if not fused.enabled():
-        pytest.fail(f"a C++ compiler exists but the fused kernels did not build: {fused.load_error()}")
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    return t.contiguous().view(torch.int32)
-
-
-def assert_bitwise(a: torch.Tensor, b: torch.Tensor) -> None:
-    # A zero's sign may differ where a value is clamped onto 0: -0.0 == 0.0 for every use.
-    same = (_bits(a) == _bits(b)) | ((a == 0) & (b == 0))
-    assert bool(same.all()), f"{int((~same).sum())} values differ, e.g. {a[~same][:4].tolist()} vs {b[~same][:4].tolist()}"
+pytestmark = NEEDS_KERNELS
 
 
 def _inputs(gen: torch.Generator, shape: tuple[int, ...], shift: float, log2_std: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -132,20 +114,12 @@ def test_observed_quantizer_after_batch_norm_matches_the_reference(  # type: ign
 
     # Given a and b: the observer, the qparams and the output, bit for bit.
     v = _clip(_z(x, out.a, out.b), clamp)
-    rows_v = v.transpose(0, 1).reshape(c, -1) if per_channel else v.reshape(1, -1)
-    lo, hi = rows_v.amin(1), rows_v.amax(1)
-    if frac is not None:
-        mag = torch.maximum(lo.abs(), hi.abs())
-        lo, hi = frac[0] * mag, frac[1] * mag
-    if mode == RUNNING_MINMAX:
-        lo, hi = torch.minimum(old_lo, lo), torch.maximum(old_hi, hi)
-    elif mode == EMA:
-        lo, hi = 0.9 * old_lo + (1 - 0.9) * lo, 0.9 * old_hi + (1 - 0.9) * hi
+    lo, hi = observe_reference(v, 1 if per_channel else None, mode, old_lo, old_hi, frac, spec.ema_decay, None)
     assert torch.equal(out.lo, lo) and torch.equal(out.hi, hi)
     layout = Layout("channel", axis=1) if per_channel else Layout("tensor")
     qp = qparams_from_range(lo, hi, spec, layout)
     assert torch.equal(out.scale, qp.scale) and torch.equal(out.zero_point, qp.zero_point)
-    assert_bitwise(out.y, fake_quant(v, qp.scale, qp.zero_point, spec.qmin, spec.qmax, 1 if per_channel else None))
+    assert_bitwise(out.y, fake_quant(v, qp.scale, qp.zero_point, spec.qmin, spec.qmax, 1 if per_channel else None), zero_sign=False)
 
 
 def _pact_or_lsq(kind: str, gen: torch.Generator, c: int, per_channel: bool, bits: int):  # type: ignore[no-untyped-def]
@@ -211,7 +185,7 @@ def test_learned_quantizers_after_batch_norm_match_the_reference_with_gradients(
         axis = 1 if per_channel else None
         g = lsq_grad_factor(x.numel() // q1.numel(), 2**bits - 1)
         yr = lsq_fake_quant(v, q1r.abs().clamp(min=SCALE_FLOOR), q2r, 0, 2**bits - 1, axis, g)
-    assert_bitwise(out.y, yr.detach())
+    assert_bitwise(out.y, yr.detach(), zero_sign=False)
     yr.backward(dy)
 
     def close(got: torch.Tensor | None, want: torch.Tensor | None, name: str) -> None:

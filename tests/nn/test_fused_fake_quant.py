@@ -48,33 +48,11 @@ from qatlab.nn.fused.ops import (
 from qatlab.nn.ste import lsq_fake_quant
 from qatlab.quant import QuantSpec, qparams_from_range
 from qatlab.quant.affine import fake_quantize_rows_reference
-from qatlab.quant.estimators import row_minmax
 from qatlab.quant.granularity import Layout
 from qatlab.quant.qparams import scale_divisor
+from tests.nn.conftest import NEEDS_KERNELS, assert_bitwise, observe_reference, rows_of
 
-pytestmark = pytest.mark.skipif(
-    build.find_compiler() is None or not build.env_enabled(), reason="no C++ compiler here, or QATLAB_FUSED=0: the fallback path runs"
-)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def kernels_built() -> None:
-    if not fused.enabled():
-        pytest.fail(f"a C++ compiler exists but the fused kernels did not build: {fused.load_error()}")
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    return t.contiguous().view(torch.int32)
-
-
-def assert_bitwise(a: torch.Tensor, b: torch.Tensor) -> None:
-    assert a.shape == b.shape and a.dtype == b.dtype == torch.float32
-    diff = _bits(a) != _bits(b)
-    assert not bool(diff.any()), f"{int(diff.sum())} values differ, e.g. {a[diff][:4].tolist()} vs {b[diff][:4].tolist()}"
-
-
-def _rows(t: torch.Tensor, axis: int | None) -> torch.Tensor:
-    return t.reshape(1, -1) if axis is None else t.movedim(axis, 0).reshape(t.shape[axis], -1)
+pytestmark = NEEDS_KERNELS
 
 
 def _bshape(x: torch.Tensor, axis: int | None) -> list[int]:
@@ -181,8 +159,8 @@ def test_fake_quant_fused_matches_the_contract(seed, dims, granularity, bits, si
 
     # Values: the affine reference (quantize, dequantize) and torch's kernels, bit for bit.
     v = x if clamp is None else x.clamp(*clamp)
-    ref = fake_quantize_rows_reference(_rows(v, axis), s_o, z_o.to(torch.int32), qmin, qmax)
-    assert_bitwise(_rows(y.detach(), axis), ref)
+    ref = fake_quantize_rows_reference(rows_of(v, axis), s_o, z_o.to(torch.int32), qmin, qmax)
+    assert_bitwise(rows_of(y.detach(), axis), ref)
     if axis is None:
         native = torch.fake_quantize_per_tensor_affine(v, s_o, z_o.to(torch.int32), qmin, qmax)
     else:
@@ -466,22 +444,6 @@ def _plan(spec: QuantSpec, shape: tuple[int, ...], axis: int | None, clamp) -> O
     return ObservePlan(shape, axis, spec.qmin, spec.qmax, scale_divisor(spec), scheme, spec.ema_decay, clamp)
 
 
-def _observe_reference(x, axis, mode, old_lo, old_hi, frac, spec, clamp):  # type: ignore[no-untyped-def]
-    """FakeQuant's observer and qparams_from_range, op by op: the batch min/max of the
-    clamped values, a search's fractions of the largest magnitude, the running state."""
-    v = x if clamp is None else x.clamp(*clamp)
-    lo, hi = row_minmax(_rows(v, axis))
-    if frac is not None:
-        mag = torch.maximum(lo.abs(), hi.abs())
-        lo, hi = frac[0] * mag, frac[1] * mag
-    if mode == RUNNING_MINMAX:
-        lo, hi = torch.minimum(old_lo, lo), torch.maximum(old_hi, hi)
-    elif mode == EMA:
-        d = spec.ema_decay
-        lo, hi = d * old_lo + (1 - d) * lo, d * old_hi + (1 - d) * hi
-    return lo, hi
-
-
 def _magnitudes(shape: list[int], kind: str, log2_mag: int, gen: torch.Generator) -> torch.Tensor:
     """Values of one magnitude: random, a constant tensor, all zeros, or non-negative."""
     base = torch.randn(shape, generator=gen)
@@ -531,7 +493,7 @@ def test_observed_fused_equals_observer_then_qparams_then_quantizer(  # type: ig
     y, lo, hi, scale, zp = observe_fake_quant_fused(xi, _plan(spec, tuple(dims), axis, clamp), m, old_lo, old_hi, frac)
     y.backward(dy)
 
-    lo_r, hi_r = _observe_reference(x, axis, m, old_lo, old_hi, frac, spec, clamp)
+    lo_r, hi_r = observe_reference(x, axis, m, old_lo, old_hi, frac, spec.ema_decay, clamp)
     assert _same_values(lo, lo_r) and _same_values(hi, hi_r), (lo, lo_r, hi, hi_r)
     qp = qparams_from_range(lo_r, hi_r, spec, Layout("tensor"))
     assert_bitwise(scale, qp.scale)

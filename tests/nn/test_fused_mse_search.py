@@ -25,7 +25,6 @@ from hypothesis import strategies as st
 from qatlab.nn import fake_quant as fq_mod
 from qatlab.nn import fused
 from qatlab.nn.fake_quant import search_range
-from qatlab.nn.fused import build
 from qatlab.nn.fused.ops import ASYMMETRIC, SYMMETRIC_SIGNED, SYMMETRIC_UNSIGNED, ObservePlan, mse_search_fused
 from qatlab.quant import QuantSpec
 from qatlab.quant import estimators as est_mod
@@ -33,19 +32,12 @@ from qatlab.quant.affine import fake_quantize_rows
 from qatlab.quant.estimators import mse, row_minmax
 from qatlab.quant.granularity import Layout
 from qatlab.quant.qparams import qparams_from_range, scale_divisor
+from tests.nn.conftest import NEEDS_KERNELS
 
-pytestmark = pytest.mark.skipif(
-    build.find_compiler() is None or not build.env_enabled(), reason="no C++ compiler here, or QATLAB_FUSED=0: the fallback path runs"
-)
+pytestmark = NEEDS_KERNELS
 
 REL_TOL = 1e-12
 _FMAX = torch.finfo(torch.float32).max
-
-
-@pytest.fixture(scope="module", autouse=True)
-def kernels_built() -> None:
-    if not fused.enabled():
-        pytest.fail(f"a C++ compiler exists but the fused kernels did not build: {fused.load_error()}")
 
 
 def _plan(rows: torch.Tensor, spec: QuantSpec) -> ObservePlan:
