@@ -231,6 +231,13 @@ def test_bad_arguments_are_named() -> None:
         batch_norm_fake_quant_fused(torch.randn(2, 4, 2, 2), None, None, None, None, 0.1, 1e-5, plan, torch.ones(1))
     with pytest.raises(ValueError, match="weight: expected a contiguous float32"):
         batch_norm_fake_quant_fused(torch.randn(2, 3, 2, 2), torch.ones(4), None, None, None, 0.1, 1e-5, plan, torch.ones(1))
+    with pytest.raises(ValueError, match="alpha: expected a contiguous float32 CPU tensor of 1 values"):
+        batch_norm_fake_quant_fused(torch.randn(2, 3, 2, 2), None, None, None, None, 0.1, 1e-5, plan, torch.ones(3))
+    lsq = BNQuantPlan((2, 3, 2, 2), AFFINE, True, 0, 15, True)
+    with pytest.raises(ValueError, match="zero_point: expected a contiguous float32 CPU tensor of 3 values"):
+        batch_norm_fake_quant_fused(torch.randn(2, 3, 2, 2), None, None, None, None, 0.1, 1e-5, lsq, torch.ones(3), torch.ones(1))
+    with pytest.raises(ValueError, match="needs its zero point"):
+        batch_norm_fake_quant_fused(torch.randn(2, 3, 2, 2), None, None, None, None, 0.1, 1e-5, lsq, torch.ones(3))
     with pytest.raises(TypeError, match="float32 CPU"):
         batch_norm_fake_quant_fused(torch.randn(2, 3, 2, 2).double(), None, None, None, None, 0.1, 1e-5, plan, torch.ones(1))
 

@@ -728,7 +728,15 @@ def batch_norm_fake_quant_fused(
         _bn_arg(t, c, name)
     if (observe is None) != (plan.observe is None):
         raise ValueError("observe (mode, lo, hi, frac) goes with a plan made with an ObservePlan, and only with one")
-    lib = _lib()
+    if observe is None:
+        _bn_arg(q1, 1 if plan.kind == PACT else plan.rows, "alpha" if plan.kind == PACT else "scale")
+        if plan.kind == AFFINE:
+            if q2 is None:
+                raise ValueError("an affine quantizer needs its zero point (q2)")
+            _bn_arg(q2, plan.rows if plan.zp_pc else 1, "zero_point")
+    lib = _kernels()
+    if lib is None:
+        raise RuntimeError("the fused kernels are not in use here (switched off, or no build)")
     xc = x.contiguous()
     mean, var = torch.empty(c, dtype=torch.float64), torch.empty(c, dtype=torch.float64)
     invstd, a, b, xmin, xmax = (torch.empty(c, dtype=torch.float32) for _ in range(5))
@@ -756,10 +764,6 @@ def batch_norm_fake_quant_fused(
         ):  # fmt: skip
             return None
         q1, q2 = scale, zpf
-    elif (
-        q1.dtype != torch.float32 or q1.device.type != "cpu" or (q2 is not None and (q2.dtype != torch.float32 or q2.device.type != "cpu"))
-    ):
-        raise ValueError("the quantizer's parameters must be float32 CPU tensors")
     if running_mean is not None or running_var is not None:
         lib.qatlab_bn_update_running(
             c, plan.n * plan.hw, mean.data_ptr(), var.data_ptr(), float(momentum), _ptr(running_mean), _ptr(running_var)
