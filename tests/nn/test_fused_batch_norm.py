@@ -390,3 +390,25 @@ def test_threads_change_nothing() -> None:
         torch.set_num_threads(prev)
     for one, two in zip(*results):
         assert torch.equal(one, two)
+
+
+def test_a_nan_input_meets_the_same_error_as_with_the_modules_apart() -> None:
+    """The fused call declines a NaN statistic; BN and the observer then run apart and
+    raise as they always did."""
+    q = prepare_qat(_Block(), QuantSpec(bits=4, symmetric=True), QuantSpec(bits=4, symmetric=False), "clipped")
+    x = torch.randn(4, 3, 6, 6)
+    calibrate(q, [x])
+    q.train()
+    set_observe(q, True)
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    errors = []
+    for disabled in (False, True):
+        with pytest.raises(ValueError) as e:
+            if disabled:
+                with fused.fused_disabled():
+                    q(bad)
+            else:
+                q(bad)
+        errors.append(str(e.value))
+    assert errors[0] == errors[1] and "NaN" in errors[0]
