@@ -1,8 +1,8 @@
 """BatchNorm on batch statistics fused with the quantizer after it (``batch_norm_fake_quant_fused``).
 
 The reference is written out with torch ops: the batch statistics in float64, the BN
-output ``z = x·a + b`` in float32 from the kernel's ``a`` and ``b`` (the kernel's
-contract: the product and the sum rounded apart), then the quantizer's torch-op path.
+output ``z = (x − K)·a + b`` in float32 from the kernel's ``K``, ``a`` and ``b`` (the
+kernel's contract: each step rounded apart), then the quantizer's torch-op path.
 Given ``a`` and ``b``, the output and an observer's range and qparams are equal bit for
 bit; the statistics agree with float64's to float32 rounding, the running statistics
 with torch's ``batch_norm`` and the gradients with autograd through the BN formula.
@@ -55,9 +55,10 @@ def _stats64(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, t
     return mean, var, 1.0 / torch.sqrt(var + eps)
 
 
-def _z(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The BN output by the kernel's contract: float32 product, then float32 sum."""
-    return x * a.reshape(1, -1, 1, 1) + b.reshape(1, -1, 1, 1)
+def _z(x: torch.Tensor, out) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """The BN output by the kernel's contract: float32 difference, product, then sum."""
+    per = lambda t: t.reshape(1, -1, 1, 1)
+    return (x - per(out.shift)) * per(out.a) + per(out.b)
 
 
 def _clip(v: torch.Tensor, clamp: tuple[float | None, float | None] | None) -> torch.Tensor:
@@ -112,8 +113,8 @@ def test_observed_quantizer_after_batch_norm_matches_the_reference(  # type: ign
     torch.testing.assert_close(rm, rm_ref, rtol=1e-5, atol=1e-5 * scale)
     torch.testing.assert_close(rv, rv_ref, rtol=2e-4, atol=1e-6)
 
-    # Given a and b: the observer, the qparams and the output, bit for bit.
-    v = _clip(_z(x, out.a, out.b), clamp)
+    # Given K, a and b: the observer, the qparams and the output, bit for bit.
+    v = _clip(_z(x, out), clamp)
     lo, hi = observe_reference(v, 1 if per_channel else None, mode, old_lo, old_hi, frac, spec.ema_decay, None)
     assert torch.equal(out.lo, lo) and torch.equal(out.hi, hi)
     layout = Layout("channel", axis=1) if per_channel else Layout("tensor")
@@ -174,7 +175,7 @@ def test_learned_quantizers_after_batch_norm_match_the_reference_with_gradients(
     br = (beta.double() if affine else torch.zeros(c, dtype=torch.float64)).requires_grad_()
     var, mean = torch.var_mean(xr, dim=(0, 2, 3), unbiased=False)
     z64 = (xr - mean.reshape(1, -1, 1, 1)) / torch.sqrt(var + eps).reshape(1, -1, 1, 1) * gr.reshape(1, -1, 1, 1) + br.reshape(1, -1, 1, 1)
-    zk = _z(x, out.a, out.b)
+    zk = _z(x, out)
     z = (zk.double() + (z64 - z64.detach())).float()  # the kernel's values, the formula's gradient
     q1r = q1.detach().clone().requires_grad_()
     q2r = None if q2 is None else q2.detach().clone().requires_grad_()

@@ -47,11 +47,40 @@ _SIGNATURES = {
     "qatlab_fq_observe_forward": [_P, _P, _I, _I, _I, _F, _F, _P, _P, _N, _P, _P, _F, _F, _P, _P, _D, _D, _D, _N, _N, _P, _P, _P, _N],
     "qatlab_qparams_from_range": [_I, _P, _P, _D, _D, _D, _N, _N, _P, _P],
     "qatlab_mse_search": [_P, _I, _I, _P, _P, _N, _D, _D, _D, _N, _N, _P, _P, _P, _P, _I, _P, _N],
-    "qatlab_bn_stats": [_P, _I, _I, _I, _P, _P, _D, _P, _P, _P, _P, _P, _P, _P, _N],
-    "qatlab_bn_observe": [_I, _P, _P, _P, _P, _N, _F, _F, _P, _N, _P, _P, _F, _F, _P, _P, _D, _D, _D, _N, _N, _P, _P, _P],
+    "qatlab_bn_stats": [_P, _I, _I, _I, _P, _P, _D, _P, _P, _P, _P, _P, _P, _P, _P, _P, _N],
+    "qatlab_bn_observe": [_I, _P, _P, _P, _P, _P, _N, _F, _F, _P, _N, _P, _P, _F, _F, _P, _P, _D, _D, _D, _N, _N, _P, _P, _P],
     "qatlab_bn_update_running": [_I, _I, _P, _P, _D, _P, _P],
-    "qatlab_bn_fq_forward": [_P, _P, _I, _I, _I, _P, _P, _N, _N, _P, _P, _N, _F, _F, _F, _F, _F, _N],
-    "qatlab_bn_fq_backward": [_P, _P, _P, _I, _I, _I, _P, _P, _P, _P, _P, _N, _N, _P, _P, _N, _F, _F, _F, _F, _F, _D, _P, _P, _P, _P, _N],
+    "qatlab_bn_fq_forward": [_P, _P, _I, _I, _I, _P, _P, _P, _N, _N, _P, _P, _N, _F, _F, _F, _F, _F, _N],
+    "qatlab_bn_fq_backward": [
+        _P,
+        _P,
+        _P,
+        _I,
+        _I,
+        _I,
+        _P,
+        _P,
+        _P,
+        _P,
+        _P,
+        _P,
+        _N,
+        _N,
+        _P,
+        _P,
+        _N,
+        _F,
+        _F,
+        _F,
+        _F,
+        _F,
+        _D,
+        _P,
+        _P,
+        _P,
+        _P,
+        _N,
+    ],
 }
 # Functions that return a status (0: done, 1: a range or a statistic is NaN or infinite).
 _STATUS = frozenset({"qatlab_fq_observe_forward", "qatlab_qparams_from_range", "qatlab_mse_search", "qatlab_bn_stats", "qatlab_bn_observe"})
@@ -613,12 +642,14 @@ class BNQuantPlan:
 
 class BNQuantOut(NamedTuple):
     """The output, and what the call found: per channel the batch mean and 1/std and the
-    BN output's affine form ``z = x·a + b`` (float32, as the kernels compute it); for an
-    observed quantizer the new range state and its qparams (else None)."""
+    BN output's form ``z = (x − shift)·a + b`` (float32, as the kernels compute it, each
+    step rounded apart); for an observed quantizer the new range state and its qparams
+    (else None)."""
 
     y: torch.Tensor
     mean: torch.Tensor
     invstd: torch.Tensor
+    shift: torch.Tensor
     a: torch.Tensor
     b: torch.Tensor
     lo: torch.Tensor | None
@@ -630,19 +661,19 @@ class BNQuantOut(NamedTuple):
 class _FusedBNQuant(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, gamma, beta, q1, q2, plan, stats):  # type: ignore[override]
-        mean, invstd, a, b = stats
+        shift, centre, invstd, a, b = stats
         y = torch.empty_like(x)
         _lib().qatlab_bn_fq_forward(
-            x.data_ptr(), y.data_ptr(), plan.n, plan.c, plan.hw, a.data_ptr(), b.data_ptr(), plan.kind, plan.rows_pc,
+            x.data_ptr(), y.data_ptr(), plan.n, plan.c, plan.hw, shift.data_ptr(), a.data_ptr(), b.data_ptr(), plan.kind, plan.rows_pc,
             q1.data_ptr(), _ptr(q2), plan.zp_pc, plan.qmin, plan.qmax, plan.floor, plan.clo, plan.chi, torch.get_num_threads(),
         )  # fmt: skip
-        ctx.save_for_backward(x, gamma, q1, q2, mean, invstd, a, b)
+        ctx.save_for_backward(x, gamma, q1, q2, shift, centre, invstd, a, b)
         ctx.plan = plan
         return y
 
     @staticmethod
     def backward(ctx, dy):  # type: ignore[override]
-        x, gamma, q1, q2, mean, invstd, a, b = ctx.saved_tensors
+        x, gamma, q1, q2, shift, centre, invstd, a, b = ctx.saved_tensors
         p = ctx.plan
         need = ctx.needs_input_grad
         dyc = dy.contiguous()
@@ -652,7 +683,7 @@ class _FusedBNQuant(torch.autograd.Function):
         d1 = torch.empty(q1.shape, dtype=torch.float32) if need[3] else None
         d2 = torch.empty(q2.shape, dtype=torch.float32) if need[4] else None
         _lib().qatlab_bn_fq_backward(
-            x.data_ptr(), dyc.data_ptr(), _ptr(dx), p.n, p.c, p.hw, mean.data_ptr(), invstd.data_ptr(), _ptr(gamma),
+            x.data_ptr(), dyc.data_ptr(), _ptr(dx), p.n, p.c, p.hw, shift.data_ptr(), centre.data_ptr(), invstd.data_ptr(), _ptr(gamma),
             a.data_ptr(), b.data_ptr(), p.kind, p.rows_pc, q1.data_ptr(), _ptr(q2), p.zp_pc, p.qmin, p.qmax, p.floor,
             p.clo, p.chi, p.grad_factor, _ptr(dgamma), _ptr(dbeta), _ptr(d1), _ptr(d2), torch.get_num_threads(),
         )  # fmt: skip
@@ -739,12 +770,12 @@ def batch_norm_fake_quant_fused(
         raise RuntimeError("the fused kernels are not in use here (switched off, or no build)")
     xc = x.contiguous()
     mean, var = torch.empty(c, dtype=torch.float64), torch.empty(c, dtype=torch.float64)
-    invstd, a, b, xmin, xmax = (torch.empty(c, dtype=torch.float32) for _ in range(5))
+    shift, centre, invstd, a, b, xmin, xmax = (torch.empty(c, dtype=torch.float32) for _ in range(7))
     w = None if weight is None else weight.detach()
     bb = None if bias is None else bias.detach()
     if lib.qatlab_bn_stats(
         xc.data_ptr(), plan.n, c, plan.hw, _ptr(w), _ptr(bb), float(eps), mean.data_ptr(), var.data_ptr(),
-        invstd.data_ptr(), a.data_ptr(), b.data_ptr(), xmin.data_ptr(), xmax.data_ptr(), torch.get_num_threads(),
+        shift.data_ptr(), centre.data_ptr(), invstd.data_ptr(), a.data_ptr(), b.data_ptr(), xmin.data_ptr(), xmax.data_ptr(), torch.get_num_threads(),
     ):  # fmt: skip
         return None
     lo = hi = scale = zp = None
@@ -755,7 +786,7 @@ def batch_norm_fake_quant_fused(
         lo, hi, scale, zpf = (torch.empty(rows, dtype=torch.float32) for _ in range(4))
         zp = torch.empty(rows, dtype=torch.int32)
         if lib.qatlab_bn_observe(
-            c, a.data_ptr(), b.data_ptr(), xmin.data_ptr(), xmax.data_ptr(), plan.rows_pc, plan.clo, plan.chi,
+            c, shift.data_ptr(), a.data_ptr(), b.data_ptr(), xmin.data_ptr(), xmax.data_ptr(), plan.rows_pc, plan.clo, plan.chi,
             _state_arg(frac, 2 * rows, "frac"), mode,
             _state_arg(old_lo, rows, "lo") if mode != REPLACE else None,
             _state_arg(old_hi, rows, "hi") if mode != REPLACE else None,
@@ -768,6 +799,6 @@ def batch_norm_fake_quant_fused(
         lib.qatlab_bn_update_running(
             c, plan.n * plan.hw, mean.data_ptr(), var.data_ptr(), float(momentum), _ptr(running_mean), _ptr(running_var)
         )
-    stats = (mean.float(), invstd, a, b)
+    stats = (shift, centre, invstd, a, b)
     y = _FusedBNQuant.apply(xc, weight, bias, q1.contiguous(), None if q2 is None else q2.contiguous(), plan, stats)
-    return BNQuantOut(y, stats[0], invstd, a, b, lo, hi, scale, zp)
+    return BNQuantOut(y, mean.float(), invstd, shift, a, b, lo, hi, scale, zp)

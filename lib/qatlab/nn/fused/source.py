@@ -35,7 +35,8 @@ Arithmetic contract (the reference's, element for element):
 
 * BatchNorm on batch statistics fused with the quantizer after it (``qatlab_bn_*``):
   statistics per channel from shifted sums (float blocks, double totals); the BN output
-  ``z = x·a + b`` in float32 with ``a = γ·invstd``, ``b = β − mean·a`` rounded to float32;
+  ``z = (x − K)·a + b`` in float32 with ``K`` the channel's first value, ``a = γ·invstd``,
+  ``b = β − (mean − K)·a`` rounded to float32;
   an observed quantizer's range from each channel's least and largest ``x`` mapped
   through ``z`` (monotone rounding makes them the least and largest ``z``); the output
   ``fq(clip(z))`` as above; a NaN or infinite statistic or range returns 1 before any
@@ -731,10 +732,12 @@ int qatlab_mse_search(const float* x, i64 rows, i64 n, const float* lo0, const f
 // cancel when |mean| >> std) in float over blocks of at most BLOCK values, then in double:
 // mean = K + Σd/M, var = Σd²/M − (Σd/M)² (biased; the running variance takes var·M/(M−1)),
 // invstd = 1/sqrt(var + eps); and x's least and largest value. The BN output is
-// z = x·a + b with a = γ·invstd and b = β − mean·a rounded to float32, computed in float32
-// with the product and the sum rounded apart. Rounding is monotone, so a channel's least
-// and largest z are the images of its least and largest x (swapped where a < 0): an
-// observer's range comes out of the statistics pass, and z is never stored. The quantizer
+// z = (x − K)·a + b with a = γ·invstd and b = β − (mean − K)·a rounded to float32, computed
+// in float32 with each step rounded apart: taken about K, z keeps its precision where the
+// mean is large against the spread (x·a and β − mean·a would cancel). Rounding is monotone,
+// so a channel's least and largest z are the images of its least and largest x (swapped
+// where a < 0): an observer's range comes out of the statistics pass, and z is never
+// stored. The backward takes x̂ = ((x − K) − (mean − K))·invstd for the same reason. The quantizer
 // sees clip(z, clo, chi).
 //
 // Quantizer kinds: 0 affine (per row: the scale, zero point and [qmin, qmax]: an observed
@@ -765,10 +768,11 @@ extern "C" {
 // Per channel: mean and biased variance (double), invstd, a, b (float32), x's min and max.
 // Returns 1, writing nothing, when a statistic or a or b is NaN or infinite.
 int qatlab_bn_stats(const float* x, i64 N, i64 C, i64 HW, const float* gamma, const float* beta, double eps,
-                    double* mean, double* var, float* invstd, float* a, float* b, float* xmin, float* xmax, int nthreads) {
+                    double* mean, double* var, float* shift, float* centre, float* invstd, float* a, float* b,
+                    float* xmin, float* xmax, int nthreads) {
     const i64 M = N * HW;
     std::vector<double> m(C), v(C);
-    std::vector<float> is(C), fa(C), fb(C), mn(C), mx(C);
+    std::vector<float> sh(C), ce(C), is(C), fa(C), fb(C), mn(C), mx(C);
     std::vector<int> bad(C, 0);
     #pragma omp parallel for schedule(static) num_threads(nthreads) if(nthreads > 1 && C > 1 && N * C * HW >= 2 * CHUNK)
     for (i64 c = 0; c < C; ++c) {
@@ -799,14 +803,16 @@ int qatlab_bn_stats(const float* x, i64 N, i64 C, i64 HW, const float* gamma, co
         const double mean_c = (double)K + mu;
         const float g = gamma ? gamma[c] : 1.0f, be = beta ? beta[c] : 0.0f;
         const float ac = (float)((double)g * inv_std);
-        const float bc = (float)((double)be - mean_c * (double)ac);
-        m[c] = mean_c; v[c] = var_c; is[c] = (float)inv_std; fa[c] = ac; fb[c] = bc; mn[c] = lo; mx[c] = hi;
+        const float bc = (float)((double)be - mu * (double)ac);
+        m[c] = mean_c; v[c] = var_c; sh[c] = K; ce[c] = (float)mu; is[c] = (float)inv_std; fa[c] = ac; fb[c] = bc;
+        mn[c] = lo; mx[c] = hi;
         bad[c] = !(std::isfinite(s1) && std::isfinite(s2) && std::isfinite(inv_std) && std::isfinite(ac) && std::isfinite(bc));
     }
     for (i64 c = 0; c < C; ++c)
         if (bad[c]) return 1;
     for (i64 c = 0; c < C; ++c) {
-        mean[c] = m[c]; var[c] = v[c]; invstd[c] = is[c]; a[c] = fa[c]; b[c] = fb[c]; xmin[c] = mn[c]; xmax[c] = mx[c];
+        mean[c] = m[c]; var[c] = v[c]; shift[c] = sh[c]; centre[c] = ce[c]; invstd[c] = is[c]; a[c] = fa[c]; b[c] = fb[c];
+        xmin[c] = mn[c]; xmax[c] = mx[c];
     }
     return 0;
 }
@@ -814,7 +820,7 @@ int qatlab_bn_stats(const float* x, i64 N, i64 C, i64 HW, const float* gamma, co
 // An observed quantizer's range of clip(z) per row, from the statistics (no pass over the
 // data), met with its state and turned into qparams as qatlab_fq_observe_forward does.
 // Returns 1 (no qparams written) for a NaN or infinite range.
-int qatlab_bn_observe(i64 C, const float* a, const float* b, const float* xmin, const float* xmax, int rows_pc,
+int qatlab_bn_observe(i64 C, const float* shift, const float* a, const float* b, const float* xmin, const float* xmax, int rows_pc,
                       float clo, float chi, const float* frac, int mode, const float* old_lo, const float* old_hi,
                       float keep, float take, float* lo, float* hi, double qmin, double qmax, double div, int scheme,
                       int zero_code, float* scale, int32_t* zp, float* zpf) {
@@ -822,7 +828,7 @@ int qatlab_bn_observe(i64 C, const float* a, const float* b, const float* xmin, 
     std::vector<float> blo(rows, INFINITY), bhi(rows, -INFINITY);
     std::vector<int> bnan(rows, 0);
     for (i64 c = 0; c < C; ++c) {
-        float zl = xmin[c] * a[c] + b[c], zh = xmax[c] * a[c] + b[c];
+        float zl = (xmin[c] - shift[c]) * a[c] + b[c], zh = (xmax[c] - shift[c]) * a[c] + b[c];
         if (a[c] < 0.0f) { const float t = zl; zl = zh; zh = t; }
         zl = clip(zl, clo, chi);
         zh = clip(zh, clo, chi);
@@ -849,8 +855,8 @@ void qatlab_bn_update_running(i64 C, i64 M, const double* mean, const double* va
     }
 }
 
-// y = fq(clip(x·a + b)): the BN output quantized, one pass over x.
-void qatlab_bn_fq_forward(const float* x, float* y, i64 N, i64 C, i64 HW, const float* a, const float* b,
+// y = fq(clip((x − K)·a + b)): the BN output quantized, one pass over x.
+void qatlab_bn_fq_forward(const float* x, float* y, i64 N, i64 C, i64 HW, const float* shift, const float* a, const float* b,
                           int kind, int rows_pc, const float* scale, const float* zp, int zp_pc,
                           float qmin, float qmax, float floor, float clo, float chi, int nthreads) {
     RowGrid r;
@@ -859,13 +865,13 @@ void qatlab_bn_fq_forward(const float* x, float* y, i64 N, i64 C, i64 HW, const 
     #pragma omp parallel for schedule(static) num_threads(nthreads) if(nthreads > 1 && N * C > 1 && N * C * HW >= 2 * CHUNK)
     for (i64 k = 0; k < N * C; ++k) {
         const i64 c = k % C, row = rows_pc ? c : 0;
-        const float ac = a[c], bc = b[c], s = r.s[row], inv = r.inv[row], z = r.z[row], ql = r.qlo[row], qh = r.qhi[row];
+        const float K = shift[c], ac = a[c], bc = b[c], s = r.s[row], inv = r.inv[row], z = r.z[row], ql = r.qlo[row], qh = r.qhi[row];
         const float* xp = x + k * HW;
         float* yp = y + k * HW;
         if (clipped) {
             #pragma omp simd
             for (i64 i = 0; i < HW; ++i) {
-                const float v = clip(xp[i] * ac + bc, clo, chi);
+                const float v = clip((xp[i] - K) * ac + bc, clo, chi);
                 float q = std::nearbyint(v * inv) + z;
                 q = q < ql ? ql : (q > qh ? qh : q);
                 yp[i] = (q - z) * s;
@@ -873,7 +879,7 @@ void qatlab_bn_fq_forward(const float* x, float* y, i64 N, i64 C, i64 HW, const 
         } else {
             #pragma omp simd
             for (i64 i = 0; i < HW; ++i) {
-                const float v = xp[i] * ac + bc;
+                const float v = (xp[i] - K) * ac + bc;
                 float q = std::nearbyint(v * inv) + z;
                 q = q < ql ? ql : (q > qh ? qh : q);
                 yp[i] = (q - z) * s;
@@ -918,7 +924,7 @@ static inline QGrad bn_quant_grad(float zv, float gv, float s, float inv, float 
 // One segment's sums for the backward (Σdz, Σdz·x̂ and the quantizer's), in float over
 // blocks of BLOCK values, added in double.
 template <int KIND, bool CLIP, bool SUMS>
-static void bn_backward_sums(const float* x, const float* dy, i64 HW, float mean, float invstd, float ac, float bc,
+static void bn_backward_sums(const float* x, const float* dy, i64 HW, float K, float mk, float invstd, float ac, float bc,
                              float s, float inv, float z, float qmin, float qmax, float alpha, float clo, float chi,
                              double* out) {
     double a_b = 0.0, a_g = 0.0, a_0 = 0.0, a_1 = 0.0;
@@ -927,10 +933,10 @@ static void bn_backward_sums(const float* x, const float* dy, i64 HW, float mean
         float f_b = 0.0f, f_g = 0.0f, f_0 = 0.0f, f_1 = 0.0f;
         #pragma omp simd reduction(+ : f_b, f_g, f_0, f_1)
         for (i64 i = b0; i < e0; ++i) {
-            const float xv = x[i];
-            const QGrad q = bn_quant_grad<KIND, CLIP, SUMS>(xv * ac + bc, dy[i], s, inv, z, qmin, qmax, alpha, clo, chi);
+            const float d = x[i] - K;
+            const QGrad q = bn_quant_grad<KIND, CLIP, SUMS>(d * ac + bc, dy[i], s, inv, z, qmin, qmax, alpha, clo, chi);
             f_b += q.dz;
-            f_g += q.dz * ((xv - mean) * invstd);
+            f_g += q.dz * ((d - mk) * invstd);
             f_0 += q.t0;
             f_1 += q.t1;
         }
@@ -940,16 +946,16 @@ static void bn_backward_sums(const float* x, const float* dy, i64 HW, float mean
 }
 
 // One segment's input gradient, dz recomputed (cheaper than storing it):
-// dx = γ·invstd·(dz − mean(dz) − x̂·mean(dz·x̂)), written k·dz + c0 + c1·(x − mean).
+// dx = γ·invstd·(dz − mean(dz) − x̂·mean(dz·x̂)), written k·dz + c0 + c1·((x − K) − (mean − K)).
 template <int KIND, bool CLIP>
-static void bn_backward_dx(const float* x, const float* dy, float* dx, i64 len, float mean, float ac, float bc, float k,
+static void bn_backward_dx(const float* x, const float* dy, float* dx, i64 len, float K, float mk, float ac, float bc, float k,
                            float c0, float c1, float s, float inv, float z, float qmin, float qmax, float alpha,
                            float clo, float chi) {
     #pragma omp simd
     for (i64 i = 0; i < len; ++i) {
-        const float xv = x[i];
-        const QGrad q = bn_quant_grad<KIND, CLIP, false>(xv * ac + bc, dy[i], s, inv, z, qmin, qmax, alpha, clo, chi);
-        dx[i] = (k * q.dz + c0) + c1 * (xv - mean);
+        const float d = x[i] - K;
+        const QGrad q = bn_quant_grad<KIND, CLIP, false>(d * ac + bc, dy[i], s, inv, z, qmin, qmax, alpha, clo, chi);
+        dx[i] = (k * q.dz + c0) + c1 * (d - mk);
     }
 }
 
@@ -959,7 +965,8 @@ extern "C" {
 // (nullable: Σdz·x̂ and Σdz), the quantizer's: affine with dscale/dzp, LSQ's step and zero
 // point; PACT, dα into dscale[0].
 void qatlab_bn_fq_backward(const float* x, const float* dy, float* dx, i64 N, i64 C, i64 HW,
-                           const float* mean, const float* invstd, const float* gamma, const float* a, const float* b,
+                           const float* shift, const float* centre, const float* invstd, const float* gamma,
+                           const float* a, const float* b,
                            int kind, int rows_pc, const float* scale, const float* zp, int zp_pc,
                            float qmin, float qmax, float floor, float clo, float chi, double grad_factor,
                            float* dgamma, float* dbeta, float* dscale, float* dzp, int nthreads) {
@@ -978,7 +985,7 @@ void qatlab_bn_fq_backward(const float* x, const float* dy, float* dx, i64 N, i6
         const i64 c = seg % C, row = rows_pc ? c : 0, o = seg * HW;
         const float s = r.s[row], inv = r.inv[row], z = r.z[row], ql = r.qlo[row], qh = r.qhi[row];
         double* out = &seg_part[seg * 4];
-#define QATLAB_BN_SUMS(K, CL, SU) bn_backward_sums<K, CL, SU>(x + o, dy + o, HW, mean[c], invstd[c], a[c], b[c], \
+#define QATLAB_BN_SUMS(K, CL, SU) bn_backward_sums<K, CL, SU>(x + o, dy + o, HW, shift[c], centre[c], invstd[c], a[c], b[c], \
                                                               s, inv, z, ql, qh, alpha, clo, chi, out)
         if (kind == 1) { if (clipped) QATLAB_BN_SUMS(1, true, false); else QATLAB_BN_SUMS(1, false, false); }
         else if (sums) { if (clipped) QATLAB_BN_SUMS(0, true, true); else QATLAB_BN_SUMS(0, false, true); }
@@ -1003,7 +1010,7 @@ void qatlab_bn_fq_backward(const float* x, const float* dy, float* dx, i64 N, i6
         for (i64 seg = 0; seg < N * C; ++seg) {
             const i64 c = seg % C, row = rows_pc ? c : 0, o = seg * HW;
             const float s = r.s[row], inv = r.inv[row], z = r.z[row], ql = r.qlo[row], qh = r.qhi[row];
-#define QATLAB_BN_DX(K, CL) bn_backward_dx<K, CL>(x + o, dy + o, dx + o, HW, mean[c], a[c], b[c], k[c], c0[c], c1[c], \
+#define QATLAB_BN_DX(K, CL) bn_backward_dx<K, CL>(x + o, dy + o, dx + o, HW, shift[c], centre[c], a[c], b[c], k[c], c0[c], c1[c], \
                                                   s, inv, z, ql, qh, alpha, clo, chi)
             if (kind == 1) { if (clipped) QATLAB_BN_DX(1, true); else QATLAB_BN_DX(1, false); }
             else { if (clipped) QATLAB_BN_DX(0, true); else QATLAB_BN_DX(0, false); }
