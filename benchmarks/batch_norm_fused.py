@@ -17,19 +17,16 @@ backward over all 19 tensors, timed round-robin:
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 
 import torch
+from fused_cli import add_common, start
 
 from qatlab.atomic import write_json
 from qatlab.models import build_model
 from qatlab.nn import FakeQuant
-from qatlab.nn.fused import enabled as fused_enabled
-from qatlab.nn.fused import load_error
 from qatlab.quant import QuantSpec
-from qatlab.timing import interleaved_samples, machine
+from qatlab.timing import interleaved_samples, load_average, machine
 
 KINDS = {
     "observed": (QuantSpec(bits=4, symmetric=False, estimator="ema"), "clipped", None),
@@ -82,29 +79,15 @@ class Layer:
         self.bn(self.x).backward(self.dy)
 
 
-def _load_average() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    add_common(ap, repeats=15)
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--clock", choices=("wall", "cpu"), default="cpu")
-    ap.add_argument("--json", default=None, help="also write the rows (and machine) here")
     a = ap.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    if not fused_enabled():
-        raise SystemExit(f"the fused kernels are not in use here: {load_error() or 'QATLAB_FUSED=0'}")
-    print(json.dumps({"machine": machine()}))
+    start(a)
     shapes = bn_input_shapes(a.batch)
     values = sum(torch.Size(s).numel() for s in shapes)
-    load = [_load_average()]
+    load = [load_average()]
     rows: dict[str, dict[str, float]] = {}
     for kind in KINDS:
         layers = [Layer(s, kind, torch.Generator().manual_seed(i)) for i, s in enumerate(shapes)]
@@ -117,7 +100,7 @@ def main() -> None:
         ms = {k: statistics.median(v) * 1e3 for k, v in interleaved_samples(fns, a.repeats, 2, a.clock).items()}
         rows[kind] = {**{f"{k}_ms": round(v, 2) for k, v in ms.items()}, "fused_vs_apart": round(ms["fused"] / ms["apart"], 3),
                       "fused_vs_bn_alone": round(ms["fused"] / ms["bn_alone"], 3)}  # fmt: skip
-    load.append(_load_average())
+    load.append(load_average())
     print(
         f"{len(shapes)} BN inputs, {values / 1e6:.2f} M values (batch {a.batch}); forward + backward, {a.clock} clock, "
         f"{torch.get_num_threads()} thread(s), median of {a.repeats} interleaved runs; load average (1 min) before / after {load[0]} / {load[1]}"

@@ -17,21 +17,18 @@ process's CPU time, so waiting for a core on a shared machine stays out of the f
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 from typing import Callable
 
 import torch
+from fused_cli import add_common, start
 
 from qatlab.atomic import write_json
 from qatlab.models import build_model
 from qatlab.nn.fake_quant import search_range
-from qatlab.nn.fused import enabled as fused_enabled
-from qatlab.nn.fused import load_error
 from qatlab.quant import QuantSpec, layout_for, to_rows
 from qatlab.quant.estimators import mse
-from qatlab.timing import machine, median_time
+from qatlab.timing import load_average, machine, median_time
 
 Rows = list[tuple[torch.Tensor, QuantSpec]]
 
@@ -61,26 +58,12 @@ def timed(fn: Callable[[], object], clock: str) -> float:
     return median_time(fn, 1, clock)
 
 
-def _load_average() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--clock", choices=("wall", "cpu"), default="cpu")
-    ap.add_argument("--json", default=None, help="also write the rows (and machine) here")
+    add_common(ap, repeats=5)
     a = ap.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    if not fused_enabled():
-        raise SystemExit(f"the fused kernels are not in use here: {load_error() or 'QATLAB_FUSED=0'}")
-    print(json.dumps({"machine": machine()}))
-    load = [_load_average()]
+    start(a)
+    load = [load_average()]
     rows: dict[str, dict[str, object]] = {}
     for name, data in cases().items():
         ref, fast = run_all(mse, data), run_all(search_range, data)
@@ -99,7 +82,7 @@ def main() -> None:
             "fused_ms": round(f_ms, 2),
             "speedup": round(r_ms / f_ms, 1),
         }
-    load.append(_load_average())
+    load.append(load_average())
     print(
         f"{a.clock} clock, {torch.get_num_threads()} thread(s), median of {a.repeats} interleaved runs; load average (1 min) before / after {load[0]} / {load[1]}"
     )

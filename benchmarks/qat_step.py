@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -56,7 +55,7 @@ from qatlab.nn import calibrate, freeze_bn, prepare_qat, set_observe
 from qatlab.nn.fake_quant import DEFAULT_REFRESH_EVERY, set_refresh_every
 from qatlab.nn.fused import enabled as fused_enabled
 from qatlab.nn.fused import fused_disabled, load_error
-from qatlab.timing import interleaved_samples, machine
+from qatlab.timing import interleaved_samples, load_average, machine
 from qatlab.train import make_optimizer, specs
 
 LOW = {"w_bits": 4, "a_bits": 4, "estimator": "mse", "first_last_bits": 8}
@@ -146,13 +145,6 @@ def summarize(model_name: str, batch: int, samples: dict[str, list[float]]) -> d
     return row
 
 
-def _load_average() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:  # not available on this platform
-        return None
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="lenet", choices=MODELS)
@@ -178,12 +170,12 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     steps = build_steps(a.model, a.batch, recipes, torch_ops=a.torch_ops, search=not a.skip_search)
-    load_start = _load_average()
+    load_start = load_average()
     row = summarize(a.model, a.batch, interleaved_samples(steps, a.repeats, warmup=3, clock=a.clock))
     row["clock"] = a.clock
     row["fused_kernels"] = fused_enabled()
     # The VM is shared: the load around the timed steps says how far to trust them.
-    row["load_average_1min"] = [load_start, _load_average()]
+    row["load_average_1min"] = [load_start, load_average()]
     print(json.dumps({"machine": machine()}))
     print(f"fused kernels: {'on' if row['fused_kernels'] else 'off (' + (load_error() or 'QATLAB_FUSED=0') + ')'}")
     print(json.dumps(row))

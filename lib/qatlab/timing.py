@@ -79,4 +79,13 @@ def machine() -> dict[str, object]:
     }
 
 
-__all__ = ["interleaved", "machine", "median_time"]
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS keeps none): recorded beside a figure,
+    so a reader can tell a quiet run from a loaded one."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+__all__ = ["interleaved", "load_average", "machine", "median_time"]
