@@ -73,3 +73,14 @@ def test_the_cpu_clock_times_by_process_time(monkeypatch):
     assert got == {"a": [1.0, 4.0]} and wall.now == 0.0
     with pytest.raises(ValueError, match="clock must be one of wall, cpu"):
         timing.interleaved_samples({"a": lambda: None}, clock="gpu")
+
+
+def test_load_average_is_the_one_minute_figure_or_none(monkeypatch):
+    monkeypatch.setattr(timing.os, "getloadavg", lambda: (1.234, 2.0, 3.0))
+    assert timing.load_average() == 1.23
+
+    def no_figure():
+        raise OSError("not on this platform")
+
+    monkeypatch.setattr(timing.os, "getloadavg", no_figure)
+    assert timing.load_average() is None
