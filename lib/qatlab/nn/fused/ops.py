@@ -149,6 +149,11 @@ def _clip_bounds(clamp: Bounds | None) -> tuple[float, float]:
     return (-math.inf if lo is None else float(lo)), (math.inf if hi is None else float(hi))
 
 
+def _check_code_range(qmin: int, qmax: int) -> None:
+    if not 1 <= qmax - qmin < 2**24:
+        raise ValueError(f"qmin {qmin}, qmax {qmax}: need qmin < qmax with fewer than 2**24 codes (float32 holds them exactly)")
+
+
 class FakeQuantPlan:
     """:func:`fake_quant_fused`'s arguments checked and turned into the kernels' terms,
     once per input shape (a quantizer reuses it on every step: the checks and the layout
@@ -176,8 +181,7 @@ class FakeQuantPlan:
             raise ValueError(f"scale has {n_s} values; expected {channels} for axis {axis} of a tensor of shape {tuple(shape)}")
         if n_z not in (1, channels) or (n_z == 1 and channels > 1 and zp_learned):
             raise ValueError(f"zero_point has {n_z} values; expected 1 or {channels} (one per channel when learned)")
-        if not 1 <= qmax - qmin < 2**24:
-            raise ValueError(f"qmin {qmin}, qmax {qmax}: need qmin < qmax with fewer than 2**24 codes (float32 holds them exactly)")
+        _check_code_range(qmin, qmax)
         self.outer, self.channels, self.inner = _grid(shape, axis)
         self.zp_per_channel = int(n_z > 1)
         self.qmin, self.qmax = float(qmin), float(qmax)
@@ -374,8 +378,7 @@ class ObservePlan:
         decay: float = 0.0,
         clamp: Bounds | None = None,
     ) -> None:
-        if not 1 <= qmax - qmin < 2**24:
-            raise ValueError(f"qmin {qmin}, qmax {qmax}: need qmin < qmax with fewer than 2**24 codes (float32 holds them exactly)")
+        _check_code_range(qmin, qmax)
         if scheme not in (ASYMMETRIC, SYMMETRIC_SIGNED, SYMMETRIC_UNSIGNED):
             raise ValueError(f"scheme must be 0 (asymmetric), 1 (symmetric signed) or 2 (symmetric unsigned), got {scheme!r}")
         if not div > 0:
@@ -618,8 +621,7 @@ class BNQuantPlan:
             raise ValueError(f"BatchNorm input must have a channel axis (N, C, ...), got shape {tuple(shape)}")
         if kind not in (AFFINE, PACT):
             raise ValueError(f"kind must be AFFINE (0) or PACT (1), got {kind!r}")
-        if not 1 <= qmax - qmin < 2**24:
-            raise ValueError(f"qmin {qmin}, qmax {qmax}: need qmin < qmax with fewer than 2**24 codes (float32 holds them exactly)")
+        _check_code_range(qmin, qmax)
         self.n, self.c = int(shape[0]), int(shape[1])
         self.hw = math.prod(shape[2:])
         if self.n * self.hw < 2:
@@ -718,12 +720,6 @@ def bn_momentum(bn: torch.nn.Module) -> tuple[float, torch.Tensor | None]:
     return (0.0 if tracked is None else 1.0 / float(int(tracked) + 1)), tracked
 
 
-def _bn_arg(t: torch.Tensor | None, n: int, name: str) -> torch.Tensor | None:
-    if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu" or t.numel() != n or not t.is_contiguous()):
-        raise ValueError(f"{name}: expected a contiguous float32 CPU tensor of {n} values, got {t.dtype} {tuple(t.shape)} on {t.device}")
-    return t
-
-
 def batch_norm_fake_quant_fused(
     x: torch.Tensor,
     weight: torch.Tensor | None,
@@ -756,15 +752,15 @@ def batch_norm_fake_quant_fused(
         raise ValueError(f"x of shape {tuple(x.shape)} does not fit the plan's {plan.n}x{plan.c}x{plan.hw} values")
     c = plan.c
     for t, name in ((weight, "weight"), (bias, "bias"), (running_mean, "running_mean"), (running_var, "running_var")):
-        _bn_arg(t, c, name)
+        _state_arg(t, c, name)
     if (observe is None) != (plan.observe is None):
         raise ValueError("observe (mode, lo, hi, frac) goes with a plan made with an ObservePlan, and only with one")
     if observe is None:
-        _bn_arg(q1, 1 if plan.kind == PACT else plan.rows, "alpha" if plan.kind == PACT else "scale")
+        _state_arg(q1, 1 if plan.kind == PACT else plan.rows, "alpha" if plan.kind == PACT else "scale")
         if plan.kind == AFFINE:
             if q2 is None:
                 raise ValueError("an affine quantizer needs its zero point (q2)")
-            _bn_arg(q2, plan.rows if plan.zp_pc else 1, "zero_point")
+            _state_arg(q2, plan.rows if plan.zp_pc else 1, "zero_point")
     lib = _kernels()
     if lib is None:
         raise RuntimeError("the fused kernels are not in use here (switched off, or no build)")

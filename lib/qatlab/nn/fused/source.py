@@ -106,6 +106,10 @@ static void make_params(Params& p, i64 channels, const float* scale, const float
 // v = clamp(x, clo, chi), NaN kept; its gradient mask is clo <= x <= chi, as torch's
 // clamp backward (where(mask, grad, 0)). No clamp: clo = -inf, chi = +inf.
 static inline float clip(float x, float clo, float chi) { return x < clo ? clo : (x > chi ? chi : x); }
+// Whether (clo, chi) clamps at all (an open clamp is (-inf, +inf)).
+static inline bool has_clip(float clo, float chi) {
+    return !(std::isinf(clo) && clo < 0.0f && std::isinf(chi) && chi > 0.0f);
+}
 
 // keep ? v : +0.0f, as torch's where(mask, grad, 0), written as a bit mask: the ternary
 // on a stored value is left as a branch by the compiler in some loops (10x slower).
@@ -148,7 +152,7 @@ void qatlab_fq_forward(const float* x, float* y, i64 outer, i64 channels, i64 in
     Params p;
     make_params(p, channels, scale, zp, zp_per_channel, qmin, qmax, floor);
     Grid g(outer, channels, inner);
-    const bool clipped = !(std::isinf(clo) && clo < 0.0f && std::isinf(chi) && chi > 0.0f);
+    const bool clipped = has_clip(clo, chi);
     #pragma omp parallel for schedule(static) num_threads(nthreads) if(nthreads > 1 && g.parallel())
     for (i64 k = 0; k < g.nchunks; ++k) {
         i64 seg, b, e;
@@ -252,7 +256,7 @@ void qatlab_fq_backward(const float* x, const float* dy, float* dx, i64 outer, i
     make_params(p, channels, scale, zp, zp_per_channel, qmin, qmax, floor);
     Grid g(outer, channels, inner);
     const bool sums = dscale != nullptr || dzp != nullptr;
-    const bool clipped = !(std::isinf(clo) && clo < 0.0f && std::isinf(chi) && chi > 0.0f);
+    const bool clipped = has_clip(clo, chi);
     std::vector<double> part(sums ? g.nchunks * 2 : 0);
     #pragma omp parallel for schedule(static) num_threads(nthreads) if(nthreads > 1 && g.parallel())
     for (i64 k = 0; k < g.nchunks; ++k) {
@@ -435,7 +439,7 @@ int qatlab_fq_observe_forward(const float* x, float* y, i64 outer, i64 channels,
                               float* lo, float* hi, double qmin, double qmax, double div, int scheme,
                               int zero_code, float* scale, int32_t* zp, float* zpf, int nthreads) {
     Grid g(outer, channels, inner);
-    const bool clipped = !(std::isinf(clo) && clo < 0.0f && std::isinf(chi) && chi > 0.0f);
+    const bool clipped = has_clip(clo, chi);
     std::vector<float> part_lo(g.nchunks), part_hi(g.nchunks);
     std::vector<int> part_nan(g.nchunks);
     #pragma omp parallel for schedule(static) num_threads(nthreads) if(nthreads > 1 && g.parallel())
@@ -763,6 +767,20 @@ static void make_rows(RowGrid& r, int kind, i64 rows, const float* scale, const 
     r.qlo.assign(rows, qmin); r.qhi.assign(rows, qmax);
 }
 
+// One segment of the BN output quantized: fq(clip((x − K)·a + b)).
+template <bool CLIP>
+static void bn_fq_segment(const float* x, float* y, i64 len, float K, float ac, float bc, float s, float inv, float z,
+                          float qmin, float qmax, float clo, float chi) {
+    #pragma omp simd
+    for (i64 i = 0; i < len; ++i) {
+        const float u = (x[i] - K) * ac + bc;
+        const float v = CLIP ? clip(u, clo, chi) : u;
+        float q = std::nearbyint(v * inv) + z;
+        q = q < qmin ? qmin : (q > qmax ? qmax : q);
+        y[i] = (q - z) * s;
+    }
+}
+
 extern "C" {
 
 // Per channel: mean and biased variance (double), invstd, a, b (float32), x's min and max.
@@ -861,30 +879,13 @@ void qatlab_bn_fq_forward(const float* x, float* y, i64 N, i64 C, i64 HW, const 
                           float qmin, float qmax, float floor, float clo, float chi, int nthreads) {
     RowGrid r;
     make_rows(r, kind, rows_pc ? C : 1, scale, zp, zp_pc, qmin, qmax, floor);
-    const bool clipped = !(std::isinf(clo) && clo < 0.0f && std::isinf(chi) && chi > 0.0f);
+    const bool clipped = has_clip(clo, chi);
     #pragma omp parallel for schedule(static) num_threads(nthreads) if(nthreads > 1 && N * C > 1 && N * C * HW >= 2 * CHUNK)
     for (i64 k = 0; k < N * C; ++k) {
         const i64 c = k % C, row = rows_pc ? c : 0;
         const float K = shift[c], ac = a[c], bc = b[c], s = r.s[row], inv = r.inv[row], z = r.z[row], ql = r.qlo[row], qh = r.qhi[row];
-        const float* xp = x + k * HW;
-        float* yp = y + k * HW;
-        if (clipped) {
-            #pragma omp simd
-            for (i64 i = 0; i < HW; ++i) {
-                const float v = clip((xp[i] - K) * ac + bc, clo, chi);
-                float q = std::nearbyint(v * inv) + z;
-                q = q < ql ? ql : (q > qh ? qh : q);
-                yp[i] = (q - z) * s;
-            }
-        } else {
-            #pragma omp simd
-            for (i64 i = 0; i < HW; ++i) {
-                const float v = (xp[i] - K) * ac + bc;
-                float q = std::nearbyint(v * inv) + z;
-                q = q < ql ? ql : (q > qh ? qh : q);
-                yp[i] = (q - z) * s;
-            }
-        }
+        if (clipped) bn_fq_segment<true>(x + k * HW, y + k * HW, HW, K, ac, bc, s, inv, z, ql, qh, clo, chi);
+        else bn_fq_segment<false>(x + k * HW, y + k * HW, HW, K, ac, bc, s, inv, z, ql, qh, clo, chi);
     }
 }
 
@@ -974,7 +975,7 @@ void qatlab_bn_fq_backward(const float* x, const float* dy, float* dx, i64 N, i6
     RowGrid r;
     make_rows(r, kind, rows, scale, zp, zp_pc, qmin, qmax, floor);
     const float alpha = kind == 1 ? scale[0] : 0.0f;
-    const bool clipped = !(std::isinf(clo) && clo < 0.0f && std::isinf(chi) && chi > 0.0f);
+    const bool clipped = has_clip(clo, chi);
     const bool sums = kind == 0 && (dscale != nullptr || dzp != nullptr);
     // Each segment's sums (in memory order), then each channel's in segment order: the
     // same totals for any thread count.
